@@ -1,0 +1,179 @@
+"""Content identifiers, v0 and v1, byte-compatible with the multiformats CID spec.
+
+Kept small and without run-time type checks on purpose: the importer creates one CID per 256 KiB
+block, so construction must stay a few microseconds.
+"""
+
+from __future__ import annotations
+
+from cats.cas import multibase, multihash, varint
+from cats.errors import CatsError, InvalidCID, UnknownCodec
+
+RAW = 0x55
+DAG_PB = 0x70
+DAG_CBOR = 0x71
+DAG_JSON = 0x0129
+LIBP2P_KEY = 0x72
+
+CODEC_NAMES = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor", DAG_JSON: "dag-json", LIBP2P_KEY: "libp2p-key"}
+CODECS = {name: code for code, name in CODEC_NAMES.items()}
+
+
+def codec_of(name: str) -> int:
+    try:
+        return CODECS[name]
+    except KeyError:
+        raise UnknownCodec(f"unknown codec {name!r}; known: {', '.join(CODECS)}") from None
+
+
+class CID:
+    """An immutable CID. `str()` gives the canonical text form, `bytes()` the binary form."""
+
+    __slots__ = ("version", "codec", "multihash", "_bytes", "_str")
+
+    version: int
+    codec: int
+    multihash: bytes
+
+    def __init__(self, version: int, codec: int, mh: bytes) -> None:
+        if version == 0:
+            if codec != DAG_PB:
+                raise InvalidCID(f"CIDv0 must be dag-pb, not {CODEC_NAMES.get(codec, hex(codec))}")
+            if len(mh) != 34 or mh[0] != multihash.SHA2_256 or mh[1] != 32:
+                raise InvalidCID("CIDv0 must carry a 32-byte sha2-256 multihash")
+        elif version != 1:
+            raise InvalidCID(f"unsupported CID version {version}")
+        object.__setattr__(self, "version", version)
+        object.__setattr__(self, "codec", codec)
+        object.__setattr__(self, "multihash", mh)
+        object.__setattr__(self, "_bytes", None)
+        object.__setattr__(self, "_str", None)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("CID is immutable")
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def hash(cls, data: bytes | memoryview, codec: int = RAW, version: int = 1,
+             hashfn: int = multihash.SHA2_256) -> CID:
+        """The CID of a block with the given bytes."""
+        return cls(version, codec, multihash.digest(data, hashfn))
+
+    @classmethod
+    def from_bytes(cls, buf: bytes | memoryview) -> CID:
+        cid, end = cls.read(buf, 0)
+        if end != len(buf):
+            raise InvalidCID(f"{len(buf) - end} trailing bytes after CID")
+        return cls_cache(cid, bytes(buf))
+
+    @classmethod
+    def read(cls, buf: bytes | memoryview, offset: int) -> tuple[CID, int]:
+        """Decode a binary CID at offset; return it and the offset after it (CAR sections need this)."""
+        try:
+            if buf[offset] == multihash.SHA2_256 and len(buf) - offset >= 2 and buf[offset + 1] == 32:
+                end = offset + 34
+                if end > len(buf):
+                    raise InvalidCID("truncated CIDv0")
+                return cls(0, DAG_PB, bytes(buf[offset:end])), end
+            version, i = varint.decode(buf, offset)
+            if version != 1:
+                raise InvalidCID(f"unsupported CID version {version}")
+            codec, i = varint.decode(buf, i)
+            _, _, end = multihash.decode(buf, i)
+            return cls(1, codec, bytes(buf[i:end])), end
+        except IndexError:
+            raise InvalidCID("truncated CID") from None
+        except InvalidCID:
+            raise
+        except CatsError as e:
+            raise InvalidCID(f"malformed CID: {e}") from None
+
+    @classmethod
+    def parse(cls, text: str | bytes | CID) -> CID:
+        """Parse any common text form (v0 base58btc, or v1 in any supported multibase)."""
+        if isinstance(text, CID):
+            return text
+        if isinstance(text, (bytes, bytearray, memoryview)):
+            return cls.from_bytes(text)
+        s = text.strip()
+        try:
+            if len(s) == 46 and s.startswith("Qm"):
+                cid = cls.from_bytes(multibase.b58decode(s))
+            else:
+                _, raw = multibase.decode(s)
+                if raw[:1] == b"\x12":
+                    raise InvalidCID("a CIDv0 is only valid as bare base58btc")
+                cid = cls.from_bytes(raw)
+        except (InvalidCID, UnknownCodec) as e:
+            raise InvalidCID(f"malformed CID {text!r}: {e}") from None
+        return cid
+
+    # -- forms ----------------------------------------------------------------------------
+    def __bytes__(self) -> bytes:
+        b = self._bytes
+        if b is None:
+            b = self.multihash if self.version == 0 else b"\x01" + varint.encode(self.codec) + self.multihash
+            object.__setattr__(self, "_bytes", b)
+        return b
+
+    def __str__(self) -> str:
+        s = self._str
+        if s is None:
+            s = multibase.b58encode(self.multihash) if self.version == 0 else multibase.encode(bytes(self))
+            object.__setattr__(self, "_str", s)
+        return s
+
+    def encode(self, base: str | None = None) -> str:
+        """Text form in a chosen multibase (v1 only; v0 has exactly one form)."""
+        if base is None:
+            return str(self)
+        if self.version == 0:
+            if base != "base58btc":
+                raise InvalidCID("a CIDv0 can only be written in base58btc; convert with to_v1()")
+            return str(self)
+        return multibase.encode(bytes(self), base)
+
+    def __repr__(self) -> str:
+        return f"CID({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CID) and bytes(self) == bytes(other)
+
+    def __hash__(self) -> int:
+        return hash(bytes(self))
+
+    def __lt__(self, other: CID) -> bool:
+        return bytes(self) < bytes(other)
+
+    def __reduce__(self) -> tuple[type[CID], tuple[int, int, bytes]]:
+        return (CID, (self.version, self.codec, self.multihash))
+
+    # -- views ----------------------------------------------------------------------------
+    @property
+    def codec_name(self) -> str:
+        return CODEC_NAMES.get(self.codec, f"0x{self.codec:x}")
+
+    @property
+    def hashfn(self) -> int:
+        return multihash.decode(self.multihash)[0]
+
+    @property
+    def digest(self) -> bytes:
+        return multihash.decode(self.multihash)[1]
+
+    def to_v1(self) -> CID:
+        return self if self.version == 1 else CID(1, self.codec, self.multihash)
+
+    def to_v0(self) -> CID:
+        return self if self.version == 0 else CID(0, self.codec, self.multihash)
+
+    def verify(self, data: bytes | memoryview) -> bool:
+        """True when data hashes to this CID's multihash."""
+        code = self.hashfn
+        return multihash.digest(data, code) == self.multihash
+
+
+def cls_cache(cid: CID, raw: bytes) -> CID:
+    """Remember the binary form we just parsed so bytes(cid) costs nothing later."""
+    object.__setattr__(cid, "_bytes", raw)
+    return cid

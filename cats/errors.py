@@ -1,0 +1,49 @@
+"""One exception hierarchy, so the CLI can turn any of them into a one-line error and exit non-zero."""
+
+from __future__ import annotations
+
+
+class CatsError(Exception):
+    """Base of every error CATs raises on purpose; its message names the culprit."""
+
+
+class InvalidCID(CatsError, ValueError):
+    """A string or byte sequence is not a well-formed CID."""
+
+
+class UnknownCodec(CatsError, ValueError):
+    """A multicodec, multihash or multibase code that CATs does not implement."""
+
+
+class DecodeError(CatsError, ValueError):
+    """Bytes that do not decode under the codec their CID names."""
+
+
+class BlockNotFound(CatsError, KeyError):
+    """A block is not in the store."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "block not found"
+
+
+class IntegrityError(CatsError):
+    """A block's bytes do not hash to its CID; the bytes are never handed out."""
+
+
+class CarError(CatsError, ValueError):
+    """A CAR file is truncated, malformed or carries a block that does not match its CID."""
+
+
+class UnsafePath(CatsError, ValueError):
+    """A directory entry name that would escape its directory (`..`, `/`, empty, NUL)."""
+
+
+class PathNotFound(CatsError, KeyError):
+    """A path inside a directory CID names no entry."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "path not found"
+
+
+class EncodeError(CatsError, TypeError):
+    """A value that a codec cannot represent (e.g. a float NaN in DAG-CBOR, a non-string map key)."""
