@@ -1,0 +1,46 @@
+"""DAGs of any codec: the links out of a block, and walks over them (export, pin, gc)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from cats.cas import dagpb
+from cats.cas.cid import CID, DAG_CBOR, DAG_JSON, DAG_PB, RAW
+from cats.cas.store import BlockStore
+from cats.errors import DecodeError, InvalidCID, UnknownCodec
+
+
+def links(cid: CID, block: bytes) -> list[CID]:
+    if cid.codec == RAW:
+        return []
+    if cid.codec == DAG_PB:
+        return [link.cid for link in dagpb.decode(block).links]
+    if cid.codec == DAG_CBOR:
+        from cats.cas import dagcbor
+
+        return list(dagcbor.links(dagcbor.decode(block)))
+    if cid.codec == DAG_JSON:
+        from cats.cas import dagjson
+
+        return list(dagjson.links(dagjson.decode(block)))
+    raise UnknownCodec(f"cannot follow links of {cid}: codec {cid.codec_name} is not supported")
+
+
+def walk(store: BlockStore, cid: CID) -> Iterator[CID]:
+    """Every CID of a DAG, each once, parents before children (dag-pb, dag-cbor, dag-json, raw)."""
+    seen: set[CID] = set()
+    stack = [cid]
+    while stack:
+        here = stack.pop()
+        key = here.to_v1()
+        if key in seen:
+            continue
+        seen.add(key)
+        yield here
+        if here.codec == RAW:
+            continue
+        try:
+            children = links(here, store.get(here))
+        except InvalidCID as e:
+            raise DecodeError(f"{here}: {e}") from None
+        stack.extend(reversed(children))

@@ -1,0 +1,197 @@
+"""Reading UnixFS back: whole files, byte ranges, listings, paths inside folders, and `get` to disk.
+
+A range read walks the tree by the `blocksizes` each file node records, so it fetches only the
+blocks that cover the range. Every block comes through the store's verifying `get`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from cats.cas import dagpb, unixfs
+from cats.cas.cid import CID, DAG_PB, RAW
+from cats.cas.importer import check_name
+from cats.cas.store import BlockStore
+from cats.errors import CatsError, DecodeError, PathNotFound, UnknownCodec, UnsafePath
+
+# A HAMT-sharded folder prefixes each entry with the hex of its hash bucket; fanout 256 -> 2 chars.
+_HAMT_DEFAULT_FANOUT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A folder entry or a stat result: name, CID, kind ('file', 'dir', 'symlink', 'raw') and size."""
+
+    name: str
+    cid: CID
+    kind: str
+    size: int
+
+
+def split_path(text: str) -> tuple[CID, str]:
+    """Parse `CID[/path]`, `/ipfs/CID[/path]` or `ipfs://CID[/path]` into the CID and the inner path."""
+    s = text.strip()
+    for prefix in ("ipfs://", "/ipfs/"):
+        if s.startswith(prefix):
+            s = s[len(prefix):]
+    head, _, rest = s.partition("/")
+    return CID.parse(head), rest.strip("/")
+
+
+def _pb(store: BlockStore, cid: CID) -> tuple[dagpb.Node, unixfs.Data]:
+    if cid.codec != DAG_PB:
+        raise UnknownCodec(f"{cid} is {cid.codec_name}, not a UnixFS (dag-pb) node")
+    node = dagpb.decode(store.get(cid))
+    if node.data is None:
+        raise DecodeError(f"{cid} is dag-pb without UnixFS data")
+    try:
+        return node, unixfs.decode(node.data)
+    except DecodeError as e:
+        raise DecodeError(f"{cid}: {e}") from None
+
+
+def _kind_name(kind: unixfs.Kind) -> str:
+    return {unixfs.Kind.DIRECTORY: "dir", unixfs.Kind.HAMT_SHARD: "dir",
+            unixfs.Kind.SYMLINK: "symlink"}.get(kind, "file")
+
+
+def stat(store: BlockStore, cid: CID) -> Item:
+    if cid.codec == RAW:
+        return Item(str(cid), cid, "file", len(store.get(cid)))
+    node, fs = _pb(store, cid)
+    if fs.kind in (unixfs.Kind.FILE, unixfs.Kind.RAW):
+        size = fs.filesize if fs.filesize is not None else len(fs.data or b"")
+    elif fs.kind == unixfs.Kind.SYMLINK:
+        size = len(fs.data or b"")
+    else:
+        size = sum(link.tsize or 0 for link in node.links)
+    return Item(str(cid), cid, _kind_name(fs.kind), size)
+
+
+def _entries(store: BlockStore, cid: CID, node: dagpb.Node, fs: unixfs.Data) -> Iterator[tuple[str, CID, int]]:
+    """(name, cid, tsize) of a folder's entries, flattening HAMT shards."""
+    if fs.kind == unixfs.Kind.DIRECTORY:
+        for link in node.links:
+            name = link.name or ""
+            check_name(name, f"folder {cid}")
+            yield name, link.cid, link.tsize or 0
+    elif fs.kind == unixfs.Kind.HAMT_SHARD:
+        width = len(f"{(fs.fanout or _HAMT_DEFAULT_FANOUT) - 1:X}")
+        for link in node.links:
+            name = link.name or ""
+            if len(name) == width:  # a sub-shard
+                sub, sub_fs = _pb(store, link.cid)
+                yield from _entries(store, link.cid, sub, sub_fs)
+            else:
+                check_name(name[width:], f"folder {cid}")
+                yield name[width:], link.cid, link.tsize or 0
+    else:
+        raise CatsError(f"{cid} is a {_kind_name(fs.kind)}, not a folder")
+
+
+def ls(store: BlockStore, cid: CID) -> list[Item]:
+    node, fs = _pb(store, cid)
+    items = []
+    for name, child, _ in _entries(store, cid, node, fs):
+        info = stat(store, child)
+        items.append(Item(name, child, info.kind, info.size))
+    return items
+
+
+def resolve(store: BlockStore, cid: CID, path: str) -> CID:
+    """The CID that `path` names inside the folder `cid`."""
+    here = cid
+    walked = str(cid)
+    for part in PurePosixPath(path).parts if path else ():
+        if part in ("/", "."):
+            continue
+        node, fs = _pb(store, here)
+        if fs.kind not in (unixfs.Kind.DIRECTORY, unixfs.Kind.HAMT_SHARD):
+            raise PathNotFound(f"{walked} is not a folder, so it has no {part!r}")
+        for name, child, _ in _entries(store, here, node, fs):
+            if name == part:
+                here = child
+                break
+        else:
+            raise PathNotFound(f"no entry {part!r} in {walked}")
+        walked += "/" + part
+    return here
+
+
+def read(store: BlockStore, cid: CID, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+    """A file's bytes from offset, length bytes at most, fetching only the covering blocks."""
+    if offset < 0 or (length is not None and length < 0):
+        raise CatsError("offset and length must not be negative")
+    size = stat(store, cid)
+    if size.kind != "file":
+        raise CatsError(f"{cid} is a {size.kind}, not a file")
+    end = size.size if length is None else min(size.size, offset + length)
+    if offset < end:
+        yield from _range(store, cid, offset, end, size.size)
+
+
+def _range(store: BlockStore, cid: CID, start: int, end: int, expected: int) -> Iterator[bytes]:
+    if cid.codec == RAW:
+        data = store.get(cid)
+        if len(data) != expected:
+            raise DecodeError(f"raw block {cid} holds {len(data)} bytes where its parent says {expected}")
+        yield data[start:end]
+        return
+    node, fs = _pb(store, cid)
+    if fs.kind not in (unixfs.Kind.FILE, unixfs.Kind.RAW):
+        raise DecodeError(f"{cid} is a {_kind_name(fs.kind)} inside a file")
+    data = fs.data or b""
+    if len(node.links) != len(fs.blocksizes):
+        raise DecodeError(f"{cid} has {len(node.links)} links but {len(fs.blocksizes)} block sizes")
+    if len(data) + sum(fs.blocksizes) != expected:
+        raise DecodeError(f"{cid} holds {len(data) + sum(fs.blocksizes)} bytes where {expected} were expected")
+    if start < len(data):
+        yield data[start:min(end, len(data))]
+    pos = len(data)
+    for link, size in zip(node.links, fs.blocksizes):
+        if pos >= end:
+            break
+        if pos + size > start:
+            yield from _range(store, link.cid, max(0, start - pos), min(size, end - pos), size)
+        pos += size
+
+
+def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str]) -> Path:
+    """Write a file or folder tree to dest. Built beside dest and renamed in, so a failure leaves nothing."""
+    dest = Path(dest)
+    if dest.exists() or dest.is_symlink():
+        raise CatsError(f"{dest} already exists; choose another -o destination")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        out = staging / "out"
+        _write(store, cid, out, out)
+        os.replace(out, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def _write(store: BlockStore, cid: CID, path: Path, top: Path) -> None:
+    info = stat(store, cid)
+    if info.kind == "file":
+        with open(path, "wb") as f:
+            for chunk in read(store, cid):
+                f.write(chunk)
+    elif info.kind == "symlink":
+        _, fs = _pb(store, cid)
+        target = (fs.data or b"").decode("utf-8", "surrogateescape")
+        resolved = os.path.normpath(os.path.join(path.parent, target))
+        if os.path.isabs(target) or not (resolved + os.sep).startswith(str(top) + os.sep):
+            raise UnsafePath(f"symlink {cid} points outside the destination: {target!r}")
+        os.symlink(target, path)
+    else:
+        node, fs = _pb(store, cid)
+        path.mkdir()
+        for name, child, _ in _entries(store, cid, node, fs):
+            _write(store, child, path / name, top)

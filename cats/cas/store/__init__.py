@@ -1,0 +1,97 @@
+"""Block stores: one small interface, implementations chosen by URL scheme (as fsspec does).
+
+`open_store()` with no argument gives the embedded default, the on-disk store in `CATS_HOME`.
+Other stores register a scheme in `SCHEMES`; an IPFS-daemon store plugs in the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
+
+from cats.cas.cid import CID
+from cats.errors import BlockNotFound, CatsError, IntegrityError
+
+
+class BlockStore(ABC):
+    """Maps CIDs to block bytes. Implementations store `_get_unverified` bytes; hashing lives here."""
+
+    @abstractmethod
+    def has(self, cid: CID) -> bool: ...
+
+    @abstractmethod
+    def put(self, cid: CID, data: bytes | memoryview) -> None:
+        """Store data under cid. The caller vouches that data hashes to cid (it just computed it)."""
+
+    @abstractmethod
+    def delete(self, cid: CID) -> None: ...
+
+    @abstractmethod
+    def __iter__(self) -> Iterator[CID]:
+        """Every stored block's CID (as CIDv1: v0 and v1 of the same block are one entry)."""
+
+    @abstractmethod
+    def _get_unverified(self, cid: CID) -> bytes:
+        """The stored bytes, or BlockNotFound."""
+
+    def get(self, cid: CID, verify: bool = True) -> bytes:
+        data = self._get_unverified(cid)
+        if verify and not cid.verify(data):
+            raise IntegrityError(f"block {cid} is corrupted: its bytes do not hash to its CID")
+        return data
+
+    def put_verified(self, cid: CID, data: bytes | memoryview) -> None:
+        """Store bytes that came from elsewhere, after checking they match cid."""
+        if not cid.verify(data):
+            raise IntegrityError(f"block {cid} does not match its bytes; not stored")
+        self.put(cid, data)
+
+    def mtime(self, cid: CID) -> float:
+        """When the block was last written (0 where a store does not track it); gc spares new blocks."""
+        return 0.0
+
+    def close(self) -> None:
+        """Release resources; the default store holds none."""
+
+
+def missing(cid: CID) -> BlockNotFound:
+    return BlockNotFound(f"block {cid} not found in the store")
+
+
+SCHEMES: dict[str, Callable[[str], BlockStore]] = {}
+
+
+def register(scheme: str, factory: Callable[[str], BlockStore]) -> None:
+    SCHEMES[scheme] = factory
+
+
+def open_store(url: str | None = None) -> BlockStore:
+    """Open a store by URL (`file:///path`, `mem://name`); default: `CATS_STORE` or `CATS_HOME`'s store."""
+    url = url or os.environ.get("CATS_STORE")
+    if not url:
+        from cats.cas.store.local import LocalStore
+        from cats.config import home
+
+        return LocalStore(home() / "blocks")
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise CatsError(f"unknown block store URL {url!r}; schemes: {', '.join(sorted(SCHEMES))}")
+    return SCHEMES[scheme](url)
+
+
+def _local(url: str) -> BlockStore:
+    from cats.cas.store.local import LocalStore
+
+    return LocalStore(urlsplit(url).path)
+
+
+def _memory(url: str) -> BlockStore:
+    from cats.cas.store.memory import MemoryStore
+
+    return MemoryStore.named(urlsplit(url).netloc or "default")
+
+
+register("file", _local)
+register("mem", _memory)
