@@ -110,3 +110,57 @@ def test_hidden_files_included_on_request(tmp_path: Path) -> None:
     out = jsref.unixfs_cids(root, 1, hidden=True)
     assert "tree/.hidden" in mine
     assert mine == {**out["entries"], "tree": out["root"]}
+
+
+# kubo's own sharding vectors (test/sharness/t0260-sharding.sh): the CIDs kubo printed.
+def numbered_files(folder: Path, n: int, name) -> Path:  # noqa: ANN001
+    folder.mkdir()
+    for i in range(1, n + 1):
+        (folder / name(i)).write_bytes(f"{i}\n".encode())
+    return folder
+
+
+def root_of(path: Path, version: int = 0, **options: int) -> str:
+    with Importer(None, cid_version=version, **options) as imp:
+        return str(list(imp.add_path(path))[-1].cid)
+
+
+def test_kubo_vectors_plain_and_forced_shard(tmp_path: Path) -> None:
+    folder = numbered_files(tmp_path / "testdata", 2000, lambda i: f"file{i}")
+    assert root_of(folder) == "QmavrTrQG4VhoJmantURAYuw3bowq3E2WcvP36NRQDAC1N"
+    assert root_of(folder, shard_threshold=1) == "QmSCJD1KYLhVVHqBK3YyXuoEqHt7vggyJhzoFYbT8v1XYL"
+
+
+@pytest.mark.slow
+def test_kubo_vector_sharded_at_default_threshold(tmp_path: Path) -> None:
+    assert root_of(numbered_files(tmp_path / "small_dir", 100, lambda i: f"file{i:06d}")) == \
+        "QmdBXmm4HRpUhyzzctbFvi2tLai3XFL1YjmE1qfpJe61NX"
+    assert root_of(numbered_files(tmp_path / "big_dir", 5960, lambda i: f"file{i:06d}")) == \
+        "QmWfjnRWRvdvYezQWnfbvrvY7JjrpevsE9cato1x76UqGr"
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_sharded_tree_matches_reference(tmp_path: Path, version: int) -> None:
+    """A small threshold shards nested folders too; every entry still agrees with the reference."""
+    jsref.require()
+    root = tmp_path / "tree"
+    build_tree(root)
+    for i in range(300):
+        (root / "a-b" / f"entry-{i}-ü").write_text(str(i))
+    with Importer(None, cid_version=version, shard_threshold=1000) as imp:
+        mine = {a.path: str(a.cid) for a in imp.add_path(root)}
+    out = jsref.unixfs_cids(root, version, shard_split_threshold_bytes=1000)
+    assert mine == {**out["entries"], "tree": out["root"]}
+
+
+def test_sharded_folder_reads_back(tmp_path: Path) -> None:
+    from cats.cas import reader
+    from cats.cas.store.memory import MemoryStore
+
+    folder = numbered_files(tmp_path / "many", 500, lambda i: f"f{i}")
+    store = MemoryStore()
+    with Importer(store, cid_version=1, shard_threshold=1) as imp:
+        root = list(imp.add_path(folder))[-1].cid
+    names = {item.name for item in reader.ls(store, root)}
+    assert names == {f"f{i}" for i in range(1, 501)}
+    assert b"".join(reader.read(store, reader.resolve(store, root, "f377"))) == b"377\n"

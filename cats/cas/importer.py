@@ -2,7 +2,7 @@
 
 Kubo's defaults: fixed 262,144-byte chunks; a balanced tree of at most 174 links a node; raw
 leaves with CIDv1 and UnixFS `File` dag-pb leaves with CIDv0; a one-chunk file is its leaf;
-folders are dag-pb `Directory` nodes with links sorted by name; hidden files are skipped unless
+folders are dag-pb `Directory` nodes with links sorted by name, HAMT-sharded past 256 KiB; hidden files are skipped unless
 asked for; symlinks are stored as UnixFS symlinks, not followed.
 
 Files stream through in constant memory: chunks are hashed and written by a small thread pool
@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from cats.cas import dagpb, multihash, unixfs
+from cats.cas import dagpb, hamt, multihash, unixfs
 from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.store import BlockStore
 from cats.errors import CatsError, UnsafePath
@@ -56,8 +56,13 @@ class Added:
 class Importer:
     def __init__(self, store: BlockStore | None, cid_version: int = 1, hashfn: str = "sha2-256",
                  raw_leaves: bool | None = None, hidden: bool = False,
-                 progress: Callable[[int], None] | None = None, threads: int = 2) -> None:
-        """`store=None` computes CIDs only (`--only-hash`). `progress` receives byte counts as they go."""
+                 progress: Callable[[int], None] | None = None, threads: int = 2,
+                 shard_threshold: int = hamt.THRESHOLD) -> None:
+        """`store=None` computes CIDs only (`--only-hash`). `progress` receives byte counts as they go.
+
+        `shard_threshold` is kubo's `Internal.UnixFSShardingSizeThreshold`: folders whose links'
+        estimated size passes it are HAMT-sharded.
+        """
         if cid_version not in (0, 1):
             raise CatsError(f"--cid-version must be 0 or 1, not {cid_version}")
         self.hashfn = multihash.code_of(hashfn)
@@ -68,6 +73,7 @@ class Importer:
         self.raw_leaves = cid_version == 1 if raw_leaves is None else raw_leaves
         self.hidden = hidden
         self.progress = progress
+        self.shard_threshold = shard_threshold
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
 
@@ -189,9 +195,17 @@ class Importer:
                 yield Added(child_rel, entry.cid, entry.size, "file")
             links.append(dagpb.Link(entry.cid, child.name, entry.tsize))
             size += entry.size
-        node = self._node(links, unixfs.encode(unixfs.Kind.DIRECTORY))
+        if hamt.estimated_size(links) > self.shard_threshold:
+            top = hamt.build(links, self._shard_node)
+            node = Entry(top.cid, 0, top.tsize or 0)
+        else:
+            node = self._node(links, unixfs.encode(unixfs.Kind.DIRECTORY))
         yield Added(rel, node.cid, size, "dir")
         return Entry(node.cid, size, node.tsize)
+
+    def _shard_node(self, links: list[dagpb.Link], data: bytes) -> dagpb.Link:
+        node = self._node(links, data)
+        return dagpb.Link(node.cid, None, node.tsize)
 
     def _symlink(self, link: Path) -> Entry:
         target = os.readlink(link).encode("utf-8", "surrogateescape")

@@ -29,7 +29,7 @@ class Data:
 
 
 def encode(kind: Kind, data: bytes | memoryview | None = None, filesize: int | None = None,
-           blocksizes: list[int] | None = None) -> bytes:
+           blocksizes: list[int] | None = None, hash_type: int | None = None, fanout: int | None = None) -> bytes:
     """Encode the fields kubo writes; blocksizes are unpacked, as go-unixfs's proto2 schema has them."""
     out: list[bytes | memoryview] = [b"\x08", varint.encode(kind)]
     if data is not None:
@@ -38,6 +38,10 @@ def encode(kind: Kind, data: bytes | memoryview | None = None, filesize: int | N
         out += [b"\x18", varint.encode(filesize)]
     for size in blocksizes or ():
         out += [b"\x20", varint.encode(size)]
+    if hash_type is not None:
+        out += [b"\x28", varint.encode(hash_type)]
+    if fanout is not None:
+        out += [b"\x30", varint.encode(fanout)]
     return b"".join(out)
 
 
