@@ -21,8 +21,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 UNIXFS_MJS = JS_DIR / "unixfs.mjs"

@@ -2,8 +2,8 @@
 
 Kubo's defaults: fixed 262,144-byte chunks; a balanced tree of at most 174 links a node; raw
 leaves with CIDv1 and UnixFS `File` dag-pb leaves with CIDv0; a one-chunk file is its leaf;
-folders are dag-pb `Directory` nodes with links sorted by name, HAMT-sharded past 256 KiB; hidden files are skipped unless
-asked for; symlinks are stored as UnixFS symlinks, not followed.
+folders are dag-pb `Directory` nodes with links sorted by name (HAMT-sharded past 256 KiB);
+hidden files are skipped unless asked for; symlinks are stored as UnixFS symlinks, not followed.
 
 Files stream through in constant memory: chunks are hashed and written by a small thread pool
 (hashlib and file writes release the GIL) while the next chunk is read, and only one pending link

@@ -110,6 +110,8 @@ def resolve(store: BlockStore, cid: CID, path: str) -> CID:
     for part in PurePosixPath(path).parts if path else ():
         if part in ("/", "."):
             continue
+        if here.codec == RAW:
+            raise PathNotFound(f"{walked} is not a folder, so it has no {part!r}")
         node, fs = _pb(store, here)
         if fs.kind not in (unixfs.Kind.DIRECTORY, unixfs.Kind.HAMT_SHARD):
             raise PathNotFound(f"{walked} is not a folder, so it has no {part!r}")
@@ -153,7 +155,7 @@ def _range(store: BlockStore, cid: CID, start: int, end: int, expected: int) -> 
     if start < len(data):
         yield data[start:min(end, len(data))]
     pos = len(data)
-    for link, size in zip(node.links, fs.blocksizes):
+    for link, size in zip(node.links, fs.blocksizes, strict=True):
         if pos >= end:
             break
         if pos + size > start:

@@ -52,9 +52,6 @@ class BlockStore(ABC):
         """When the block was last written (0 where a store does not track it); gc spares new blocks."""
         return 0.0
 
-    def close(self) -> None:
-        """Release resources; the default store holds none."""
-
 
 def missing(cid: CID) -> BlockNotFound:
     return BlockNotFound(f"block {cid} not found in the store")
