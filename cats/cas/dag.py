@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from cats.cas import dagpb
 from cats.cas.cid import CID, DAG_CBOR, DAG_JSON, DAG_PB, RAW
-from cats.cas.store import BlockStore
+from cats.cas.store import BlockStore, missing
 from cats.errors import DecodeError, InvalidCID, UnknownCodec
 
 
@@ -27,7 +27,11 @@ def links(cid: CID, block: bytes) -> list[CID]:
 
 
 def walk(store: BlockStore, cid: CID) -> Iterator[CID]:
-    """Every CID of a DAG, each once, parents before children (dag-pb, dag-cbor, dag-json, raw)."""
+    """Every CID of a DAG, each once, parents before children (dag-pb, dag-cbor, dag-json, raw).
+
+    Every block is proven present: linking blocks are read (and so verified); raw leaves, which
+    link nothing, are checked with `has` so a walk over a large file does not read its data.
+    """
     seen: set[CID] = set()
     stack = [cid]
     while stack:
@@ -36,11 +40,14 @@ def walk(store: BlockStore, cid: CID) -> Iterator[CID]:
         if key in seen:
             continue
         seen.add(key)
-        yield here
         if here.codec == RAW:
+            if not store.has(here):
+                raise missing(here)
+            yield here
             continue
         try:
             children = links(here, store.get(here))
         except InvalidCID as e:
             raise DecodeError(f"{here}: {e}") from None
+        yield here
         stack.extend(reversed(children))

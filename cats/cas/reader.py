@@ -43,10 +43,11 @@ def split_path(text: str) -> tuple[CID, str]:
     return CID.parse(head), rest.strip("/")
 
 
-def _pb(store: BlockStore, cid: CID) -> tuple[dagpb.Node, unixfs.Data]:
+def _pb(store: BlockStore, cid: CID, block: bytes | None = None) -> tuple[dagpb.Node, unixfs.Data]:
+    """Decode a UnixFS node, fetching its block unless the caller already has it."""
     if cid.codec != DAG_PB:
         raise UnknownCodec(f"{cid} is {cid.codec_name}, not a UnixFS (dag-pb) node")
-    node = dagpb.decode(store.get(cid))
+    node = dagpb.decode(store.get(cid) if block is None else block)
     if node.data is None:
         raise DecodeError(f"{cid} is dag-pb without UnixFS data")
     try:
@@ -126,25 +127,31 @@ def resolve(store: BlockStore, cid: CID, path: str) -> CID:
 
 
 def read(store: BlockStore, cid: CID, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
-    """A file's bytes from offset, length bytes at most, fetching only the covering blocks."""
+    """A file's bytes from offset, length bytes at most, fetching only the covering blocks (each once)."""
     if offset < 0 or (length is not None and length < 0):
         raise CatsError("offset and length must not be negative")
-    size = stat(store, cid)
-    if size.kind != "file":
-        raise CatsError(f"{cid} is a {size.kind}, not a file")
-    end = size.size if length is None else min(size.size, offset + length)
-    if offset < end:
-        yield from _range(store, cid, offset, end, size.size)
-
-
-def _range(store: BlockStore, cid: CID, start: int, end: int, expected: int) -> Iterator[bytes]:
+    block = store.get(cid)
     if cid.codec == RAW:
-        data = store.get(cid)
+        total = len(block)
+    else:
+        node, fs = _pb(store, cid, block)
+        if fs.kind not in (unixfs.Kind.FILE, unixfs.Kind.RAW):
+            raise CatsError(f"{cid} is a {_kind_name(fs.kind)}, not a file")
+        total = len(fs.data or b"") + sum(fs.blocksizes)
+    end = total if length is None else min(total, offset + length)
+    if offset < end:
+        yield from _range(store, cid, offset, end, total, block)
+
+
+def _range(store: BlockStore, cid: CID, start: int, end: int, expected: int,
+           block: bytes | None = None) -> Iterator[bytes]:
+    if cid.codec == RAW:
+        data = store.get(cid) if block is None else block
         if len(data) != expected:
             raise DecodeError(f"raw block {cid} holds {len(data)} bytes where its parent says {expected}")
         yield data[start:end]
         return
-    node, fs = _pb(store, cid)
+    node, fs = _pb(store, cid, block)
     if fs.kind not in (unixfs.Kind.FILE, unixfs.Kind.RAW):
         raise DecodeError(f"{cid} is a {_kind_name(fs.kind)} inside a file")
     data = fs.data or b""

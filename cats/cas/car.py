@@ -1,0 +1,109 @@
+"""CAR v1: a DAG's blocks in one file, for moving lineage between stores and machines.
+
+Import is all-or-nothing: every block is read and checked against its CID into a staging
+store first; only a CAR that parses to the end, whose blocks all verify and whose roots are
+present, is copied into the target store.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from cats.cas import dagcbor, varint
+from cats.cas.cid import CID
+from cats.cas.dag import walk
+from cats.cas.store import BlockStore
+from cats.cas.store.local import LocalStore
+from cats.errors import CarError, CatsError
+
+# A section larger than this is not a block any IPFS implementation would write (kubo caps at 2 MiB).
+MAX_BLOCK = 4 << 20
+
+
+def export(store: BlockStore, roots: Iterable[CID], out: BinaryIO) -> int:
+    """Write the DAGs under roots; return the number of blocks written."""
+    roots = list(roots)
+    header = dagcbor.encode({"roots": roots, "version": 1})
+    out.write(varint.encode(len(header)) + header)
+    count = 0
+    seen: set[CID] = set()
+    for root in roots:
+        for cid in walk(store, root):
+            if cid.to_v1() in seen:
+                continue
+            seen.add(cid.to_v1())
+            raw = bytes(cid)
+            block = store.get(cid)
+            out.write(varint.encode(len(raw) + len(block)) + raw + block)
+            count += 1
+    return count
+
+
+def _read_exact(stream: BinaryIO, n: int, what: str, offset: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise CarError(f"CAR truncated: {what} at byte {offset} needs {n} bytes, {len(data)} present")
+    return data
+
+
+def read_header(stream: BinaryIO) -> list[CID]:
+    try:
+        n = varint.read(stream)
+    except CatsError as e:
+        raise CarError(f"CAR header length: {e}") from None
+    if not n:
+        raise CarError("not a CAR file: empty or zero-length header")
+    if n > MAX_BLOCK:
+        raise CarError(f"not a CAR file: header claims {n} bytes")
+    try:
+        header = dagcbor.decode(_read_exact(stream, n, "header", 0))
+    except CarError:
+        raise
+    except CatsError as e:
+        raise CarError(f"CAR header is not valid DAG-CBOR: {e}") from None
+    if not isinstance(header, dict) or header.get("version") != 1:
+        raise CarError(f"unsupported CAR header {header!r}: only version 1 is read")
+    roots = header.get("roots")
+    if not isinstance(roots, list) or not all(isinstance(r, CID) for r in roots):
+        raise CarError("CAR header roots must be a list of CIDs")
+    return roots
+
+
+def import_car(store: BlockStore, stream: BinaryIO) -> tuple[list[CID], int]:
+    """Verify and stage every block, then copy them in. Returns the roots and the block count."""
+    roots = read_header(stream)
+    staging_dir = tempfile.mkdtemp(prefix="cats-car-")
+    try:
+        staging = LocalStore(staging_dir)
+        count = 0
+        while True:
+            offset = stream.tell() if stream.seekable() else -1
+            try:
+                n = varint.read(stream)
+            except CatsError as e:
+                raise CarError(f"CAR section at byte {offset}: {e}") from None
+            if n is None:
+                break
+            if n > MAX_BLOCK + 128:
+                raise CarError(f"CAR section at byte {offset} claims {n} bytes, more than any block may hold")
+            section = _read_exact(stream, n, "section", offset)
+            try:
+                cid, start = CID.read(section, 0)
+            except CatsError as e:
+                raise CarError(f"CAR section at byte {offset} has a malformed CID: {e}") from None
+            block = memoryview(section)[start:]
+            if not cid.verify(block):
+                raise CarError(f"CAR block {cid} at byte {offset} does not match its CID; nothing imported")
+            staging.put(cid, block)
+            count += 1
+        absent = [r for r in roots if not staging.has(r) and not store.has(r)]
+        if absent:
+            raise CarError(f"CAR root {absent[0]} is not in the file; nothing imported")
+        for cid in staging:
+            store.put(cid, staging.get(cid, verify=False))
+        return roots, count
+    finally:
+        shutil.rmtree(staging_dir, ignore_errors=True)

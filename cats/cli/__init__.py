@@ -1,0 +1,50 @@
+"""The `cats` command. Every CatsError becomes one line on stderr and exit status 1."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cats import __version__
+from cats.cli import store
+from cats.errors import CatsError
+
+app = typer.Typer(
+    name="cats",
+    help="CATs: content-addressed compute over data, with verifiable provenance.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cats {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """CATs: content-addressed compute over data, with verifiable provenance."""
+
+
+store.register(app)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=True)
+    except CatsError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:  # `cats cat CID | head`
+        sys.stderr.close()
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)

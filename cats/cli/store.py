@@ -1,0 +1,234 @@
+"""Content-store commands: add, cat, get, ls, export, import, pin, gc."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import typer
+
+from cats.cas.cid import CID
+from cats.cas.store import BlockStore, open_store
+from cats.config import home
+
+
+def _store() -> BlockStore:
+    return open_store()
+
+
+def _pins():  # noqa: ANN202 - Pins is imported lazily to keep start-up light
+    from cats.cas.pins import Pins
+
+    return Pins(home() / "pins")
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def add(
+    path: Path = typer.Argument(..., help="File or folder to add."),
+    recursive: bool = typer.Option(False, "-r", "--recursive", help="Add a folder and everything in it."),
+    cid_version: int = typer.Option(1, "--cid-version", min=0, max=1,
+                                    help="0: Qm… with dag-pb leaves (kubo's default); 1: base32 with raw leaves."),
+    only_hash: bool = typer.Option(False, "-n", "--only-hash", help="Compute CIDs; write nothing."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print only the root CID."),
+    hashfn: str = typer.Option("sha2-256", "--hash", help="Multihash function: sha2-256 or blake3."),
+    hidden: bool = typer.Option(False, "-H", "--hidden", help="Include files whose names start with a dot."),
+    pin: bool = typer.Option(True, "--pin/--no-pin", help="Pin the added root so gc keeps it."),
+    as_json: bool = typer.Option(False, "--json", help="Print entries as a JSON list."),
+) -> None:
+    """Add a file or folder; print `added CID PATH` per entry, the root last (as `ipfs add`)."""
+    from cats.cas.importer import Importer
+
+    store = None if only_hash else _store()
+    total = _size_of(path) if sys.stderr.isatty() and not quiet and not as_json else 0
+    with _progress(total) as advance, Importer(store, cid_version, hashfn, hidden=hidden,
+                                                progress=advance) as importer:
+        entries = []
+        for added in importer.add_path(path, recursive=recursive):
+            entries.append(added)
+            if not quiet and not as_json:
+                typer.echo(f"added {added.cid} {added.path}")
+    root = entries[-1]
+    if pin and store is not None:
+        _pins().add(store, root.cid)
+    if quiet:
+        typer.echo(str(root.cid))
+    elif as_json:
+        _print_json([{"path": e.path, "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries])
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+class _progress:
+    """A rich progress bar on stderr for adds above 64 MiB; a no-op otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.bar = None
+
+    def __enter__(self):  # noqa: ANN204
+        if self.total < 64 << 20:
+            return None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        self.bar = Progress("adding", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("add", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def cat(
+    target: str = typer.Argument(..., metavar="CID[/PATH]", help="A file's CID, or a path inside a folder CID."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Start at this byte."),
+    length: int | None = typer.Option(None, "--length", min=0, help="Read at most this many bytes."),
+) -> None:
+    """Write a file's bytes to stdout (only the blocks covering --offset/--length are read)."""
+    from cats.cas import reader
+
+    store = _store()
+    root, path = reader.split_path(target)
+    cid = reader.resolve(store, root, path)
+    out = sys.stdout.buffer
+    for chunk in reader.read(store, cid, offset, length):
+        out.write(chunk)
+    out.flush()
+
+
+def get(
+    target: str = typer.Argument(..., metavar="CID[/PATH]"),
+    output: Path | None = typer.Option(None, "-o", "--output",
+                                       help="Destination (default: the CID or last path part)."),
+) -> None:
+    """Write a file or folder tree to disk; nothing is left behind if it fails."""
+    from cats.cas import reader
+
+    store = _store()
+    root, path = reader.split_path(target)
+    cid = reader.resolve(store, root, path)
+    dest = output or Path(path.rsplit("/", 1)[-1] if path else str(root))
+    reader.get(store, cid, dest)
+    typer.echo(f"saved {cid} to {dest}")
+
+
+def ls(
+    target: str = typer.Argument(..., metavar="CID[/PATH]"),
+    as_json: bool = typer.Option(False, "--json", help="Print entries as JSON."),
+) -> None:
+    """List a folder: CID, size and name of each entry."""
+    from cats.cas import reader
+
+    store = _store()
+    root, path = reader.split_path(target)
+    items = reader.ls(store, reader.resolve(store, root, path))
+    if as_json:
+        _print_json([{"name": i.name, "cid": str(i.cid), "kind": i.kind, "size": i.size} for i in items])
+        return
+    for i in items:
+        typer.echo(f"{i.cid} {i.size:>12} {i.name}{'/' if i.kind == 'dir' else ''}")
+
+
+def export(
+    target: str = typer.Argument(..., metavar="CID"),
+    output: Path = typer.Option(..., "-o", "--output", help="The CAR file to write."),
+) -> None:
+    """Export a DAG as a CAR v1 file (written to a temporary name, then renamed)."""
+    from cats.cas import car
+
+    cid = CID.parse(target)
+    store = _store()
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent if str(output.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            count = car.export(store, [cid], f)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    typer.echo(f"exported {count} blocks of {cid} to {output}")
+
+
+def import_(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="A CAR v1 file."),
+    pin: bool = typer.Option(True, "--pin/--no-pin", help="Pin the CAR's roots."),
+) -> None:
+    """Import a CAR v1 file: every block is checked; all or nothing."""
+    from cats.cas import car
+
+    store = _store()
+    with open(path, "rb") as f:
+        roots, count = car.import_car(store, f)
+    pins = _pins() if pin else None
+    for root in roots:
+        if pins is not None:
+            pins.add(store, root)
+        typer.echo(f"imported {root}")
+    typer.echo(f"{count} blocks")
+
+
+pin_app = typer.Typer(help="Keep DAGs from garbage collection.", no_args_is_help=True)
+
+
+@pin_app.command("add")
+def pin_add(cids: list[str] = typer.Argument(..., metavar="CID...")) -> None:
+    """Pin DAGs recursively (every block must be present)."""
+    store, pins = _store(), _pins()
+    for text in cids:
+        cid = CID.parse(text)
+        count = pins.add(store, cid)
+        typer.echo(f"pinned {cid} ({count} blocks)")
+
+
+@pin_app.command("rm")
+def pin_rm(cids: list[str] = typer.Argument(..., metavar="CID...")) -> None:
+    """Unpin DAGs; their blocks go at the next gc unless another pin reaches them."""
+    pins = _pins()
+    for text in cids:
+        cid = CID.parse(text)
+        pins.rm(cid)
+        typer.echo(f"unpinned {cid}")
+
+
+@pin_app.command("ls")
+def pin_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """List pinned roots."""
+    roots = [str(c) for c in _pins()]
+    if as_json:
+        _print_json(roots)
+    else:
+        for r in roots:
+            typer.echo(r)
+
+
+def gc(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Remove blocks that no pin reaches."""
+    from cats.cas.pins import gc as collect
+
+    removed = collect(_store(), _pins())
+    if as_json:
+        _print_json({"removed": [str(c) for c in removed]})
+    else:
+        typer.echo(f"removed {len(removed)} blocks")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(add)
+    app.command()(cat)
+    app.command()(get)
+    app.command()(ls)
+    app.command()(export)
+    app.command("import")(import_)
+    app.add_typer(pin_app, name="pin")
+    app.command()(gc)

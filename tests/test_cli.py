@@ -1,0 +1,359 @@
+"""The `cats` store commands, run as real subprocesses, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cats import __version__
+from cats.cas import car, dagpb, multihash, unixfs
+from cats.cas.cid import CID, DAG_PB, RAW
+from cats.cas.importer import CHUNK_SIZE, Importer
+from cats.cas.store.local import LocalStore
+from cats.cas.store.memory import MemoryStore
+
+BIG = CHUNK_SIZE * 2 + 1234
+
+
+def _tree(root: Path) -> Path:
+    (root / "sub" / "déjà").mkdir(parents=True)
+    (root / "hello.txt").write_bytes(b"hello, cats\n")
+    (root / "sub" / "big.bin").write_bytes(random.Random(5).randbytes(BIG))
+    (root / "sub" / "déjà" / "vu.txt").write_text("encore\n", encoding="utf-8")
+    return root
+
+
+def _expected(path: Path, version: int = 1) -> list[tuple[str, str]]:
+    """(path, cid) as `cats add -r` should print them, computed in-process without a store."""
+    with Importer(None, cid_version=version) as imp:
+        return [(a.path, str(a.cid)) for a in imp.add_path(path)]
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+
+
+def _run_in(home: Path, *args: object) -> subprocess.CompletedProcess[bytes]:
+    """Like the `cli` fixture, with a second CATS_HOME."""
+    return subprocess.run([sys.executable, "-m", "cats", *map(str, args)], capture_output=True, timeout=300,
+                          env={**os.environ, "CATS_HOME": str(home)})
+
+
+def _one_error_line(res, *culprits: str) -> str:  # noqa: ANN001
+    assert res.code == 1, (res.code, res.out, res.err)
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, res.err
+    for text in culprits:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+def _add(cli, path: Path, *extra: str) -> str:  # noqa: ANN001
+    res = cli("add", "-r", "--quiet", *extra, path)
+    assert res.code == 0, res.err
+    return res.out.strip()
+
+
+# -- basics -----------------------------------------------------------------------------------
+def test_version(cli) -> None:  # noqa: ANN001
+    res = cli("--version")
+    assert res.code == 0
+    assert res.out.strip() == f"cats {__version__}"
+
+
+def test_add_prints_every_entry_root_last(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    res = cli("add", "-r", src)
+    assert res.code == 0, res.err
+    lines = res.out.strip().splitlines()
+    want = _expected(src)
+    assert lines == [f"added {cid} {path}" for path, cid in want]
+    assert lines[-1] == f"added {want[-1][1]} src"
+    assert {p for p, _ in want} == {"src", "src/hello.txt", "src/sub", "src/sub/big.bin", "src/sub/déjà",
+                                     "src/sub/déjà/vu.txt"}
+    root = CID.parse(want[-1][1])
+    assert LocalStore(cats_home / "blocks").has(root)
+
+    quiet = cli("add", "-r", "--quiet", src)
+    assert quiet.code == 0
+    assert quiet.out == f"{root}\n"
+
+
+def test_add_a_folder_needs_r(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    res = cli("add", src)
+    _one_error_line(res, str(src))
+
+
+def test_only_hash_writes_nothing(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    res = cli("add", "-r", "--only-hash", src)
+    assert res.code == 0, res.err
+    assert _files(cats_home) == []
+    hashed = res.out.strip().splitlines()
+    real = cli("add", "-r", src)
+    assert real.code == 0
+    assert real.out.strip().splitlines() == hashed
+    assert len(_files(cats_home / "blocks")) > 3
+
+
+def test_cid_version_0(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    root = _add(cli, src, "--cid-version", "0")
+    assert root.startswith("Qm") and len(root) == 46
+    assert root == _expected(src, 0)[-1][1]
+    res = cli("cat", f"{root}/sub/déjà/vu.txt")
+    assert res.code == 0 and res.stdout_bytes == b"encore\n"
+
+
+def test_add_a_single_file(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    f = tmp_path / "one.txt"
+    f.write_bytes(b"just one file")
+    res = cli("add", f)
+    assert res.code == 0
+    assert res.out == f"added {CID.hash(b'just one file', RAW)} one.txt\n"
+
+
+# -- reading ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cat_paths_and_ranges(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    root = _add(cli, src)
+    big = (src / "sub" / "big.bin").read_bytes()
+
+    assert cli("cat", f"{root}/hello.txt").stdout_bytes == b"hello, cats\n"
+    assert cli("cat", f"/ipfs/{root}/sub/déjà/vu.txt").stdout_bytes == b"encore\n"
+    whole = cli("cat", f"{root}/sub/big.bin")
+    assert whole.code == 0 and whole.stdout_bytes == big
+    file_cid = dict(_expected(src))["src/sub/big.bin"]
+    for offset, length in [(0, 10), (CHUNK_SIZE - 5, 10), (BIG - 3, 100), (BIG, 5), (7, 0)]:
+        res = cli("cat", "--offset", offset, "--length", length, file_cid)
+        assert res.code == 0, res.err
+        assert res.stdout_bytes == big[offset:offset + length], (offset, length)
+    res = cli("cat", "--offset", BIG - 1000, f"{root}/sub/big.bin")
+    assert res.stdout_bytes == big[-1000:]
+
+
+def test_get(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    root = _add(cli, src)
+    dest = tmp_path / "out" / "copy"
+    res = cli("get", root, "-o", dest)
+    assert res.code == 0, res.err
+    got = sorted(p.relative_to(dest) for p in dest.rglob("*"))
+    assert got == sorted(p.relative_to(src) for p in src.rglob("*"))
+    for p in src.rglob("*"):
+        if p.is_file():
+            assert (dest / p.relative_to(src)).read_bytes() == p.read_bytes()
+    assert os.listdir(dest.parent) == ["copy"]
+
+    one = tmp_path / "vu.txt"
+    res = cli("get", f"{root}/sub/déjà/vu.txt", "-o", one)
+    assert res.code == 0 and one.read_text(encoding="utf-8") == "encore\n"
+
+
+def test_ls(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    root = _add(cli, src)
+    want = dict(_expected(src))
+    res = cli("ls", root)
+    assert res.code == 0
+    lines = [line.split() for line in res.out.strip().splitlines()]
+    assert lines == [[want["src/hello.txt"], "12", "hello.txt"], [want["src/sub"], lines[1][1], "sub/"]]
+
+    res = cli("ls", "--json", f"{root}/sub")
+    assert res.code == 0
+    items = json.loads(res.out)
+    assert items == [
+        {"name": "big.bin", "cid": want["src/sub/big.bin"], "kind": "file", "size": BIG},
+        {"name": "déjà", "cid": want["src/sub/déjà"], "kind": "dir", "size": items[1]["size"]},
+    ]
+    assert items[1]["size"] > 0
+
+
+def test_export_import_round_trip(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    root = _add(cli, src)
+    out = tmp_path / "dag.car"
+    res = cli("export", root, "-o", out)
+    assert res.code == 0, res.err
+    n_blocks = len(_files(cats_home / "blocks"))
+    assert res.out.strip() == f"exported {n_blocks} blocks of {root} to {out}"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    home2 = tmp_path / "home2"
+    imp = _run_in(home2, "import", out)
+    assert imp.returncode == 0, imp.stderr
+    assert imp.stdout.decode().splitlines() == [f"imported {root}", f"{n_blocks} blocks"]
+    assert len(_files(home2 / "blocks")) == n_blocks
+    cat = _run_in(home2, "cat", f"{root}/sub/big.bin")
+    assert cat.stdout == (src / "sub" / "big.bin").read_bytes()
+    pins = _run_in(home2, "pin", "ls")
+    assert pins.stdout.decode().split() == [root]
+
+
+@pytest.mark.slow
+def test_pin_rm_and_gc(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    keep = _add(cli, _tree(tmp_path / "keep"))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "gone.txt").write_bytes(b"collect me")
+    drop = _add(cli, other)
+    gone = str(CID.hash(b"collect me", RAW))
+
+    res = cli("pin", "ls")
+    assert res.code == 0 and sorted(res.out.split()) == sorted([keep, drop])
+    res = cli("pin", "ls", "--json")
+    assert sorted(json.loads(res.out)) == sorted([keep, drop])
+
+    res = cli("pin", "rm", drop)
+    assert res.code == 0 and res.out.strip() == f"unpinned {drop}"
+    assert cli("pin", "ls").out.split() == [keep]
+    _one_error_line(cli("pin", "rm", drop), drop)  # not pinned any more
+
+    res = cli("gc", "--json")
+    assert res.code == 0, res.err
+    assert sorted(json.loads(res.out)["removed"]) == sorted([drop, gone])
+
+    res = cli("cat", f"{drop}/gone.txt")
+    _one_error_line(res, drop)
+    res = cli("cat", gone)
+    _one_error_line(res, gone)
+    assert cli("cat", f"{keep}/hello.txt").stdout_bytes == b"hello, cats\n"
+    assert cli("gc").out.strip() == "removed 0 blocks"
+
+
+def test_pin_add(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"pin me later")
+    cid = _add(cli, f, "--no-pin")
+    assert cli("pin", "ls").out == ""
+    res = cli("pin", "add", cid)
+    assert res.code == 0 and res.out.strip() == f"pinned {cid} (1 blocks)"
+    assert cli("pin", "ls").out.split() == [cid]
+
+
+# -- bad input: one line on stderr naming the culprit, exit 1 ---------------------------------
+def test_malformed_cid(cli) -> None:  # noqa: ANN001
+    res = cli("cat", "notacid")
+    _one_error_line(res, "notacid")
+    assert res.out == ""
+
+
+def test_unknown_codec(cli) -> None:  # noqa: ANN001
+    cid = CID(1, 0x78, multihash.digest(b"a git object"))  # git-raw
+    res = cli("cat", str(cid))
+    _one_error_line(res, str(cid))
+    assert res.stdout_bytes == b""
+
+
+def test_missing_block(cli) -> None:  # noqa: ANN001
+    cid = str(CID.hash(b"never added", RAW))
+    res = cli("cat", cid)
+    _one_error_line(res, cid)
+    assert res.stdout_bytes == b""
+
+
+def test_corrupted_block(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    root = _add(cli, src)
+    leaf = CID.hash((src / "hello.txt").read_bytes(), RAW)
+    path = LocalStore(cats_home / "blocks").path(leaf)
+    assert path.is_file() and path.is_relative_to(cats_home / "blocks")
+    os.chmod(path, 0o644)
+    path.write_bytes(b"HELLO, CATS\n")
+    res = cli("cat", f"{root}/hello.txt")
+    _one_error_line(res, str(leaf))
+    assert res.stdout_bytes == b""
+    dest = tmp_path / "dest"
+    res = cli("get", root, "-o", dest)
+    _one_error_line(res, str(leaf))
+    assert not dest.exists()
+
+
+def _car_bytes(tmp_path: Path) -> tuple[bytes, CID, MemoryStore]:
+    src = _tree(tmp_path / "car-src")
+    store = MemoryStore()
+    with Importer(store) as imp:
+        root = list(imp.add_path(src))[-1].cid
+    path = tmp_path / "src.car"
+    with open(path, "wb") as f:
+        car.export(store, [root], f)
+    return path.read_bytes(), root, store
+
+
+def test_truncated_car(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    data, root, _ = _car_bytes(tmp_path)
+    bad = tmp_path / "truncated.car"
+    bad.write_bytes(data[:len(data) // 2])
+    res = cli("import", bad)
+    line = _one_error_line(res)
+    assert "truncated" in line
+    assert _files(cats_home / "blocks") == []
+    assert _files(cats_home / "pins") == []
+
+
+def test_forged_car(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    data, root, store = _car_bytes(tmp_path)
+    victim = CID.hash(b"hello, cats\n", RAW)
+    assert store.has(victim) and data.count(b"hello, cats\n") == 1
+    path = tmp_path / "forged.car"
+    path.write_bytes(data.replace(b"hello, cats\n", b"jello, cats\n"))  # same length, CID kept
+    res = cli("import", path)
+    _one_error_line(res, str(victim))
+    assert _files(cats_home / "blocks") == []
+    assert _files(cats_home / "pins") == []
+
+
+def test_get_into_an_existing_destination(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    root = _add(cli, _tree(tmp_path / "src"))
+    dest = tmp_path / "taken"
+    dest.mkdir()
+    (dest / "mine.txt").write_bytes(b"keep")
+    res = cli("get", root, "-o", dest)
+    _one_error_line(res, str(dest))
+    assert os.listdir(dest) == ["mine.txt"]
+    assert (dest / "mine.txt").read_bytes() == b"keep"
+
+
+def test_dot_dot_entry(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    store = LocalStore(cats_home / "blocks")
+    payload = b"would land beside the destination"
+    file_cid = CID.hash(payload, RAW)
+    store.put(file_cid, payload)
+    block = dagpb.encode([dagpb.Link(file_cid, "..", len(payload))], unixfs.encode(unixfs.Kind.DIRECTORY))
+    folder = CID.hash(block, DAG_PB)
+    store.put(folder, block)
+
+    work = tmp_path / "work"
+    work.mkdir()
+    res = cli("get", folder, "-o", work / "dest")
+    _one_error_line(res, "'..'")
+    assert os.listdir(work) == []
+    assert not (tmp_path / "dest").exists()
+    res = cli("ls", folder)
+    _one_error_line(res, "'..'")
+
+
+def test_get_a_missing_block_leaves_nothing(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    src = _tree(tmp_path / "src")
+    root = _add(cli, src)
+    leaf = CID.hash(b"encore\n", RAW)
+    LocalStore(cats_home / "blocks").delete(leaf)
+    work = tmp_path / "work"
+    work.mkdir()
+    res = cli("get", root, "-o", work / "dest")
+    _one_error_line(res, str(leaf))
+    assert os.listdir(work) == []
+
+
+def test_path_not_found(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    root = _add(cli, _tree(tmp_path / "src"))
+    res = cli("cat", f"{root}/sub/nope.txt")
+    _one_error_line(res, "nope.txt")
