@@ -58,6 +58,16 @@ def run_cats(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     return elapsed, usage.ru_maxrss / 1024, out.strip()
 
 
+def js_importer_seconds(path: Path) -> float | None:
+    """The npm reference importer (installed by scripts/test) on the same file, for scale; None if absent."""
+    script = Path(__file__).resolve().parent.parent / "tests" / "js" / "unixfs.mjs"
+    if not (script.parent / "node_modules").is_dir() or shutil.which("node") is None:
+        return None
+    start = time.perf_counter()
+    subprocess.run(["node", str(script), "--cid-version", "1", str(path)], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
@@ -80,9 +90,13 @@ def main() -> None:
             secs, rss, cid = run_cats(["add", "--quiet", *extra, str(data)], env)
             rows[name] = {"seconds": secs, "mb_per_s": size / secs / 1e6, "ratio": base_s / secs,
                           "peak_rss_mb": rss, "cid": cid}
+        peer = js_importer_seconds(data)
+        if peer is not None:
+            rows["peer: js ipfs-unixfs-importer v1"] = {"seconds": peer, "mb_per_s": size / peer / 1e6,
+                                                        "ratio": base_s / peer, "peak_rss_mb": 0.0, "cid": ""}
         startups = [run_cats(["--version"], env)[0] for _ in range(10)]
         startup = statistics.median(startups)
-        peak = max(float(r["peak_rss_mb"]) for r in rows.values())
+        peak = max(float(r["peak_rss_mb"]) for r in rows.values())  # the peer's 0.0 never wins
         result = {
             "file_mib": args.size_mib,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
@@ -118,7 +132,7 @@ def report(result: dict) -> None:
     table.add_row("hashlib.sha256", f"{base['seconds']:.2f}", f"{base['mb_per_s']:.0f}", "1.00", "")
     for name, r in result["runs"].items():
         table.add_row(name, f"{r['seconds']:.2f}", f"{r['mb_per_s']:.0f}", f"{r['ratio']:.2f}",
-                      f"{r['peak_rss_mb']:.0f}")
+                      f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else "")
     table.add_row("cats --version", f"{result['startup_s']:.3f}", "", "", "")
     Console().print(table)
     for key, ok in result["met"].items():
