@@ -7,6 +7,7 @@ import os
 import random
 from pathlib import Path
 
+import jsref
 import pytest
 
 from cats.cas import car, dagcbor, varint
@@ -16,11 +17,6 @@ from cats.cas.importer import CHUNK_SIZE, Importer
 from cats.cas.store import BlockStore
 from cats.cas.store.memory import MemoryStore
 from cats.errors import CarError
-
-try:
-    import jsref
-except ImportError:  # tests/ imported as a package
-    from tests import jsref  # type: ignore[no-redef]
 
 
 def _snapshot(store: BlockStore) -> dict[CID, bytes]:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import hashlib
 import random
 
+import jsref
 import pytest
 
 from cats.cas import multibase, multihash, varint
 from cats.cas.cid import CID, DAG_CBOR, DAG_JSON, DAG_PB, RAW
 from cats.errors import DecodeError, InvalidCID, UnknownCodec
-
-try:
-    import jsref
-except ImportError:  # tests/ imported as a package
-    from tests import jsref
 
 EMPTY_DIR_V0 = "QmUNLLsPACCz1vLxQVkXqqLX5R1X345qqfHbsf67hvA3Nn"
 EMPTY_DIR_V1 = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"

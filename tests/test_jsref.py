@@ -10,13 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsref
 import pytest
-
-try:
-    import jsref
-except ImportError:  # tests/ imported as a package
-    from tests import jsref
-
 
 EMPTY_FILE_V0 = "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
 EMPTY_FILE_V1 = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"

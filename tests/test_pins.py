@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from wrapping import Forwarding
 
 from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.dag import walk
@@ -169,27 +170,12 @@ def test_gc_with_no_pins_empties_the_store(store: BlockStore, pins: Pins, tmp_pa
     assert list(store) == []
 
 
-class _WriterDuringGC(BlockStore):
+class _WriterDuringGC(Forwarding):
     """A store where another writer adds blocks while gc is listing it (after gc has started)."""
 
     def __init__(self, inner: BlockStore, late: list[tuple[CID, bytes]]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.late = late
-
-    def has(self, cid: CID) -> bool:
-        return self.inner.has(cid)
-
-    def put(self, cid: CID, data: bytes | memoryview) -> None:
-        self.inner.put(cid, data)
-
-    def delete(self, cid: CID) -> None:
-        self.inner.delete(cid)
-
-    def _get_unverified(self, cid: CID) -> bytes:
-        return self.inner.get(cid, verify=False)
-
-    def mtime(self, cid: CID) -> float:
-        return self.inner.mtime(cid)
 
     def __iter__(self) -> Iterator[CID]:
         listed = list(self.inner)

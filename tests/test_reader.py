@@ -5,10 +5,10 @@ from __future__ import annotations
 import filecmp
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from wrapping import Forwarding
 
 from cats.cas import dagpb, reader, unixfs
 from cats.cas import importer as importer_mod
@@ -21,28 +21,16 @@ from cats.cas.store.memory import MemoryStore
 from cats.errors import BlockNotFound, CatsError, IntegrityError, PathNotFound, UnsafePath
 
 
-class CountingStore(BlockStore):
+class CountingStore(Forwarding):
     """Wraps a store and records every block fetched."""
 
     def __init__(self, inner: BlockStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fetched: list[CID] = []
-
-    def has(self, cid: CID) -> bool:
-        return self.inner.has(cid)
-
-    def put(self, cid: CID, data: bytes | memoryview) -> None:
-        self.inner.put(cid, data)
-
-    def delete(self, cid: CID) -> None:
-        self.inner.delete(cid)
-
-    def __iter__(self) -> Iterator[CID]:
-        return iter(self.inner)
 
     def _get_unverified(self, cid: CID) -> bytes:
         self.fetched.append(cid)
-        return self.inner.get(cid, verify=False)
+        return super()._get_unverified(cid)
 
 
 def _data(n: int, seed: int = 1) -> bytes:

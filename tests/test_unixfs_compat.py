@@ -10,14 +10,10 @@ import os
 import random
 from pathlib import Path
 
+import jsref
 import pytest
 
 from cats.cas.importer import CHUNK_SIZE, MAX_LINKS, Importer
-
-try:
-    import jsref
-except ImportError:  # tests/ imported as a package
-    from tests import jsref
 
 
 def ours(path: Path, version: int) -> dict[str, str]:

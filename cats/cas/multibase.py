@@ -12,51 +12,40 @@ import binascii
 from cats.errors import InvalidCID, UnknownCodec
 
 B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
-_B58_INDEX = {c: i for i, c in enumerate(B58_ALPHABET)}
 B36_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+_INDEX = {alphabet: {c: i for i, c in enumerate(alphabet)} for alphabet in (B58_ALPHABET, B36_ALPHABET)}
 
 
-def b58encode(data: bytes) -> str:
+def _radix_encode(data: bytes, alphabet: str) -> str:
+    """Big-number encoding (base58btc, base36): leading zero bytes become the alphabet's zero digit."""
     zeros = len(data) - len(data.lstrip(b"\0"))
     n = int.from_bytes(data, "big")
     out = []
     while n:
-        n, r = divmod(n, 58)
-        out.append(B58_ALPHABET[r])
-    return "1" * zeros + "".join(reversed(out))
+        n, r = divmod(n, len(alphabet))
+        out.append(alphabet[r])
+    return alphabet[0] * zeros + "".join(reversed(out))
 
 
-def b58decode(text: str) -> bytes:
-    zeros = len(text) - len(text.lstrip("1"))
+def _radix_decode(text: str, alphabet: str) -> bytes:
+    index = _INDEX[alphabet]
+    zeros = len(text) - len(text.lstrip(alphabet[0]))
     n = 0
     for c in text:
         try:
-            n = n * 58 + _B58_INDEX[c]
+            n = n * len(alphabet) + index[c]
         except KeyError:
-            raise InvalidCID(f"invalid base58btc character {c!r}") from None
+            raise InvalidCID(f"invalid character {c!r}") from None
     body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
     return b"\0" * zeros + body
 
 
-def _b36encode(data: bytes) -> str:
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    n = int.from_bytes(data, "big")
-    out = []
-    while n:
-        n, r = divmod(n, 36)
-        out.append(B36_ALPHABET[r])
-    return "0" * zeros + "".join(reversed(out))
+def b58encode(data: bytes) -> str:
+    return _radix_encode(data, B58_ALPHABET)
 
 
-def _b36decode(text: str) -> bytes:
-    text = text.lower()
-    zeros = len(text) - len(text.lstrip("0"))
-    try:
-        n = int(text, 36) if text else 0
-    except ValueError:
-        raise InvalidCID("invalid base36 text") from None
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big") if n else b""
-    return b"\0" * zeros + body
+def b58decode(text: str) -> bytes:
+    return _radix_decode(text, B58_ALPHABET)
 
 
 def _b32encode(data: bytes) -> str:
@@ -78,8 +67,9 @@ _BASES = {
     "z": ("base58btc", b58encode, b58decode),
     "b": ("base32", _b32encode, _b32decode),
     "B": ("base32upper", lambda d: _b32encode(d).upper(), _b32decode),
-    "k": ("base36", _b36encode, _b36decode),
-    "K": ("base36upper", lambda d: _b36encode(d).upper(), _b36decode),
+    "k": ("base36", lambda d: _radix_encode(d, B36_ALPHABET), lambda t: _radix_decode(t.lower(), B36_ALPHABET)),
+    "K": ("base36upper", lambda d: _radix_encode(d, B36_ALPHABET).upper(),
+          lambda t: _radix_decode(t.lower(), B36_ALPHABET)),
     "f": ("base16", lambda d: d.hex(), bytes.fromhex),
     "F": ("base16upper", lambda d: d.hex().upper(), bytes.fromhex),
     "m": ("base64", lambda d: base64.b64encode(d).decode().rstrip("="), lambda t: _b64decode(t, None)),
