@@ -18,7 +18,7 @@ def links(cid: CID, block: bytes) -> list[CID]:
     if cid.codec == DAG_CBOR:
         from cats.cas import dagcbor
 
-        return list(dagcbor.links(dagcbor.decode(block)))
+        return dagcbor.block_links(block)
     if cid.codec == DAG_JSON:
         from cats.cas import dagjson
 
