@@ -51,3 +51,13 @@ def walk(store: BlockStore, cid: CID) -> Iterator[CID]:
             raise DecodeError(f"{here}: {e}") from None
         yield here
         stack.extend(reversed(children))
+
+
+def put_cbor(store: BlockStore, value: object) -> CID:
+    """Encode value as DAG-CBOR, store the block, return its CID."""
+    from cats.cas import dagcbor
+
+    block = dagcbor.encode(value)
+    cid = CID.hash(block, DAG_CBOR)
+    store.put(cid, block)
+    return cid

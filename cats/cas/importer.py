@@ -51,6 +51,7 @@ class Added:
     cid: CID
     size: int
     kind: str
+    tsize: int
 
 
 class Importer:
@@ -160,7 +161,7 @@ class Importer:
         name = root.name or str(root)
         if root.is_symlink():
             entry = self._symlink(root)
-            yield Added(name, entry.cid, 0, "symlink")
+            yield Added(name, entry.cid, 0, "symlink", entry.tsize)
         elif root.is_dir():
             if not recursive:
                 raise CatsError(f"{path} is a directory; use -r to add it")
@@ -168,7 +169,7 @@ class Importer:
         elif root.is_file():
             with open(root, "rb") as f:
                 entry = self.add_file(f)
-            yield Added(name, entry.cid, entry.size, "file")
+            yield Added(name, entry.cid, entry.size, "file", entry.tsize)
         else:
             raise CatsError(f"cannot add {path}: no such file or folder")
 
@@ -186,22 +187,31 @@ class Importer:
             child_rel = f"{rel}/{child.name}"
             if child.is_symlink():
                 entry = self._symlink(Path(child.path))
-                yield Added(child_rel, entry.cid, 0, "symlink")
+                yield Added(child_rel, entry.cid, 0, "symlink", entry.tsize)
             elif child.is_dir():
                 entry = yield from self._add_dir(Path(child.path), child_rel)
             else:
                 with open(child.path, "rb") as f:
                     entry = self.add_file(f)
-                yield Added(child_rel, entry.cid, entry.size, "file")
+                yield Added(child_rel, entry.cid, entry.size, "file", entry.tsize)
             links.append(dagpb.Link(entry.cid, child.name, entry.tsize))
             size += entry.size
+        node = self.directory(links, size)
+        yield Added(rel, node.cid, size, "dir", node.tsize)
+        return node
+
+    def directory(self, links: list[dagpb.Link], size: int = 0) -> Entry:
+        """A folder of already-stored entries (links named, sorted by name), sharded as kubo would."""
         if hamt.estimated_size(links) > self.shard_threshold:
             top = hamt.build(links, self._shard_node)
-            node = Entry(top.cid, 0, top.tsize or 0)
-        else:
-            node = self._node(links, unixfs.encode(unixfs.Kind.DIRECTORY))
-        yield Added(rel, node.cid, size, "dir")
+            return Entry(top.cid, size, top.tsize or 0)
+        node = self._node(links, unixfs.encode(unixfs.Kind.DIRECTORY))
         return Entry(node.cid, size, node.tsize)
+
+    def add_wrapped(self, path: str | os.PathLike[str]) -> Entry:
+        """Add a file or folder inside a folder of its own, keeping its name (`ipfs add -w`)."""
+        *_, top = self.add_path(path)
+        return self.directory([dagpb.Link(top.cid, Path(path).name, top.tsize)], top.size)
 
     def _shard_node(self, links: list[dagpb.Link], data: bytes) -> dagpb.Link:
         node = self._node(links, data)

@@ -6,6 +6,7 @@ blocks that cover the range. Every block comes through the store's verifying `ge
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import tempfile
@@ -95,6 +96,18 @@ def _entries(store: BlockStore, cid: CID, node: dagpb.Node, fs: unixfs.Data) -> 
         raise CatsError(f"{cid} is a {_kind_name(fs.kind)}, not a folder")
 
 
+def entries(store: BlockStore, cid: CID) -> list[tuple[str, CID, int]]:
+    """A folder's (name, cid, tsize) without reading the entries themselves (ls does, for sizes)."""
+    node, fs = _pb(store, cid)
+    return list(_entries(store, cid, node, fs))
+
+
+def is_folder(store: BlockStore, cid: CID) -> bool:
+    if cid.codec != DAG_PB:
+        return False
+    return _pb(store, cid)[1].kind in (unixfs.Kind.DIRECTORY, unixfs.Kind.HAMT_SHARD)
+
+
 def ls(store: BlockStore, cid: CID) -> list[Item]:
     node, fs = _pb(store, cid)
     items = []
@@ -168,6 +181,46 @@ def _range(store: BlockStore, cid: CID, start: int, end: int, expected: int,
         if pos + size > start:
             yield from _range(store, link.cid, max(0, start - pos), min(size, end - pos), size)
         pos += size
+
+
+class FileReader(io.RawIOBase):
+    """A seekable, read-only file over a UnixFS file CID; each read fetches only its covering blocks.
+
+    What pyarrow and other libraries that read by ranges (Parquet footers, row groups) need.
+    """
+
+    def __init__(self, store: BlockStore, cid: CID) -> None:
+        self.store, self.cid = store, cid
+        self.size = stat(store, cid).size
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        length = self.size - self.pos if n is None or n < 0 else n
+        data = b"".join(read(self.store, self.cid, self.pos, length))
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
 
 
 def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str]) -> Path:

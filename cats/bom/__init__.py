@@ -1,0 +1,107 @@
+"""Bills of materials: the DAG-CBOR record of a run, linking everything it used and made.
+
+A BOM links the Order, its code, its environment (lock, IaC), each input and output, the slice
+records (in blocks of up to 1,000, so a BOM block stays small whatever the slice count), the BOMs
+that produced its inputs, and an invoice. Its links are CID links any IPLD tool can walk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from cats.cas import dagcbor
+from cats.cas.cid import CID, DAG_CBOR
+from cats.cas.dag import put_cbor
+from cats.cas.fields import CIDField
+from cats.cas.store import BlockStore
+from cats.errors import CatsError, DecodeError
+from cats.order.infra import Slice
+
+RECORDS_PER_BLOCK = 1000
+
+
+class SliceRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    input: Slice
+    output: CIDField
+    encoding: str
+    size: int
+    tsize: int
+    assembly: dict[str, JsonValue] = Field(default_factory=dict)
+    seed: int
+    node: str
+    duration_s: float
+    attempts: int
+    bytes_in: int
+
+
+class Invoice(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    started: str
+    finished: str
+    duration_s: float
+    slices: int
+    executed: int = Field(description="slices run in this invocation")
+    resumed: int = Field(description="slices taken from an earlier, interrupted run of the same Order")
+    bytes_in: int
+    bytes_out: int
+    executor: str = Field(description="host and Ray node of the driver")
+    nodes: list[str] = Field(description="nodes that ran slices")
+    cats_version: str
+
+
+class Environment(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    python: str
+    lock: CIDField
+    requirements: list[str] = Field(default_factory=list)
+    iac: CIDField | None = None
+
+
+class BOM(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["cats.bom"] = "cats.bom"
+    version: Literal[1] = 1
+    name: str | None = None
+    order: CIDField
+    code: CIDField
+    structure: Environment
+    inputs: list[CIDField]
+    outputs: list[CIDField]
+    output_encoding: str
+    slices: list[CIDField] = Field(description="blocks of slice records, in slice order")
+    parents: list[CIDField] = Field(default_factory=list, description="BOMs that produced the inputs")
+    invoice: Invoice
+
+    def block(self) -> bytes:
+        return dagcbor.encode(self.model_dump(exclude_none=True))
+
+
+def write_records(store: BlockStore, records: list[SliceRecord]) -> list[CID]:
+    return [put_cbor(store, [r.model_dump(exclude_none=True) for r in records[i:i + RECORDS_PER_BLOCK]])
+            for i in range(0, len(records), RECORDS_PER_BLOCK)]
+
+
+def load(store: BlockStore, cid: CID) -> BOM:
+    if cid.codec != DAG_CBOR:
+        raise CatsError(f"{cid} is {cid.codec_name}, not a BOM (dag-cbor)")
+    try:
+        return BOM.model_validate(dagcbor.decode(store.get(cid)))
+    except DecodeError as e:
+        raise CatsError(f"{cid} is not a BOM: {e}") from None
+    except ValueError as e:  # pydantic's ValidationError
+        raise CatsError(f"{cid} is not a BOM: {str(e).splitlines()[0]}") from None
+
+
+def records(store: BlockStore, bom: BOM) -> Iterator[SliceRecord]:
+    for block in bom.slices:
+        for raw in dagcbor.decode(store.get(block)):
+            yield SliceRecord.model_validate(raw)

@@ -1,0 +1,62 @@
+"""The run index, an embedded SQLite file in CATS_HOME: Order -> BOM (memoization), output ->
+the BOM that made it (lineage parents), and finished slices of unfinished runs (resume).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (order_cid TEXT PRIMARY KEY, bom TEXT NOT NULL, output TEXT NOT NULL,
+                                 name TEXT, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS outputs (cid TEXT PRIMARY KEY, bom TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS slices (order_cid TEXT NOT NULL, idx INTEGER NOT NULL, record TEXT NOT NULL,
+                                   PRIMARY KEY (order_cid, idx));
+CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
+"""
+
+
+class Index:
+    def __init__(self, path: str | Path) -> None:
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def bom_for(self, order_cid: str) -> str | None:
+        row = self.db.execute("SELECT bom FROM runs WHERE order_cid = ?", (order_cid,)).fetchone()
+        return row[0] if row else None
+
+    def output_of(self, bom: str) -> str:
+        return self.db.execute("SELECT output FROM runs WHERE bom = ?", (bom,)).fetchone()[0]
+
+    def producer(self, cid: str) -> str | None:
+        row = self.db.execute("SELECT bom FROM outputs WHERE cid = ?", (cid,)).fetchone()
+        return row[0] if row else None
+
+    def save_slices(self, order_cid: str, records: list[dict[str, Any]]) -> None:
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO slices VALUES (?, ?, ?)",
+                                [(order_cid, r["index"], json.dumps(r)) for r in records])
+
+    def done_slices(self, order_cid: str) -> dict[int, dict[str, Any]]:
+        rows = self.db.execute("SELECT idx, record FROM slices WHERE order_cid = ?", (order_cid,))
+        return {idx: json.loads(record) for idx, record in rows}
+
+    def record_run(self, order_cid: str, bom: str, outputs: list[str], name: str | None) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
+                            (order_cid, bom, outputs[0], name, time.time()))
+            self.db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])
+            self.db.execute("DELETE FROM slices WHERE order_cid = ?", (order_cid,))
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT order_cid, bom, output, name, created FROM runs "
+                               "ORDER BY created DESC LIMIT ?", (limit,))
+        return [dict(zip(("order", "bom", "output", "name", "created"), row, strict=True)) for row in rows]

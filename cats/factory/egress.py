@@ -1,0 +1,105 @@
+"""Egress: merge result slices into the Order's output. Runs as a Ray task, next to the results."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from cats.cas import dagpb, reader
+from cats.cas.cid import CID
+from cats.cas.dag import put_cbor
+from cats.cas.importer import Entry, Importer
+from cats.cas.store import BlockStore, open_store
+from cats.errors import CatsError
+from cats.factory import results
+from cats.order.function import Function
+
+
+def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """parts: per slice, in slice order: output CID, encoding, name, assembly, size, tsize."""
+    store = open_store(store_url)
+    with Importer(store, cid_version=1) as importer:
+        if how == "directory":
+            entry = _directory(importer, parts)
+            return {"output": str(entry.cid), "encoding": "unixfs-directory", "size": entry.size}
+        if how == "list":
+            cid = put_cbor(store, [CID.parse(p["output"]) for p in parts])
+            return {"output": str(cid), "encoding": "dag-cbor-list", "size": len(parts)}
+        if how == "concat":
+            entry = importer.add_file(_Concat(store, parts))
+            return {"output": str(entry.cid), "encoding": _common(parts, ("bytes", "text")), "size": entry.size}
+        if how == "table":
+            import pyarrow as pa
+
+            _common(parts, ("arrow",))
+            tables = [_value(store, p) for p in parts]
+            value = pa.concat_tables(tables) if tables else pa.table({})
+        else:
+            fn = Function.model_validate(how)
+            from cats.factory.worker import load
+
+            value = load(store, fn)([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
+        data, encoding = results.encode(value)
+        entry = importer.add_bytes(data)
+        return {"output": str(entry.cid), "encoding": encoding, "size": entry.size}
+
+
+def _value(store: BlockStore, part: dict[str, Any]) -> Any:
+    data = b"".join(reader.read(store, CID.parse(part["output"])))
+    return results.decode(data, part["encoding"])
+
+
+def _common(parts: list[dict[str, Any]], allowed: tuple[str, ...]) -> str:
+    kinds = {p["encoding"] for p in parts}
+    if not kinds <= set(allowed):
+        bad = next(p for p in parts if p["encoding"] not in allowed)
+        raise CatsError(f"cannot merge: slice {bad['name'] or bad['index']} returned {bad['encoding']}, "
+                        f"this merge takes {' or '.join(allowed)}")
+    return kinds.pop() if len(kinds) == 1 else "bytes"
+
+
+def _directory(importer: Importer, parts: list[dict[str, Any]]) -> Entry:
+    """Nested folders from slash-separated slice names, each output under its input's name."""
+    tree: dict[str, Any] = {}  # name -> sub-tree (dict) or output (Entry)
+    for p in parts:
+        *dirs, leaf = (p["name"] or str(p["index"])).split("/")
+        node = tree
+        for d in dirs:
+            node = node.setdefault(d, {})
+            if not isinstance(node, dict):
+                raise CatsError(f"slice name {p['name']!r} runs through a file")
+        if leaf in node:
+            raise CatsError(f"two slices are named {p['name']!r}; the directory merge needs unique names")
+        node[leaf] = Entry(CID.parse(p["output"]), p["size"], p["tsize"])
+
+    def build(node: dict[str, Any]) -> Entry:
+        links, size = [], 0
+        for name in sorted(node, key=lambda n: n.encode()):
+            entry = build(node[name]) if isinstance(node[name], dict) else node[name]
+            links.append(dagpb.Link(entry.cid, name, entry.tsize))
+            size += entry.size
+        return importer.directory(links, size)
+
+    return build(tree)
+
+
+class _Concat(io.RawIOBase):
+    """The result slices read one after another, as one stream, for the importer to re-chunk."""
+
+    def __init__(self, store: BlockStore, parts: list[dict[str, Any]]) -> None:
+        self._chunks = (chunk for p in parts for chunk in reader.read(store, CID.parse(p["output"])))
+        self._rest = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._rest:
+            try:
+                self._rest = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._rest))
+        buffer[:n] = self._rest[:n]
+        self._rest = self._rest[n:]
+        return n

@@ -1,0 +1,37 @@
+"""Orders: what to run (Function), how to slice and merge (InfraFunction), in what environment
+(Structure), where (Plant), over which inputs. One pydantic schema, canonically encoded as
+DAG-CBOR, so a sealed Order has a CID.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cats.cas import dagcbor
+from cats.cas.cid import CID, DAG_CBOR
+from cats.cas.fields import CIDField
+from cats.order.function import Function
+from cats.order.infra import InfraFunction, Slice
+from cats.order.structure import Structure
+from cats.plant import Plant
+
+__all__ = ["Order", "Function", "InfraFunction", "Slice", "Structure", "Plant"]
+
+
+class Order(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    function: Function
+    inputs: list[CIDField] = Field(min_length=1)
+    infra: InfraFunction = Field(default_factory=InfraFunction)
+    structure: Structure = Field(default_factory=Structure)
+    plant: Plant = Field(default_factory=Plant)
+    name: str | None = None
+
+    def block(self) -> bytes:
+        """The canonical DAG-CBOR encoding; only meaningful once sealed (code and lock are CIDs)."""
+        return dagcbor.encode(self.model_dump(exclude_none=True))
+
+    @property
+    def cid(self) -> CID:
+        return CID.hash(self.block(), DAG_CBOR)

@@ -1,0 +1,41 @@
+"""InfraFunction: how inputs become slices (ingress) and result slices become outputs (egress).
+
+Built-in splits: `files` (one slice per file of a folder CID), `lines` (line-aligned byte ranges
+of a file), `row-groups` (one slice per Parquet row group). Built-in merges: `directory` (one
+entry per slice, named as its input), `concat` (bytes joined in slice order), `table` (Arrow
+tables concatenated), `list` (a DAG-CBOR list of the results). A Function in either place is the
+user's own split or merge.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from cats.cas.fields import CIDField
+from cats.order.function import Function
+
+SplitKind = Literal["files", "lines", "row-groups"]
+MergeKind = Literal["directory", "concat", "table", "list"]
+
+
+class Slice(BaseModel):
+    """One unit of work: a file CID, optionally narrowed to a byte range or a row group."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cid: CIDField
+    name: str | None = Field(default=None, description="entry name inside its input folder")
+    offset: int | None = None
+    length: int | None = None
+    row_group: int | None = None
+    meta: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class InfraFunction(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    split: SplitKind | Function = "files"
+    merge: MergeKind | Function = "directory"
+    chunk_bytes: int = Field(default=1 << 20, gt=0, description="target slice size for `lines`")

@@ -1,0 +1,49 @@
+"""Sealing: turn an Order's local references (code file, IaC folder, this environment) into CIDs.
+
+Constructing an Order does no I/O, so importing an Order script (as workers do, to load the
+function defined in it) stays cheap; the Factory seals once, on the driver.
+"""
+
+from __future__ import annotations
+
+from cats.cas.dag import put_cbor
+from cats.cas.importer import Importer
+from cats.cas.store import BlockStore
+from cats.errors import CatsError
+from cats.order import Order
+from cats.order.function import Function
+from cats.order.infra import InfraFunction
+from cats.order.structure import installed_distributions
+
+
+def _seal_function(fn: Function, importer: Importer) -> Function:
+    if fn.code is not None:
+        return fn
+    assert fn.source is not None
+    if not fn.source.exists():
+        raise CatsError(f"function source {fn.source} does not exist")
+    code = importer.add_wrapped(fn.source)
+    return fn.model_copy(update={"code": code.cid, "source": None})
+
+
+def seal(order: Order, store: BlockStore) -> Order:
+    """Add code, IaC and the environment lock to the store; return the Order with their CIDs."""
+    with Importer(store, cid_version=1) as importer:
+        function = _seal_function(order.function, importer)
+        infra = order.infra
+        updates = {}
+        for side in ("split", "merge"):
+            part = getattr(infra, side)
+            if isinstance(part, Function):
+                updates[side] = _seal_function(part, importer)
+        if updates:
+            infra = InfraFunction.model_validate({**infra.model_dump(), **updates})
+        structure = order.structure
+        if structure.lock is None:
+            structure = structure.model_copy(update={"lock": put_cbor(store, installed_distributions())})
+        if structure.iac_path is not None:
+            if not structure.iac_path.is_dir():
+                raise CatsError(f"IaC folder {structure.iac_path} does not exist")
+            *_, top = importer.add_path(structure.iac_path)
+            structure = structure.model_copy(update={"iac": top.cid, "iac_path": None})
+    return order.model_copy(update={"function": function, "infra": infra, "structure": structure})

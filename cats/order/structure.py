@@ -1,0 +1,32 @@
+"""The environment an Order runs in: Python, the installed distributions, requirements, IaC."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cats.cas.fields import CIDField
+
+
+class Structure(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    python: str = Field(default_factory=platform.python_version)
+    lock: CIDField | None = Field(default=None, description="DAG-CBOR map of distribution -> version")
+    requirements: list[str] = Field(default_factory=list, description="pip requirements for Ray's runtime_env")
+    iac: CIDField | None = Field(default=None, description="UnixFS folder of infrastructure-as-code")
+    iac_path: Path | None = Field(default=None, exclude=True, description="local IaC folder, before sealing")
+
+
+def installed_distributions() -> dict[str, str]:
+    """name -> version of every distribution importable here: the environment lock."""
+    from importlib.metadata import distributions
+
+    lock: dict[str, str] = {}
+    for dist in distributions():
+        name = dist.metadata["Name"]
+        if name:
+            lock.setdefault(name.lower().replace("_", "-"), dist.version)
+    return dict(sorted(lock.items()))

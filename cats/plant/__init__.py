@@ -1,0 +1,34 @@
+"""Plants: where an Order runs. The embedded local Ray by default, or an existing cluster.
+
+Only `connect()` imports Ray, so commands that never compute stay fast to start.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+# 1 and 1.0 must encode alike, or the same Plant written two ways would get two CIDs.
+Float = Annotated[float, AfterValidator(float)]
+
+
+class Plant(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str | None = Field(default=None, description="Ray address; None starts (or joins) a local Ray")
+    num_cpus: Float = Field(default=1.0, gt=0, description="CPUs per slice task")
+    resources: dict[str, Float] = Field(default_factory=dict, description="custom Ray resources per task")
+    retries: int = Field(default=3, ge=0, description="retries of a task whose worker died")
+    timeout_s: Float | None = Field(default=None, gt=0, description="limit per slice")
+    batch: int | None = Field(default=None, gt=0, description="slices per task; None picks one")
+
+
+def connect(plant: Plant, quiet: bool = False) -> Any:
+    """Join the Plant's Ray, starting the embedded local one when none is running; returns `ray`."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=plant.address, include_dashboard=False, log_to_driver=not quiet,
+                 configure_logging=True, logging_level="WARNING")
+    return ray
