@@ -52,3 +52,28 @@ def cli(cats_home: Path):
                       proc.stdout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real local Ray for the whole test session (ray.init costs seconds); yields its address.
+
+    Workers are started with a session CATS_HOME (they keep their code cache there); each test's
+    own CATS_HOME still decides the driver's store and index, which the Factory hands to workers.
+    Subprocesses (the CLI) join this Ray through RAY_ADDRESS instead of starting their own.
+    """
+    import ray
+
+    session_home = tmp_path_factory.mktemp("ray-session-home")
+    saved = os.environ.get("CATS_HOME")
+    os.environ["CATS_HOME"] = str(session_home)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    finally:
+        if saved is None:
+            os.environ.pop("CATS_HOME", None)
+        else:
+            os.environ["CATS_HOME"] = saved
+    address = ray.get_runtime_context().gcs_address
+    yield address
+    ray.shutdown()

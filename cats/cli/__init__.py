@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cats import __version__
-from cats.cli import store
+from cats.cli import run, store
 from cats.errors import CatsError
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ def _root(
 
 
 store.register(app)
+run.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,103 @@
+"""Compute commands: `cats run ORDER.py` and the Bacalhau-style `cats submit`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from cats.errors import CatsError
+
+
+def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, imported lazily
+    """Import ORDER.py as a module named after its file (workers import it the same way)."""
+    from cats.order import Order
+
+    if not path.is_file():
+        raise CatsError(f"order file {path} does not exist")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise CatsError(f"{path} failed to load: {type(e).__name__}: {e}") from None
+    order = getattr(module, "order", None)
+    if not isinstance(order, Order):
+        raise CatsError(f"{path} must define a module-level `order = cats.Order(...)`")
+    return order
+
+
+def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TimeElapsedColumn
+
+    from cats import factory
+
+    err = Console(stderr=True)
+    with Progress("[bold]slices", BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                  "{task.fields[rate]}", TimeElapsedColumn(), console=err, disable=as_json,
+                  transient=True) as bar:
+        task = bar.add_task("run", total=None, rate="")
+
+        def progress(done: int, total: int) -> None:
+            elapsed = bar.tasks[0].elapsed or 0
+            rate = f"{bar.tasks[0].completed / elapsed:.1f}/s" if elapsed and bar.tasks[0].completed else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        result = factory.run(order, force=force, quiet=as_json, progress=progress)
+    summary = result.summary()
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    state = "reused (identical Order already run; --force re-runs)" if result.reused else \
+        f"{result.executed} of {result.slices} slices run"
+    err.print(f"[green]done[/green] in {result.duration_s:.2f} s: {state}")
+    err.print(f"order  {result.order}\noutput {result.output}")
+    typer.echo(str(result.bom))
+
+
+def run(
+    order_file: Path = typer.Argument(..., metavar="ORDER.py", help="A Python file defining `order`."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
+    force: bool = typer.Option(False, "--force", help="Run even if this exact Order already has a BOM."),
+) -> None:
+    """Run an Order on the Plant (the embedded local Ray by default); print its BOM CID last."""
+    _execute(_load_order(order_file), as_json, force)
+
+
+def submit(
+    file: Path = typer.Option(..., "-f", "--file", help="Python file with the entry function."),
+    cid: str = typer.Option(..., "-c", "--cid", help="Input folder CID; one slice per file."),
+    entry: str = typer.Option(..., "--entry", help="Function name in FILE: f(path) -> bytes or any encodable value."),
+    requirements: Path | None = typer.Option(None, "-r", "--requirements", help="pip requirements for the workers."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
+    force: bool = typer.Option(False, "--force", help="Run even if this exact job already has a BOM."),
+) -> None:
+    """Run FILE's entry on each file of a folder CID; the output folder has one entry per input file."""
+    from cats.cas.cid import CID
+    from cats.order import Function, Order, Structure
+
+    if not file.is_file():
+        raise CatsError(f"--file {file} does not exist")
+    reqs: list[str] = []
+    if requirements is not None:
+        if not requirements.is_file():
+            raise CatsError(f"--requirements {requirements} does not exist")
+        reqs = [line.strip() for line in requirements.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")]
+    order = Order(function=Function(entry=f"{file.stem}:{entry}", source=file, takes="path"),
+                  inputs=[CID.parse(cid)], structure=Structure(requirements=reqs), name=f"submit {file.name}:{entry}")
+    _execute(order, as_json, force)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
+    app.command()(submit)
