@@ -33,7 +33,7 @@ from cats.plant import connect
 
 # Batches per CPU when the Plant does not fix the batch size: enough to balance uneven slices,
 # few enough that per-task overhead stays small next to tiny slices.
-_BATCHES_PER_CPU = 8
+_BATCHES_PER_CPU = 32
 
 
 class SliceFailed(CatsError):
@@ -130,9 +130,9 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         name=order.name, order=order_cid, code=order.function.code,
         structure=Environment(python=order.structure.python, lock=order.structure.lock,
                               requirements=order.structure.requirements, iac=order.structure.iac),
-        inputs=order.inputs, outputs=outputs, output_encoding=merged["encoding"],
+        inputs=order.input_cids, outputs=outputs, output_encoding=merged["encoding"],
         slices=write_records(store, records),
-        parents=sorted({CID.parse(p) for i in order.inputs if (p := index.producer(str(i)))}),
+        parents=sorted({CID.parse(p) for i in order.input_cids if (p := index.producer(str(i)))}),
         invoice=Invoice(
             started=_iso(started), finished=_iso(finished), duration_s=finished - started,
             slices=len(records), executed=len(todo), resumed=resumed,

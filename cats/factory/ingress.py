@@ -26,9 +26,9 @@ Piece = tuple[Slice, dict[str, Any]]
 def split(order: Order, store: BlockStore) -> list[Piece]:
     kind = order.infra.split
     if isinstance(kind, Function):
-        return _user_split(kind, order.inputs, store)
+        return _user_split(kind, order.input_cids, store)
     pieces: list[Piece] = []
-    for i, cid in enumerate(order.inputs):
+    for i, cid in enumerate(order.input_cids):
         if kind == "files":
             pieces += ((s, {"input": i, "name": s.name}) for s in files(store, cid))
         elif kind == "lines":

@@ -6,9 +6,17 @@ function defined in it) stays cheap; the Factory seals once, on the driver.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from cats.cas.cid import CID
 from cats.cas.dag import put_cbor
 from cats.cas.importer import Importer
 from cats.cas.store import BlockStore
+from cats.config import home
 from cats.errors import CatsError
 from cats.order import Order
 from cats.order.function import Function
@@ -26,6 +34,28 @@ def _seal_function(fn: Function, importer: Importer) -> Function:
     return fn.model_copy(update={"code": code.cid, "source": None})
 
 
+def environment_lock(store: BlockStore) -> CID:
+    """The lock block of this environment. Scanning every distribution costs ~0.1 s, so its CID is
+    cached under a key of the import path's folders and their modification times, which change
+    whenever a distribution is installed or removed."""
+    stamp = [sys.version]
+    for entry in sys.path:
+        with contextlib.suppress(OSError):
+            stamp.append(f"{entry}:{os.stat(entry or '.').st_mtime_ns}")
+    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()
+    cache = home() / "cache" / "locks" / key
+    with contextlib.suppress(OSError, CatsError):
+        cached = CID.parse(cache.read_text())
+        if store.has(cached):
+            return cached
+    lock = put_cbor(store, installed_distributions())
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{key}.{os.getpid()}")
+    tmp.write_text(str(lock))
+    os.replace(tmp, cache)
+    return lock
+
+
 def seal(order: Order, store: BlockStore) -> Order:
     """Add code, IaC and the environment lock to the store; return the Order with their CIDs."""
     with Importer(store, cid_version=1) as importer:
@@ -40,10 +70,21 @@ def seal(order: Order, store: BlockStore) -> Order:
             infra = InfraFunction.model_validate({**infra.model_dump(), **updates})
         structure = order.structure
         if structure.lock is None:
-            structure = structure.model_copy(update={"lock": put_cbor(store, installed_distributions())})
+            structure = structure.model_copy(update={"lock": environment_lock(store)})
         if structure.iac_path is not None:
             if not structure.iac_path.is_dir():
                 raise CatsError(f"IaC folder {structure.iac_path} does not exist")
             *_, top = importer.add_path(structure.iac_path)
             structure = structure.model_copy(update={"iac": top.cid, "iac_path": None})
-    return order.model_copy(update={"function": function, "infra": infra, "structure": structure})
+        inputs = [_add_input(importer, i) for i in order.inputs]
+    return order.model_copy(update={"function": function, "infra": infra, "structure": structure,
+                                    "inputs": inputs})
+
+
+def _add_input(importer: Importer, item: CID | Path) -> CID:
+    if isinstance(item, CID):
+        return item
+    if not item.exists():
+        raise CatsError(f"input {item} does not exist")
+    *_, top = importer.add_path(item)
+    return top.cid
