@@ -56,7 +56,8 @@ class Index:
             self.db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])
             self.db.execute("DELETE FROM slices WHERE order_cid = ?", (order_cid,))
 
-    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+    def recent(self, limit: int | None = 20) -> list[dict[str, Any]]:
+        """Runs, newest first; all of them with limit=None."""
         rows = self.db.execute("SELECT order_cid, bom, output, name, created FROM runs "
-                               "ORDER BY created DESC LIMIT ?", (limit,))
+                               "ORDER BY created DESC LIMIT ?", (-1 if limit is None else limit,))
         return [dict(zip(("order", "bom", "output", "name", "created"), row, strict=True)) for row in rows]

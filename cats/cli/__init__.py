@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cats import __version__
-from cats.cli import run, store
+from cats.cli import bom, run, store
 from cats.errors import CatsError
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ def _root(
 
 store.register(app)
 run.register(app)
+bom.register(app)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ resumes with the missing ones, and an Order that already has a BOM returns it wi
 from __future__ import annotations
 
 import math
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -95,7 +97,6 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     resumed = len(done)
     todo = [i for i in range(len(pieces)) if i not in done]
     seeds = [_seed(order_cid, i) for i in range(len(pieces))]
-    run_dir = home() / "runs" / str(order_cid)
     if progress:
         progress(len(done), len(pieces))
     # "directory" and "list" merges only link CIDs, so the driver does them; other merges read data
@@ -103,7 +104,13 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     ray = connect(order.plant, quiet=quiet) if todo or not links_only else None
     if todo:
         assert ray is not None
-        failures = _dispatch(ray, order, url, run_dir, pieces, seeds, todo, done, index, order_cid, progress)
+        # per invocation, so a forced or resumed run counts its own attempts from 1
+        (home() / "runs").mkdir(exist_ok=True)
+        run_dir = Path(tempfile.mkdtemp(prefix=f"{order_cid}-", dir=home() / "runs"))
+        try:
+            failures = _dispatch(ray, order, url, run_dir, pieces, seeds, todo, done, index, order_cid, progress)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
         if failures:
             first = failures[0]
             name = pieces[first["index"]][0].name
@@ -151,25 +158,36 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
 def _dispatch(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingress.Piece], seeds: list[int],
               todo: list[int], done: dict[int, dict[str, Any]], index: Index, order_cid: CID,
               progress: Progress | None) -> list[dict[str, Any]]:
+    """Run the slices in batches, no more batches in flight than the cluster has slots, so a batch
+    starts when it is submitted and its timeout counts running time, not time in Ray's queue."""
     plant = order.plant
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1) // plant.num_cpus))
-    size = plant.batch or max(1, math.ceil(len(todo) / (cpus * _BATCHES_PER_CPU)))
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // plant.num_cpus))
+    size = plant.batch or max(1, math.ceil(len(todo) / (slots * _BATCHES_PER_CPU)))
     task = ray.remote(worker.run_batch).options(
         num_cpus=plant.num_cpus, resources=plant.resources or None, max_retries=plant.retries,
         runtime_env={"pip": order.structure.requirements} if order.structure.requirements else None)
     function = order.function.model_dump(mode="json", exclude_none=True)
+    batches = [todo[start:start + size] for start in range(0, len(todo), size)]
     pending: dict[Any, tuple[list[int], float]] = {}
-    for b, start in enumerate(range(0, len(todo), size)):
-        chunk = todo[start:start + size]
-        items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
-        ref = task.remote(url, function, str(run_dir), b, items)
-        deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
-        pending[ref] = (chunk, deadline)
     failures: list[dict[str, Any]] = []
+
+    def submit(b: int) -> None:
+        chunk = batches[b]
+        items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
+        deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
+        pending[task.remote(url, function, str(run_dir), b, items)] = (chunk, deadline)
+
+    queued = iter(range(len(batches)))
+    for b in queued:
+        submit(b)
+        if len(pending) >= slots:
+            break
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
         for ref in ready:
             chunk, _ = pending.pop(ref)
+            if (b := next(queued, None)) is not None:
+                submit(b)
             try:
                 outcome = ray.get(ref)
             except Exception as e:  # the task itself failed beyond its retries (e.g. its worker died)
@@ -188,6 +206,8 @@ def _dispatch(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingr
                 pending.pop(ref)
                 failures.extend({"index": i, "error": f"timed out after {plant.timeout_s} s per slice"}
                                 for i in chunk if i not in done)
+                if (b := next(queued, None)) is not None:
+                    submit(b)
     return sorted(failures, key=lambda f: f["index"])
 
 

@@ -1,0 +1,146 @@
+"""Provenance commands: `cats bom show`, `cats lineage` and `cats log`.
+
+Heavy modules (pydantic models, networkx, rich) are imported inside the commands so `cats --help`
+and the store commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import typer
+
+from cats.cas.cid import CID
+from cats.cas.store import BlockStore, open_store
+from cats.config import home
+
+
+def _store() -> BlockStore:
+    return open_store()
+
+
+def _index():  # noqa: ANN202 - Index is imported lazily to keep start-up light
+    """The run index, or None before the first run (reading must not create it)."""
+    from cats.bom.index import Index
+
+    path = home() / "index.sqlite"
+    return Index(path) if path.exists() else None
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+class Format(StrEnum):
+    tree = "tree"
+    json = "json"
+    dot = "dot"
+    mermaid = "mermaid"
+
+
+def lineage(
+    cid: str = typer.Argument(..., metavar="CID", help="A BOM CID."),
+    fmt: Format = typer.Option(Format.tree, "-f", "--format", help="tree (rich), json, dot (Graphviz) or mermaid."),
+) -> None:
+    """Show the BOMs a run came from (through its parents) and, from the local index, those built on it."""
+    from cats.bom import lineage as lin
+
+    index = _index()
+    try:
+        g = lin.graph(_store(), cid, index)
+    finally:
+        if index is not None:
+            index.close()
+    if fmt is Format.tree:
+        from rich.console import Console
+
+        console = Console()
+        if not console.is_terminal:  # piped: never wrap a CID across lines
+            console = Console(width=1 << 16)
+        console.print(lin.to_tree(g, g.graph["root"]), crop=False)
+        return
+    render = {Format.json: lin.to_json, Format.dot: lin.to_dot, Format.mermaid: lin.to_mermaid}[fmt]
+    typer.echo(render(g), nl=False)
+
+
+bom_app = typer.Typer(help="Bills of materials: the record of each run.", no_args_is_help=True)
+
+
+@bom_app.command("show")
+def show(
+    cid: str = typer.Argument(..., metavar="CID", help="A BOM CID."),
+    as_json: bool = typer.Option(False, "--json", help="Print the BOM as JSON, with its slice records."),
+) -> None:
+    """Show a BOM: Order, code, environment, inputs, outputs, parents and invoice."""
+    from cats.bom import records
+    from cats.bom.lineage import open_bom
+
+    store = _store()
+    bom = open_bom(store, cid)
+    if as_json:
+        data: dict[str, Any] = bom.model_dump(mode="json")
+        data["slice_records"] = [r.model_dump(mode="json") for r in records(store, bom)]
+        _print_json(data)
+        return
+    env, inv = bom.structure, bom.invoice
+    rows: list[tuple[str, list[str]]] = [
+        ("bom", [str(CID.parse(cid))]),
+        ("name", [bom.name or "-"]),
+        ("order", [str(bom.order)]),
+        ("code", [str(bom.code)]),
+        ("python", [env.python]),
+        ("lock", [str(env.lock)]),
+        ("requirements", env.requirements or ["-"]),
+        ("iac", [str(env.iac) if env.iac else "-"]),
+        ("inputs", [str(c) for c in bom.inputs]),
+        ("outputs", [str(c) for c in bom.outputs]),
+        ("encoding", [bom.output_encoding]),
+        ("parents", [str(c) for c in bom.parents] or ["-"]),
+        ("slices", [f"{inv.slices} ({inv.executed} run, {inv.resumed} resumed) in {len(bom.slices)} record "
+                    f"block{'' if len(bom.slices) == 1 else 's'}"]),
+        ("started", [inv.started]),
+        ("finished", [f"{inv.finished} ({inv.duration_s:.2f} s)"]),
+        ("bytes", [f"{inv.bytes_in} in, {inv.bytes_out} out"]),
+        ("executor", [inv.executor]),
+        ("nodes", inv.nodes or ["-"]),
+        ("cats", [inv.cats_version]),
+    ]
+    for key, values in rows:
+        for i, value in enumerate(values):
+            typer.echo(f"{key if i == 0 else '':<13}{value}")
+
+
+def _when(created: float) -> str:
+    return datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
+
+
+def log(
+    limit: int = typer.Option(20, "-n", "--limit", min=1, help="Show at most this many runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the runs as a JSON list."),
+) -> None:
+    """List recent runs from the local index, newest first: time, name, BOM, output."""
+    index = _index()
+    if index is None:
+        runs = []
+    else:
+        try:
+            runs = index.recent(limit)
+        finally:
+            index.close()
+    entries = [{"time": _when(r["created"]), "name": r["name"], "bom": r["bom"], "output": r["output"],
+                "order": r["order"]} for r in runs]
+    if as_json:
+        _print_json(entries)
+        return
+    width = max((len(e["name"] or "-") for e in entries), default=0)
+    for e in entries:
+        typer.echo(f"{e['time']}  {e['name'] or '-':<{width}}  {e['bom']}  {e['output']}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bom_app, name="bom")
+    app.command()(lineage)
+    app.command()(log)
