@@ -157,7 +157,7 @@ def report(result: dict) -> None:
                       f"{r['cats_per_s']:.0f}")
     memo = result["runs"]["memo"]
     table.add_row("memoized re-run", "", "", f"{memo['in_process_s']:.3f} / cli {memo['cli_s']:.3f}", "", "", "")
-    Console().print(table)
+    Console(width=120).print(table)
     for key, ok in result["met"].items():
         print(f"{'met   ' if ok else 'MISSED'} {key}")
 

@@ -30,7 +30,7 @@ from cats.cas.importer import Importer
 from cats.cas.pins import Pins, gc
 from cats.cas.store.local import LocalStore
 from cats.factory import SliceFailed, results
-from cats.order import Function, InfraFunction, Order, Plant
+from cats.order import Function, InfraFunction, Order, Plant, Structure
 from cats.order.seal import seal
 
 FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n", "d.txt": b"delta\n",
@@ -498,6 +498,28 @@ def test_slice_timeout(ray_session: str, cats_home: Path, tmp_path: Path) -> Non
     assert "slice 0 (slow.txt)" in message
     assert "timed out after 2.0 s" in message
     assert elapsed < 60, elapsed
+
+
+@pytest.mark.slow
+def test_structure_iac_and_local_inputs_are_sealed(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
+    """An IaC folder and local-path inputs become CIDs in the BOM; changing the IaC changes the Order."""
+    src = _module(tmp_path, "fx_iac", """
+        def same(data):
+            return data
+    """)
+    iac = tmp_path / "terraform"
+    iac.mkdir()
+    (iac / "main.tf").write_text('variable "workers" { default = 2 }\n')
+    folder = _folder(tmp_path)
+    order = Order(function=Function(entry="fx_iac:same", source=src), inputs=[folder],
+                  structure=Structure(iac_path=iac))
+    result = factory.run(order)
+    store = _store(cats_home)
+    bom = load_bom(store, result.bom)
+    assert bom.structure.iac == _add(store, iac)
+    assert bom.inputs == [_add(store, folder)]
+    (iac / "main.tf").write_text('variable "workers" { default = 3 }\n')
+    assert factory.run(order).order != result.order
 
 
 @pytest.mark.slow
