@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from cats.bom import BOM, Environment, Invoice, SliceRecord, records, write_records
+from cats.bom import BOM, Invoice, SliceRecord, records, write_records
 from cats.bom import lineage as lin
 from cats.bom.index import Index
 from cats.cas.cid import CID, DAG_CBOR, RAW
@@ -26,6 +26,7 @@ from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
 from cats.errors import BlockNotFound, CatsError, InvalidCID
 from cats.order.infra import Slice
+from cats.order.structure import Structure
 
 
 def _raw(store: BlockStore, data: bytes) -> CID:
@@ -44,7 +45,7 @@ def _bom(store: BlockStore, name: str | None, inputs: list[CID], parents: list[C
         name=name,
         order=put_cbor(store, {"order": name, "inputs": inputs}),
         code=put_cbor(store, {"source": f"def f(path): return b'{name}'"}),
-        structure=Environment(python="3.11.9", lock=put_cbor(store, {"lock": ["numpy==2.0.0"]}),
+        structure=Structure(python="3.11.9", lock=put_cbor(store, {"lock": ["numpy==2.0.0"]}),
                               requirements=["numpy==2.0.0"]),
         inputs=inputs, outputs=[output], output_encoding="raw",
         slices=write_records(store, [record]), parents=parents,

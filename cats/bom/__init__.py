@@ -19,6 +19,7 @@ from cats.cas.fields import CIDField
 from cats.cas.store import BlockStore
 from cats.errors import CatsError, DecodeError
 from cats.order.infra import Slice
+from cats.order.structure import Structure
 
 RECORDS_PER_BLOCK = 1000
 
@@ -56,15 +57,6 @@ class Invoice(BaseModel):
     cats_version: str
 
 
-class Environment(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    python: str
-    lock: CIDField
-    requirements: list[str] = Field(default_factory=list)
-    iac: CIDField | None = None
-
-
 class BOM(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -73,7 +65,7 @@ class BOM(BaseModel):
     name: str | None = None
     order: CIDField
     code: CIDField
-    structure: Environment
+    structure: Structure = Field(description="the sealed environment: python, lock, requirements, IaC")
     inputs: list[CIDField]
     outputs: list[CIDField]
     output_encoding: str

@@ -13,13 +13,13 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cats import __version__
-from cats.bom import BOM, Environment, Invoice, SliceRecord, write_records
+from cats.bom import BOM, Invoice, SliceRecord, write_records
 from cats.bom.index import Index
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.pins import Pins
@@ -51,7 +51,6 @@ class Run:
     slices: int = 0
     executed: int = 0
     duration_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {"bom": str(self.bom), "output": str(self.output), "order": str(self.order), "reused": self.reused,
@@ -135,8 +134,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     assert order.function.code is not None and order.structure.lock is not None
     bom = BOM(
         name=order.name, order=order_cid, code=order.function.code,
-        structure=Environment(python=order.structure.python, lock=order.structure.lock,
-                              requirements=order.structure.requirements, iac=order.structure.iac),
+        structure=order.structure,
         inputs=order.input_cids, outputs=outputs, output_encoding=merged["encoding"],
         slices=write_records(store, records),
         parents=sorted({CID.parse(p) for i in order.input_cids if (p := index.producer(str(i)))}),
