@@ -40,6 +40,15 @@ class Result:
     err: str
     stdout_bytes: bytes
 
+    def error_line(self, *culprits: str) -> str:
+        """Assert the command failed the way bad input should: exit 1, one stderr line naming culprits."""
+        assert self.code == 1, (self.code, self.out, self.err)
+        lines = self.err.strip().splitlines()
+        assert len(lines) == 1, self.err
+        for text in culprits:
+            assert text in lines[0], (text, lines[0])
+        return lines[0]
+
 
 @pytest.fixture
 def cli(cats_home: Path):

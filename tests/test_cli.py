@@ -45,14 +45,6 @@ def _run_in(home: Path, *args: object) -> subprocess.CompletedProcess[bytes]:
                           env={**os.environ, "CATS_HOME": str(home)})
 
 
-def _one_error_line(res, *culprits: str) -> str:  # noqa: ANN001
-    assert res.code == 1, (res.code, res.out, res.err)
-    lines = res.err.strip().splitlines()
-    assert len(lines) == 1, res.err
-    for text in culprits:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
-
 
 def _add(cli, path: Path, *extra: str) -> str:  # noqa: ANN001
     res = cli("add", "-r", "--quiet", *extra, path)
@@ -88,7 +80,7 @@ def test_add_prints_every_entry_root_last(cli, tmp_path: Path, cats_home: Path) 
 def test_add_a_folder_needs_r(cli, tmp_path: Path) -> None:  # noqa: ANN001
     src = _tree(tmp_path / "src")
     res = cli("add", src)
-    _one_error_line(res, str(src))
+    res.error_line(str(src))
 
 
 def test_only_hash_writes_nothing(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
@@ -215,16 +207,16 @@ def test_pin_rm_and_gc(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: A
     res = cli("pin", "rm", drop)
     assert res.code == 0 and res.out.strip() == f"unpinned {drop}"
     assert cli("pin", "ls").out.split() == [keep]
-    _one_error_line(cli("pin", "rm", drop), drop)  # not pinned any more
+    cli("pin", "rm", drop).error_line(drop)  # not pinned any more
 
     res = cli("gc", "--json")
     assert res.code == 0, res.err
     assert sorted(json.loads(res.out)["removed"]) == sorted([drop, gone])
 
     res = cli("cat", f"{drop}/gone.txt")
-    _one_error_line(res, drop)
+    res.error_line(drop)
     res = cli("cat", gone)
-    _one_error_line(res, gone)
+    res.error_line(gone)
     assert cli("cat", f"{keep}/hello.txt").stdout_bytes == b"hello, cats\n"
     assert cli("gc").out.strip() == "removed 0 blocks"
 
@@ -242,21 +234,21 @@ def test_pin_add(cli, tmp_path: Path) -> None:  # noqa: ANN001
 # -- bad input: one line on stderr naming the culprit, exit 1 ---------------------------------
 def test_malformed_cid(cli) -> None:  # noqa: ANN001
     res = cli("cat", "notacid")
-    _one_error_line(res, "notacid")
+    res.error_line("notacid")
     assert res.out == ""
 
 
 def test_unknown_codec(cli) -> None:  # noqa: ANN001
     cid = CID(1, 0x78, multihash.digest(b"a git object"))  # git-raw
     res = cli("cat", str(cid))
-    _one_error_line(res, str(cid))
+    res.error_line(str(cid))
     assert res.stdout_bytes == b""
 
 
 def test_missing_block(cli) -> None:  # noqa: ANN001
     cid = str(CID.hash(b"never added", RAW))
     res = cli("cat", cid)
-    _one_error_line(res, cid)
+    res.error_line(cid)
     assert res.stdout_bytes == b""
 
 
@@ -269,11 +261,11 @@ def test_corrupted_block(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa:
     os.chmod(path, 0o644)
     path.write_bytes(b"HELLO, CATS\n")
     res = cli("cat", f"{root}/hello.txt")
-    _one_error_line(res, str(leaf))
+    res.error_line(str(leaf))
     assert res.stdout_bytes == b""
     dest = tmp_path / "dest"
     res = cli("get", root, "-o", dest)
-    _one_error_line(res, str(leaf))
+    res.error_line(str(leaf))
     assert not dest.exists()
 
 
@@ -293,7 +285,7 @@ def test_truncated_car(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: A
     bad = tmp_path / "truncated.car"
     bad.write_bytes(data[:len(data) // 2])
     res = cli("import", bad)
-    line = _one_error_line(res)
+    line = res.error_line()
     assert "truncated" in line
     assert _files(cats_home / "blocks") == []
     assert _files(cats_home / "pins") == []
@@ -306,7 +298,7 @@ def test_forged_car(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN0
     path = tmp_path / "forged.car"
     path.write_bytes(data.replace(b"hello, cats\n", b"jello, cats\n"))  # same length, CID kept
     res = cli("import", path)
-    _one_error_line(res, str(victim))
+    res.error_line(str(victim))
     assert _files(cats_home / "blocks") == []
     assert _files(cats_home / "pins") == []
 
@@ -317,7 +309,7 @@ def test_get_into_an_existing_destination(cli, tmp_path: Path) -> None:  # noqa:
     dest.mkdir()
     (dest / "mine.txt").write_bytes(b"keep")
     res = cli("get", root, "-o", dest)
-    _one_error_line(res, str(dest))
+    res.error_line(str(dest))
     assert os.listdir(dest) == ["mine.txt"]
     assert (dest / "mine.txt").read_bytes() == b"keep"
 
@@ -334,11 +326,11 @@ def test_dot_dot_entry(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: A
     work = tmp_path / "work"
     work.mkdir()
     res = cli("get", folder, "-o", work / "dest")
-    _one_error_line(res, "'..'")
+    res.error_line("'..'")
     assert os.listdir(work) == []
     assert not (tmp_path / "dest").exists()
     res = cli("ls", folder)
-    _one_error_line(res, "'..'")
+    res.error_line("'..'")
 
 
 def test_get_a_missing_block_leaves_nothing(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
@@ -349,11 +341,11 @@ def test_get_a_missing_block_leaves_nothing(cli, tmp_path: Path, cats_home: Path
     work = tmp_path / "work"
     work.mkdir()
     res = cli("get", root, "-o", work / "dest")
-    _one_error_line(res, str(leaf))
+    res.error_line(str(leaf))
     assert os.listdir(work) == []
 
 
 def test_path_not_found(cli, tmp_path: Path) -> None:  # noqa: ANN001
     root = _add(cli, _tree(tmp_path / "src"))
     res = cli("cat", f"{root}/sub/nope.txt")
-    _one_error_line(res, "nope.txt")
+    res.error_line("nope.txt")

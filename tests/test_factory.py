@@ -610,25 +610,17 @@ def test_cli_submit(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # n
     assert bom.inputs == [inputs] and bom.name == "submit fx_cli_job.py:count"
 
 
-def _one_error_line(res, *culprits: str) -> str:  # noqa: ANN001
-    assert res.code == 1, (res.code, res.out, res.err)
-    lines = res.err.strip().splitlines()
-    assert len(lines) == 1, res.err
-    for text in culprits:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
-
 
 def test_cli_bad_inputs(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
     no_order = tmp_path / "fx_no_order.py"
     no_order.write_text("x = 1\n")
-    _one_error_line(cli("run", no_order), "fx_no_order.py", "order")
+    cli("run", no_order).error_line("fx_no_order.py", "order")
 
     job = _module(tmp_path, "fx_cli_bad", """
         def f(path):
             return b""
     """)
     some_cid = str(CID.hash(b"x", 0x55))
-    _one_error_line(cli("submit", "-f", tmp_path / "missing.py", "-c", some_cid, "--entry", "f"),
-                    "missing.py", "does not exist")
-    _one_error_line(cli("submit", "-f", job, "-c", "not-a-cid", "--entry", "f"), "not-a-cid")
+    missing = cli("submit", "-f", tmp_path / "missing.py", "-c", some_cid, "--entry", "f")
+    missing.error_line("missing.py", "does not exist")
+    cli("submit", "-f", job, "-c", "not-a-cid", "--entry", "f").error_line("not-a-cid")
