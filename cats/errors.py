@@ -20,14 +20,22 @@ class DecodeError(CatsError, ValueError):
 
 
 class BlockNotFound(CatsError, KeyError):
-    """A block is not in the store."""
+    """A block is not in the store. `cid` names it, for callers that classify failures."""
+
+    def __init__(self, message: str, cid: object = None) -> None:
+        super().__init__(message)
+        self.cid = cid
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else "block not found"
 
 
 class IntegrityError(CatsError):
-    """A block's bytes do not hash to its CID; the bytes are never handed out."""
+    """A block's bytes do not hash to its CID; the bytes are never handed out. `cid` names it."""
+
+    def __init__(self, message: str, cid: object = None) -> None:
+        super().__init__(message)
+        self.cid = cid
 
 
 class CarError(CatsError, ValueError):

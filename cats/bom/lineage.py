@@ -33,7 +33,7 @@ def open_bom(store: BlockStore, cid: CID | str) -> BOM:
     try:
         return load(store, parsed)
     except BlockNotFound:
-        raise BlockNotFound(f"BOM {parsed} not found in the store") from None
+        raise BlockNotFound(f"BOM {parsed} not found in the store", parsed) from None
 
 
 def _attrs(bom: BOM | None, error: str | None = None) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from cats.cas.cid import CID
 from cats.cas.importer import Importer
 from cats.cas.store import BlockStore, open_store
 from cats.config import home
+from cats.errors import BlockNotFound, IntegrityError
 from cats.factory import results
 from cats.order.function import Function
 from cats.order.infra import Slice
@@ -103,8 +104,13 @@ def _attempt(run_dir: str, batch: int) -> int:
 
 
 def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int,
-              items: list[tuple[int, dict[str, Any], int]]) -> list[dict[str, Any]]:
-    """Run slices; one record per slice: its output, or the error with the remote traceback."""
+              items: list[tuple[int, dict[str, Any], int]], store_outputs: bool = True) -> list[dict[str, Any]]:
+    """Run slices; one record per slice: its output, or the error with the remote traceback.
+
+    An error from a block that is missing or does not match its CID says so (`kind`, `cid`), so
+    verification can tell an altered input from a failing function. `store_outputs=False` only
+    computes the outputs' CIDs (re-execution for verification must not write into the store).
+    """
     store = open_store(store_url)
     fn = Function.model_validate(function)
     attempt = _attempt(run_dir, batch)
@@ -112,11 +118,12 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     out: list[dict[str, Any]] = []
     try:
         func = load(store, fn)
-    except Exception:
-        tb = traceback.format_exc()
-        return [{"index": i, "error": f"loading {fn.entry} from {fn.code} failed:\n{tb}"} for i, _, _ in items]
+    except Exception as e:
+        failure = _failure(e, f"loading {fn.entry} from {fn.code} failed:\n")
+        return [{"index": i, **failure} for i, _, _ in items]
     seed_kw = _accepts_seed(func)
-    with tempfile.TemporaryDirectory(prefix="cats-slice-") as tmp, Importer(store, cid_version=1) as importer:
+    with tempfile.TemporaryDirectory(prefix="cats-slice-") as tmp, \
+            Importer(store if store_outputs else None, cid_version=1) as importer:
         for index, piece_json, seed in items:
             started = time.perf_counter()
             try:
@@ -127,13 +134,21 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
                     kwargs["seed"] = seed
                 data, encoding = results.encode(func(arg, **kwargs))
                 entry = importer.add_bytes(data)
-            except Exception:
-                out.append({"index": index, "error": traceback.format_exc()})
+            except Exception as e:
+                out.append({"index": index, **_failure(e)})
                 continue
             out.append({"index": index, "output": str(entry.cid), "encoding": encoding, "size": entry.size,
                         "tsize": entry.tsize, "bytes_in": bytes_in, "node": node, "attempts": attempt,
                         "duration_s": time.perf_counter() - started})
     return out
+
+
+def _failure(e: Exception, prefix: str = "") -> dict[str, Any]:
+    """The error record of a slice: the traceback, and for a missing or altered block its CID."""
+    failure: dict[str, Any] = {"error": prefix + traceback.format_exc()}
+    if isinstance(e, (IntegrityError, BlockNotFound)):
+        failure |= {"kind": "integrity" if isinstance(e, IntegrityError) else "missing", "cid": str(e.cid)}
+    return failure
 
 
 def _node() -> str:

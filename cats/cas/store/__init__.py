@@ -39,13 +39,13 @@ class BlockStore(ABC):
     def get(self, cid: CID, verify: bool = True) -> bytes:
         data = self._get_unverified(cid)
         if verify and not cid.verify(data):
-            raise IntegrityError(f"block {cid} is corrupted: its bytes do not hash to its CID")
+            raise IntegrityError(f"block {cid} is corrupted: its bytes do not hash to its CID", cid)
         return data
 
     def put_verified(self, cid: CID, data: bytes | memoryview) -> None:
         """Store bytes that came from elsewhere, after checking they match cid."""
         if not cid.verify(data):
-            raise IntegrityError(f"block {cid} does not match its bytes; not stored")
+            raise IntegrityError(f"block {cid} does not match its bytes; not stored", cid)
         self.put(cid, data)
 
     def mtime(self, cid: CID) -> float:
@@ -54,7 +54,7 @@ class BlockStore(ABC):
 
 
 def missing(cid: CID) -> BlockNotFound:
-    return BlockNotFound(f"block {cid} not found in the store")
+    return BlockNotFound(f"block {cid} not found in the store", cid)
 
 
 SCHEMES: dict[str, Callable[[str], BlockStore]] = {}
