@@ -75,6 +75,12 @@ class CID:
                 if end > len(buf):
                     raise InvalidCID("truncated CIDv0")
                 return cls(0, DAG_PB, bytes(buf[offset:end])), end
+            if buf[offset] == 1 and buf[offset + 1] < 0x80 and buf[offset + 2] == multihash.SHA2_256 \
+                    and buf[offset + 3] == 32:  # the common case, v1 + one-byte codec + sha2-256, read directly
+                end = offset + 36
+                if end > len(buf):
+                    raise InvalidCID("truncated CID")
+                return cls(1, buf[offset + 1], bytes(buf[offset + 2:end])), end
             version, i = varint.decode(buf, offset)
             if version != 1:
                 raise InvalidCID(f"unsupported CID version {version}")

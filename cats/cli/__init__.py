@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cats import __version__
-from cats.cli import bom, run, store
+from cats.cli import bom, run, store, verify
 from cats.errors import CatsError
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ def _root(
 store.register(app)
 run.register(app)
 bom.register(app)
+verify.register(app)
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from cats.cas import dagpb, reader
-from cats.cas.cid import CID
+from cats.cas import dagcbor, dagpb, reader
+from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.dag import put_cbor
 from cats.cas.importer import Entry, Importer
 from cats.cas.store import BlockStore, open_store
@@ -15,15 +15,20 @@ from cats.factory import results
 from cats.order.function import Function
 
 
-def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """parts: per slice, in slice order: output CID, encoding, name, assembly, size, tsize."""
+def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]],
+          write: bool = True) -> dict[str, Any]:
+    """parts: per slice, in slice order: output CID, encoding, name, assembly, size, tsize.
+
+    `write=False` computes the merged output's CID without storing anything (verification).
+    """
     store = open_store(store_url)
-    with Importer(store, cid_version=1) as importer:
+    with Importer(store if write else None, cid_version=1) as importer:
         if how == "directory":
             entry = _directory(importer, parts)
             return {"output": str(entry.cid), "encoding": "unixfs-directory", "size": entry.size}
         if how == "list":
-            cid = put_cbor(store, [CID.parse(p["output"]) for p in parts])
+            links = [CID.parse(p["output"]) for p in parts]
+            cid = put_cbor(store, links) if write else CID.hash(dagcbor.encode(links), DAG_CBOR)
             return {"output": str(cid), "encoding": "dag-cbor-list", "size": len(parts)}
         if how == "concat":
             entry = importer.add_file(_Concat(store, parts))

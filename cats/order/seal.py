@@ -36,12 +36,14 @@ def _seal_function(fn: Function, importer: Importer) -> Function:
 
 def environment_lock(store: BlockStore) -> CID:
     """The lock block of this environment. Scanning every distribution costs ~0.1 s, so its CID is
-    cached under a key of the import path's folders and their modification times, which change
-    whenever a distribution is installed or removed."""
-    stamp = [sys.version]
+    cached under a key of the site-packages folders' modification times, which change whenever a
+    distribution is installed, upgraded or removed there (script folders and the working directory
+    change all the time and hold no distributions, so they stay out of the key)."""
+    stamp = [sys.version, sys.prefix]
     for entry in sys.path:
-        with contextlib.suppress(OSError):
-            stamp.append(f"{entry}:{os.stat(entry or '.').st_mtime_ns}")
+        if Path(entry).name in ("site-packages", "dist-packages"):
+            with contextlib.suppress(OSError):
+                stamp.append(f"{entry}:{os.stat(entry).st_mtime_ns}")
     key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()
     cache = home() / "cache" / "locks" / key
     with contextlib.suppress(OSError, CatsError):

@@ -1,0 +1,99 @@
+"""Benchmark sampled verification against the run it checks, on the same Ray in the same script.
+
+Target (issue #4): verifying a 1% sample of a 1,000-slice job costs <= 3% of the original run
+(Ray start-up excluded: Ray is started before either is timed).
+
+    python bench/bench_verify.py [--slices 1000] [--fraction 0.01] [--json bench/results/verify.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 0.03
+JOB = '''
+import time
+
+def spin(data: bytes, ms: float = 10.0) -> bytes:
+    """ms milliseconds of CPU work, then a small transform of the input."""
+    end = time.perf_counter() + ms / 1000
+    while time.perf_counter() < end:
+        pass
+    return data.upper()
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=1000)
+    parser.add_argument("--fraction", type=float, default=0.01)
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "verify.json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="cats-bench-verify-"))
+    os.environ["CATS_HOME"] = str(work / "home")
+    (work / "bench_vjob.py").write_text(JOB)
+    sys.path.insert(0, str(work))
+    try:
+        import bench_vjob
+        import ray
+
+        from cats.cas.importer import Importer
+        from cats.cas.store import open_store
+        from cats.factory import run
+        from cats.order import Function, Order
+        from cats.verify.audit import verify
+
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        folder = work / "inputs"
+        folder.mkdir()
+        for i in range(args.slices):
+            (folder / f"f{i:05d}.txt").write_bytes(f"slice {i} ".encode() * 8)
+        store = open_store()
+        with Importer(store, cid_version=1) as imp:
+            *_, root = imp.add_path(folder)
+        order = Order(function=Function.of(bench_vjob.spin, ms=10.0), inputs=[root.cid])
+        run(Order(function=Function.of(bench_vjob.spin, ms=0.0), inputs=[root.cid]), quiet=True)  # warm workers
+        start = time.perf_counter()
+        result = run(order, quiet=True, force=True)
+        run_s = time.perf_counter() - start
+        timings = []
+        for seed in range(3):
+            start = time.perf_counter()
+            report = verify(store, result.bom, fraction=args.fraction, seed=seed)
+            timings.append(time.perf_counter() - start)
+            assert report.verified, report.problems
+        start = time.perf_counter()
+        full = verify(store, result.bom)
+        full_s = time.perf_counter() - start
+        assert full.verified
+        verify_s = min(timings)
+        out = {
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__},
+            "slices": args.slices, "fraction": args.fraction, "checked": report.sample.checked if report.sample else 0,
+            "run_s": run_s, "sampled_verify_s": verify_s, "ratio": verify_s / run_s,
+            "full_verify_s": full_s, "full_ratio": full_s / run_s, "target": TARGET,
+            "met": verify_s / run_s <= TARGET,
+        }
+        ray.shutdown()
+        print(f"run of {args.slices} slices x 10 ms: {run_s:.2f} s")
+        print(f"verify {args.fraction:.0%} sample ({out['checked']} slices): {verify_s:.3f} s "
+              f"= {out['ratio']:.1%} of the run (target <= {TARGET:.0%}: {'met' if out['met'] else 'MISSED'})")
+        print(f"verify every slice: {full_s:.2f} s = {out['full_ratio']:.0%} of the run")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

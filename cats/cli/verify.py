@@ -1,0 +1,62 @@
+"""`cats verify`: check a BOM by re-execution, sampled audit or integrity; exit 0 only if verified."""
+
+from __future__ import annotations
+
+import typer
+
+
+def verify(
+    cid: str = typer.Argument(..., metavar="BOM_CID"),
+    sample: int | None = typer.Option(None, "--sample", min=1, help="Re-execute this many random slices."),
+    fraction: float | None = typer.Option(None, "--fraction", help="Re-execute this fraction of the slices."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the random sample (reported when chosen)."),
+    recursive: bool = typer.Option(False, "--recursive", help="Verify the whole lineage back to its roots."),
+    integrity: bool = typer.Option(False, "--integrity", help="No re-execution: every block exists and hashes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Verify a BOM from the store alone; the report names every mismatch and its reason."""
+    from cats.cas.cid import CID
+    from cats.cas.store import open_store
+    from cats.verify.audit import verify as run
+
+    report = run(open_store(), CID.parse(cid), sample=sample, fraction=fraction, seed=seed,
+                 recursive=recursive, integrity=integrity, quiet=as_json)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        _print(report)
+    raise typer.Exit(0 if report.verified else 1)
+
+
+def _print(report, depth: int = 0) -> None:  # noqa: ANN001 - cats.verify.report.Report
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    title = f"{'  ' * depth}{'[green]VERIFIED' if report.verified else '[red]NOT VERIFIED'}[/] {report.bom}"
+    console.print(title + (f"  ({report.name})" if report.name else "") + f"  [dim]{report.mode}[/]")
+    if report.sample:
+        s = report.sample
+        odds = ", ".join(f"{m} bad: {p:.1%}" for m, p in s.detection.items())
+        console.print(f"{'  ' * depth}sampled {s.checked} of {s.total} slices (seed {s.seed}); "
+                      f"chance to catch {odds}")
+    elif report.slices:
+        ok = sum(r.ok for r in report.slices)
+        console.print(f"{'  ' * depth}{ok} of {len(report.slices)} slices re-executed to their recorded CIDs")
+    if report.mode == "integrity":
+        console.print(f"{'  ' * depth}{report.blocks_checked} blocks checked")
+    if report.problems:
+        table = Table("reason", "slice", "CID", "detail", show_lines=False)
+        for p in report.problems:
+            table.add_row(p.reason, "" if p.slice is None else str(p.slice), p.cid or "", p.detail)
+        console.print(table)
+    if report.drift:
+        changed = ", ".join(f"{d.package} {d.recorded or '-'} -> {d.current or '-'}" for d in report.drift[:8])
+        more = f" and {len(report.drift) - 8} more" if len(report.drift) > 8 else ""
+        console.print(f"{'  ' * depth}[yellow]environment drift[/] (not a failure): {changed}{more}")
+    for ancestor in report.ancestors:
+        _print(ancestor, depth + 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(verify)

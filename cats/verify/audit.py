@@ -1,0 +1,206 @@
+"""`verify`: check a BOM from the store alone, by re-executing its slices or by integrity only.
+
+Re-execution loads the code, inputs and seeds the BOM records and runs the function again on Ray,
+computing output CIDs without writing them; each slice's CID must equal the recorded one, and the
+merge of the recorded outputs must give the recorded output. Every block read on the way is
+checked against its CID, and each kind of failure gets its own reason.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from cats.bom import BOM, SliceRecord, records
+from cats.cas import dag, dagcbor
+from cats.cas.cid import CID, RAW
+from cats.cas.store import BlockStore
+from cats.cas.store.local import LocalStore
+from cats.errors import BlockNotFound, CatsError, DecodeError, IntegrityError
+from cats.factory import egress, worker
+from cats.order import Order
+from cats.plant import connect
+from cats.verify import drift, sampling
+from cats.verify.report import Problem, Reason, Report, Sample, SliceResult
+
+
+class _Stop(Exception):
+    """Verification cannot go on (the BOM or its Order is unreadable); the report says why."""
+
+
+def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fraction: float | None = None,
+           seed: int | None = None, recursive: bool = False, integrity: bool = False,
+           quiet: bool = True) -> Report:
+    report = Report(bom=str(bom_cid), verified=False, mode="integrity" if integrity else "reexecute")
+    try:
+        bom, order = _load(store, bom_cid, report)
+        report.name = bom.name
+        if integrity:
+            _integrity(store, bom_cid, bom, report)
+        else:
+            _reexecute(store, bom, order, report, sample, fraction, seed, quiet)
+        report.drift = drift.compare(store, bom.structure.lock) if bom.structure.lock else []
+        if recursive:
+            for parent in bom.parents:
+                report.ancestors.append(verify(store, parent, sample=sample, fraction=fraction, seed=seed,
+                                               recursive=True, integrity=integrity, quiet=quiet))
+    except _Stop:
+        pass
+    report.verified = not report.problems and all(a.verified for a in report.ancestors)
+    return report
+
+
+def _problem(report: Report, reason: Reason, detail: str, cid: object = None, slice: int | None = None) -> None:
+    report.problems.append(Problem(reason=reason, detail=detail, cid=str(cid) if cid else None, slice=slice))
+
+
+def _load(store: BlockStore, bom_cid: CID, report: Report) -> tuple[BOM, Order]:
+    try:
+        bom = BOM.model_validate(dagcbor.decode(store.get(bom_cid)))
+    except BlockNotFound:
+        _problem(report, "block-missing", "the BOM is not in the store", bom_cid)
+        raise _Stop from None
+    except (IntegrityError, DecodeError, ValueError) as e:
+        _problem(report, "bom-altered", f"the BOM block is not a valid BOM: {str(e).splitlines()[0]}", bom_cid)
+        raise _Stop from None
+    try:
+        order = Order.model_validate(dagcbor.decode(store.get(bom.order)))
+    except BlockNotFound:
+        _problem(report, "block-missing", "the BOM's Order is not in the store", bom.order)
+        raise _Stop from None
+    except (IntegrityError, DecodeError, ValueError) as e:
+        _problem(report, "bom-altered", f"the Order block is not a valid Order: {str(e).splitlines()[0]}", bom.order)
+        raise _Stop from None
+    contradictions = [what for what, same in (
+        ("code", bom.code == order.function.code), ("inputs", bom.inputs == order.inputs),
+        ("structure", bom.structure == order.structure)) if not same]
+    if contradictions:
+        _problem(report, "bom-altered", f"the BOM's {', '.join(contradictions)} contradict its Order", bom.order)
+        raise _Stop
+    return bom, order
+
+
+def _records(store: BlockStore, bom: BOM, report: Report) -> list[SliceRecord]:
+    try:
+        return list(records(store, bom))
+    except BlockNotFound as e:
+        _problem(report, "block-missing", f"slice records: {e}", e.cid)
+    except (IntegrityError, DecodeError, ValueError) as e:
+        _problem(report, "bom-altered", f"slice records: {str(e).splitlines()[0]}", getattr(e, "cid", None))
+    raise _Stop
+
+
+def _blocks(store: BlockStore, root: CID) -> Iterator[CID]:
+    """Every block of a DAG, each read and hashed (raw leaves too, unlike dag.walk)."""
+    for cid in dag.walk(store, root):
+        if cid.codec == RAW:
+            store.get(cid)
+        yield cid
+
+
+def _check_dag(store: BlockStore, root: CID, report: Report, reason: Reason, what: str,
+               slice: int | None = None) -> bool:
+    try:
+        report.blocks_checked += sum(1 for _ in _blocks(store, root))
+        return True
+    except BlockNotFound as e:
+        _problem(report, "block-missing", f"{what}: {e}", e.cid, slice)
+    except (IntegrityError, DecodeError) as e:
+        _problem(report, reason, f"{what}: {e}", getattr(e, "cid", None) or root, slice)
+    return False
+
+
+def _integrity(store: BlockStore, bom_cid: CID, bom: BOM, report: Report) -> None:
+    """No re-execution: every block the BOM reaches exists and hashes to its CID."""
+    report.blocks_checked += 2
+    for block in bom.slices:
+        _check_dag(store, block, report, "bom-altered", "slice records")
+    _check_dag(store, bom.code, report, "code-altered", "code")
+    if bom.structure.iac:
+        _check_dag(store, bom.structure.iac, report, "code-altered", "IaC")
+    if bom.structure.lock:
+        _check_dag(store, bom.structure.lock, report, "bom-altered", "environment lock")
+    for cid in bom.inputs:
+        _check_dag(store, cid, report, "input-altered", f"input {cid}")
+    for cid in bom.outputs:
+        _check_dag(store, cid, report, "output-differs", f"output {cid} (stored output altered)")
+
+
+def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample: int | None,
+               fraction: float | None, seed: int | None, quiet: bool) -> None:
+    recs = _records(store, bom, report)
+    chosen, used_seed = sampling.choose(len(recs), sample, fraction, seed)
+    if sample is not None or fraction is not None:
+        report.sample = Sample(total=len(recs), checked=len(chosen), seed=used_seed,
+                               detection=sampling.detection_table(len(recs), len(chosen)))
+    if not _check_dag(store, bom.code, report, "code-altered", "code"):
+        for i in chosen:
+            report.slices.append(SliceResult(index=i, name=recs[i].input.name, recorded=str(recs[i].output),
+                                             ok=False, reason="code-altered"))
+        return
+    if not isinstance(store, LocalStore):
+        raise CatsError("re-execution needs an on-disk store its Ray workers can open")
+    outcomes = _run_slices(store, order, [recs[i] for i in chosen], quiet)
+    for i in chosen:
+        rec = recs[i]
+        out = outcomes[i]
+        result = SliceResult(index=i, name=rec.input.name, recorded=str(rec.output), ok=False)
+        if "error" in out:
+            kind, cid = out.get("kind"), out.get("cid")
+            if kind == "missing":
+                result.reason = "block-missing"
+            elif kind == "integrity":
+                result.reason = "input-altered"
+            else:
+                result.reason = "reexecution-failed"
+            last = out["error"].strip().splitlines()[-1]
+            _problem(report, result.reason, f"slice {i}: {last}", cid, i)
+        else:
+            result.recomputed = out["output"]
+            if out["output"] != str(rec.output):
+                result.reason = "output-differs"
+                _problem(report, "output-differs", f"slice {i} re-executed to {out['output']}, the BOM says "
+                         f"{rec.output} (non-deterministic code or a forged record)", rec.output, i)
+            elif _check_dag(store, rec.output, report, "output-differs", f"stored output of slice {i}", i):
+                result.ok = True
+            else:
+                result.reason = report.problems[-1].reason
+        report.slices.append(result)
+    _check_merge(store, bom, order, recs, report)
+
+
+def _run_slices(store: LocalStore, order: Order, chosen: list[SliceRecord], quiet: bool) -> dict[int, dict[str, Any]]:
+    """Re-run slices on Ray with their recorded seeds, computing output CIDs without storing them."""
+    if not chosen:
+        return {}
+    ray = connect(order.plant, quiet=quiet)
+    url = f"file://{store.root.resolve()}"
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // order.plant.num_cpus))
+    size = max(1, math.ceil(len(chosen) / (slots * 4)))
+    task = ray.remote(worker.run_batch).options(num_cpus=order.plant.num_cpus, max_retries=order.plant.retries)
+    function = order.function.model_dump(mode="json", exclude_none=True)
+    with tempfile.TemporaryDirectory(prefix="cats-verify-") as run_dir:
+        refs = [task.remote(url, function, run_dir, b, [
+            (r.index, r.input.model_dump(mode="json", exclude_none=True), r.seed) for r in chosen[start:start + size]
+        ], False) for b, start in enumerate(range(0, len(chosen), size))]
+        return {r["index"]: r for batch in ray.get(refs) for r in batch}
+
+
+def _check_merge(store: LocalStore, bom: BOM, order: Order, recs: list[SliceRecord], report: Report) -> None:
+    """The merge of the recorded slice outputs must give the recorded output."""
+    how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
+    parts = [{"index": r.index, "output": r.output, "encoding": r.encoding, "size": r.size, "tsize": r.tsize,
+              "name": r.input.name, "assembly": r.assembly} for r in recs]  # CIDs as objects: no re-parsing
+    try:
+        merged = egress.merge(f"file://{store.root.resolve()}", how, parts, write=False)
+    except BlockNotFound as e:
+        _problem(report, "block-missing", f"merging the recorded outputs: {e}", e.cid)
+        return
+    except IntegrityError as e:
+        _problem(report, "output-differs", f"merging the recorded outputs: {e}", e.cid)
+        return
+    if [merged["output"]] != [str(o) for o in bom.outputs]:
+        _problem(report, "output-differs", f"the recorded slice outputs merge to {merged['output']}, "
+                 f"the BOM says {bom.outputs[0]}", bom.outputs[0])

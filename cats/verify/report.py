@@ -1,0 +1,63 @@
+"""The verification report: one pydantic schema for `--json`, the rich table and the tests."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+# Each kind of failure has its own reason, so a reader can tell tampering from non-determinism.
+Reason = Literal[
+    "output-differs",      # re-execution gave another CID, or a stored output does not match its CID
+    "code-altered",        # a block of the code DAG does not match its CID
+    "input-altered",       # a block an input slice reads does not match its CID
+    "bom-altered",         # the BOM, its Order or its records are corrupted or contradict each other
+    "block-missing",       # a block the lineage needs is not in the store
+    "reexecution-failed",  # the function raised on re-execution though the run recorded a result
+    "check-failed",        # a validator of the Order rejected the output
+]
+
+
+class Problem(BaseModel):
+    reason: Reason
+    detail: str
+    cid: str | None = None
+    slice: int | None = None
+
+
+class SliceResult(BaseModel):
+    index: int
+    name: str | None
+    recorded: str
+    recomputed: str | None = None
+    ok: bool
+    reason: Reason | None = None
+
+
+class Drift(BaseModel):
+    package: str
+    recorded: str | None
+    current: str | None
+
+
+class Sample(BaseModel):
+    total: int
+    checked: int
+    seed: int | None = None
+    detection: dict[str, float] = Field(
+        default_factory=dict,
+        description="m corrupted slices -> probability this sample would have caught at least one")
+
+
+class Report(BaseModel):
+    bom: str
+    verified: bool
+    mode: Literal["reexecute", "integrity"]
+    name: str | None = None
+    sample: Sample | None = None
+    slices: list[SliceResult] = Field(default_factory=list)
+    problems: list[Problem] = Field(default_factory=list)
+    drift: list[Drift] = Field(default_factory=list)
+    checks: list[dict] = Field(default_factory=list)
+    ancestors: list[Report] = Field(default_factory=list)
+    blocks_checked: int = 0
