@@ -26,22 +26,26 @@ def links(cid: CID, block: bytes) -> list[CID]:
     raise UnknownCodec(f"cannot follow links of {cid}: codec {cid.codec_name} is not supported")
 
 
-def walk(store: BlockStore, cid: CID) -> Iterator[CID]:
+def walk(store: BlockStore, cid: CID, *, read_leaves: bool = False, seen: set[CID] | None = None) -> Iterator[CID]:
     """Every CID of a DAG, each once, parents before children (dag-pb, dag-cbor, dag-json, raw).
 
     Every block is proven present: linking blocks are read (and so verified); raw leaves, which
-    link nothing, are checked with `has` so a walk over a large file does not read its data.
+    link nothing, are checked with `has` so a walk over a large file does not read its data, unless
+    `read_leaves` asks for them to be read and hashed too. CIDs in `seen` (as v1) are skipped, so
+    several walks can share the work.
     """
-    seen: set[CID] = set()
+    seen = set() if seen is None else seen
     stack = [cid]
     while stack:
         here = stack.pop()
         key = here.to_v1()
         if key in seen:
             continue
-        seen.add(key)
+        seen.add(key)  # before reading: a bad block is met once, however many paths lead to it
         if here.codec == RAW:
-            if not store.has(here):
+            if read_leaves:
+                store.get(here)
+            elif not store.has(here):
                 raise missing(here)
             yield here
             continue

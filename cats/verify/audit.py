@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 from cats.bom import BOM, SliceRecord, records
 from cats.cas import dag, dagcbor
-from cats.cas.cid import CID, RAW
+from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
 from cats.errors import BlockNotFound, CatsError, DecodeError, IntegrityError
-from cats.factory import egress, worker
+from cats.factory import egress, ingress, worker
 from cats.order import Order
 from cats.plant import connect
 from cats.verify import drift, sampling
@@ -41,7 +40,9 @@ def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fracti
             _integrity(store, bom_cid, bom, report)
         else:
             _reexecute(store, bom, order, report, sample, fraction, seed, quiet)
-        report.drift = drift.compare(store, bom.structure.lock) if bom.structure.lock else []
+        lock = bom.structure.lock  # drift is never a failure; a recorded lock gone or altered is one
+        if lock and _check_dag(store, lock, report, "bom-altered", "environment lock"):
+            report.drift = drift.compare(store, lock)
         if recursive:
             for parent in bom.parents:
                 report.ancestors.append(verify(store, parent, sample=sample, fraction=fraction, seed=seed,
@@ -92,18 +93,10 @@ def _records(store: BlockStore, bom: BOM, report: Report) -> list[SliceRecord]:
     raise _Stop
 
 
-def _blocks(store: BlockStore, root: CID) -> Iterator[CID]:
-    """Every block of a DAG, each read and hashed (raw leaves too, unlike dag.walk)."""
-    for cid in dag.walk(store, root):
-        if cid.codec == RAW:
-            store.get(cid)
-        yield cid
-
-
 def _check_dag(store: BlockStore, root: CID, report: Report, reason: Reason, what: str,
-               slice: int | None = None) -> bool:
+               slice: int | None = None, seen: set[CID] | None = None) -> bool:
     try:
-        report.blocks_checked += sum(1 for _ in _blocks(store, root))
+        report.blocks_checked += sum(1 for _ in dag.walk(store, root, read_leaves=True, seen=seen))
         return True
     except BlockNotFound as e:
         _problem(report, "block-missing", f"{what}: {e}", e.cid, slice)
@@ -113,19 +106,24 @@ def _check_dag(store: BlockStore, root: CID, report: Report, reason: Reason, wha
 
 
 def _integrity(store: BlockStore, bom_cid: CID, bom: BOM, report: Report) -> None:
-    """No re-execution: every block the BOM reaches exists and hashes to its CID."""
+    """No re-execution: every block the BOM reaches exists and hashes to its CID. Each block is
+    checked once, under the part of the lineage it belongs to: the slice records link inputs and
+    outputs, so an altered input block reads as input-altered, not as altered records."""
     report.blocks_checked += 2
-    for block in bom.slices:
-        _check_dag(store, block, report, "bom-altered", "slice records")
-    _check_dag(store, bom.code, report, "code-altered", "code")
+    seen: set[CID] = set()
+    _check_dag(store, bom.code, report, "code-altered", "code", seen=seen)
     if bom.structure.iac:
-        _check_dag(store, bom.structure.iac, report, "code-altered", "IaC")
-    if bom.structure.lock:
-        _check_dag(store, bom.structure.lock, report, "bom-altered", "environment lock")
+        _check_dag(store, bom.structure.iac, report, "code-altered", "IaC", seen=seen)
     for cid in bom.inputs:
-        _check_dag(store, cid, report, "input-altered", f"input {cid}")
+        _check_dag(store, cid, report, "input-altered", f"input {cid}", seen=seen)
     for cid in bom.outputs:
-        _check_dag(store, cid, report, "output-differs", f"output {cid} (stored output altered)")
+        _check_dag(store, cid, report, "output-differs", f"output {cid} (stored output altered)", seen=seen)
+    recs = _records(store, bom, report)  # reads and hashes the record blocks themselves
+    report.blocks_checked += len(bom.slices)
+    for rec in recs:  # what the records link that the DAGs above did not reach (e.g. concat parts)
+        _check_dag(store, rec.input.cid, report, "input-altered", f"input of slice {rec.index}", rec.index, seen)
+        _check_dag(store, rec.output, report, "output-differs", f"stored output of slice {rec.index}",
+                   rec.index, seen)
 
 
 def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample: int | None,
@@ -142,6 +140,8 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
         return
     if not isinstance(store, LocalStore):
         raise CatsError("re-execution needs an on-disk store its Ray workers can open")
+    if not _check_split(store, order, recs, report):
+        return
     outcomes = _run_slices(store, order, [recs[i] for i in chosen], quiet)
     for i in chosen:
         rec = recs[i]
@@ -169,6 +169,24 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
                 result.reason = report.problems[-1].reason
         report.slices.append(result)
     _check_merge(store, bom, order, recs, report)
+
+
+def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], report: Report) -> bool:
+    """Splitting the recorded inputs again must give the recorded slices: this reads every input's
+    folder blocks (an altered listing shows here) and ties each record to the inputs it claims."""
+    try:
+        pieces = ingress.split(order, store)
+    except BlockNotFound as e:
+        _problem(report, "block-missing", f"splitting the inputs: {e}", e.cid)
+        return False
+    except (IntegrityError, DecodeError) as e:
+        _problem(report, "input-altered", f"splitting the inputs: {e}", getattr(e, "cid", None))
+        return False
+    if [(p, a) for p, a in pieces] != [(r.input, r.assembly) for r in recs]:
+        _problem(report, "bom-altered", f"the slice records do not match the split of the inputs "
+                 f"({len(recs)} records, {len(pieces)} slices)", order.input_cids[0])
+        return False
+    return True
 
 
 def _run_slices(store: LocalStore, order: Order, chosen: list[SliceRecord], quiet: bool) -> dict[int, dict[str, Any]]:
