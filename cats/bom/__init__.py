@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
 from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR
@@ -22,6 +22,17 @@ from cats.order.infra import Slice
 from cats.order.structure import Structure
 
 RECORDS_PER_BLOCK = 1000
+
+
+class ReplicaOutcome(BaseModel):
+    """What one replica of a slice said, so a disagreement names who said what."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    node: str
+    worker: int | None = Field(default=None, description="pid of the worker process")
+    output: CIDField | None = Field(default=None, description="its output; None when it failed")
+    error: str | None = Field(default=None, description="last line of its error, when it failed")
 
 
 class SliceRecord(BaseModel):
@@ -39,6 +50,9 @@ class SliceRecord(BaseModel):
     duration_s: float
     attempts: int
     bytes_in: int
+    # None for a run with one replica, so such records keep the encoding they had before replication
+    replicas: list[ReplicaOutcome] | None = Field(default=None, description="every replica, in replica order")
+    agreed: bool | None = Field(default=None, description="False when a majority won over dissent")
 
 
 class Invoice(BaseModel):
@@ -93,7 +107,9 @@ def load(store: BlockStore, cid: CID) -> BOM:
         raise CatsError(f"{cid} is not a BOM: {str(e).splitlines()[0]}") from None
 
 
+_RECORD_BLOCK = TypeAdapter(list[SliceRecord])
+
+
 def records(store: BlockStore, bom: BOM) -> Iterator[SliceRecord]:
     for block in bom.slices:
-        for raw in dagcbor.decode(store.get(block)):
-            yield SliceRecord.model_validate(raw)
+        yield from _RECORD_BLOCK.validate_python(dagcbor.decode(store.get(block)))

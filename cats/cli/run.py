@@ -11,6 +11,9 @@ import typer
 
 from cats.errors import CatsError
 
+REPLICAS_HELP = ("Run each slice on N distinct workers; a majority of identical outputs decides "
+                 "(overrides the Order's Plant).")
+
 
 def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, imported lazily
     """Import ORDER.py as a module named after its file (workers import it the same way)."""
@@ -33,6 +36,13 @@ def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, importe
     if not isinstance(order, Order):
         raise CatsError(f"{path} must define a module-level `order = cats.Order(...)`")
     return order
+
+
+def _replicated(order, replicas: int | None):  # noqa: ANN001, ANN202 - cats.order.Order, imported lazily
+    """The Order with its Plant's replica count overridden (a different Order, so its own BOM)."""
+    if replicas is None:
+        return order
+    return order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": replicas})})
 
 
 def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
@@ -60,6 +70,9 @@ def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
     state = "reused (identical Order already run; --force re-runs)" if result.reused else \
         f"{result.executed} of {result.slices} slices run"
     err.print(f"[green]done[/green] in {result.duration_s:.2f} s: {state}")
+    if result.disagreed:
+        err.print(f"[yellow]replicas disagreed[/yellow] on {result.disagreed} of {result.slices} slices; "
+                  f"the majority's outputs were kept and the BOM marks them (agreed: false)")
     err.print(f"order  {result.order}\noutput {result.output}")
     typer.echo(str(result.bom))
 
@@ -68,9 +81,10 @@ def run(
     order_file: Path = typer.Argument(..., metavar="ORDER.py", help="A Python file defining `order`."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
     force: bool = typer.Option(False, "--force", help="Run even if this exact Order already has a BOM."),
+    replicas: int | None = typer.Option(None, "--replicas", min=1, help=REPLICAS_HELP),
 ) -> None:
     """Run an Order on the Plant (the embedded local Ray by default); print its BOM CID last."""
-    _execute(_load_order(order_file), as_json, force)
+    _execute(_replicated(_load_order(order_file), replicas), as_json, force)
 
 
 def submit(
@@ -80,6 +94,7 @@ def submit(
     requirements: Path | None = typer.Option(None, "-r", "--requirements", help="pip requirements for the workers."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
     force: bool = typer.Option(False, "--force", help="Run even if this exact job already has a BOM."),
+    replicas: int | None = typer.Option(None, "--replicas", min=1, help=REPLICAS_HELP),
 ) -> None:
     """Run FILE's entry on each file of a folder CID; the output folder has one entry per input file."""
     from cats.cas.cid import CID
@@ -95,7 +110,7 @@ def submit(
                 if line.strip() and not line.lstrip().startswith("#")]
     order = Order(function=Function(entry=f"{file.stem}:{entry}", source=file, takes="path"),
                   inputs=[CID.parse(cid)], structure=Structure(requirements=reqs), name=f"submit {file.name}:{entry}")
-    _execute(order, as_json, force)
+    _execute(_replicated(order, replicas), as_json, force)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +21,8 @@ from typing import Any
 
 from cats import __version__
 from cats.bom import BOM, Invoice, SliceRecord, write_records
+from cats.bom import load as load_bom
+from cats.bom import records as bom_records
 from cats.bom.index import Index
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.pins import Pins
@@ -39,7 +42,8 @@ _BATCHES_PER_CPU = 32
 
 
 class SliceFailed(CatsError):
-    """A slice raised; the message names it and carries the remote traceback."""
+    """A slice raised, or its replicas disagreed; the message names the slices and carries the
+    remote traceback, or which replica said what."""
 
 
 @dataclass
@@ -51,10 +55,16 @@ class Run:
     slices: int = 0
     executed: int = 0
     duration_s: float = 0.0
+    replicas: int = 1
+    disagreed: int | None = None  # slices kept by a majority over dissent; None with one replica
 
     def summary(self) -> dict[str, Any]:
-        return {"bom": str(self.bom), "output": str(self.output), "order": str(self.order), "reused": self.reused,
-                "slices": self.slices, "executed": self.executed, "duration_s": round(self.duration_s, 3)}
+        summary = {"bom": str(self.bom), "output": str(self.output), "order": str(self.order),
+                   "reused": self.reused, "slices": self.slices, "executed": self.executed,
+                   "duration_s": round(self.duration_s, 3), "replicas": self.replicas}
+        if self.disagreed is not None:
+            summary["disagreed"] = self.disagreed
+        return summary
 
 
 Progress = Callable[[int, int], None]
@@ -83,7 +93,11 @@ def run(order: Order, *, store: BlockStore | None = None, force: bool = False, q
         if known is not None and store.has(CID.parse(known)):
             bom = CID.parse(known)
             output = CID.parse(index.output_of(known))
-            return Run(bom, output, order_cid, reused=True, duration_s=time.time() - started)
+            replicas = sealed.plant.replicas
+            disagreed = None if replicas == 1 else \
+                sum(r.agreed is False for r in bom_records(store, load_bom(store, bom)))
+            return Run(bom, output, order_cid, reused=True, duration_s=time.time() - started,
+                       replicas=replicas, disagreed=disagreed)
         return _execute(sealed, order_cid, store, url, index, force, quiet, progress, started)
     finally:
         index.close()
@@ -106,17 +120,13 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         # per invocation, so a forced or resumed run counts its own attempts from 1
         (home() / "runs").mkdir(exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix=f"{order_cid}-", dir=home() / "runs"))
+        dispatch = _dispatch if order.plant.replicas == 1 else _dispatch_replicated
         try:
-            failures = _dispatch(ray, order, url, run_dir, pieces, seeds, todo, done, index, order_cid, progress)
+            failures = dispatch(ray, order, url, run_dir, pieces, seeds, todo, done, index, order_cid, progress)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         if failures:
-            first = failures[0]
-            name = pieces[first["index"]][0].name
-            where = f"slice {first['index']}" + (f" ({name})" if name else "")
-            more = f" ({len(failures) - 1} more slices failed)" if len(failures) > 1 else ""
-            raise SliceFailed(f"{where} of order {order_cid} failed{more}; finished slices are kept and a "
-                              f"re-run executes only the missing ones. Remote traceback:\n{first['error']}")
+            raise SliceFailed(_failure_message(order_cid, pieces, failures))
     results = [done[i] for i in range(len(pieces))]
     parts = [{**r, "name": pieces[r["index"]][0].name, "assembly": pieces[r["index"]][1]} for r in results]
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
@@ -127,7 +137,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     records = [SliceRecord(index=r["index"], input=pieces[r["index"]][0], output=r["output"],
                            encoding=r["encoding"], size=r["size"], tsize=r["tsize"],
                            assembly=pieces[r["index"]][1], seed=seeds[r["index"]], node=r["node"],
-                           duration_s=r["duration_s"], attempts=r["attempts"], bytes_in=r["bytes_in"])
+                           duration_s=r["duration_s"], attempts=r["attempts"], bytes_in=r["bytes_in"],
+                           replicas=r.get("replicas"), agreed=r.get("agreed"))
                for r in results]
     outputs = [CID.parse(merged["output"])]
     finished = time.time()
@@ -142,15 +153,46 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
             started=_iso(started), finished=_iso(finished), duration_s=finished - started,
             slices=len(records), executed=len(todo), resumed=resumed,
             bytes_in=sum(r.bytes_in for r in records), bytes_out=sum(r.size for r in records),
-            executor=socket.gethostname(), nodes=sorted({r.node for r in records}), cats_version=__version__),
+            executor=socket.gethostname(), cats_version=__version__,
+            nodes=sorted({r.node for r in records} | {o.node for r in records for o in r.replicas or ()})),
     )
     block = bom.block()
     bom_cid = CID.hash(block, DAG_CBOR)
     store.put(bom_cid, block)  # only now: every output and record it links is already stored
     Pins(home() / "pins").add(store, bom_cid)
     index.record_run(str(order_cid), str(bom_cid), [str(o) for o in outputs], order.name)
+    replicas = order.plant.replicas
     return Run(bom_cid, outputs[0], order_cid, slices=len(records), executed=len(todo),
-               duration_s=finished - started)
+               duration_s=finished - started, replicas=replicas,
+               disagreed=None if replicas == 1 else sum(r.agreed is False for r in records))
+
+
+def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list[dict[str, Any]]) -> str:
+    """One message for all failed slices: disagreements first (each with who said what), else the
+    first error's remote traceback."""
+
+    def where(i: int) -> str:
+        name = pieces[i][0].name
+        return f"slice {i}" + (f" ({name})" if name else "")
+
+    kept = "finished slices are kept and a re-run executes only the missing ones"
+    split = [f for f in failures if f.get("disagreement")]
+    errors = [f for f in failures if not f.get("disagreement")]
+    if not split:
+        first = errors[0]
+        more = f" ({len(errors) - 1} more slices failed)" if len(errors) > 1 else ""
+        return (f"{where(first['index'])} of order {order_cid} failed{more}; {kept}. "
+                f"Remote traceback:\n{first['error']}")
+    shown = 20
+    names = ", ".join(where(f["index"]) for f in split[:shown])
+    if len(split) > shown:
+        names += f" and {len(split) - shown} more"
+    message = (f"replicas disagreed on {len(split)} slice(s) of order {order_cid}: {names}; {kept}.\n"
+               + "\n".join(f"{where(f['index'])}: {f['error']}" for f in split[:shown]))
+    if errors:
+        message += (f"\n{len(errors)} other slice(s) failed; {where(errors[0]['index'])}, "
+                    f"remote traceback:\n{errors[0]['error']}")
+    return message
 
 
 def _dispatch(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingress.Piece], seeds: list[int],
@@ -207,6 +249,158 @@ def _dispatch(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingr
                 if (b := next(queued, None)) is not None:
                     submit(b)
     return sorted(failures, key=lambda f: f["index"])
+
+
+def _dispatch_replicated(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingress.Piece],
+                         seeds: list[int], todo: list[int], done: dict[int, dict[str, Any]], index: Index,
+                         order_cid: CID, progress: Progress | None) -> list[dict[str, Any]]:
+    """Run every batch on each of N Ray actors (N distinct processes, spread over nodes where there
+    are several) and let a quorum of output CIDs decide each slice, so one faulty or dishonest worker
+    cannot decide a result. An actor runs one batch at a time, so (as in `_dispatch`) a batch's
+    timeout counts only its running time; the replicas progress independently."""
+    plant = order.plant
+    n = plant.replicas
+    # a share of the CPUs one task would get, so N replicas fit wherever one task fits
+    cpus = _fraction(min(plant.num_cpus, ray.cluster_resources().get("CPU", plant.num_cpus)) / n)
+    options: dict[str, Any] = {
+        "num_cpus": cpus, "resources": {k: _fraction(v / n) for k, v in plant.resources.items()} or None,
+        "scheduling_strategy": "SPREAD", "max_restarts": plant.retries, "max_task_retries": plant.retries,
+        "runtime_env": {"pip": order.structure.requirements} if order.structure.requirements else None}
+    replica = ray.remote(worker.Replica).options(**options)
+    function = order.function.model_dump(mode="json", exclude_none=True)
+    size = plant.batch or max(1, math.ceil(len(todo) / _BATCHES_PER_CPU))
+    batches = [todo[start:start + size] for start in range(0, len(todo), size)]
+    actors: list[tuple[Any, Any]] = []  # (actor, ref of its (node, pid))
+    started: set[Any] = set()  # `where` refs of actors known to be up: their batches' clocks run
+    upto = [0] * n  # the next batch of each replica
+    pending: dict[Any, tuple[int, int, float]] = {}  # ref -> (replica, batch, deadline)
+    arrived: dict[int, dict[int, list[dict[str, Any]]]] = {}  # batch -> replica -> records
+    failures: list[dict[str, Any]] = []
+
+    def start() -> tuple[Any, Any]:
+        actor = replica.remote()
+        return actor, actor.where.remote()
+
+    def whereabouts(k: int) -> dict[str, Any]:
+        try:
+            node, pid = ray.get(actors[k][1], timeout=5)
+        except Exception:  # died or never started
+            return {"node": "unknown"}
+        return {"node": node, "worker": pid}
+
+    def submit(k: int) -> None:
+        b = upto[k]
+        if b == len(batches):
+            return
+        upto[k] += 1
+        chunk = batches[b]
+        items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
+        deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
+        # per replica, so each counts its own attempts
+        ref = actors[k][0].run.remote(url, function, str(run_dir / f"replica-{k}"), b, items)
+        pending[ref] = (k, b, deadline)
+
+    def replace(k: int) -> None:
+        ray.kill(actors[k][0], no_restart=True)
+        actors[k] = start()
+
+    def arrive(k: int, b: int, records: list[dict[str, Any]]) -> None:
+        got = arrived.setdefault(b, {})
+        got[k] = records
+        if len(got) < n:
+            return
+        del arrived[b]
+        said = [{r["index"]: r for r in got[j]} for j in range(n)]
+        ok = []
+        for i in batches[b]:
+            kept, failure = _quorum([said[j][i] for j in range(n)], plant.on_disagreement)
+            if failure is not None:
+                failures.append(failure)
+            else:
+                ok.append(kept)
+        index.save_slices(str(order_cid), ok)
+        done.update((r["index"], r) for r in ok)
+        if progress:
+            progress(len(done), len(pieces))
+
+    try:
+        actors.extend(start() for _ in range(n))
+        for k in range(n):
+            submit(k)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                k, b, _ = pending.pop(ref)
+                try:
+                    records = ray.get(ref)
+                except Exception as e:  # the call failed; an actor dead beyond its restarts is replaced
+                    records = [{"index": i, "error": str(e), **whereabouts(k)} for i in batches[b]]
+                    if isinstance(e, ray.exceptions.RayActorError):
+                        replace(k)
+                submit(k)
+                arrive(k, b, records)
+            if not plant.timeout_s:
+                continue
+            now = time.time()
+            for ref, (k, b, deadline) in list(pending.items()):
+                up = actors[k][1]
+                if up not in started:  # an actor's start is not its first batch's running time
+                    if not ray.wait([up], timeout=0)[0]:
+                        continue
+                    started.add(up)
+                    deadline = now + plant.timeout_s * len(batches[b])
+                    pending[ref] = (k, b, deadline)
+                if now > deadline:
+                    pending.pop(ref)
+                    who = whereabouts(k)
+                    replace(k)  # an actor task cannot be force-cancelled; its process can be killed
+                    submit(k)
+                    arrive(k, b, [{"index": i, "error": f"timed out after {plant.timeout_s} s per slice", **who}
+                                  for i in batches[b]])
+    finally:
+        for actor, _ in actors:
+            ray.kill(actor, no_restart=True)
+    return sorted(failures, key=lambda f: f["index"])
+
+
+def _quorum(said: list[dict[str, Any]], on_disagreement: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Decide a slice from its replicas' records (one each, in replica order): the kept record, or
+    the failure. A strict majority of identical outputs wins; dissent fails it unless marked."""
+    n = len(said)
+    index = said[0]["index"]
+    outcomes = [{"node": r.get("node", "unknown"), "worker": r.get("worker"), "output": r.get("output"),
+                 "error": _last_line(r["error"]) if "error" in r else None} for r in said]
+    outcomes = [{k: v for k, v in o.items() if v is not None} for o in outcomes]
+    votes = Counter((r["output"], r["encoding"]) for r in said if "error" not in r)
+    if not votes:  # every replica failed: the same error as one worker would give
+        return None, {"index": index, "error": f"all {n} replicas failed; replica 0 ({_who(outcomes[0])}):\n"
+                                             f"{said[0]['error']}"}
+    (output, encoding), count = votes.most_common(1)[0]
+    told = "; ".join(f"replica {k} ({_who(o)}) -> {o.get('output') or 'failed: ' + o['error']}"
+                     for k, o in enumerate(outcomes))
+    if 2 * count <= n:
+        return None, {"index": index, "disagreement": True,
+                      "error": f"no majority among {n} replicas (at most {count} agree): {told}"}
+    agreed = count == n
+    if not agreed and on_disagreement == "fail":
+        return None, {"index": index, "disagreement": True,
+                      "error": f"{count} of {n} replicas agree on {output}, the others do not: {told}"}
+    chosen = next(r for r in said if "error" not in r and (r["output"], r["encoding"]) == (output, encoding))
+    return {**chosen, "replicas": outcomes, "agreed": agreed}, None
+
+
+def _who(outcome: dict[str, Any]) -> str:
+    return f"{outcome['node']}, pid {outcome.get('worker', '?')}"
+
+
+def _last_line(error: str) -> str:
+    lines = error.strip().splitlines()
+    return (lines[-1] if lines else "error")[:300]
+
+
+def _fraction(x: float) -> float:
+    """Ray keeps 4 decimals of a resource; round down so N shares never add up to more than the whole."""
+    return max(math.floor(x * 10_000) / 10_000, 0.0001) if x > 0 else 0.0
 
 
 def _seed(order_cid: CID, index: int) -> int:

@@ -138,9 +138,22 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
                 out.append({"index": index, **_failure(e)})
                 continue
             out.append({"index": index, "output": str(entry.cid), "encoding": encoding, "size": entry.size,
-                        "tsize": entry.tsize, "bytes_in": bytes_in, "node": node, "attempts": attempt,
-                        "duration_s": time.perf_counter() - started})
+                        "tsize": entry.tsize, "bytes_in": bytes_in, "node": node, "worker": os.getpid(),
+                        "attempts": attempt, "duration_s": time.perf_counter() - started})
     return out
+
+
+class Replica:
+    """One replica of a replicated run: a Ray actor, so a process of its own that runs every batch
+    (the Factory compares the replicas' outputs). Every record says which node and process made it."""
+
+    def where(self) -> tuple[str, int]:
+        return _node(), os.getpid()
+
+    def run(self, store_url: str, function: dict[str, Any], run_dir: str, batch: int,
+            items: list[tuple[int, dict[str, Any], int]]) -> list[dict[str, Any]]:
+        node, pid = self.where()
+        return [{"node": node, "worker": pid, **r} for r in run_batch(store_url, function, run_dir, batch, items)]
 
 
 def _failure(e: Exception, prefix: str = "") -> dict[str, Any]:

@@ -5,9 +5,9 @@ Only `connect()` imports Ray, so commands that never compute stay fast to start.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 # 1 and 1.0 must encode alike, or the same Plant written two ways would get two CIDs.
 Float = Annotated[float, AfterValidator(float)]
@@ -22,6 +22,21 @@ class Plant(BaseModel):
     retries: int = Field(default=3, ge=0, description="retries of a task whose worker died")
     timeout_s: Float | None = Field(default=None, gt=0, description="limit per slice")
     batch: int | None = Field(default=None, gt=0, description="slices per task; None picks one")
+    replicas: int = Field(default=1, ge=1, description="distinct worker processes that run each slice; "
+                          "a strict majority of identical output CIDs decides")
+    on_disagreement: Literal["fail", "mark"] = Field(
+        default="fail", description="a majority with dissent fails the slice, or is kept and marked in the BOM")
+
+    @model_serializer(mode="wrap")
+    def _drop_replication_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the replication fields out at their defaults, so every Order written before they
+        existed keeps its encoding, hence its CID and its memoized BOM."""
+        data = handler(self)
+        if self.replicas == 1:
+            data.pop("replicas", None)
+        if self.on_disagreement == "fail":
+            data.pop("on_disagreement", None)
+        return data
 
 
 def connect(plant: Plant, quiet: bool = False) -> Any:
