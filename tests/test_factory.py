@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import jobs
 import pytest
 
 from cats import factory
@@ -38,31 +39,6 @@ FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n", 
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _module(tmp_path: Path, name: str, source: str) -> Path:
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(source))
-    return path
-
-
-def _store(cats_home: Path) -> LocalStore:
-    """The store `factory.run` uses by default: CATS_HOME/blocks."""
-    return LocalStore(cats_home / "blocks")
-
-
-def _add(store: LocalStore, path: Path) -> CID:
-    with Importer(store, cid_version=1) as importer:
-        *_, top = importer.add_path(path)
-    return top.cid
-
-
-def _folder(tmp_path: Path, files: dict[str, bytes] = FILES, name: str = "inputs") -> Path:
-    folder = tmp_path / name
-    folder.mkdir()
-    for fname, data in files.items():
-        (folder / fname).write_bytes(data)
-    return folder
-
-
 def _cat(store: LocalStore, cid: CID) -> bytes:
     return b"".join(reader.read(store, cid))
 
@@ -79,12 +55,12 @@ def _seed(order: CID, index: int) -> int:
 # -- 1. files -> directory, and the BOM ------------------------------------------------------------
 @pytest.mark.slow
 def test_files_to_directory_and_bom(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "fx_upper_bom", """
+    src = jobs.module(tmp_path, "fx_upper_bom", """
         def shout(data):
             return data.upper() + b"!"
     """)
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path))
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, FILES))
     order = Order(function=Function(entry="fx_upper_bom:shout", source=src), inputs=[inputs], name="shout")
 
     result = factory.run(order)
@@ -142,8 +118,8 @@ def test_files_to_directory_and_bom(ray_session: str, cats_home: Path, tmp_path:
 def test_determinism(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
     from cats.cli.run import _load_order
 
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path))
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, FILES))
     order_file = tmp_path / "fx_det_order.py"
     order_file.write_text(textwrap.dedent(f"""
         from cats.order import Function, Order
@@ -180,15 +156,15 @@ def test_determinism(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
 # -- 3. chained Orders -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_chained_orders_record_parents(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "fx_chain", """
+    src = jobs.module(tmp_path, "fx_chain", """
         def upper(data):
             return data.upper()
 
         def flip(data):
             return data[::-1]
     """)
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path, {"x.txt": b"one\n", "y.txt": b"two\n"}))
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, {"x.txt": b"one\n", "y.txt": b"two\n"}))
     first = factory.run(Order(function=Function(entry="fx_chain:upper", source=src), inputs=[inputs]))
     second = factory.run(Order(function=Function(entry="fx_chain:flip", source=src), inputs=[first.output]))
 
@@ -204,7 +180,7 @@ def test_chained_orders_record_parents(ray_session: str, cats_home: Path, tmp_pa
 # -- 4. user split and merge -----------------------------------------------------------------------
 @pytest.mark.slow
 def test_user_split_and_merge(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "fx_user_infra", """
+    src = jobs.module(tmp_path, "fx_user_infra", """
         from cats.cas import reader
         from cats.order import Slice
 
@@ -222,10 +198,10 @@ def test_user_split_and_merge(ray_session: str, cats_home: Path, tmp_path: Path)
             return {"ks": [a["k"] for _, a in pairs], "ns": [v["n"] for v, _ in pairs],
                     "text": sep.join(v["text"] for v, _ in pairs)}
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     text = b"abcdefghijklmnopqrstuvw"  # 23 bytes -> ranges of 5: 0, 5, 10, 15, 20
     (tmp_path / "letters.txt").write_bytes(text)
-    cid = _add(store, tmp_path / "letters.txt")
+    cid = jobs.add(store, tmp_path / "letters.txt")
     order = Order(
         function=Function(entry="fx_user_infra:measure", source=src),
         infra=InfraFunction(split=Function(entry="fx_user_infra:split", source=src, params={"width": 5}),
@@ -247,14 +223,14 @@ def test_user_split_and_merge(ray_session: str, cats_home: Path, tmp_path: Path)
 # -- 5. built-in splits, merges and result encodings -----------------------------------------------
 @pytest.mark.slow
 def test_lines_split_concat_merge(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "fx_lines", """
+    src = jobs.module(tmp_path, "fx_lines", """
         def tag(data):
             return b"[%d]" % data.count(b"\\n") + data.upper()
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     content = b"".join(b"line %d %s\n" % (i, b"x" * (i * 7 % 23)) for i in range(40)) + b"no newline at the end"
     (tmp_path / "many.txt").write_bytes(content)
-    cid = _add(store, tmp_path / "many.txt")
+    cid = jobs.add(store, tmp_path / "many.txt")
     chunk = 64
     order = Order(function=Function(entry="fx_lines:tag", source=src), inputs=[cid],
                   infra=InfraFunction(split="lines", merge="concat", chunk_bytes=chunk))
@@ -282,18 +258,18 @@ def test_row_groups_split_table_merge(ray_session: str, cats_home: Path, tmp_pat
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    src = _module(tmp_path, "fx_rowgroups", """
+    src = jobs.module(tmp_path, "fx_rowgroups", """
         import pyarrow.compute as pc
 
         def enrich(table):
             table = table.filter(pc.equal(pc.bit_wise_and(table["id"], 1), 0))
             return table.append_column("double", pc.multiply(table["value"], 2.0))
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     table = pa.table({"id": pa.array(range(40), pa.int64()), "value": pa.array([i / 4 for i in range(40)])})
     pq.write_table(table, tmp_path / "data.parquet", row_group_size=10)
     assert pq.ParquetFile(tmp_path / "data.parquet").metadata.num_row_groups == 4
-    cid = _add(store, tmp_path / "data.parquet")
+    cid = jobs.add(store, tmp_path / "data.parquet")
     order = Order(function=Function(entry="fx_rowgroups:enrich", source=src, takes="table"), inputs=[cid],
                   infra=InfraFunction(split="row-groups", merge="table"))
 
@@ -316,7 +292,7 @@ def test_result_encodings_round_trip(ray_session: str, cats_home: Path, tmp_path
     import numpy as np
     import pandas as pd
 
-    src = _module(tmp_path, "fx_encodings", """
+    src = jobs.module(tmp_path, "fx_encodings", """
         import numpy as np
         import pandas as pd
 
@@ -328,9 +304,9 @@ def test_result_encodings_round_trip(ray_session: str, cats_home: Path, tmp_path
                 return np.array([[len(w), i] for i, w in enumerate(words)], dtype=np.int32)
             return {"name": path.name, "words": words, "count": len(words)}
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     files = {"arr.txt": b"to be or not\n", "df.txt": b"ray cats ipfs\n", "map.txt": b"merkle dag\n"}
-    inputs = _add(store, _folder(tmp_path, files))
+    inputs = jobs.add(store, jobs.folder(tmp_path, files))
     order = Order(function=Function(entry="fx_encodings:typed", source=src, takes="path"), inputs=[inputs],
                   infra=InfraFunction(merge="list"))
 
@@ -354,7 +330,7 @@ def test_result_encodings_round_trip(ray_session: str, cats_home: Path, tmp_path
 # -- 6. a failing slice, then resume ---------------------------------------------------------------
 @pytest.mark.slow
 def test_failed_slice_then_resume(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "fx_picky", """
+    src = jobs.module(tmp_path, "fx_picky", """
         import os
 
         def picky(path, marker):
@@ -362,9 +338,9 @@ def test_failed_slice_then_resume(ray_session: str, cats_home: Path, tmp_path: P
                 raise ValueError(f"refusing {path.name} until the marker exists")
             return path.read_bytes()[::-1]
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     marker = tmp_path / "fixed"
-    inputs = _add(store, _folder(tmp_path))
+    inputs = jobs.add(store, jobs.folder(tmp_path, FILES))
     order = Order(function=Function(entry="fx_picky:picky", source=src, takes="path",
                                     params={"marker": str(marker)}), inputs=[inputs])
     order_cid = seal(order, store).cid
@@ -409,7 +385,7 @@ def test_failed_slice_then_resume(ray_session: str, cats_home: Path, tmp_path: P
 # -- 7. a worker killed mid-slice ------------------------------------------------------------------
 @pytest.mark.slow
 def test_killed_worker_is_retried(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "fx_fragile", """
+    src = jobs.module(tmp_path, "fx_fragile", """
         import os
         import signal
 
@@ -424,10 +400,10 @@ def test_killed_worker_is_retried(ray_session: str, cats_home: Path, tmp_path: P
                     os.kill(os.getpid(), signal.SIGKILL)
             return path.read_bytes().upper()
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     marker = tmp_path / "killed-once"
     files = {"a.txt": b"alpha\n", "b.txt": b"bravo\n", "c.txt": b"charlie\n"}
-    inputs = _add(store, _folder(tmp_path, files))
+    inputs = jobs.add(store, jobs.folder(tmp_path, files))
     order = Order(function=Function(entry="fx_fragile:fragile", source=src, takes="path",
                                     params={"marker": str(marker)}),
                   inputs=[inputs], plant=Plant(retries=2, batch=1))
@@ -445,12 +421,12 @@ def test_killed_worker_is_retried(ray_session: str, cats_home: Path, tmp_path: P
 @pytest.mark.slow
 def test_memoized_rerun_skips_ray(ray_session: str, cats_home: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    src = _module(tmp_path, "fx_memo", """
+    src = jobs.module(tmp_path, "fx_memo", """
         def twice(data):
             return data * 2
     """)
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path, {"m.txt": b"memo\n", "n.txt": b"nemo\n"}))
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, {"m.txt": b"memo\n", "n.txt": b"nemo\n"}))
     order = Order(function=Function(entry="fx_memo:twice", source=src), inputs=[inputs])
     first = factory.run(order)
     assert not first.reused and first.executed == 2
@@ -477,15 +453,15 @@ def test_memoized_rerun_skips_ray(ray_session: str, cats_home: Path, tmp_path: P
 # -- 9. timeouts -----------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_slice_timeout(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "fx_sleepy", """
+    src = jobs.module(tmp_path, "fx_sleepy", """
         import time
 
         def sleepy(data):
             time.sleep(120)
             return data
     """)
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path, {"slow.txt": b"zzz\n"}))
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, {"slow.txt": b"zzz\n"}))
     order = Order(function=Function(entry="fx_sleepy:sleepy", source=src), inputs=[inputs],
                   plant=Plant(timeout_s=2))
 
@@ -503,21 +479,21 @@ def test_slice_timeout(ray_session: str, cats_home: Path, tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_structure_iac_and_local_inputs_are_sealed(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
     """An IaC folder and local-path inputs become CIDs in the BOM; changing the IaC changes the Order."""
-    src = _module(tmp_path, "fx_iac", """
+    src = jobs.module(tmp_path, "fx_iac", """
         def same(data):
             return data
     """)
     iac = tmp_path / "terraform"
     iac.mkdir()
     (iac / "main.tf").write_text('variable "workers" { default = 2 }\n')
-    folder = _folder(tmp_path)
+    folder = jobs.folder(tmp_path, FILES)
     order = Order(function=Function(entry="fx_iac:same", source=src), inputs=[folder],
                   structure=Structure(iac_path=iac))
     result = factory.run(order)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     bom = load_bom(store, result.bom)
-    assert bom.structure.iac == _add(store, iac)
-    assert bom.inputs == [_add(store, folder)]
+    assert bom.structure.iac == jobs.add(store, iac)
+    assert bom.inputs == [jobs.add(store, folder)]
     (iac / "main.tf").write_text('variable "workers" { default = 3 }\n')
     assert factory.run(order).order != result.order
 
@@ -526,16 +502,16 @@ def test_structure_iac_and_local_inputs_are_sealed(ray_session: str, cats_home: 
 def test_queued_batches_do_not_time_out(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
     """Six 0.6 s slices, one per batch, on 2 CPUs, 1.5 s each: fine, since a batch's clock runs
     only while it runs (batches wait on the driver, not in Ray's queue)."""
-    src = _module(tmp_path, "fx_napper", """
+    src = jobs.module(tmp_path, "fx_napper", """
         import time
 
         def nap(data):
             time.sleep(0.6)
             return data
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     files = {f"{i}.txt": f"{i}\n".encode() for i in range(6)}
-    inputs = _add(store, _folder(tmp_path, files))
+    inputs = jobs.add(store, jobs.folder(tmp_path, files))
     order = Order(function=Function(entry="fx_napper:nap", source=src), inputs=[inputs],
                   plant=Plant(timeout_s=1.5, batch=1))
     result = factory.run(order)
@@ -554,8 +530,8 @@ def _last_line(text: str) -> str:
 def test_cli_run(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path, {"p.txt": b"papa\n", "q.txt": b"quebec\n"}))
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, {"p.txt": b"papa\n", "q.txt": b"quebec\n"}))
     order_file = tmp_path / "fx_cli_order.py"
     order_file.write_text(textwrap.dedent(f"""
         from cats.order import Function, Order
@@ -588,10 +564,10 @@ def test_cli_run(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa
 def test_cli_submit(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     files = {"one.txt": b"a b c\n", "two.txt": b"d e\n", "three.txt": b"f\n"}
-    inputs = _add(store, _folder(tmp_path, files))
-    job = _module(tmp_path, "fx_cli_job", """
+    inputs = jobs.add(store, jobs.folder(tmp_path, files))
+    job = jobs.module(tmp_path, "fx_cli_job", """
         from pathlib import Path
 
         def count(path):
@@ -616,7 +592,7 @@ def test_cli_bad_inputs(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: 
     no_order.write_text("x = 1\n")
     cli("run", no_order).error_line("fx_no_order.py", "order")
 
-    job = _module(tmp_path, "fx_cli_bad", """
+    job = jobs.module(tmp_path, "fx_cli_bad", """
         def f(path):
             return b""
     """)

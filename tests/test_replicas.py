@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import jobs
 import pytest
 
 from cats import factory
@@ -55,24 +56,8 @@ LIAR = f"""
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _module(tmp_path: Path, name: str, source: str) -> Path:
-    path = tmp_path / f"{name}.py"
-    path.write_text(textwrap.dedent(source))
-    return path
-
-
-def _store(cats_home: Path) -> LocalStore:
-    return LocalStore(cats_home / "blocks")
-
-
 def _inputs(store: LocalStore, tmp_path: Path) -> CID:
-    folder = tmp_path / "inputs"
-    folder.mkdir()
-    for name, data in FILES.items():
-        (folder / name).write_bytes(data)
-    with Importer(store, cid_version=1) as importer:
-        *_, top = importer.add_path(folder)
-    return top.cid
+    return jobs.add(store, jobs.folder(tmp_path, FILES))
 
 
 def _tree(store: LocalStore, cid: CID) -> dict[str, bytes]:
@@ -86,7 +71,7 @@ def _cid_of(data: bytes) -> CID:
 
 
 def _liar_order(tmp_path: Path, store: LocalStore, name: str, plant: Plant) -> tuple[Order, Path]:
-    src = _module(tmp_path, name, LIAR)
+    src = jobs.module(tmp_path, name, LIAR)
     marker = tmp_path / f"{name}.liar"  # fresh per test
     order = Order(function=Function(entry=f"{name}:work", source=src, takes="path",
                                     params={"marker": str(marker)}),
@@ -153,11 +138,11 @@ def test_quorum_needs_a_strict_majority() -> None:
 # -- on Ray ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_honest_replicas_agree(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "rp_honest", """
+    src = jobs.module(tmp_path, "rp_honest", """
         def work(path):
             return path.read_bytes().upper()
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     order = Order(function=Function(entry="rp_honest:work", source=src, takes="path"),
                   inputs=[_inputs(store, tmp_path)], plant=Plant(replicas=3))
 
@@ -189,7 +174,7 @@ def test_honest_replicas_agree(ray_session: str, cats_home: Path, tmp_path: Path
 
 @pytest.mark.slow
 def test_liar_fails_the_run(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     order, marker = _liar_order(tmp_path, store, "rp_liar_fail", Plant(replicas=3))
 
     with pytest.raises(SliceFailed) as failed:
@@ -214,7 +199,7 @@ def test_liar_fails_the_run(ray_session: str, cats_home: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_liar_is_marked(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     order, marker = _liar_order(tmp_path, store, "rp_liar_mark", Plant(replicas=3, on_disagreement="mark"))
 
     result = factory.run(order)
@@ -240,7 +225,7 @@ def test_liar_is_marked(ray_session: str, cats_home: Path, tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_two_replicas_have_no_majority(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     order, marker = _liar_order(tmp_path, store, "rp_liar_two", Plant(replicas=2, on_disagreement="mark"))
 
     with pytest.raises(SliceFailed) as failed:
@@ -256,7 +241,7 @@ def test_two_replicas_have_no_majority(ray_session: str, cats_home: Path, tmp_pa
 def test_cli_replicas(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     inputs = _inputs(store, tmp_path)
     order_file = tmp_path / "rp_cli_order.py"
     order_file.write_text(textwrap.dedent(f"""
@@ -286,7 +271,7 @@ def test_cli_replicas(ray_session: str, cli, cats_home: Path, tmp_path: Path,  #
 @pytest.mark.slow
 def test_replica_timeout_kills_and_replaces_actors(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
     """An actor task cannot be force-cancelled, so a replica over its time is killed and replaced."""
-    src = _module(tmp_path, "rp_sleepy", """
+    src = jobs.module(tmp_path, "rp_sleepy", """
         import time
 
         def work(path):
@@ -294,7 +279,7 @@ def test_replica_timeout_kills_and_replaces_actors(ray_session: str, cats_home: 
                 time.sleep(120)
             return path.read_bytes()
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     order = Order(function=Function(entry="rp_sleepy:work", source=src, takes="path"),
                   inputs=[_inputs(store, tmp_path)], plant=Plant(replicas=3, timeout_s=5, batch=1))
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import jobs
 import pytest
 
 from cats import factory
@@ -25,7 +25,6 @@ from cats.bom import records as bom_records
 from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import put_cbor, walk
-from cats.cas.importer import Importer
 from cats.cas.store.local import LocalStore
 from cats.errors import CatsError
 from cats.order import Function, Order
@@ -38,31 +37,6 @@ FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n", 
 
 
 # -- helpers (small copies of test_factory's) ------------------------------------------------------
-def _module(folder: Path, name: str, source: str) -> Path:
-    path = folder / f"{name}.py"
-    path.write_text(textwrap.dedent(source))
-    return path
-
-
-def _store(home: Path) -> LocalStore:
-    """The store `factory.run` uses by default: CATS_HOME/blocks."""
-    return LocalStore(home / "blocks")
-
-
-def _add(store: LocalStore, path: Path) -> CID:
-    with Importer(store, cid_version=1) as importer:
-        *_, top = importer.add_path(path)
-    return top.cid
-
-
-def _folder(parent: Path, files: dict[str, bytes] = FILES, name: str = "inputs") -> Path:
-    folder = parent / name
-    folder.mkdir()
-    for fname, data in files.items():
-        (folder / fname).write_bytes(data)
-    return folder
-
-
 def _tamper(store: LocalStore, cid: CID) -> None:
     """Change a stored block's bytes in place (blocks are written read-only)."""
     path = store.path(cid)
@@ -108,9 +82,9 @@ def base(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CATS_HOME", str(root / "home"))
         mp.delenv("CATS_STORE", raising=False)
-        src = _module(root, "vf_base", DETERMINISTIC)
-        store = _store(root / "home")
-        inputs = _add(store, _folder(root))
+        src = jobs.module(root, "vf_base", DETERMINISTIC)
+        store = jobs.home_store(root / "home")
+        inputs = jobs.add(store, jobs.folder(root, FILES))
         run = factory.run(Order(function=Function(entry="vf_base:stamp", source=src), inputs=[inputs],
                                 name="vf-base"), quiet=True)
     bom = load_bom(store, run.bom)
@@ -122,9 +96,9 @@ def base(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def test_deterministic_job_verifies(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
-    src = _module(tmp_path, "vf_det", DETERMINISTIC)
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path))
+    src = jobs.module(tmp_path, "vf_det", DETERMINISTIC)
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, FILES))
     run = factory.run(Order(function=Function(entry="vf_det:stamp", source=src), inputs=[inputs], name="det"),
                       quiet=True)
     recs = list(bom_records(store, load_bom(store, run.bom)))
@@ -160,15 +134,15 @@ def test_deterministic_job_verifies(ray_session: str, cli, cats_home: Path, tmp_
 def test_random_job_fails_naming_slices(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
-    src = _module(tmp_path, "vf_random", """
+    src = jobs.module(tmp_path, "vf_random", """
         import os
 
         def noise(data):
             return data + os.urandom(16)
     """)
-    store = _store(cats_home)
+    store = jobs.home_store(cats_home)
     files = {"r1.txt": b"one\n", "r2.txt": b"two\n", "r3.txt": b"three\n"}
-    inputs = _add(store, _folder(tmp_path, files))
+    inputs = jobs.add(store, jobs.folder(tmp_path, files))
     run = factory.run(Order(function=Function(entry="vf_random:noise", source=src), inputs=[inputs]), quiet=True)
     recs = list(bom_records(store, load_bom(store, run.bom)))
 
@@ -322,9 +296,9 @@ def test_choose_is_seeded_and_validated() -> None:
 def test_sampled_audit(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
-    src = _module(tmp_path, "vf_sample", DETERMINISTIC)
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path, {f"s{i}.txt": b"slice %d\n" % i for i in range(10)}))
+    src = jobs.module(tmp_path, "vf_sample", DETERMINISTIC)
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, {f"s{i}.txt": b"slice %d\n" % i for i in range(10)}))
     run = factory.run(Order(function=Function(entry="vf_sample:stamp", source=src), inputs=[inputs]), quiet=True)
 
     report = verify(store, run.bom, sample=2, seed=7)
@@ -366,7 +340,7 @@ def test_sampled_audit(ray_session: str, cli, cats_home: Path, tmp_path: Path,  
 # -- 5. recursive verification over a lineage ------------------------------------------------------
 @pytest.mark.slow
 def test_recursive_chain(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
-    src = _module(tmp_path, "vf_chain", """
+    src = jobs.module(tmp_path, "vf_chain", """
         def upper(data):
             return data.upper()
 
@@ -376,8 +350,8 @@ def test_recursive_chain(ray_session: str, cats_home: Path, tmp_path: Path) -> N
         def double(data):
             return data * 2
     """)
-    store = _store(cats_home)
-    inputs = _add(store, _folder(tmp_path, {"x.txt": b"one\n", "y.txt": b"two\n"}))
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, {"x.txt": b"one\n", "y.txt": b"two\n"}))
     a = factory.run(Order(function=Function(entry="vf_chain:upper", source=src), inputs=[inputs], name="A"),
                     quiet=True)
     b = factory.run(Order(function=Function(entry="vf_chain:flip", source=src), inputs=[a.output], name="B"),
