@@ -449,3 +449,61 @@ def test_environment_drift(base: Base, cats_home: Path, tmp_path: Path, monkeypa
         assert not report.verified
         assert [(p.reason, p.cid) for p in report.problems] == [("block-missing", str(lock))]
 
+
+
+# -- 8. the Order's cheap validators run with verification ---------------------------------------------
+MATMUL = """
+    import io
+
+    import numpy as np
+
+    def same(data):
+        return data
+
+    def product(parts, poison=False):
+        a, b = (np.load(io.BytesIO(value)) for value, _ in parts)
+        c = a @ b
+        if poison:
+            c[3, 7] += 1.0
+        return c
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("poison", [False, True])
+def test_freivalds_check_runs_with_verify(poison: bool, ray_session: str, cats_home: Path, tmp_path: Path) -> None:
+    """A deterministic but wrong product re-executes to the same CIDs; only the check can catch it."""
+    import io
+
+    import numpy as np
+
+    from cats.order import InfraFunction
+    from cats.order.checks import Check
+
+    name = f"vf_matmul_{int(poison)}"
+    src = jobs.module(tmp_path, name, MATMUL)
+    rng = np.random.default_rng(1)
+    arrays = {}
+    for key in ("a", "b"):
+        buf = io.BytesIO()
+        np.save(buf, rng.random((40, 40)))
+        arrays[f"{key}.npy"] = buf.getvalue()
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, arrays))
+    merge = Function(entry=f"{name}:product", source=src, params={"poison": poison})
+    order = Order(function=Function(entry=f"{name}:same", source=src), inputs=[inputs],
+                  infra=InfraFunction(split="files", merge=merge),
+                  checks=[Check(kind="freivalds", a="input:0/a.npy", b="input:0/b.npy", c="output", rounds=20)])
+    result = factory.run(order)
+
+    report = verify(store, result.bom, seed=5)
+
+    assert len(report.checks) == 1
+    check = report.checks[0]
+    assert check["kind"] == "freivalds" and check["bytes_fetched"] > 0
+    assert check["false_accept_probability"] <= 2.0 ** -20
+    assert all(s.ok for s in report.slices)  # re-execution alone sees nothing wrong
+    assert check["passed"] is (not poison)
+    assert report.verified is (not poison)
+    if poison:
+        assert _reasons(report) == {"check-failed"}

@@ -50,6 +50,10 @@ def _print(report, depth: int = 0) -> None:  # noqa: ANN001 - cats.verify.report
         for p in report.problems:
             table.add_row(p.reason, "" if p.slice is None else str(p.slice), p.cid or "", p.detail)
         console.print(table)
+    for check in report.checks:
+        verdict = "[green]passed[/]" if check["passed"] else "[red]FAILED[/]"
+        console.print(f"{'  ' * depth}check {check['kind']} {verdict}: fetched {check['bytes_fetched']:,} of "
+                      f"{check['total_bytes']:,} bytes, false accept <= {check['false_accept_probability']:.2g}")
     if report.drift:
         changed = ", ".join(f"{d.package} {d.recorded or '-'} -> {d.current or '-'}" for d in report.drift[:8])
         more = f" and {len(report.drift) - 8} more" if len(report.drift) > 8 else ""

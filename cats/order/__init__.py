@@ -13,6 +13,7 @@ from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.fields import CIDField
 from cats.errors import CatsError
+from cats.order.checks import Check
 from cats.order.function import Function
 from cats.order.infra import InfraFunction, Slice
 from cats.order.structure import Structure
@@ -31,6 +32,8 @@ class Order(BaseModel):
     structure: Structure = Field(default_factory=Structure)
     plant: Plant = Field(default_factory=Plant)
     name: str | None = None
+    # Left out of the encoding while empty, so Orders without checks keep the CIDs they always had.
+    checks: list[Check] = Field(default_factory=list, exclude_if=lambda checks: not checks)
 
     def block(self) -> bytes:
         """The canonical DAG-CBOR encoding; only meaningful once sealed (code, lock, inputs are CIDs)."""

@@ -40,6 +40,8 @@ def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fracti
             _integrity(store, bom_cid, bom, report)
         else:
             _reexecute(store, bom, order, report, sample, fraction, seed, quiet)
+        if order.checks:
+            _run_checks(store, bom, order, report, seed)
         lock = bom.structure.lock  # drift is never a failure; a recorded lock gone or altered is one
         if lock and _check_dag(store, lock, report, "bom-altered", "environment lock"):
             report.drift = drift.compare(store, lock)
@@ -169,6 +171,24 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
                 result.reason = report.problems[-1].reason
         report.slices.append(result)
     _check_merge(store, bom, order, recs, report)
+
+
+def _run_checks(store: BlockStore, bom: BOM, order: Order, report: Report, seed: int | None) -> None:
+    """The Order's cheap validators on the recorded output; each reports bytes fetched and its odds."""
+    from cats.verify import checks
+
+    try:
+        results = checks.run_order(store, order.checks, bom.inputs, bom.outputs[0], seed)
+    except BlockNotFound as e:
+        _problem(report, "block-missing", f"checks: {e}", e.cid)
+        return
+    except (IntegrityError, CatsError) as e:
+        _problem(report, "check-failed", f"checks could not run: {e}", getattr(e, "cid", None))
+        return
+    for result in results:
+        report.checks.append(result.model_dump(mode="json"))
+        if not result.passed:
+            _problem(report, "check-failed", f"{result.kind}: {result.detail}", bom.outputs[0])
 
 
 def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], report: Report) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +58,6 @@ class Report(BaseModel):
     slices: list[SliceResult] = Field(default_factory=list)
     problems: list[Problem] = Field(default_factory=list)
     drift: list[Drift] = Field(default_factory=list)
-    checks: list[dict] = Field(default_factory=list)
+    checks: list[dict[str, Any]] = Field(default_factory=list, description="the Order's validators' reports")
     ancestors: list[Report] = Field(default_factory=list)
     blocks_checked: int = 0
