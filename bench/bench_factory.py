@@ -23,16 +23,6 @@ from pathlib import Path
 
 TARGETS = {"work_ratio_max": 1.10, "trivial_rate_ratio_min": 0.5, "memo_s_max": 0.5}
 
-JOB = '''
-import time
-
-def spin(data: bytes, ms: float = 10.0) -> bytes:
-    """ms milliseconds of CPU work, then a small transform of the input."""
-    end = time.perf_counter() + ms / 1000
-    while time.perf_counter() < end:
-        pass
-    return data.upper()
-'''
 
 ORDER = '''
 from cats.order import Function, Order
@@ -92,7 +82,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cats-bench-factory-"))
     os.environ["CATS_HOME"] = str(work / "home")
-    (work / "bench_job.py").write_text(JOB)
+    (work / "bench_job.py").write_text((Path(__file__).parent / "spinjob.py").read_text())
     sys.path.insert(0, str(work))
     try:
         import ray

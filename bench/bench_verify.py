@@ -19,16 +19,6 @@ import time
 from pathlib import Path
 
 TARGET = 0.03
-JOB = '''
-import time
-
-def spin(data: bytes, ms: float = 10.0) -> bytes:
-    """ms milliseconds of CPU work, then a small transform of the input."""
-    end = time.perf_counter() + ms / 1000
-    while time.perf_counter() < end:
-        pass
-    return data.upper()
-'''
 
 
 def main() -> None:
@@ -40,7 +30,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="cats-bench-verify-"))
     os.environ["CATS_HOME"] = str(work / "home")
-    (work / "bench_vjob.py").write_text(JOB)
+    (work / "bench_vjob.py").write_text((Path(__file__).parent / "spinjob.py").read_text())
     sys.path.insert(0, str(work))
     try:
         import bench_vjob
