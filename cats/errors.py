@@ -55,3 +55,43 @@ class PathNotFound(CatsError, KeyError):
 
 class EncodeError(CatsError, TypeError):
     """A value that a codec cannot represent (e.g. a float NaN in DAG-CBOR, a non-string map key)."""
+
+
+class DataError(CatsError):
+    """A data reference (URI) could not be read or written. `uri` names it, for callers that classify failures."""
+
+    def __init__(self, message: str, uri: str | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+class DataNotFound(DataError):
+    """The URI names nothing: HTTP 404/410, a missing S3 key or bucket, file, mem key or IPFS path."""
+
+
+class DataForbidden(DataError):
+    """The source refuses access (HTTP 401/403), or a file:// path lies outside the configured roots."""
+
+
+class DataTimeout(DataError):
+    """The source did not answer within the configured timeout."""
+
+
+class DataUnavailable(DataError):
+    """The source kept failing (connection errors, HTTP 5xx) after the bounded retries."""
+
+
+class DataIntegrityError(DataError):
+    """The source changed under the same URI: its version token no longer matches the pinned one."""
+
+
+class UnsupportedScheme(DataError, ValueError):
+    """No resolver handles the URI's scheme (or the scheme cannot do what was asked, e.g. write)."""
+
+
+class MalformedURI(DataError, ValueError):
+    """The text is not a URI the scheme's resolver can interpret."""
+
+
+class FetchTooLarge(DataError):
+    """A read would transfer more than `CATS_DATA_MAX_FETCH` bytes."""

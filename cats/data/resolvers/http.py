@@ -1,0 +1,158 @@
+"""`http://` and `https://` (pre-signed S3 URLs included) by Range requests through httpx.
+
+Connection errors and 5xx are retried a bounded number of times with exponential backoff
+(`CATS_DATA_RETRIES`, default 3); every request has a timeout (`CATS_DATA_TIMEOUT` seconds, default 30).
+A server that ignores Range and answers 200 is read only as far as needed, then the connection is dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from cats.data.resolvers import Info, Resolver, env_number, max_fetch
+from cats.data.uri import parse
+from cats.errors import (
+    DataError,
+    DataForbidden,
+    DataNotFound,
+    DataTimeout,
+    DataUnavailable,
+    FetchTooLarge,
+    MalformedURI,
+)
+
+_BACKOFF = 0.1  # seconds before the first retry; doubled for each further one
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
+
+
+def timeout() -> float:
+    return env_number("CATS_DATA_TIMEOUT", 30.0)
+
+
+def retries() -> int:
+    return int(env_number("CATS_DATA_RETRIES", 3))
+
+
+@functools.lru_cache(maxsize=8)
+def _client(seconds: float) -> httpx.Client:
+    """One connection pool per timeout setting, shared by the process. Identity encoding keeps ranges byte-exact."""
+    return httpx.Client(timeout=seconds, follow_redirects=True, headers={"Accept-Encoding": "identity"})
+
+
+def _version(response: httpx.Response) -> str | None:
+    etag = response.headers.get("ETag")
+    if etag:
+        return etag
+    modified = response.headers.get("Last-Modified")
+    return f"last-modified:{modified}" if modified else None
+
+
+def _content_range(uri: str, response: httpx.Response) -> tuple[int | None, int | None]:
+    """(first byte, total size) from Content-Range; None where the server sent `*`."""
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    if not match:
+        raise DataError(f"{uri}: the server answered {response.status_code} with a malformed Content-Range "
+                        f"{response.headers.get('Content-Range')!r}", uri)
+    first, _, total = match.groups()
+    return (None if first is None else int(first)), (None if total == "*" else int(total))
+
+
+def _raise_for_status(uri: str, response: httpx.Response) -> None:
+    code = response.status_code
+    if code in (404, 410):
+        raise DataNotFound(f"{uri} not found (HTTP {code})", uri)
+    if code in (401, 403):
+        raise DataForbidden(f"{uri}: access denied (HTTP {code})", uri)
+    if code not in (200, 206, 416):
+        raise DataError(f"{uri}: unexpected HTTP {code}", uri)
+
+
+def _take(uri: str, response: httpx.Response, skip: int, n: int) -> bytes:
+    """n bytes after the first `skip` of a body that ignored Range; refuse to transfer more than the limit."""
+    limit = max_fetch()
+    length = response.headers.get("Content-Length")
+    need = skip + n if length is None or not length.isdigit() else min(skip + n, int(length))
+    if need > limit:
+        raise FetchTooLarge(f"{uri}: the server ignores Range, so reading from byte {skip} means transferring "
+                            f"more than CATS_DATA_MAX_FETCH={limit} bytes", uri)
+    return _upto(response, need)[skip:]
+
+
+def _upto(response: httpx.Response, n: int) -> bytes:
+    """The first n bytes of the body (fewer if it ends sooner); the rest is never read."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= n:
+            break
+    return bytes(body[:n])
+
+
+class HTTPResolver(Resolver):
+    @contextmanager
+    def _get(self, uri: str, first: int, last: int) -> Iterator[httpx.Response]:
+        """A streamed GET of bytes first..last, retried on connection errors and 5xx; HTTP errors typed."""
+        if not parse(uri).authority:
+            raise MalformedURI(f"{uri!r} is malformed: expected {parse(uri).scheme}://host/path", uri)
+        seconds, attempts = timeout(), retries() + 1
+        client = _client(seconds)
+        failure, timed_out = "", False
+        for attempt in range(attempts):
+            if attempt:
+                time.sleep(_BACKOFF * 2 ** (attempt - 1))
+            try:
+                request = client.build_request("GET", uri, headers={"Range": f"bytes={first}-{last}"})
+                response = client.send(request, stream=True)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
+                raise MalformedURI(f"{uri!r} is malformed: {e}", uri) from None
+            except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
+                raise DataTimeout(f"{uri} did not answer within {seconds:g} s (CATS_DATA_TIMEOUT)", uri) from None
+            except httpx.TransportError as e:  # connection refused, reset, connect timeout: worth retrying
+                failure, timed_out = f"{type(e).__name__}: {e}", isinstance(e, httpx.ConnectTimeout)
+                continue
+            if response.status_code < 500:
+                break
+            failure, timed_out = f"HTTP {response.status_code}", False
+            response.close()
+        else:
+            error = DataTimeout if timed_out else DataUnavailable
+            raise error(f"{uri} failed after {attempts} attempts: {failure}", uri)
+        try:
+            _raise_for_status(uri, response)
+            yield response
+        except httpx.TimeoutException:
+            raise DataTimeout(f"{uri} stalled for {seconds:g} s while sending (CATS_DATA_TIMEOUT)", uri) from None
+        except httpx.TransportError as e:
+            raise DataUnavailable(f"{uri}: connection lost while reading: {e}", uri) from None
+        finally:
+            response.close()
+
+    def stat(self, uri: str) -> Info:
+        """Size and ETag from a one-byte GET: pre-signed URLs sign the method, so HEAD would be refused."""
+        with self._get(uri, 0, 0) as response:
+            if response.status_code == 200:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+            else:  # 206, or 416 for an empty body
+                total = _content_range(uri, response)[1]
+            if total is None:
+                raise DataError(f"{uri}: the server does not tell the size", uri)
+            return Info(uri, total, _version(response))
+
+    def _fetch(self, uri: str, offset: int, n: int) -> tuple[bytes, str | None]:
+        with self._get(uri, offset, offset + n - 1) as response:
+            version = _version(response)
+            if response.status_code == 416:  # offset at or past the end
+                return b"", version
+            if response.status_code == 200:
+                return _take(uri, response, offset, n), version
+            first = _content_range(uri, response)[0]
+            if first != offset:
+                raise DataError(f"{uri}: asked for bytes from {offset}, the server sent from {first}", uri)
+            return _upto(response, n), version

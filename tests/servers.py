@@ -1,0 +1,138 @@
+"""Real servers on loopback for the data-URI tests: a ranged HTTP file server and moto's S3.
+
+The HTTP server answers single byte ranges the way RFC 9110 says (206 + Content-Range, 416 past
+the end), and can be told to ignore Range, fail chosen paths, or stall; it logs every response
+with the body bytes it actually sent, so tests can prove what crossed the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class Served:
+    """One response: the path, the Range asked for, the status and the body bytes written to the socket."""
+
+    path: str
+    range: str | None
+    status: int
+    sent: int = 0
+
+
+@dataclass
+class FileServer:
+    """What tests control: the files, failures by path, Range handling, a delay; and what was served."""
+
+    url: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    fail: dict[str, int] = field(default_factory=dict)
+    ignore_range: bool = False
+    delay: float = 0.0
+    log: list[Served] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def put(self, path: str, data: bytes) -> str:
+        self.files[path] = data
+        return self.url + path
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(s.sent for s in self.log)
+
+
+def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+            pass
+
+        def do_GET(self) -> None:
+            served = Served(self.path, self.headers.get("Range"), 200)
+            state.log.append(served)
+            if state.delay:
+                state.stopping.wait(state.delay)
+            if self.path in state.fail:
+                served.status = state.fail[self.path]
+                self._reply(served, b"failure\n", {})
+                return
+            data = state.files.get(self.path)
+            if data is None:
+                served.status = 404
+                self._reply(served, b"not found\n", {})
+                return
+            headers = {"ETag": '"' + hashlib.sha256(data).hexdigest()[:16] + '"', "Accept-Ranges": "bytes"}
+            match = _RANGE.fullmatch(served.range or "")
+            first, last = match.groups() if match else ("", "")
+            if state.ignore_range or not (first or last) or (first and last and int(last) < int(first)):
+                self._reply(served, data, headers)  # no usable single range: the whole body, as RFC 9110 allows
+                return
+            if first:
+                start, end = int(first), min(len(data) - 1, int(last) if last else len(data) - 1)
+            else:  # a suffix range: the last n bytes
+                start, end = max(0, len(data) - int(last)), len(data) - 1
+            if start >= len(data):
+                served.status = 416
+                self._reply(served, b"", {**headers, "Content-Range": f"bytes */{len(data)}"})
+                return
+            served.status = 206
+            self._reply(served, data[start:end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
+
+        def _reply(self, served: Served, body: bytes, headers: dict[str, str]) -> None:
+            try:
+                self.send_response(served.status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                for i in range(0, len(body), _CHUNK):
+                    self.wfile.write(body[i:i + _CHUNK])
+                    served.sent += len(body[i:i + _CHUNK])
+            except (BrokenPipeError, ConnectionResetError):  # the client hung up: it had what it needed
+                self.close_connection = True
+
+    return Handler
+
+
+@pytest.fixture
+def http_server() -> Iterator[FileServer]:
+    state = FileServer()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield state
+    state.stopping.set()
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 on loopback, one per test session (it takes a moment to start)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
