@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cats.data.cache import Cache
 from cats.data.resolvers import Info, RangeFile, Resolver
 from cats.data.uri import parse
 from cats.errors import DataError, UnsupportedScheme
 
-__all__ = ["Info", "RangeFile", "Resolver", "open", "pin", "read", "register", "resolve", "stat", "write"]
+__all__ = ["Cache", "Info", "RangeFile", "Resolver", "open", "pin", "read", "register", "resolve", "stat", "write"]
 
 SCHEMES: dict[str, Callable[[str], Resolver]] = {}
 
@@ -40,8 +41,14 @@ def stat(uri: str) -> Info:
     return resolve(uri).stat(uri)
 
 
-def read(uri: str, offset: int = 0, length: int | None = None, expect: Info | None = None) -> bytes:
-    """Bytes [offset, offset+length) of the URI (to the end if length is None), fetched by range."""
+def read(uri: str, offset: int = 0, length: int | None = None, expect: Info | None = None,
+         cache: Cache | None = None) -> bytes:
+    """Bytes [offset, offset+length) of the URI (to the end if length is None), fetched by range.
+
+    With `cache`, a range read before at the same version is served from local disk (see cats.data.cache).
+    """
+    if cache is not None:
+        return cache.read(uri, offset, length, expect)
     return resolve(uri).read(uri, offset, length, expect)
 
 
