@@ -10,7 +10,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -183,16 +183,17 @@ def _range(store: BlockStore, cid: CID, start: int, end: int, expected: int,
         pos += size
 
 
-class FileReader(io.RawIOBase):
-    """A seekable, read-only file over a UnixFS file CID; each read fetches only its covering blocks.
+class RangeFile(io.RawIOBase):
+    """A seekable, read-only file whose every read is one range read, through `fetch(offset, length)`.
 
-    What pyarrow and other libraries that read by ranges (Parquet footers, row groups) need.
+    What pyarrow and other libraries that read by ranges (Parquet footers, row groups) need; the
+    store's files (`FileReader`) and the URI resolvers (`cats.data`) both hand these out.
     """
 
-    def __init__(self, store: BlockStore, cid: CID) -> None:
-        self.store, self.cid = store, cid
-        self.size = stat(store, cid).size
-        self.pos = 0
+    def __init__(self, size: int, fetch: Callable[[int, int], bytes], name: str) -> None:
+        super().__init__()
+        self.size, self._fetch, self.name = size, fetch, name
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
@@ -201,17 +202,24 @@ class FileReader(io.RawIOBase):
         return True
 
     def tell(self) -> int:
-        return self.pos
+        return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset} in {self.name}")
+        self._pos = base + offset
+        return self._pos
 
-    def read(self, n: int = -1) -> bytes:
-        length = self.size - self.pos if n is None or n < 0 else n
-        data = b"".join(read(self.store, self.cid, self.pos, length))
-        self.pos += len(data)
+    def read(self, n: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed file {self.name}")
+        left = max(0, self.size - self._pos)
+        n = left if n is None or n < 0 else min(n, left)
+        if n == 0:
+            return b""
+        data = self._fetch(self._pos, n)
+        self._pos += len(data)
         return data
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -221,6 +229,13 @@ class FileReader(io.RawIOBase):
 
     def readall(self) -> bytes:
         return self.read(-1)
+
+
+class FileReader(RangeFile):
+    """A UnixFS file CID as a RangeFile: each read fetches only its covering blocks."""
+
+    def __init__(self, store: BlockStore, cid: CID) -> None:
+        super().__init__(stat(store, cid).size, lambda offset, n: b"".join(read(store, cid, offset, n)), str(cid))
 
 
 def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str]) -> Path:

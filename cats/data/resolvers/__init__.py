@@ -7,11 +7,11 @@ the same way.
 
 from __future__ import annotations
 
-import io
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
+from cats.cas.reader import RangeFile
 from cats.errors import CatsError, DataError, DataIntegrityError, FetchTooLarge, UnsupportedScheme
 
 GiB = 1 << 30
@@ -79,7 +79,8 @@ class Resolver(ABC):
         info = self.stat(uri)
         if expect is not None:
             self._check(uri, expect, info.version)
-        return RangeFile(self, uri, info.size, expect or (info if info.version is not None else None))
+        pinned = expect or (info if info.version is not None else None)
+        return RangeFile(info.size, lambda offset, n: self.read(uri, offset, n, expect=pinned), uri)
 
     def write(self, uri: str, data: bytes) -> Info:
         raise UnsupportedScheme(f"cannot write {uri}: {uri.partition(':')[0]}:// is read-only", uri)
@@ -90,47 +91,3 @@ class Resolver(ABC):
         if version != expect.version:
             raise DataIntegrityError(f"{uri} changed since it was pinned: version {expect.version} then, "
                                      f"{version} now", uri)
-
-
-class RangeFile(io.RawIOBase):
-    """A seekable, read-only file whose every read is one range read: what pyarrow needs for Parquet."""
-
-    def __init__(self, resolver: Resolver, uri: str, size: int, expect: Info | None) -> None:
-        super().__init__()
-        self.resolver, self.uri, self.size, self.expect = resolver, uri, size, expect
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset} in {self.uri}")
-        self._pos = base + offset
-        return self._pos
-
-    def read(self, n: int | None = -1) -> bytes:
-        if self.closed:
-            raise ValueError(f"I/O operation on closed file {self.uri}")
-        left = max(0, self.size - self._pos)
-        n = left if n is None or n < 0 else min(n, left)
-        if n == 0:
-            return b""
-        data = self.resolver.read(self.uri, self._pos, n, expect=self.expect)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def readall(self) -> bytes:
-        return self.read(-1)
