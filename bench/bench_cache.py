@@ -19,27 +19,17 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from blake3 import blake3  # noqa: E402
-from servers import FileServer, _handler  # noqa: E402 - the tests' loopback server, reused
+from servers import serving  # noqa: E402 - the tests' loopback server, reused
 
 from cats import data  # noqa: E402
 
 TARGETS = {"pinned_hit_speedup": 20.0}
-
-
-class QuietServer(ThreadingHTTPServer):
-    """The loopback server, minus tracebacks for clients that drop idle keep-alive connections."""
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 def timed(fn: Callable[[], bytes], n: int, expect: bytes) -> list[float]:
@@ -71,61 +61,53 @@ def main() -> None:
     size = int(args.range_mib * (1 << 20))
     blob = os.urandom(4 * size)
     offset = size // 2  # an unaligned range inside a larger object, as a Parquet column chunk would be
-    state = FileServer()
-    server = QuietServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
     work = Path(tempfile.mkdtemp(prefix="cats-bench-", dir=args.dir))
     try:
-        uri = state.put("/table.bin", blob)
-        want = blob[offset:offset + size]
-        info = data.pin(uri)
-        cache = data.Cache(work / "cache", max_bytes=8 * size + (1 << 20))
-        timed(lambda: data.read(uri, offset, size, expect=info), 3, want)  # warm the connection pool
-        rows: dict[str, dict[str, float]] = {}
-        rows["uncached http fetch"] = row(timed(lambda: data.read(uri, offset, size, expect=info), args.reads, want),
-                                          size)
-        misses = []
-        for i in range(min(args.reads, 8)):  # cold: fetch + verify-hash + atomic write, each a new key
-            start = time.perf_counter()
-            cache.read(uri, offset + i, size - 8, expect=info)
-            misses.append(time.perf_counter() - start)
-        rows["cache miss (fetch + store)"] = row(misses, size)
-        cache.read(uri, offset, size, expect=info)
-        rows["cache hit, pinned"] = row(timed(lambda: cache.read(uri, offset, size, expect=info), args.reads, want),
-                                        size)
-        rows["cache hit, unpinned (revalidates)"] = row(timed(lambda: cache.read(uri, offset, size), args.reads,
-                                                              want), size)
-        hashed = []
-        for _ in range(args.reads):  # the verify step alone: the floor of any checked hit
-            start = time.perf_counter()
-            blake3(want, max_threads=1).digest()  # what Cache checks each hit with
-            hashed.append(time.perf_counter() - start)
-        rows["floor: BLAKE3 of the range alone"] = row(hashed, size)
-        base = rows["uncached http fetch"]["median_ms"]
-        for r in rows.values():
-            r["speedup"] = base / r["median_ms"]
-        stats = cache.stats()
-        result = {
-            "range_bytes": size,
-            "reads": args.reads,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-            "runs": rows,
-            "cache_stats": stats,
-            "targets": TARGETS,
-            "met": {"pinned_hit_speedup": rows["cache hit, pinned"]["speedup"] >= TARGETS["pinned_hit_speedup"]},
-        }
-        report(result)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        with serving() as state:
+            uri = state.put("/table.bin", blob)
+            want = blob[offset:offset + size]
+            info = data.pin(uri)
+            cache = data.Cache(work / "cache", max_bytes=8 * size + (1 << 20))
+            timed(lambda: data.read(uri, offset, size, expect=info), 3, want)  # warm the connection pool
+            rows: dict[str, dict[str, float]] = {}
+            uncached = timed(lambda: data.read(uri, offset, size, expect=info), args.reads, want)
+            rows["uncached http fetch"] = row(uncached, size)
+            misses = []
+            for i in range(min(args.reads, 8)):  # cold: fetch + verify-hash + atomic write, each a new key
+                start = time.perf_counter()
+                cache.read(uri, offset + i, size - 8, expect=info)
+                misses.append(time.perf_counter() - start)
+            rows["cache miss (fetch + store)"] = row(misses, size)
+            cache.read(uri, offset, size, expect=info)
+            rows["cache hit, pinned"] = row(timed(lambda: cache.read(uri, offset, size, expect=info), args.reads, want),
+                                            size)
+            rows["cache hit, unpinned (revalidates)"] = row(timed(lambda: cache.read(uri, offset, size), args.reads,
+                                                                  want), size)
+            hashed = []
+            for _ in range(args.reads):  # the verify step alone: the floor of any checked hit
+                start = time.perf_counter()
+                blake3(want, max_threads=1).digest()  # what Cache checks each hit with
+                hashed.append(time.perf_counter() - start)
+            rows["floor: BLAKE3 of the range alone"] = row(hashed, size)
+            base = rows["uncached http fetch"]["median_ms"]
+            for r in rows.values():
+                r["speedup"] = base / r["median_ms"]
+            stats = cache.stats()
+            result = {
+                "range_bytes": size,
+                "reads": args.reads,
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform()},
+                "runs": rows,
+                "cache_stats": stats,
+                "targets": TARGETS,
+                "met": {"pinned_hit_speedup": rows["cache hit, pinned"]["speedup"] >= TARGETS["pinned_hit_speedup"]},
+            }
+            report(result)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.json}")
     finally:
-        state.stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
         shutil.rmtree(work, ignore_errors=True)
 
 

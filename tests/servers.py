@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,7 +25,7 @@ _CHUNK = 64 * 1024
 
 @dataclass
 class Served:
-    """One response: the path, the Range asked for, the status and the body bytes written to the socket."""
+    """One response: the path, the Range asked for, the status and the body bytes handed to the socket."""
 
     path: str
     range: str | None
@@ -91,33 +93,57 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             self._reply(served, data[start:end + 1], {**headers, "Content-Range": f"bytes {start}-{end}/{len(data)}"})
 
         def _reply(self, served: Served, body: bytes, headers: dict[str, str]) -> None:
+            # Bytes are counted before they are written: a client may return (and its test read the
+            # log) as soon as it has what it needs, even the headers alone, so the first chunk is
+            # counted before the headers go out. A chunk the client hung up on counts too, so upper
+            # bounds checked against `sent` stay conservative.
+            chunks = [body[i:i + _CHUNK] for i in range(0, len(body), _CHUNK)]
             try:
+                served.sent += len(chunks[0]) if chunks else 0
                 self.send_response(served.status)
                 for name, value in {**headers, "Content-Length": str(len(body))}.items():
                     self.send_header(name, value)
                 self.end_headers()
-                for i in range(0, len(body), _CHUNK):
-                    self.wfile.write(body[i:i + _CHUNK])
-                    served.sent += len(body[i:i + _CHUNK])
+                for j, chunk in enumerate(chunks):
+                    served.sent += len(chunk) if j else 0
+                    self.wfile.write(chunk)
             except (BrokenPipeError, ConnectionResetError):  # the client hung up: it had what it needed
                 self.close_connection = True
 
     return Handler
 
 
-@pytest.fixture
-def http_server() -> Iterator[FileServer]:
+class _Server(ThreadingHTTPServer):
+    """The loopback server, minus tracebacks for clients that drop idle keep-alive connections."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+@contextmanager
+def serving() -> Iterator[FileServer]:
+    """A FileServer on a free loopback port for the duration of the block (tests and benchmarks)."""
     state = FileServer()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", 0), _handler(state))
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield state
-    state.stopping.set()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    try:
+        yield state
+    finally:
+        state.stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def http_server() -> Iterator[FileServer]:
+    with serving() as state:
+        yield state
 
 
 def free_port() -> int:

@@ -14,11 +14,12 @@ from servers import FileServer, http_server  # noqa: F401 - fixture
 
 from cats import data
 from cats.data import Cache
+from cats.data.cache import MAGIC
 from cats.data.resolvers import Info
 from cats.data.resolvers.mem import MemResolver
 from cats.errors import DataIntegrityError, DataNotFound
 
-HEADER = len(b"CATS-CACHE-1\n") + 32
+HEADER = len(MAGIC) + 32
 
 
 def _bytes(n: int, seed: int = 1) -> bytes:
