@@ -9,27 +9,35 @@ HTTP a one-byte GET) so a changed source misses instead of serving stale bytes. 
 version token is never cached, since nothing would tell a change.
 
 Layout under `CATS_HOME/cache/data/`: `entries/<ab>/<sha256 of the key>` holding a magic line, the
-BLAKE3 digest of the payload and the payload (BLAKE3 rather than sha256: every hit hashes its bytes,
-and BLAKE3 does it in well under half the time); written to a temp file and `os.replace`d, so a reader in
-another process sees a whole entry or none. A file's mtime is its creation (age bound), its atime
-its last use (LRU), set explicitly on each hit so noatime mounts do not matter. Every hit is
+XXH3-128 digest of the payload and the payload. The digest sits in the same file as the payload, so
+it can only catch accidental damage (a torn write, a bad sector, a truncated copy), never a
+deliberate edit; a non-cryptographic checksum does that as well as sha256 or BLAKE3 at a tenth of
+their cost (1 MiB: 0.02 ms against 0.25 ms for BLAKE3), and every hit pays it. Entries are written
+to a temp file and `os.replace`d, so a reader in another process sees a whole entry or none. A
+file's mtime is its creation (age bound), its atime its last use (LRU), set explicitly on each hit
+so noatime mounts do not matter. Every hit is
 verified against the stored digest; a corrupted entry is deleted and refetched, never returned.
 Metrics live in `metrics.sqlite`, updated by increments in one transaction, so concurrent
-processes never lose each other's counts.
+processes never lose each other's counts. A process adds its counts at most once a second (and
+on `stats`, `flush`, `close` and exit), so a hit does not pay for a database write; `counts` holds
+this Cache's own counters, e.g. for one batch of slices.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import os
 import threading
 import time
+import weakref
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from blake3 import blake3
+from xxhash import xxh3_128_digest as _digest
 
 from cats.data.resolvers import Info, Resolver
 
@@ -38,12 +46,18 @@ if TYPE_CHECKING:
 
 __all__ = ["Cache"]
 
-MAGIC = b"CATS-CACHE-2\n"  # 2: BLAKE3 payload digests
-_HEADER = len(MAGIC) + 32
+MAGIC = b"CATS-CACHE-3\n"  # 3: XXH3-128 payload digests
+_HEADER = len(MAGIC) + 16
 
 
-def _digest(data: bytes) -> bytes:
-    return blake3(data, max_threads=1).digest()
+_FLUSH_S = 1.0
+_open_caches: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for cache in list(_open_caches):
+        cache.flush()
 
 
 _COUNTERS = ("hits", "misses", "bytes_in", "bytes_out", "fetch_s", "uncacheable", "errors", "evicted",
@@ -68,6 +82,10 @@ class Cache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
+        self.counts: Counter[str] = Counter()  # this Cache's own counters since it was made
+        self._pending: Counter[str] = Counter()  # counted here, not yet added to metrics.sqlite
+        self._flushed = time.monotonic()
+        _open_caches.add(self)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -205,16 +223,30 @@ class Cache:
         return self._db
 
     def _count(self, **deltas: float) -> None:
-        rows = [(name, value) for name, value in deltas.items() if value]
-        if not rows:
-            return
         with self._lock:
+            for name, value in deltas.items():
+                if value:
+                    self.counts[name] += value
+                    self._pending[name] += value
+            if time.monotonic() - self._flushed >= _FLUSH_S:
+                self._flush()
+
+    def flush(self) -> None:
+        """Add this process's pending counts to the shared metrics."""
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._flushed = time.monotonic()
+        if self._pending:
             self._conn().executemany("INSERT INTO metrics (name, value) VALUES (?, ?) ON CONFLICT(name) "
-                                     "DO UPDATE SET value = value + excluded.value", rows)
+                                     "DO UPDATE SET value = value + excluded.value", self._pending.items())
+            self._pending.clear()
 
     def stats(self) -> dict[str, float | int | str]:
         """Counters summed over every process using this root, plus the entries on disk now."""
         with self._lock:
+            self._flush()
             found = dict(self._conn().execute("SELECT name, value FROM metrics").fetchall())
         out: dict[str, float | int | str] = {name: int(found.get(name, 0)) for name in _COUNTERS if name != "fetch_s"}
         misses = out["misses"]
@@ -231,10 +263,12 @@ class Cache:
         for path in self.entries.glob("*/*"):
             self._unlink(path)
         with self._lock:
+            self._pending.clear()
             self._conn().execute("DELETE FROM metrics")
 
     def close(self) -> None:
         with self._lock:
+            self._flush()
             if self._db is not None:
                 self._db.close()
                 self._db = None
