@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from servers import http_server, moto_endpoint  # noqa: F401 - fixtures shared by every test module
 
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
@@ -63,26 +64,55 @@ def cli(cats_home: Path):
     return run
 
 
+@dataclass(frozen=True)
+class WorkerEnv:
+    """The data settings the session Ray's workers were started with (each node's own policy, as in
+    a real cluster: file:// roots and the S3 endpoint come from the worker's environment)."""
+
+    data_root: Path
+    s3_endpoint: str
+
+    def apply(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Give this test's driver the same settings."""
+        for name, value in self.variables().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+    def variables(self) -> dict[str, str]:
+        none = str(self.data_root.parent / "no-aws-config")
+        return {"CATS_DATA_ROOTS": str(self.data_root), "CATS_S3_ENDPOINT": self.s3_endpoint,
+                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": none, "AWS_SHARED_CREDENTIALS_FILE": none}
+
+
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def worker_env(tmp_path_factory: pytest.TempPathFactory, moto_endpoint: str) -> WorkerEnv:  # noqa: F811
+    return WorkerEnv(tmp_path_factory.mktemp("worker-data"), moto_endpoint)
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory, worker_env: WorkerEnv) -> Iterator[str]:
     """One real local Ray for the whole test session (ray.init costs seconds); yields its address.
 
-    Workers are started with a session CATS_HOME (they keep their code cache there); each test's
-    own CATS_HOME still decides the driver's store and index, which the Factory hands to workers.
-    Subprocesses (the CLI) join this Ray through RAY_ADDRESS instead of starting their own.
+    Workers are started with a session CATS_HOME (they keep their code cache there) and the data
+    settings of `worker_env`; each test's own CATS_HOME still decides the driver's store and index,
+    which the Factory hands to workers. Subprocesses (the CLI) join this Ray through RAY_ADDRESS
+    instead of starting their own.
     """
     import ray
 
     session_home = tmp_path_factory.mktemp("ray-session-home")
-    saved = os.environ.get("CATS_HOME")
-    os.environ["CATS_HOME"] = str(session_home)
+    settings = {"CATS_HOME": str(session_home), **worker_env.variables()}
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     finally:
-        if saved is None:
-            os.environ.pop("CATS_HOME", None)
-        else:
-            os.environ["CATS_HOME"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import FileServer, http_server  # noqa: F401 - fixture
+from servers import FileServer
 
 from cats import data
 from cats.data import Cache
@@ -46,7 +46,7 @@ def test_default_root_is_under_cats_home(cats_home: Path) -> None:
     assert Cache().root == cats_home / "cache" / "data"
 
 
-def test_hit_with_pin_serves_identical_bytes_without_any_request(cache: Cache, http_server: FileServer) -> None:  # noqa: F811
+def test_hit_with_pin_serves_identical_bytes_without_any_request(cache: Cache, http_server: FileServer) -> None:
     blob = _bytes(300_000)
     uri = http_server.put("/t.bin", blob)
     info = data.pin(uri)
@@ -62,7 +62,7 @@ def test_hit_with_pin_serves_identical_bytes_without_any_request(cache: Cache, h
     assert (s["hits"], s["misses"], s["entries"]) == (2, 2, 2)
 
 
-def test_hit_without_pin_only_revalidates(cache: Cache, http_server: FileServer) -> None:  # noqa: F811
+def test_hit_without_pin_only_revalidates(cache: Cache, http_server: FileServer) -> None:
     blob = _bytes(200_000)
     uri = http_server.put("/t.bin", blob)
     assert cache.read(uri, 0, 150_000) == blob[:150_000]
@@ -72,7 +72,7 @@ def test_hit_without_pin_only_revalidates(cache: Cache, http_server: FileServer)
     assert cache.stats()["hits"] == 1
 
 
-def test_changed_source_misses(cache: Cache, http_server: FileServer) -> None:  # noqa: F811
+def test_changed_source_misses(cache: Cache, http_server: FileServer) -> None:
     uri = http_server.put("/t.bin", b"a" * 5000)
     old = data.pin(uri)
     assert cache.read(uri, 0, 100) == b"a" * 100
@@ -151,7 +151,7 @@ def test_hits_do_not_extend_age(tmp_path: Path) -> None:
     assert cache.stats()["hits"] == 1
 
 
-def test_corrupted_entry_is_dropped_and_refetched(cache: Cache, http_server: FileServer) -> None:  # noqa: F811
+def test_corrupted_entry_is_dropped_and_refetched(cache: Cache, http_server: FileServer) -> None:
     blob = _bytes(50_000)
     uri = http_server.put("/t.bin", blob)
     info = data.pin(uri)
@@ -171,7 +171,7 @@ def test_corrupted_entry_is_dropped_and_refetched(cache: Cache, http_server: Fil
     assert (s["corrupt"], s["hits"], s["misses"]) == (2, 1, 3)
 
 
-def test_failing_fetch_caches_nothing_and_raises_typed(cache: Cache, http_server: FileServer) -> None:  # noqa: F811
+def test_failing_fetch_caches_nothing_and_raises_typed(cache: Cache, http_server: FileServer) -> None:
     with pytest.raises(DataNotFound):
         cache.read(http_server.url + "/missing.bin", 0, 10)
     uri = http_server.put("/t.bin", b"z" * 1000)
@@ -203,7 +203,7 @@ def test_source_without_version_is_never_cached(cache: Cache, monkeypatch: pytes
     assert (s["uncacheable"], s["misses"], s["hits"], s["entries"]) == (2, 2, 0, 0)
 
 
-def test_metrics_add_up_and_are_shared_across_processes(cache: Cache, http_server: FileServer) -> None:  # noqa: F811
+def test_metrics_add_up_and_are_shared_across_processes(cache: Cache, http_server: FileServer) -> None:
     blob = _bytes(10_000)
     uri = http_server.put("/t.bin", blob)
     info = data.pin(uri)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from servers import FileServer, Served, free_port, http_server, moto_endpoint  # noqa: F401 - fixtures
+from servers import FileServer, Served, free_port
 
 from cats import data
 from cats.cas.importer import Importer
@@ -44,7 +44,7 @@ def quick(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:  # noqa: F811
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """A fresh bucket on the moto server, with dummy credentials; yields its s3:// prefix."""
     import boto3
 
@@ -61,7 +61,7 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
 
 # -- http ---------------------------------------------------------------------------------------
 
-def test_http_range_reads_fetch_exactly_the_range(http_server: FileServer) -> None:  # noqa: F811
+def test_http_range_reads_fetch_exactly_the_range(http_server: FileServer) -> None:
     blob = _bytes(100_000)
     uri = http_server.put("/blob.bin", blob)
     info = data.stat(uri)
@@ -74,7 +74,7 @@ def test_http_range_reads_fetch_exactly_the_range(http_server: FileServer) -> No
         ("bytes=1000-1499", 206, 500), ("bytes=99990-100089", 206, 10), ("bytes=100000-100009", 416, 0)]
 
 
-def test_parquet_row_group_through_open_fetches_a_fraction(http_server: FileServer) -> None:  # noqa: F811
+def test_parquet_row_group_through_open_fetches_a_fraction(http_server: FileServer) -> None:
     rng = random.Random(7)
     table = pa.table({"x": [rng.random() for _ in range(200_000)], "k": [rng.getrandbits(62) for _ in range(200_000)]})
     buffer = io.BytesIO()
@@ -90,7 +90,7 @@ def test_parquet_row_group_through_open_fetches_a_fraction(http_server: FileServ
 
 @pytest.mark.parametrize(("status", "error"), [(404, DataNotFound), (410, DataNotFound), (403, DataForbidden),
                                                (401, DataForbidden)])
-def test_http_status_maps_to_typed_error(http_server: FileServer, status: int, error: type) -> None:  # noqa: F811
+def test_http_status_maps_to_typed_error(http_server: FileServer, status: int, error: type) -> None:
     uri = http_server.put("/x", b"data")
     http_server.fail["/x"] = status
     with pytest.raises(error, match=str(status)) as caught:
@@ -99,12 +99,12 @@ def test_http_status_maps_to_typed_error(http_server: FileServer, status: int, e
     assert len(http_server.log) == 1  # client errors are not retried
 
 
-def test_http_missing_path_is_not_found(http_server: FileServer) -> None:  # noqa: F811
+def test_http_missing_path_is_not_found(http_server: FileServer) -> None:
     with pytest.raises(DataNotFound, match="/nope"):
         data.stat(http_server.url + "/nope")
 
 
-def test_http_5xx_retried_then_unavailable(http_server: FileServer) -> None:  # noqa: F811
+def test_http_5xx_retried_then_unavailable(http_server: FileServer) -> None:
     uri = http_server.put("/flaky", b"data")
     http_server.fail["/flaky"] = 503
     with pytest.raises(DataUnavailable, match="after 3 attempts: HTTP 503") as caught:
@@ -113,7 +113,7 @@ def test_http_5xx_retried_then_unavailable(http_server: FileServer) -> None:  # 
     assert [s.status for s in http_server.log] == [503, 503, 503]
 
 
-def test_http_5xx_then_recovery_succeeds(http_server: FileServer) -> None:  # noqa: F811
+def test_http_5xx_then_recovery_succeeds(http_server: FileServer) -> None:
     uri = http_server.put("/flaky", b"data")
     http_server.fail["/flaky"] = 500
     http_server.log = _HealingLog(http_server)
@@ -134,7 +134,7 @@ class _HealingLog(list[Served]):
         super().append(item)
 
 
-def test_http_timeout(http_server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_http_timeout(http_server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CATS_DATA_TIMEOUT", "0.3")
     uri = http_server.put("/slow", b"data")
     http_server.delay = 3
@@ -152,7 +152,7 @@ def test_connection_refused_is_unavailable_after_retries() -> None:
     assert caught.value.uri == uri
 
 
-def test_server_ignoring_range_reads_only_what_is_needed(http_server: FileServer,  # noqa: F811
+def test_server_ignoring_range_reads_only_what_is_needed(http_server: FileServer,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     http_server.ignore_range = True
     huge = http_server.put("/huge", bytes(range(256)) * (128 << 10))  # 32 MiB: more than socket buffers hold
@@ -168,7 +168,7 @@ def test_server_ignoring_range_reads_only_what_is_needed(http_server: FileServer
     assert caught.value.uri == uri
 
 
-def test_fetch_too_large_never_transfers_past_the_limit(http_server: FileServer,  # noqa: F811
+def test_fetch_too_large_never_transfers_past_the_limit(http_server: FileServer,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CATS_DATA_MAX_FETCH", "1000")
     blob = _bytes(5000)
@@ -260,7 +260,7 @@ def test_s3_missing_key_and_bucket(s3: str) -> None:
         data.stat(s3)
 
 
-def test_s3_presigned_url_reads_over_http(s3: str, moto_endpoint: str) -> None:  # noqa: F811
+def test_s3_presigned_url_reads_over_http(s3: str, moto_endpoint: str) -> None:
     import boto3
 
     blob = _bytes(10_000, seed=3)
@@ -349,7 +349,7 @@ def _sources(tmp_path: Path, http: FileServer, s3_prefix: str, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("scheme", ["mem", "file", "http", "s3"])
-def test_changed_source_fails_pinned_reads(scheme: str, tmp_path: Path, http_server: FileServer,  # noqa: F811
+def test_changed_source_fails_pinned_reads(scheme: str, tmp_path: Path, http_server: FileServer,
                                            s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
     put = _sources(tmp_path, http_server, s3, monkeypatch, scheme)
     uri = put(b"version one, 25 bytes....")

@@ -18,6 +18,7 @@ from cats.cas.dag import put_cbor
 from cats.cas.fields import CIDField
 from cats.cas.store import BlockStore
 from cats.errors import CatsError, DecodeError
+from cats.order import Source
 from cats.order.infra import Slice
 from cats.order.structure import Structure
 
@@ -55,6 +56,18 @@ class SliceRecord(BaseModel):
     agreed: bool | None = Field(default=None, description="False when a majority won over dissent")
 
 
+class DataUse(BaseModel):
+    """What the workers' data caches did for the slices executed in this invocation."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hits: int
+    misses: int
+    bytes_in: int = Field(description="bytes fetched from sources")
+    bytes_out: int = Field(description="bytes handed to the function, from sources or the cache")
+    mean_fetch_s: float = Field(description="mean latency of a fetch from a source (a miss)")
+
+
 class Invoice(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -69,6 +82,7 @@ class Invoice(BaseModel):
     executor: str = Field(description="host and Ray node of the driver")
     nodes: list[str] = Field(description="nodes that ran slices")
     cats_version: str
+    data: DataUse | None = Field(default=None, description="the data caches' counters, when slices read URIs")
 
 
 class BOM(BaseModel):
@@ -80,7 +94,7 @@ class BOM(BaseModel):
     order: CIDField
     code: CIDField
     structure: Structure = Field(description="the sealed environment: python, lock, requirements, IaC")
-    inputs: list[CIDField]
+    inputs: list[Source] = Field(description="CIDs, and URIs pinned at their version")
     outputs: list[CIDField]
     output_encoding: str
     slices: list[CIDField] = Field(description="blocks of slice records, in slice order")

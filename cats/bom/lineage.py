@@ -23,6 +23,7 @@ from cats.bom.index import Index
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 from cats.errors import BlockNotFound, CatsError
+from cats.order import label as input_label
 
 __all__ = ["open_bom", "graph", "ancestors", "descendants", "to_json", "to_dot", "to_mermaid", "to_tree"]
 
@@ -41,7 +42,7 @@ def _attrs(bom: BOM | None, error: str | None = None) -> dict[str, Any]:
     if bom is None:
         return {"name": None, "order": None, "inputs": [], "outputs": [], "started": None, "slices": None,
                 "missing": True, "error": error}
-    return {"name": bom.name, "order": str(bom.order), "inputs": [str(c) for c in bom.inputs],
+    return {"name": bom.name, "order": str(bom.order), "inputs": [input_label(c) for c in bom.inputs],
             "outputs": [str(c) for c in bom.outputs], "started": bom.invoice.started,
             "slices": bom.invoice.slices, "missing": False, "error": None}
 

@@ -16,6 +16,7 @@ import typer
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, open_store
 from cats.config import home
+from cats.order import label as input_label
 
 
 def _store() -> BlockStore:
@@ -95,7 +96,7 @@ def show(
         ("lock", [str(env.lock)]),
         ("requirements", env.requirements or ["-"]),
         ("iac", [str(env.iac) if env.iac else "-"]),
-        ("inputs", [str(c) for c in bom.inputs]),
+        ("inputs", [input_label(c) for c in bom.inputs]),
         ("outputs", [str(c) for c in bom.outputs]),
         ("encoding", [bom.output_encoding]),
         ("parents", [str(c) for c in bom.parents] or ["-"]),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cats import __version__
-from cats.bom import BOM, Invoice, SliceRecord, write_records
+from cats.bom import BOM, DataUse, Invoice, SliceRecord, write_records
 from cats.bom import load as load_bom
 from cats.bom import records as bom_records
 from cats.bom.index import Index
@@ -130,6 +130,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     results = [done[i] for i in range(len(pieces))]
     parts = [{**r, "name": pieces[r["index"]][0].name, "assembly": pieces[r["index"]][1]} for r in results]
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
+    if order.output_uri:  # the results are reference blocks: their list is the output
+        how = "list"
     if links_only or ray is None:
         merged = egress.merge(url, how, parts)
     else:
@@ -146,7 +148,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     bom = BOM(
         name=order.name, order=order_cid, code=order.function.code,
         structure=order.structure,
-        inputs=order.input_cids, outputs=outputs, output_encoding=merged["encoding"],
+        inputs=order.sources, outputs=outputs, output_encoding=merged["encoding"],
         slices=write_records(store, records),
         parents=sorted({CID.parse(p) for i in order.input_cids if (p := index.producer(str(i)))}),
         invoice=Invoice(
@@ -154,7 +156,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
             slices=len(records), executed=len(todo), resumed=resumed,
             bytes_in=sum(r.bytes_in for r in records), bytes_out=sum(r.size for r in records),
             executor=socket.gethostname(), cats_version=__version__,
-            nodes=sorted({r.node for r in records} | {o.node for r in records for o in r.replicas or ()})),
+            nodes=sorted({r.node for r in records} | {o.node for r in records for o in r.replicas or ()}),
+            data=_data_use([done[i] for i in todo])),
     )
     block = bom.block()
     bom_cid = CID.hash(block, DAG_CBOR)
@@ -165,6 +168,17 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     return Run(bom_cid, outputs[0], order_cid, slices=len(records), executed=len(todo),
                duration_s=finished - started, replicas=replicas,
                disagreed=None if replicas == 1 else sum(r.agreed is False for r in records))
+
+
+def _data_use(executed: list[dict[str, Any]]) -> DataUse | None:
+    """The cache counters the workers reported for this invocation's batches; None if none read a URI."""
+    counts = [r["data"] for r in executed if "data" in r]
+    if not counts:
+        return None
+    total = {name: sum(c[name] for c in counts) for name in ("hits", "misses", "bytes_in", "bytes_out", "fetch_s")}
+    return DataUse(hits=int(total["hits"]), misses=int(total["misses"]), bytes_in=int(total["bytes_in"]),
+                   bytes_out=int(total["bytes_out"]),
+                   mean_fetch_s=total["fetch_s"] / total["misses"] if total["misses"] else 0.0)
 
 
 def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list[dict[str, Any]]) -> str:
@@ -215,7 +229,7 @@ def _dispatch(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingr
         chunk = batches[b]
         items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
         deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
-        pending[task.remote(url, function, str(run_dir), b, items)] = (chunk, deadline)
+        pending[task.remote(url, function, str(run_dir), b, items, True, order.output_uri)] = (chunk, deadline)
 
     queued = iter(range(len(batches)))
     for b in queued:

@@ -1,7 +1,8 @@
 """Ingress: split an Order's inputs into slices, each with an assembly record for the merge.
 
 Runs on the driver and reads only what slicing needs: folder listings, the few blocks around
-each `lines` boundary, a Parquet footer.
+each `lines` boundary, a Parquet footer. An input is a CID in the store or a pinned URI; both are
+read through one seekable file (`open_input`), which workers use too.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from cats import data
 from cats.cas import reader
 from cats.cas.cid import CID
+from cats.cas.reader import RangeFile
 from cats.cas.store import BlockStore
+from cats.data import Cache, Info
 from cats.errors import CatsError
-from cats.order import Order
+from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.infra import Slice
 
@@ -26,16 +30,34 @@ Piece = tuple[Slice, dict[str, Any]]
 def split(order: Order, store: BlockStore) -> list[Piece]:
     kind = order.infra.split
     if isinstance(kind, Function):
-        return _user_split(kind, order.input_cids, store)
+        return _user_split(kind, order.sources, store)
     pieces: list[Piece] = []
-    for i, cid in enumerate(order.input_cids):
+    for i, item in enumerate(order.sources):
         if kind == "files":
-            pieces += ((s, {"input": i, "name": s.name}) for s in files(store, cid))
+            found = files(store, item) if isinstance(item, CID) else [Slice(source=item, name=_basename(item))]
+            pieces += ((s, {"input": i, "name": s.name}) for s in found)
         elif kind == "lines":
-            pieces += ((s, {"input": i, "offset": s.offset}) for s in lines(store, cid, order.infra.chunk_bytes))
+            pieces += ((s, {"input": i, "offset": s.offset}) for s in lines(store, item, order.infra.chunk_bytes))
         else:
-            pieces += ((s, {"input": i, "row_group": s.row_group}) for s in row_groups(store, cid))
+            pieces += ((s, {"input": i, "row_group": s.row_group}) for s in row_groups(store, item))
     return pieces
+
+
+def open_input(store: BlockStore, item: CID | Info, cache: Cache | None = None) -> RangeFile:
+    """A seekable file over an input: a file CID read from the store, or a URI read by range at its
+    pinned version (through `cache` when given); either way each read fetches only what it covers."""
+    if isinstance(item, CID):
+        return reader.FileReader(store, item)
+    return RangeFile(item.size, lambda offset, n: data.read(item.uri, offset, n, expect=item, cache=cache), item.uri)
+
+
+def _basename(info: Info) -> str:
+    """A URI's last path segment (its slice and output name), or the whole URI if it has none."""
+    return info.uri.rstrip("/").rsplit("/", 1)[-1] or info.uri
+
+
+def _origin(item: CID | Info) -> dict[str, Any]:
+    return {"cid": item} if isinstance(item, CID) else {"source": item}
 
 
 def files(store: BlockStore, cid: CID, prefix: str = "") -> Iterator[Slice]:
@@ -54,42 +76,44 @@ def files(store: BlockStore, cid: CID, prefix: str = "") -> Iterator[Slice]:
             yield Slice(cid=child, name=path)
 
 
-def lines(store: BlockStore, cid: CID, chunk: int) -> Iterator[Slice]:
+def lines(store: BlockStore, item: CID | Info, chunk: int) -> Iterator[Slice]:
     """Byte ranges of about `chunk` bytes, each ending just after a newline (or at the end)."""
-    size = reader.stat(store, cid).size
+    f = open_input(store, item)
+    size, origin = f.size, _origin(item)
     start = 0
     while start < size or start == 0:
-        end = _next_line_end(store, cid, min(start + chunk, size) - 1, size) if start + chunk < size else size
-        yield Slice(cid=cid, offset=start, length=end - start)
+        end = _next_line_end(f, min(start + chunk, size) - 1) if start + chunk < size else size
+        yield Slice(**origin, offset=start, length=end - start)
         if end >= size:
             return
         start = end
 
 
-def _next_line_end(store: BlockStore, cid: CID, pos: int, size: int) -> int:
+def _next_line_end(f: RangeFile, pos: int) -> int:
     """The offset just past the first newline at or after pos (the end of the file if none)."""
-    while pos < size:
-        window = b"".join(reader.read(store, cid, pos, _PROBE))
+    f.seek(pos)
+    while window := f.read(_PROBE):
         hit = window.find(b"\n")
         if hit >= 0:
             return pos + hit + 1
         pos += len(window)
-    return size
+    return f.size
 
 
-def row_groups(store: BlockStore, cid: CID) -> Iterator[Slice]:
+def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(reader.FileReader(store, cid)).metadata
+        meta = pq.ParquetFile(open_input(store, item)).metadata
     except pa.ArrowInvalid as e:
-        raise CatsError(f"input {cid} is not a Parquet file: {e}") from None
+        raise CatsError(f"input {label(item)} is not a Parquet file: {e}") from None
+    origin = _origin(item)
     for i in range(meta.num_row_groups):
-        yield Slice(cid=cid, row_group=i, meta={"rows": meta.row_group(i).num_rows})
+        yield Slice(**origin, row_group=i, meta={"rows": meta.row_group(i).num_rows})
 
 
-def _user_split(fn: Function, inputs: list[CID], store: BlockStore) -> list[Piece]:
+def _user_split(fn: Function, inputs: list[CID | Info], store: BlockStore) -> list[Piece]:
     from cats.factory.worker import load
 
     pieces: list[Piece] = []

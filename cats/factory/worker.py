@@ -18,13 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cats import data as cats_data
+from cats.bom.ref import OutputRef
 from cats.cas import reader
-from cats.cas.cid import CID
+from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.importer import Importer
 from cats.cas.store import BlockStore, open_store
 from cats.config import home
-from cats.errors import BlockNotFound, IntegrityError
+from cats.data import Cache
+from cats.errors import BlockNotFound, DataError, DataIntegrityError, IntegrityError
 from cats.factory import results
+from cats.factory.ingress import open_input
 from cats.order.function import Function
 from cats.order.infra import Slice
 
@@ -76,19 +80,22 @@ def _accepts_seed(func: Callable[..., Any]) -> bool:
     return any(p.name == "seed" or p.kind is p.VAR_KEYWORD for p in params)
 
 
-def materialize(store: BlockStore, piece: Slice, takes: str, scratch: Path) -> tuple[Any, int]:
+def materialize(store: BlockStore, piece: Slice, takes: str, scratch: Path,
+                cache: Cache | None = None) -> tuple[Any, int]:
     """The function's argument for a slice, and the bytes read to make it."""
     if takes == "slice":
         return piece, 0
+    f = open_input(store, piece.cid or piece.source, cache)  # type: ignore[arg-type]  # a Slice has one
     if piece.row_group is not None or takes == "table":
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(reader.FileReader(store, piece.cid))
+        parquet = pq.ParquetFile(f)
         table = parquet.read_row_group(piece.row_group) if piece.row_group is not None else parquet.read()
         return table, table.nbytes
-    data = b"".join(reader.read(store, piece.cid, piece.offset or 0, piece.length))
+    f.seek(piece.offset or 0)
+    data = f.read(-1 if piece.length is None else piece.length)
     if takes == "path":
-        path = scratch / (piece.name.rsplit("/", 1)[-1] if piece.name else str(piece.cid))
+        path = scratch / (Path(piece.name or piece.origin).name or "slice")
         path.write_bytes(data)
         return path, len(data)
     return data, len(data)
@@ -104,12 +111,17 @@ def _attempt(run_dir: str, batch: int) -> int:
 
 
 def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int,
-              items: list[tuple[int, dict[str, Any], int]], store_outputs: bool = True) -> list[dict[str, Any]]:
+              items: list[tuple[int, dict[str, Any], int]], store_outputs: bool = True,
+              output_uri: str | None = None) -> list[dict[str, Any]]:
     """Run slices; one record per slice: its output, or the error with the remote traceback.
 
     An error from a block that is missing or does not match its CID says so (`kind`, `cid`), so
     verification can tell an altered input from a failing function. `store_outputs=False` only
     computes the outputs' CIDs (re-execution for verification must not write into the store).
+    With `output_uri`, each result goes to `output_uri/<slice name>` and the store gets only a
+    reference block to it (`cats.bom.OutputRef`); the record's `content` is the result's own CID.
+    Slices that read URIs go through this machine's data cache; the last record carries the
+    batch's cache counters (`data`).
     """
     store = open_store(store_url)
     fn = Function.model_validate(function)
@@ -122,25 +134,48 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
         failure = _failure(e, f"loading {fn.entry} from {fn.code} failed:\n")
         return [{"index": i, **failure} for i, _, _ in items]
     seed_kw = _accepts_seed(func)
+    cache = Cache() if any("source" in piece for _, piece, _ in items) else None
     with tempfile.TemporaryDirectory(prefix="cats-slice-") as tmp, \
-            Importer(store if store_outputs else None, cid_version=1) as importer:
+            Importer(store if store_outputs and not output_uri else None, cid_version=1) as importer:
         for index, piece_json, seed in items:
             started = time.perf_counter()
             try:
                 piece = Slice.model_validate(piece_json)
-                arg, bytes_in = materialize(store, piece, fn.takes, Path(tmp))
+                arg, bytes_in = materialize(store, piece, fn.takes, Path(tmp), cache)
                 kwargs = dict(fn.params)
                 if seed_kw:
                     kwargs["seed"] = seed
                 data, encoding = results.encode(func(arg, **kwargs))
                 entry = importer.add_bytes(data)
+                record = {"output": str(entry.cid), "encoding": encoding, "size": entry.size, "tsize": entry.tsize}
+                if output_uri:
+                    record = _write_out(store, output_uri, index, piece, data, record, store_outputs)
             except Exception as e:
                 out.append({"index": index, **_failure(e)})
                 continue
-            out.append({"index": index, "output": str(entry.cid), "encoding": encoding, "size": entry.size,
-                        "tsize": entry.tsize, "bytes_in": bytes_in, "node": node, "worker": os.getpid(),
+            out.append({"index": index, **record, "bytes_in": bytes_in, "node": node, "worker": os.getpid(),
                         "attempts": attempt, "duration_s": time.perf_counter() - started})
+    if cache is not None:
+        cache.close()
+        if out:
+            out[-1]["data"] = {name: cache.counts[name] for name in ("hits", "misses", "bytes_in", "bytes_out",
+                                                                        "fetch_s")}
     return out
+
+
+def _write_out(store: BlockStore, output_uri: str, index: int, piece: Slice, data: bytes, record: dict[str, Any],
+               store_outputs: bool) -> dict[str, Any]:
+    """Write a result to its URI and store the reference block that stands for it in the BOM."""
+    content = record["output"]
+    if not store_outputs:  # verification: the CID of the content is what is compared
+        return {**record, "content": content}
+    uri = f"{output_uri.rstrip('/')}/{piece.name or index}"
+    written = cats_data.write(uri, data)
+    ref = OutputRef(uri=uri, version=written.version, size=len(data), content=content, encoding=record["encoding"])
+    block = ref.block()
+    cid = CID.hash(block, DAG_CBOR)
+    store.put(cid, block)
+    return {**record, "output": str(cid), "encoding": "ref", "tsize": len(block), "content": content}
 
 
 class Replica:
@@ -161,6 +196,8 @@ def _failure(e: Exception, prefix: str = "") -> dict[str, Any]:
     failure: dict[str, Any] = {"error": prefix + traceback.format_exc()}
     if isinstance(e, (IntegrityError, BlockNotFound)):
         failure |= {"kind": "integrity" if isinstance(e, IntegrityError) else "missing", "cid": str(e.cid)}
+    elif isinstance(e, DataError) and e.uri:  # a source changed since it was pinned, or is unreadable
+        failure |= {"kind": "integrity" if isinstance(e, DataIntegrityError) else "data", "uri": e.uri}
     return failure
 
 

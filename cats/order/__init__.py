@@ -1,17 +1,23 @@
 """Orders: what to run (Function), how to slice and merge (InfraFunction), in what environment
 (Structure), where (Plant), over which inputs. One pydantic schema, canonically encoded as
 DAG-CBOR, so a sealed Order has a CID.
+
+Inputs are CIDs, local paths (sealing adds them to the store) or data URIs (sealing pins them:
+the URI's size and version token go into the Order, so workers read exactly that version and a
+source that changes during the job fails it, naming the URI).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.fields import CIDField
+from cats.data import Info
 from cats.errors import CatsError
 from cats.order.checks import Check
 from cats.order.function import Function
@@ -19,33 +25,64 @@ from cats.order.infra import InfraFunction, Slice
 from cats.order.structure import Structure
 from cats.plant import Plant
 
-__all__ = ["Order", "Function", "InfraFunction", "Slice", "Structure", "Plant"]
+__all__ = ["Order", "Function", "InfraFunction", "Slice", "Structure", "Plant", "Input", "Source", "label"]
+
+DataURI = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")]
+# Sealed: a CID or a pinned URI (Info). Tried left to right, CIDField after Info: its serializer
+# would otherwise claim every member of the union.
+Input = Annotated[Info | DataURI | CIDField | Path, Field(union_mode="left_to_right")]
+Source = Annotated[Info | CIDField, Field(union_mode="left_to_right")]
+
+
+def label(item: CID | Info) -> str:
+    """How lineage and listings name a sealed input: its CID, or `uri@version`."""
+    return f"{item.uri}@{item.version}" if isinstance(item, Info) else str(item)
 
 
 class Order(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     function: Function
-    inputs: list[CIDField | Path] = Field(
-        min_length=1, description="CIDs, or local files and folders (pathlib.Path) that sealing adds")
+    inputs: list[Input] = Field(
+        min_length=1, description="CIDs, local files and folders (pathlib.Path) that sealing adds, or data "
+                                  "URIs (mem://, file://, http(s)://, s3://, ipfs://) that sealing pins")
     infra: InfraFunction = Field(default_factory=InfraFunction)
     structure: Structure = Field(default_factory=Structure)
     plant: Plant = Field(default_factory=Plant)
     name: str | None = None
     # Left out of the encoding while empty, so Orders without checks keep the CIDs they always had.
     checks: list[Check] = Field(default_factory=list, exclude_if=lambda checks: not checks)
+    output_uri: DataURI | None = Field(
+        default=None, description="workers write each slice's result under this URI prefix (named as the slice); "
+                                  "the store keeps only references to them")
+
+    @model_validator(mode="after")
+    def _merge_of_references(self) -> Order:
+        if self.output_uri is None:
+            return self
+        if self.infra.merge not in ("directory", "list"):
+            raise ValueError("results written to output_uri are merged as a list of references: "
+                             "infra.merge must be 'directory' (the default) or 'list'")
+        if self.plant.replicas > 1:
+            raise ValueError("replicas compare results kept in the store; output_uri needs plant.replicas == 1")
+        return self
 
     def block(self) -> bytes:
         """The canonical DAG-CBOR encoding; only meaningful once sealed (code, lock, inputs are CIDs)."""
         return dagcbor.encode(self.model_dump(exclude_none=True))
 
     @property
+    def sources(self) -> list[CID | Info]:
+        """The inputs of a sealed Order: CIDs and pinned URIs."""
+        unsealed = [str(i) for i in self.inputs if not isinstance(i, (CID, Info))]
+        if unsealed:
+            raise CatsError(f"the Order is not sealed: inputs {', '.join(unsealed)} are local paths or unpinned URIs")
+        return [i for i in self.inputs if isinstance(i, (CID, Info))]
+
+    @property
     def input_cids(self) -> list[CID]:
-        """The inputs of a sealed Order."""
-        paths = [str(i) for i in self.inputs if not isinstance(i, CID)]
-        if paths:
-            raise CatsError(f"the Order is not sealed: inputs {', '.join(paths)} are local paths")
-        return [i for i in self.inputs if isinstance(i, CID)]
+        """The sealed inputs that live in the store."""
+        return [i for i in self.sources if isinstance(i, CID)]
 
     @property
     def cid(self) -> CID:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from cats.cas.fields import CIDField
+from cats.data import Info
 from cats.order.function import Function
 
 SplitKind = Literal["files", "lines", "row-groups"]
@@ -21,16 +22,29 @@ MergeKind = Literal["directory", "concat", "table", "list"]
 
 
 class Slice(BaseModel):
-    """One unit of work: a file CID, optionally narrowed to a byte range or a row group."""
+    """One unit of work: a file CID or a pinned URI (`source`), optionally narrowed to a byte range or
+    a row group. Workers read a source themselves, by range, at its pinned version."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    cid: CIDField
+    cid: CIDField | None = None
+    source: Info | None = None
     name: str | None = Field(default=None, description="entry name inside its input folder")
     offset: int | None = None
     length: int | None = None
     row_group: int | None = None
     meta: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> Slice:
+        if (self.cid is None) == (self.source is None):
+            raise ValueError("a slice reads either a CID or a source URI, exactly one of them")
+        return self
+
+    @property
+    def origin(self) -> str:
+        """What the slice reads, for messages: its CID or its URI."""
+        return str(self.cid) if self.source is None else self.source.uri
 
 
 class InfraFunction(BaseModel):

@@ -12,12 +12,14 @@ import os
 import sys
 from pathlib import Path
 
+from cats import data
 from cats.cas.cid import CID
 from cats.cas.dag import put_cbor
 from cats.cas.importer import Importer
 from cats.cas.store import BlockStore
 from cats.config import home
-from cats.errors import CatsError
+from cats.data import Info
+from cats.errors import CatsError, DataIntegrityError
 from cats.order import Order
 from cats.order.function import Function
 from cats.order.infra import InfraFunction
@@ -83,9 +85,17 @@ def seal(order: Order, store: BlockStore) -> Order:
                                     "inputs": inputs})
 
 
-def _add_input(importer: Importer, item: CID | Path) -> CID:
+def _add_input(importer: Importer, item: CID | Info | str | Path) -> CID | Info:
+    """A CID as it is; a URI pinned now, at job start (a pinned Info must still be that version)."""
     if isinstance(item, CID):
         return item
+    if isinstance(item, (Info, str)):
+        uri = item.uri if isinstance(item, Info) else item
+        pinned = data.pin(uri)
+        if isinstance(item, Info) and item.version != pinned.version:
+            raise DataIntegrityError(f"input {uri} changed since it was pinned: version {item.version} then, "
+                                     f"{pinned.version} now", uri)
+        return pinned
     if not item.exists():
         raise CatsError(f"input {item} does not exist")
     *_, top = importer.add_path(item)

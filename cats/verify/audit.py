@@ -12,14 +12,17 @@ import math
 import tempfile
 from typing import Any
 
+from cats import data
 from cats.bom import BOM, SliceRecord, records
+from cats.bom.ref import load_ref
 from cats.cas import dag, dagcbor
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
-from cats.errors import BlockNotFound, CatsError, DecodeError, IntegrityError
+from cats.data import Info
+from cats.errors import BlockNotFound, CatsError, DataError, DataIntegrityError, DecodeError, IntegrityError
 from cats.factory import egress, ingress, worker
-from cats.order import Order
+from cats.order import Order, label
 from cats.plant import connect
 from cats.verify import drift, sampling
 from cats.verify.report import Problem, Reason, Report, Sample, SliceResult
@@ -116,16 +119,37 @@ def _integrity(store: BlockStore, bom_cid: CID, bom: BOM, report: Report) -> Non
     _check_dag(store, bom.code, report, "code-altered", "code", seen=seen)
     if bom.structure.iac:
         _check_dag(store, bom.structure.iac, report, "code-altered", "IaC", seen=seen)
-    for cid in bom.inputs:
-        _check_dag(store, cid, report, "input-altered", f"input {cid}", seen=seen)
+    for item in bom.inputs:
+        if isinstance(item, Info):
+            _check_source(item, report, "input-altered", f"input {item.uri}")
+        else:
+            _check_dag(store, item, report, "input-altered", f"input {item}", seen=seen)
     for cid in bom.outputs:
         _check_dag(store, cid, report, "output-differs", f"output {cid} (stored output altered)", seen=seen)
     recs = _records(store, bom, report)  # reads and hashes the record blocks themselves
     report.blocks_checked += len(bom.slices)
     for rec in recs:  # what the records link that the DAGs above did not reach (e.g. concat parts)
-        _check_dag(store, rec.input.cid, report, "input-altered", f"input of slice {rec.index}", rec.index, seen)
-        _check_dag(store, rec.output, report, "output-differs", f"stored output of slice {rec.index}",
-                   rec.index, seen)
+        if rec.input.cid is not None:
+            _check_dag(store, rec.input.cid, report, "input-altered", f"input of slice {rec.index}", rec.index, seen)
+        if _check_dag(store, rec.output, report, "output-differs", f"stored output of slice {rec.index}",
+                      rec.index, seen) and rec.encoding == "ref":
+            ref = load_ref(store, rec.output)
+            _check_source(Info(ref.uri, ref.size, ref.version), report, "output-differs",
+                          f"output of slice {rec.index} at {ref.uri}", rec.index)
+
+
+def _check_source(pinned: Info, report: Report, reason: Reason, what: str, slice: int | None = None) -> bool:
+    """A URI the BOM pins must still be at its recorded version (asking costs one stat, no data)."""
+    try:
+        now = data.stat(pinned.uri)
+    except DataError as e:
+        _problem(report, "block-missing", f"{what}: {e}", pinned.uri, slice)
+        return False
+    if now.version != pinned.version:
+        _problem(report, reason, f"{what} changed: version {pinned.version} recorded, {now.version} now",
+                 pinned.uri, slice)
+        return False
+    return True
 
 
 def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample: int | None,
@@ -150,8 +174,8 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
         out = outcomes[i]
         result = SliceResult(index=i, name=rec.input.name, recorded=str(rec.output), ok=False)
         if "error" in out:
-            kind, cid = out.get("kind"), out.get("cid")
-            if kind == "missing":
+            kind, cid = out.get("kind"), out.get("cid") or out.get("uri")
+            if kind in ("missing", "data"):
                 result.reason = "block-missing"
             elif kind == "integrity":
                 result.reason = "input-altered"
@@ -160,11 +184,13 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
             last = out["error"].strip().splitlines()[-1]
             _problem(report, result.reason, f"slice {i}: {last}", cid, i)
         else:
-            result.recomputed = out["output"]
-            if out["output"] != str(rec.output):
+            # a result written to a URI is recorded as a reference block; its content CID is what re-executes
+            recorded = load_ref(store, rec.output).content if rec.encoding == "ref" else str(rec.output)
+            result.recomputed = out.get("content", out["output"])
+            if result.recomputed != recorded:
                 result.reason = "output-differs"
-                _problem(report, "output-differs", f"slice {i} re-executed to {out['output']}, the BOM says "
-                         f"{rec.output} (non-deterministic code or a forged record)", rec.output, i)
+                _problem(report, "output-differs", f"slice {i} re-executed to {result.recomputed}, the BOM says "
+                         f"{recorded} (non-deterministic code or a forged record)", rec.output, i)
             elif _check_dag(store, rec.output, report, "output-differs", f"stored output of slice {i}", i):
                 result.ok = True
             else:
@@ -202,9 +228,15 @@ def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], repor
     except (IntegrityError, DecodeError) as e:
         _problem(report, "input-altered", f"splitting the inputs: {e}", getattr(e, "cid", None))
         return False
+    except DataIntegrityError as e:
+        _problem(report, "input-altered", f"splitting the inputs: {e}", e.uri)
+        return False
+    except DataError as e:
+        _problem(report, "block-missing", f"splitting the inputs: {e}", e.uri)
+        return False
     if [(p, a) for p, a in pieces] != [(r.input, r.assembly) for r in recs]:
         _problem(report, "bom-altered", f"the slice records do not match the split of the inputs "
-                 f"({len(recs)} records, {len(pieces)} slices)", order.input_cids[0])
+                 f"({len(recs)} records, {len(pieces)} slices)", label(order.sources[0]))
         return False
     return True
 
@@ -222,13 +254,15 @@ def _run_slices(store: LocalStore, order: Order, chosen: list[SliceRecord], quie
     with tempfile.TemporaryDirectory(prefix="cats-verify-") as run_dir:
         refs = [task.remote(url, function, run_dir, b, [
             (r.index, r.input.model_dump(mode="json", exclude_none=True), r.seed) for r in chosen[start:start + size]
-        ], False) for b, start in enumerate(range(0, len(chosen), size))]
+        ], False, order.output_uri) for b, start in enumerate(range(0, len(chosen), size))]
         return {r["index"]: r for batch in ray.get(refs) for r in batch}
 
 
 def _check_merge(store: LocalStore, bom: BOM, order: Order, recs: list[SliceRecord], report: Report) -> None:
     """The merge of the recorded slice outputs must give the recorded output."""
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
+    if order.output_uri:
+        how = "list"
     parts = [{"index": r.index, "output": r.output, "encoding": r.encoding, "size": r.size, "tsize": r.tsize,
               "name": r.input.name, "assembly": r.assembly} for r in recs]  # CIDs as objects: no re-parsing
     try:

@@ -12,7 +12,7 @@ Reason = Literal[
     "code-altered",        # a block of the code DAG does not match its CID
     "input-altered",       # a block an input slice reads does not match its CID
     "bom-altered",         # the BOM, its Order or its records are corrupted or contradict each other
-    "block-missing",       # a block the lineage needs is not in the store
+    "block-missing",       # a block the lineage needs is not in the store (or a pinned URI is unreadable)
     "reexecution-failed",  # the function raised on re-execution though the run recorded a result
     "check-failed",        # a validator of the Order rejected the output
 ]
@@ -21,7 +21,7 @@ Reason = Literal[
 class Problem(BaseModel):
     reason: Reason
     detail: str
-    cid: str | None = None
+    cid: str | None = Field(default=None, description="the CID concerned, or the URI for a data reference")
     slice: int | None = None
 
 
