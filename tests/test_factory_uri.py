@@ -196,3 +196,22 @@ def test_bad_uri_inputs_fail_clearly(env: WorkerEnv, tmp_path: Path, http_server
         order(http_server.url + "/x", output_uri="file:///tmp/o", infra=InfraFunction(merge="concat"))
     with pytest.raises(ValueError, match="replicas"):
         order(http_server.url + "/x", output_uri="file:///tmp/o", plant=Plant(replicas=3))
+
+
+def test_cli_submit_a_uri_with_output_uri(ray_session: str, env: WorkerEnv, cli, cats_home: Path,  # noqa: ANN001
+                                          tmp_path: Path, http_server: FileServer,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", ray_session)
+    uri = http_server.put("/words.txt", b"one two three\n")
+    job = jobs.module(tmp_path, "fu_cli", """
+        def count(path):
+            return f"{path.name}: {len(path.read_bytes().split())} words"
+    """)
+    out = f"file://{env.data_root}/cli-out"
+
+    res = cli("submit", "-f", job, "-c", uri, "--entry", "count", "-o", out, "--json", cwd=tmp_path)
+
+    assert res.code == 0, res.err
+    assert (env.data_root / "cli-out" / "words.txt").read_text() == "words.txt: 3 words"
+    bad = cli("submit", "-f", job, "-c", "gs://b/k", "--entry", "count", cwd=tmp_path)
+    bad.error_line("gs://", "not supported yet")

@@ -89,12 +89,15 @@ def run(
 
 def submit(
     file: Path = typer.Option(..., "-f", "--file", help="Python file with the entry function."),
-    cid: str = typer.Option(..., "-c", "--cid", help="Input folder CID; one slice per file."),
+    cid: str = typer.Option(..., "-c", "--cid", help="Input: a folder CID (one slice per file) or a data URI "
+                            "(s3://, http(s)://, file://, ipfs://; one slice, read by the worker itself)."),
     entry: str = typer.Option(..., "--entry", help="Function name in FILE: f(path) -> bytes or any encodable value."),
     requirements: Path | None = typer.Option(None, "-r", "--requirements", help="pip requirements for the workers."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
     force: bool = typer.Option(False, "--force", help="Run even if this exact job already has a BOM."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help=REPLICAS_HELP),
+    output_uri: str | None = typer.Option(None, "-o", "--output-uri",
+                                          help="Write each result under this URI prefix; the store keeps references."),
 ) -> None:
     """Run FILE's entry on each file of a folder CID; the output folder has one entry per input file."""
     from cats.cas.cid import CID
@@ -108,8 +111,9 @@ def submit(
             raise CatsError(f"--requirements {requirements} does not exist")
         reqs = [line.strip() for line in requirements.read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
-    order = Order(function=Function(entry=f"{file.stem}:{entry}", source=file, takes="path"),
-                  inputs=[CID.parse(cid)], structure=Structure(requirements=reqs), name=f"submit {file.name}:{entry}")
+    source = cid if "://" in cid else CID.parse(cid)
+    order = Order(function=Function(entry=f"{file.stem}:{entry}", source=file, takes="path"), inputs=[source],
+                  structure=Structure(requirements=reqs), name=f"submit {file.name}:{entry}", output_uri=output_uri)
     _execute(_replicated(order, replicas), as_json, force)
 
 
