@@ -215,3 +215,22 @@ def test_cli_submit_a_uri_with_output_uri(ray_session: str, env: WorkerEnv, cli,
     assert (env.data_root / "cli-out" / "words.txt").read_text() == "words.txt: 3 words"
     bad = cli("submit", "-f", job, "-c", "gs://b/k", "--entry", "count", cwd=tmp_path)
     bad.error_line("gs://", "not supported yet")
+
+
+def test_an_order_reading_a_written_uri_names_its_producer(ray_session: str, env: WorkerEnv, cats_home: Path,
+                                                            tmp_path: Path) -> None:
+    src = jobs.module(tmp_path, "fu_chain", """
+        def double(data):
+            return data + data
+    """)
+    store = jobs.home_store(cats_home)
+    first = factory.run(Order(function=Function(entry="fu_chain:double", source=src),
+                              inputs=[jobs.folder(tmp_path, {"x.txt": b"x\n"})],
+                              output_uri=f"file://{env.data_root}/chain"))
+    second = factory.run(Order(function=Function(entry="fu_chain:double", source=src),
+                               inputs=[f"file://{env.data_root}/chain/x.txt"]))
+    assert load_bom(store, second.bom).parents == [first.bom]
+    assert [(name, b"".join(reader.read(store, cid))) for name, cid, _ in reader.entries(store, second.output)] \
+        == [("x.txt", b"x\nx\nx\nx\n")]
+    report = verify(store, second.bom, recursive=True)
+    assert report.verified and [a.bom for a in report.ancestors] == [str(first.bom)]

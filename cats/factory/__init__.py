@@ -24,14 +24,16 @@ from cats.bom import BOM, DataUse, Invoice, SliceRecord, write_records
 from cats.bom import load as load_bom
 from cats.bom import records as bom_records
 from cats.bom.index import Index
+from cats.bom.ref import load_ref
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.local import LocalStore
 from cats.config import home
+from cats.data import Info
 from cats.errors import CatsError
 from cats.factory import egress, ingress, worker
-from cats.order import Order
+from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.seal import seal
 from cats.plant import connect
@@ -150,7 +152,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         structure=order.structure,
         inputs=order.sources, outputs=outputs, output_encoding=merged["encoding"],
         slices=write_records(store, records),
-        parents=sorted({CID.parse(p) for i in order.input_cids if (p := index.producer(str(i)))}),
+        parents=sorted({CID.parse(p) for i in order.sources if (p := index.producer(label(i)))}),
         invoice=Invoice(
             started=_iso(started), finished=_iso(finished), duration_s=finished - started,
             slices=len(records), executed=len(todo), resumed=resumed,
@@ -163,7 +165,10 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     bom_cid = CID.hash(block, DAG_CBOR)
     store.put(bom_cid, block)  # only now: every output and record it links is already stored
     Pins(home() / "pins").add(store, bom_cid)
-    index.record_run(str(order_cid), str(bom_cid), [str(o) for o in outputs], order.name)
+    # results written to URIs are outputs too: an Order reading one at that version names this BOM as parent
+    written = [label(Info(ref.uri, ref.size, ref.version)) for r in records if r.encoding == "ref"
+               for ref in [load_ref(store, r.output)]]
+    index.record_run(str(order_cid), str(bom_cid), [str(o) for o in outputs] + written, order.name)
     replicas = order.plant.replicas
     return Run(bom_cid, outputs[0], order_cid, slices=len(records), executed=len(todo),
                duration_s=finished - started, replicas=replicas,
