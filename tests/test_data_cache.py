@@ -17,7 +17,7 @@ from cats.data import Cache
 from cats.data.cache import MAGIC
 from cats.data.resolvers import Info
 from cats.data.resolvers.mem import MemResolver
-from cats.errors import DataIntegrityError, DataNotFound
+from cats.errors import CatsError, DataIntegrityError, DataNotFound
 
 HEADER = len(MAGIC) + 32
 
@@ -225,3 +225,14 @@ def test_metrics_add_up_and_are_shared_across_processes(cache: Cache, http_serve
     cache.clear()
     s = cache.stats()
     assert (s["hits"], s["misses"], s["entries"], s["bytes_stored"]) == (0, 0, 0, 0)
+
+
+def test_bounds_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATS_DATA_CACHE_BYTES", "4096")
+    monkeypatch.setenv("CATS_DATA_CACHE_AGE_S", "60")
+    cache = Cache(tmp_path / "c")
+    assert (cache.max_bytes, cache.max_age_s) == (4096, 60.0)
+    assert Cache(tmp_path / "d", max_bytes=1).max_bytes == 1  # an explicit bound wins
+    monkeypatch.setenv("CATS_DATA_CACHE_BYTES", "lots")
+    with pytest.raises(CatsError, match="CATS_DATA_CACHE_BYTES"):
+        Cache(tmp_path / "e")

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 from xxhash import xxh3_128_digest as _digest
 
-from cats.data.resolvers import Info, Resolver
+from cats.data.resolvers import Info, Resolver, env_number
 
 if TYPE_CHECKING:
     import sqlite3
@@ -65,10 +65,18 @@ _COUNTERS = ("hits", "misses", "bytes_in", "bytes_out", "fetch_s", "uncacheable"
 
 
 class Cache:
-    """Range reads cached on local disk, bounded by total bytes (LRU eviction) and by entry age (seconds)."""
+    """Range reads cached on local disk, bounded by total bytes (LRU eviction) and by entry age (seconds).
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, max_bytes: int = 1 << 30,
-                 max_age_s: float = 24 * 3600.0) -> None:
+    Bounds not given come from `CATS_DATA_CACHE_BYTES` (default 1 GiB; 0 caches nothing) and
+    `CATS_DATA_CACHE_AGE_S` (default a day), so each machine's workers follow its own settings.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, max_bytes: int | None = None,
+                 max_age_s: float | None = None) -> None:
+        if max_bytes is None:
+            max_bytes = int(env_number("CATS_DATA_CACHE_BYTES", 1 << 30))
+        if max_age_s is None:
+            max_age_s = env_number("CATS_DATA_CACHE_AGE_S", 24 * 3600.0)
         if max_bytes < 0 or max_age_s < 0:
             raise ValueError("max_bytes and max_age_s must not be negative")
         if root is None:
