@@ -3,11 +3,15 @@
 Connection errors and 5xx are retried a bounded number of times with exponential backoff
 (`CATS_DATA_RETRIES`, default 3); every request has a timeout (`CATS_DATA_TIMEOUT` seconds, default 30).
 A server that ignores Range and answers 200 is read only as far as needed, then the connection is dropped.
+Requests to the Data Service's own origin (`CATS_DATA_SERVICE`, as scheme, host and port) carry
+`Authorization: Bearer $CATS_DATA_TOKEN`, so its signed URLs read like any other; no other host sees
+the token (and httpx drops it on a redirect to another origin).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -43,6 +47,25 @@ def retries() -> int:
 def _client(seconds: float) -> httpx.Client:
     """One connection pool per timeout setting, shared by the process. Identity encoding keeps ranges byte-exact."""
     return httpx.Client(timeout=seconds, follow_redirects=True, headers={"Accept-Encoding": "identity"})
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return None
+    scheme = parsed.scheme.lower()
+    port = parsed.port or {"http": 80, "https": 443}.get(scheme)
+    return (scheme, parsed.host.lower(), port) if parsed.host and port else None
+
+
+def _service_auth(uri: str) -> dict[str, str]:
+    """The Data Service's bearer token for a URI of its own origin; nothing for any other."""
+    service, token = os.environ.get("CATS_DATA_SERVICE"), os.environ.get("CATS_DATA_TOKEN")
+    if not service or not token:
+        return {}
+    origin = _origin(service)
+    return {"Authorization": f"Bearer {token}"} if origin is not None and _origin(uri) == origin else {}
 
 
 def _version(response: httpx.Response) -> str | None:
@@ -107,7 +130,8 @@ class HTTPResolver(Resolver):
             if attempt:
                 time.sleep(_BACKOFF * 2 ** (attempt - 1))
             try:
-                request = client.build_request("GET", uri, headers={"Range": f"bytes={first}-{last}"})
+                request = client.build_request("GET", uri, headers={"Range": f"bytes={first}-{last}",
+                                                                    **_service_auth(uri)})
                 response = client.send(request, stream=True)
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
                 raise MalformedURI(f"{uri!r} is malformed: {e}", uri) from None
