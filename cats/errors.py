@@ -95,3 +95,11 @@ class MalformedURI(DataError, ValueError):
 
 class FetchTooLarge(DataError):
     """A read would transfer more than `CATS_DATA_MAX_FETCH` bytes."""
+
+
+class DataServiceError(CatsError):
+    """The Data Service refused or failed a request, or could not be reached. `status` is its HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cats import __version__
-from cats.cli import bom, run, store, verify
+from cats.cli import bom, data, run, store, verify
 from cats.errors import CatsError
 
 app = typer.Typer(
@@ -37,6 +37,7 @@ store.register(app)
 run.register(app)
 bom.register(app)
 verify.register(app)
+data.register(app)
 
 
 def main() -> None:
