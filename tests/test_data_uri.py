@@ -89,7 +89,7 @@ def test_parquet_row_group_through_open_fetches_a_fraction(http_server: FileServ
 
 
 @pytest.mark.parametrize(("status", "error"), [(404, DataNotFound), (410, DataNotFound), (403, DataForbidden),
-                                               (401, DataForbidden)])
+                                               (401, DataForbidden), (413, FetchTooLarge)])
 def test_http_status_maps_to_typed_error(http_server: FileServer, status: int, error: type) -> None:
     uri = http_server.put("/x", b"data")
     http_server.fail["/x"] = status

@@ -92,6 +92,9 @@ def _raise_for_status(uri: str, response: httpx.Response) -> None:
         raise DataNotFound(f"{uri} not found (HTTP {code})", uri)
     if code in (401, 403):
         raise DataForbidden(f"{uri}: access denied (HTTP {code})", uri)
+    if code == 413:
+        raise FetchTooLarge(f"{uri}: the server refuses to send that much at once (HTTP 413); read it by ranges",
+                            uri)
     if code not in (200, 206, 416):
         raise DataError(f"{uri}: unexpected HTTP {code}", uri)
 
