@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import Result
-from servers import FileServer, free_port, http_server  # noqa: F401 - fixtures
+from servers import FileServer, free_port
 
 from cats import data
 from cats.data.service import signing
@@ -214,7 +214,7 @@ def test_cli_register_get_sign_round_trip(service: Service, monkeypatch: pytest.
     assert data.read(signed["signed_uri"], chunk["offset"] + 40, 80) == array.tobytes()[40:120]
 
 
-def test_raw_http_round_trip_and_ranges(service: Service, http_server: FileServer) -> None:  # noqa: F811
+def test_raw_http_round_trip_and_ranges(service: Service, http_server: FileServer) -> None:
     blob = _bytes(50_000)
     source = http_server.put("/blob.bin", blob)
     with service.http("alice") as alice:
@@ -243,7 +243,7 @@ def test_raw_http_round_trip_and_ranges(service: Service, http_server: FileServe
             assert response.headers["content-range"] == "bytes */50000" and bad in _detail(response)
 
 
-def test_signed_url_reads_by_range_through_the_resolver(service: Service, http_server: FileServer,  # noqa: F811
+def test_signed_url_reads_by_range_through_the_resolver(service: Service, http_server: FileServer,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     table, blob = _parquet()
     source = http_server.put("/t.parquet", blob)
@@ -306,7 +306,7 @@ def test_bearer_token_goes_only_to_the_service_origin(service: Service, monkeypa
 # -- refusals ---------------------------------------------------------------------------------------
 
 def test_forged_tampered_expired_and_foreign_signatures_are_403(service: Service,
-                                                                http_server: FileServer) -> None:  # noqa: F811
+                                                                http_server: FileServer) -> None:
     source = http_server.put("/s.bin", _bytes(1000))
     handle = service.register(source, readers=["bob"])
     signed = service.sign(handle)
@@ -340,7 +340,7 @@ def test_forged_tampered_expired_and_foreign_signatures_are_403(service: Service
     assert response.status_code == 401 and "unknown bearer token" in _detail(response)
 
 
-def test_only_owner_and_readers_get_in(service: Service, http_server: FileServer) -> None:  # noqa: F811
+def test_only_owner_and_readers_get_in(service: Service, http_server: FileServer) -> None:
     handle = service.register(http_server.put("/r.bin", b"r" * 10), readers=["bob"])
     with service.http("bob") as bob, service.http("carol") as carol, service.http() as nobody:
         assert bob.get(f"/data/{handle}").status_code == 200
@@ -357,7 +357,7 @@ def test_only_owner_and_readers_get_in(service: Service, http_server: FileServer
     assert service.fetch(service.sign(handle, "bob"), "bob").content == b"r" * 10
 
 
-def test_ttl_expiry_answers_410_and_keeps_the_record(service: Service, http_server: FileServer) -> None:  # noqa: F811
+def test_ttl_expiry_answers_410_and_keeps_the_record(service: Service, http_server: FileServer) -> None:
     handle = service.register(http_server.put("/ttl.bin", b"t" * 10), ttl_s=1.0)
     signed = service.sign(handle, ttl_s=3600)  # capped: a signature never outlives its dataset
     assert int(parse_qs(urlsplit(signed).query)["exp"][0]) <= time.time() + 1
@@ -404,7 +404,7 @@ def test_register_refuses_bad_input_with_422_naming_it(service: Service) -> None
     service.cli("data", "register", "gs://b/k").error_line("gs://b/k", "not supported yet")  # refused before sending
 
 
-def test_sign_bounds_and_replicas(service: Service, http_server: FileServer) -> None:  # noqa: F811
+def test_sign_bounds_and_replicas(service: Service, http_server: FileServer) -> None:
     first, second = http_server.put("/one", b"1" * 10), http_server.put("/two", b"2" * 10)
     handle = service.register(first, replicas=[second])
     with service.http("alice") as alice:
@@ -417,7 +417,7 @@ def test_sign_bounds_and_replicas(service: Service, http_server: FileServer) -> 
 
 # -- limits and source errors -----------------------------------------------------------------------
 
-def test_oversized_fetch_is_413(service: Service, http_server: FileServer) -> None:  # noqa: F811
+def test_oversized_fetch_is_413(service: Service, http_server: FileServer) -> None:
     blob = _bytes(SERVICE_MAX_FETCH + 50_000)
     signed = service.sign(service.register(http_server.put("/big.bin", blob)))
     http_server.log.clear()
@@ -432,7 +432,7 @@ def test_oversized_fetch_is_413(service: Service, http_server: FileServer) -> No
     assert data.read(signed, 5, 10) == blob[5:15]
 
 
-def test_source_errors_map_to_clear_statuses(service: Service, http_server: FileServer,  # noqa: F811
+def test_source_errors_map_to_clear_statuses(service: Service, http_server: FileServer,
                                              tmp_path: Path) -> None:
     missing = http_server.url + "/missing.bin"
     flaky = http_server.put("/flaky.bin", b"x" * 10)
@@ -462,7 +462,7 @@ def test_source_errors_map_to_clear_statuses(service: Service, http_server: File
 
 # -- the access log, restarts, the API document, stats, help --------------------------------------------
 
-def test_access_log_records_allowed_and_denied(service: Service, http_server: FileServer) -> None:  # noqa: F811
+def test_access_log_records_allowed_and_denied(service: Service, http_server: FileServer) -> None:
     handle = service.register(http_server.put("/log.bin", _bytes(100)), readers=["bob"])
     with service.http("bob") as bob, service.http("carol") as carol, service.http() as nobody:
         assert bob.get(f"/data/{handle}").status_code == 200
@@ -481,7 +481,7 @@ def test_access_log_records_allowed_and_denied(service: Service, http_server: Fi
 
 
 @pytest.mark.slow
-def test_restart_loses_nothing(tmp_path: Path, http_server: FileServer) -> None:  # noqa: F811
+def test_restart_loses_nothing(tmp_path: Path, http_server: FileServer) -> None:
     svc = Service(tmp_path)
     svc.home.mkdir(parents=True)
     for name in ("alice", "bob"):
