@@ -1,0 +1,300 @@
+"""Lazy views over referenced datasets (issue #5): slices, windows, columns, transposes, reshapes and
+safe casts of a Parquet, Arrow IPC or .npy file named by a data URI, that read only the byte ranges
+they need.
+
+    v = view("https://host/t.parquet")                     # pins the version, reads the footer only
+    part = v.columns("price", "qty").rows(1_000, 50_000).cast("float64")
+    part.materialize()                                      # -> pyarrow.Table: only those column chunks
+    [p.materialize() for p in part.partitions()]            # one view per row group it touches
+    View.model_validate(part.model_dump(mode="json"))       # plain data: JSON, DAG-CBOR, an Order
+
+A View is a frozen pydantic model: the URI, the format, the pinned version and size, and the ops in
+order. Builders return new views and check the op against the metadata at once (the footer or
+header is read once per process per version), so an impossible view fails where it is written.
+`materialize` reads through `cats.data.read(..., expect=pinned, cache=...)`: a source changed since
+`view()` raises DataIntegrityError, and a Cache serves repeated ranges without the network.
+
+What is read (see each backend's docstring): Parquet, the selected columns' chunks in the row
+groups holding selected rows; Arrow IPC, the record batches holding selected rows (all their
+columns); .npy, the selected rows (C order) or the selected rows of the selected columns
+(Fortran order). Row slices bound past the row count are errors rather than clipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cats import data
+from cats.data.cache import Cache
+from cats.data.resolvers import Info
+from cats.data.views import arrow as _arrow
+from cats.data.views import npy as _npy
+from cats.data.views import parquet as _parquet
+from cats.data.views._io import GAP_EXACT, Meter, Reader, ViewError, coalesce, forget, source
+from cats.data.views.ops import (
+    Cast,
+    Columns,
+    Op,
+    Plan,
+    Reshape,
+    Rows,
+    Transpose,
+    Window,
+    before,
+    plan_array,
+    plan_table,
+)
+
+__all__ = ["Cast", "Columns", "Meter", "Op", "Reshape", "Rows", "Transpose", "View", "ViewError", "Window",
+           "forget", "view"]
+
+Format = Literal["parquet", "arrow", "npy"]
+_LOADERS = {"parquet": _parquet.load, "arrow": _arrow.load, "npy": _npy.load}
+_MAGICS = ((b"PAR1", "parquet"), (b"ARROW1", "arrow"), (b"\x93NUMPY", "npy"))
+_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".arrow": "arrow", ".feather": "arrow",
+             ".ipc": "arrow", ".npy": "npy"}
+PARTITION_BYTES = 1 << 20  # default npy partition: about this many bytes of rows
+
+
+class View(BaseModel):
+    """A logical view of one pinned dataset: plain data (str, int, lists), so it serializes anywhere."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uri: str
+    format: Format
+    version: str | None = None
+    size: int = Field(ge=0)
+    ops: list[Op] = []
+
+    # -- builders ---------------------------------------------------------------------------------
+
+    def rows(self, start: int, stop: int | None = None) -> View:
+        """Rows [start, stop) along axis 0 (stop None: to the end)."""
+        return self._with(Rows, start=start, stop=stop)
+
+    def window(self, start: int, stop: int, step: int = 1) -> View:
+        """Every step-th row of [start, stop)."""
+        return self._with(Window, start=start, stop=stop, step=step)
+
+    def columns(self, *names_or_indices: str | int | slice | list | tuple) -> View:
+        """Columns by name (tables) or position (tables, axis 1 of arrays); a slice selects positions."""
+        picked: list[Any] = []
+        for x in names_or_indices:
+            if isinstance(x, slice):
+                picked += range(*x.indices(self._width()))
+            elif isinstance(x, list | tuple):
+                picked += x
+            else:
+                picked.append(x)
+        return self._with(Columns, names=picked)
+
+    def transpose(self) -> View:
+        """Reverse the axes (.npy arrays of 2 or more dimensions)."""
+        return self._with(Transpose)
+
+    def reshape(self, *shape: int | tuple[int, ...] | list[int]) -> View:
+        """A new shape with the same element count (.npy); one -1 may stand for the rest."""
+        dims = list(shape[0]) if len(shape) == 1 and isinstance(shape[0], tuple | list) else list(shape)
+        return self._with(Reshape, shape=dims)
+
+    def cast(self, dtype: str) -> View:
+        """A safe cast: a numpy dtype for arrays, an Arrow type name for (every selected column of) tables."""
+        return self._with(Cast, dtype=dtype)
+
+    def _with(self, kind: type, **fields: Any) -> View:
+        try:
+            op = kind(**fields)
+        except ValidationError as e:
+            args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+            why = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ViewError(f"{kind.__name__.lower()}({args}) on {self.label()}: {why}", self.uri) from None
+        new = View(uri=self.uri, format=self.format, version=self.version, size=self.size, ops=[*self.ops, op])
+        new._resolve()
+        return new
+
+    # -- what the view is -------------------------------------------------------------------------
+
+    def label(self, upto: int | None = None) -> str:
+        """How errors name the view: its URI and ops (the first `upto` of them, if given)."""
+        ops = " ".join(op.label() for op in self.ops[:upto])
+        return f"the {self.format} view of {self.uri}" + (f" [{ops}]" if ops else "")
+
+    @property
+    def info(self) -> Info:
+        """The pinned source, as `cats.data.read(..., expect=)` takes it."""
+        return Info(self.uri, self.size, self.version)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The result's shape ((rows, columns) for tables), from the footer or header alone."""
+        return self._resolve()[1].shape
+
+    @property
+    def num_rows(self) -> int:
+        shape = self.shape
+        if not shape:
+            raise ViewError(f"{self.label()} is a 0-d array, which has no rows", self.uri)
+        return shape[0]
+
+    @property
+    def schema(self) -> pa.Schema:  # type: ignore[override]
+        """The result's Arrow schema (tables)."""
+        plan = self._resolve()[1]
+        if plan.schema is None:
+            raise ViewError(f"{self.label()} is an array: it has a dtype, not a schema", self.uri)
+        return plan.schema
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The result's numpy dtype (arrays)."""
+        plan = self._resolve()[1]
+        if plan.dtype is None:
+            raise ViewError(f"{self.label()} is a table: it has a schema, not a dtype", self.uri)
+        return plan.dtype
+
+    def byte_ranges(self) -> list[tuple[int, int]]:
+        """The (start, end) byte ranges `materialize` fetches (beyond the footer or header), merged."""
+        src, plan = self._resolve()
+        if isinstance(src, _parquet.ParquetSource):
+            ranges = src.ranges(src.groups(plan.rows), plan.columns) if len(plan.rows) else []
+            return coalesce(ranges, GAP_EXACT)
+        if isinstance(src, _arrow.ArrowSource):
+            return coalesce(src.ranges(src.blocks(plan.rows)) if len(plan.rows) else [], GAP_EXACT)
+        return coalesce(src.ranges(plan.rows, plan.columns), _npy.GAP)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def materialize(self, cache: Cache | None = None, meter: Meter | None = None) -> pa.Table | np.ndarray:
+        """The view as a pyarrow Table (Parquet, Arrow) or a numpy array (.npy), reading only what it needs."""
+        src, plan = self._resolve(cache, meter)
+        reader = Reader(self.info, cache, meter)
+        if plan.schema is not None:
+            table = src.read(plan.rows, plan.columns, reader)
+            for dtype in plan.casts:
+                table = self._cast_table(table, dtype)
+            return table
+        out = src.read(plan.rows, plan.columns, reader)
+        if plan.trim is not None:
+            lo, hi, shape = plan.trim
+            out = out.reshape(-1)[lo:hi].reshape(shape)
+        for dtype in plan.casts:
+            out = out.astype(dtype)
+        for op in plan.tail:
+            out = _apply(out, op)
+        return out
+
+    def partitions(self, rows: int | None = None) -> list[View]:
+        """This view split into row views along the storage units, covering its rows once, in order.
+
+        Parquet: one per row group (split further into at most `rows` rows if given); Arrow: one per
+        record batch (likewise); .npy: chunks of `rows` source rows (default: about 1 MiB of them).
+        A view whose rows no longer map to source rows (after a transpose or reshape) is cut into
+        chunks of `rows` of its own rows.
+        """
+        if rows is not None and rows < 1:
+            raise ViewError(f"partitions(rows={rows}) of {self.label()}: rows must be at least 1", self.uri)
+        src, plan = self._resolve()
+        if not plan.shape:
+            raise ViewError(f"{self.label()} is a 0-d array, which has no rows to partition", self.uri)
+        n = plan.shape[0]
+        if plan.rows is None or plan.tail or plan.trim is not None:
+            row_bytes = (plan.dtype.itemsize if plan.dtype is not None else 8) * _prod(plan.shape[1:])
+            size = rows or max(1, PARTITION_BYTES // max(1, row_bytes))
+            cuts = [*range(0, n, size), n]
+        else:
+            if isinstance(src, _npy.NpySource):
+                size = rows or max(1, PARTITION_BYTES // max(1, src.row_bytes))
+                bounds = [*range(0, src.num_rows, size), src.num_rows]
+            else:
+                bounds = src.bounds()
+                if rows:
+                    bounds = [b for lo, hi in zip(bounds, bounds[1:], strict=False) for b in range(lo, hi, rows)]
+                    bounds.append(src.num_rows)
+            cuts = sorted({0, n, *(before(plan.rows, b) for b in bounds)})
+        return [self.rows(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _resolve(self, cache: Cache | None = None, meter: Meter | None = None) -> tuple[Any, Plan]:
+        """The source's parsed metadata (read once per process and version) and this view's plan."""
+        reader = Reader(self.info, cache, meter)
+        src = source(self.format, reader, _LOADERS[self.format])
+        if isinstance(src, _npy.NpySource):
+            return src, plan_array(self, src.shape, src.dtype, not src.fortran)
+        return src, plan_table(self, src.schema, src.num_rows)
+
+    def _width(self) -> int:
+        shape = self.shape
+        if len(shape) < 2:
+            raise ViewError(f"columns(slice) on {self.label()}: shape {shape} has no columns", self.uri)
+        return shape[1]
+
+    def _cast_table(self, table: pa.Table, dtype: str) -> pa.Table:
+        target = pa.type_for_alias(dtype)
+        columns = []
+        for name, column in zip(table.column_names, table.columns, strict=True):
+            try:
+                columns.append(pc.cast(column, target, safe=True))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise ViewError(f"cast({dtype!r}) of column {name!r} of {self.label()} would change values: {e}",
+                                self.uri) from None
+        fields = [f.with_type(target) for f in table.schema]
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=table.schema.metadata))
+
+
+def _prod(dims: tuple[int, ...]) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out
+
+
+def _apply(a: np.ndarray, op: Any) -> np.ndarray:
+    """One op of an array's tail, in numpy (checked when the view was built)."""
+    if isinstance(op, Rows):
+        return a[op.start:op.stop]
+    if isinstance(op, Window):
+        return a[op.start:op.stop:op.step]
+    if isinstance(op, Columns):
+        return a[:, op.names]
+    if isinstance(op, Transpose):
+        return a.T
+    if isinstance(op, Reshape):
+        return a.reshape(op.shape)
+    return a.astype(op.dtype)
+
+
+def _suffix(uri: str) -> str | None:
+    path = urlsplit(uri).path.lower()
+    return next((fmt for suffix, fmt in _SUFFIXES.items() if path.endswith(suffix)), None)
+
+
+def view(uri: str, format: str | None = None) -> View:
+    """A view of the whole dataset at `uri`, pinned at its current version; its format from its magic bytes.
+
+    The magic (PAR1, ARROW1, \\x93NUMPY) decides; failing that the name's suffix. The footer or
+    header is read now, so a file that is not what it seems fails here, naming the URI.
+    """
+    if format is not None and format not in _LOADERS:
+        raise ViewError(f"view({uri!r}, format={format!r}): formats are {', '.join(_LOADERS)}", uri)
+    info = data.pin(uri)
+    head = data.read(uri, 0, min(8, info.size), expect=info) if info.size else b""
+    sniffed = next((fmt for magic, fmt in _MAGICS if head.startswith(magic)), None)
+    if format is None:
+        format = sniffed or _suffix(uri)
+        if format is None:
+            raise ViewError(f"cannot tell the format of {uri}: it starts with {head!r}, not PAR1 (Parquet), ARROW1 "
+                            f"(Arrow IPC) or \\x93NUMPY (.npy), and its name ends in none of "
+                            f"{', '.join(_SUFFIXES)}; pass format=", uri)
+    elif sniffed is not None and sniffed != format:
+        raise ViewError(f"{uri} starts like a {sniffed} file, not {format}", uri)
+    made = View(uri=uri, format=format, version=info.version, size=info.size)  # type: ignore[arg-type]
+    made._resolve()
+    return made
