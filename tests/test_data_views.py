@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from servers import FileServer, http_server  # noqa: F401 - fixture
+from servers import FileServer
 
 from cats import data
 from cats.cas import dagcbor
@@ -184,7 +184,7 @@ def test_npy_more_dimensions_and_small_types(order: str) -> None:
 
 # -- what crosses the wire ------------------------------------------------------------------------------
 
-def test_parquet_column_view_fetches_only_that_columns_chunks(http_server: FileServer) -> None:  # noqa: F811
+def test_parquet_column_view_fetches_only_that_columns_chunks(http_server: FileServer) -> None:
     uri = http_server.put("/t.parquet", PARQUET)
     v = view(uri)
     http_server.log.clear()
@@ -201,7 +201,7 @@ def test_parquet_column_view_fetches_only_that_columns_chunks(http_server: FileS
     assert len(http_server.log) == 1 + META.num_row_groups  # footer, then one chunk per row group
 
 
-def test_parquet_row_slice_fetches_only_overlapping_row_groups(http_server: FileServer) -> None:  # noqa: F811
+def test_parquet_row_slice_fetches_only_overlapping_row_groups(http_server: FileServer) -> None:
     uri = http_server.put("/t.parquet", PARQUET)
     v = view(uri)
     http_server.log.clear()
@@ -220,7 +220,7 @@ def test_parquet_row_slice_fetches_only_overlapping_row_groups(http_server: File
     assert len(http_server.log) == 1 and http_server.bytes_sent == chunk_bytes([2, 3], TABLE.column_names)
 
 
-def test_arrow_row_slice_fetches_only_overlapping_batches(http_server: FileServer) -> None:  # noqa: F811
+def test_arrow_row_slice_fetches_only_overlapping_batches(http_server: FileServer) -> None:
     uri = http_server.put("/t.arrow", ARROW)
     v = view(uri)
     assert [p.ops[-1].stop for p in v.partitions()] == [6_000 * k for k in range(1, 7)] + [40_000]
@@ -231,7 +231,7 @@ def test_arrow_row_slice_fetches_only_overlapping_batches(http_server: FileServe
     assert len(http_server.log) == 1
 
 
-def test_npy_row_slice_fetches_rows_times_row_bytes(http_server: FileServer) -> None:  # noqa: F811
+def test_npy_row_slice_fetches_rows_times_row_bytes(http_server: FileServer) -> None:
     blob = npy_bytes(ARRAY)
     uri = http_server.put("/a.npy", blob)
     v = view(uri)
@@ -252,7 +252,7 @@ def test_npy_row_slice_fetches_rows_times_row_bytes(http_server: FileServer) -> 
     assert http_server.bytes_sent == 500 * 8  # Fortran order: a column's rows are contiguous
 
 
-def test_cached_materialize_transfers_nothing_the_second_time(http_server: FileServer,  # noqa: F811
+def test_cached_materialize_transfers_nothing_the_second_time(http_server: FileServer,
                                                               tmp_path: Path) -> None:
     uri = http_server.put("/t.parquet", PARQUET)
     cache = Cache(tmp_path / "cache")
@@ -392,7 +392,7 @@ def test_unknown_or_mismatched_format_is_a_clear_error() -> None:
         view(put("s.arrow", stream.getvalue()), format="arrow")
 
 
-def test_source_changed_after_view_raises_integrity_error(http_server: FileServer, tmp_path: Path,  # noqa: F811
+def test_source_changed_after_view_raises_integrity_error(http_server: FileServer, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     uri = http_server.put("/t.parquet", PARQUET)
     v = view(uri).columns("f0")
@@ -434,7 +434,7 @@ def test_view_made_by_hand_without_a_version_reads_unpinned(monkeypatch: pytest.
         view(uri)
 
 
-def test_meter_counts_what_the_server_sent(http_server: FileServer) -> None:  # noqa: F811
+def test_meter_counts_what_the_server_sent(http_server: FileServer) -> None:
     v = view(http_server.put("/t.arrow", ARROW)).window(0, 40_000, 9_000).columns("b")
     http_server.log.clear()
     meter = Meter()
