@@ -201,6 +201,20 @@ def test_parquet_column_view_fetches_only_that_columns_chunks(http_server: FileS
     assert len(http_server.log) == 1 + META.num_row_groups  # footer, then one chunk per row group
 
 
+def test_a_footer_bigger_than_the_first_read_is_fetched_once(http_server: FileServer) -> None:
+    wide = pa.table({f"c{i}": np.arange(2_000) for i in range(60)})
+    blob = parquet_bytes(wide, group=100)
+    footer = int.from_bytes(blob[-8:-4], "little") + 8
+    assert footer > 64 << 10  # more than the first read of the end of the file
+    v = view(http_server.put("/wide.parquet", blob)).columns("c7").rows(150, 420)
+    forget()
+    http_server.log.clear()
+    assert v.materialize().equals(wide.select(["c7"]).slice(150, 270))
+    meta = pq.read_metadata(pa.BufferReader(blob))
+    chunks = sum(meta.row_group(g).column(7).total_compressed_size for g in (1, 2, 3, 4))
+    assert http_server.bytes_sent == footer + chunks  # the footer's bytes once, then the chunks of groups 1-4
+
+
 def test_parquet_row_slice_fetches_only_overlapping_row_groups(http_server: FileServer) -> None:
     uri = http_server.put("/t.parquet", PARQUET)
     v = view(uri)

@@ -125,8 +125,8 @@ def load(reader: Reader) -> ArrowSource:
     (length,) = struct.unpack("<i", end[-10:-6])
     if length <= 0 or length + 10 > size - 8:
         raise ViewError(f"{uri}: an Arrow footer of {length} bytes does not fit in {size} bytes", uri)
-    if length + 10 > len(end):
-        end = reader.read(size - length - 10, length + 10)
+    if length + 10 > len(end):  # fetch only the part of the footer the first read missed
+        end = reader.read(size - length - 10, length + 10 - len(end)) + end
     footer = (size - length - 10, end[len(end) - length - 10:])
     try:
         root = _Table.root(footer[1])

@@ -100,8 +100,8 @@ def load(reader: Reader) -> ParquetSource:
     (length,) = struct.unpack("<I", end[-8:-4])
     if length + 12 > size:
         raise ViewError(f"{uri}: a Parquet footer of {length} bytes does not fit in {size} bytes", uri)
-    if length + 8 > len(end):
-        end = reader.read(size - length - 8, length + 8)
+    if length + 8 > len(end):  # fetch only the part of the footer the first read missed
+        end = reader.read(size - length - 8, length + 8 - len(end)) + end
     try:
         meta = pq.read_metadata(pa.BufferReader(MAGIC + end[-length - 8:]))
         schema = meta.schema.to_arrow_schema()
