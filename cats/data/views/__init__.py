@@ -22,44 +22,31 @@ columns); .npy, the selected rows (C order) or the selected rows of the selected
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cats import data
 from cats.data.cache import Cache
 from cats.data.resolvers import Info
-from cats.data.views import arrow as _arrow
-from cats.data.views import npy as _npy
-from cats.data.views import parquet as _parquet
-from cats.data.views._io import GAP_EXACT, Meter, Reader, ViewError, coalesce, forget, source
-from cats.data.views.ops import (
-    Cast,
-    Columns,
-    Op,
-    Plan,
-    Reshape,
-    Rows,
-    Transpose,
-    Window,
-    before,
-    plan_array,
-    plan_table,
-)
+from cats.data.views._io import Meter, ViewError, forget
+from cats.data.views.ops import Cast, Columns, Op, Reshape, Rows, Transpose, Window
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pyarrow as pa
+
+    from cats.data.views.plan import Plan
 
 __all__ = ["Cast", "Columns", "Meter", "Op", "Reshape", "Rows", "Transpose", "View", "ViewError", "Window",
            "forget", "view"]
 
 Format = Literal["parquet", "arrow", "npy"]
-_LOADERS = {"parquet": _parquet.load, "arrow": _arrow.load, "npy": _npy.load}
+FORMATS = ("parquet", "arrow", "npy")
 _MAGICS = ((b"PAR1", "parquet"), (b"ARROW1", "arrow"), (b"\x93NUMPY", "npy"))
 _SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".parq": "parquet", ".arrow": "arrow", ".feather": "arrow",
              ".ipc": "arrow", ".npy": "npy"}
-PARTITION_BYTES = 1 << 20  # default npy partition: about this many bytes of rows
 
 
 class View(BaseModel):
@@ -161,34 +148,17 @@ class View(BaseModel):
 
     def byte_ranges(self) -> list[tuple[int, int]]:
         """The (start, end) byte ranges `materialize` fetches (beyond the footer or header), merged."""
-        src, plan = self._resolve()
-        if isinstance(src, _parquet.ParquetSource):
-            ranges = src.ranges(src.groups(plan.rows), plan.columns) if len(plan.rows) else []
-            return coalesce(ranges, GAP_EXACT)
-        if isinstance(src, _arrow.ArrowSource):
-            return coalesce(src.ranges(src.blocks(plan.rows)) if len(plan.rows) else [], GAP_EXACT)
-        return coalesce(src.ranges(plan.rows, plan.columns), _npy.GAP)
+        from cats.data.views import engine
+
+        return engine.byte_ranges(self)
 
     # -- reading ----------------------------------------------------------------------------------
 
     def materialize(self, cache: Cache | None = None, meter: Meter | None = None) -> pa.Table | np.ndarray:
         """The view as a pyarrow Table (Parquet, Arrow) or a numpy array (.npy), reading only what it needs."""
-        src, plan = self._resolve(cache, meter)
-        reader = Reader(self.info, cache, meter)
-        if plan.schema is not None:
-            table = src.read(plan.rows, plan.columns, reader)
-            for dtype in plan.casts:
-                table = self._cast_table(table, dtype)
-            return table
-        out = src.read(plan.rows, plan.columns, reader)
-        if plan.trim is not None:
-            lo, hi, shape = plan.trim
-            out = out.reshape(-1)[lo:hi].reshape(shape)
-        for dtype in plan.casts:
-            out = out.astype(dtype)
-        for op in plan.tail:
-            out = _apply(out, op)
-        return out
+        from cats.data.views import engine
+
+        return engine.materialize(self, cache, meter)
 
     def partitions(self, rows: int | None = None) -> list[View]:
         """This view split into row views along the storage units, covering its rows once, in order.
@@ -198,78 +168,23 @@ class View(BaseModel):
         A view whose rows no longer map to source rows (after a transpose or reshape) is cut into
         chunks of `rows` of its own rows.
         """
-        if rows is not None and rows < 1:
-            raise ViewError(f"partitions(rows={rows}) of {self.label()}: rows must be at least 1", self.uri)
-        src, plan = self._resolve()
-        if not plan.shape:
-            raise ViewError(f"{self.label()} is a 0-d array, which has no rows to partition", self.uri)
-        n = plan.shape[0]
-        if plan.rows is None or plan.tail or plan.trim is not None:
-            row_bytes = (plan.dtype.itemsize if plan.dtype is not None else 8) * _prod(plan.shape[1:])
-            size = rows or max(1, PARTITION_BYTES // max(1, row_bytes))
-            cuts = [*range(0, n, size), n]
-        else:
-            if isinstance(src, _npy.NpySource):
-                size = rows or max(1, PARTITION_BYTES // max(1, src.row_bytes))
-                bounds = [*range(0, src.num_rows, size), src.num_rows]
-            else:
-                bounds = src.bounds()
-                if rows:
-                    bounds = [b for lo, hi in zip(bounds, bounds[1:], strict=False) for b in range(lo, hi, rows)]
-                    bounds.append(src.num_rows)
-            cuts = sorted({0, n, *(before(plan.rows, b) for b in bounds)})
-        return [self.rows(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+        from cats.data.views import engine
+
+        return engine.partitions(self, rows)
 
     # -- internals --------------------------------------------------------------------------------
 
     def _resolve(self, cache: Cache | None = None, meter: Meter | None = None) -> tuple[Any, Plan]:
         """The source's parsed metadata (read once per process and version) and this view's plan."""
-        reader = Reader(self.info, cache, meter)
-        src = source(self.format, reader, _LOADERS[self.format])
-        if isinstance(src, _npy.NpySource):
-            return src, plan_array(self, src.shape, src.dtype, not src.fortran)
-        return src, plan_table(self, src.schema, src.num_rows)
+        from cats.data.views import engine
+
+        return engine.resolve(self, cache, meter)
 
     def _width(self) -> int:
         shape = self.shape
         if len(shape) < 2:
             raise ViewError(f"columns(slice) on {self.label()}: shape {shape} has no columns", self.uri)
         return shape[1]
-
-    def _cast_table(self, table: pa.Table, dtype: str) -> pa.Table:
-        target = pa.type_for_alias(dtype)
-        columns = []
-        for name, column in zip(table.column_names, table.columns, strict=True):
-            try:
-                columns.append(pc.cast(column, target, safe=True))
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                raise ViewError(f"cast({dtype!r}) of column {name!r} of {self.label()} would change values: {e}",
-                                self.uri) from None
-        fields = [f.with_type(target) for f in table.schema]
-        return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=table.schema.metadata))
-
-
-def _prod(dims: tuple[int, ...]) -> int:
-    out = 1
-    for d in dims:
-        out *= d
-    return out
-
-
-def _apply(a: np.ndarray, op: Any) -> np.ndarray:
-    """One op of an array's tail, in numpy (checked when the view was built)."""
-    if isinstance(op, Rows):
-        return a[op.start:op.stop]
-    if isinstance(op, Window):
-        return a[op.start:op.stop:op.step]
-    if isinstance(op, Columns):
-        return a[:, op.names]
-    if isinstance(op, Transpose):
-        return a.T
-    if isinstance(op, Reshape):
-        return a.reshape(op.shape)
-    return a.astype(op.dtype)
-
 
 def _suffix(uri: str) -> str | None:
     path = urlsplit(uri).path.lower()
@@ -282,8 +197,8 @@ def view(uri: str, format: str | None = None) -> View:
     The magic (PAR1, ARROW1, \\x93NUMPY) decides; failing that the name's suffix. The footer or
     header is read now, so a file that is not what it seems fails here, naming the URI.
     """
-    if format is not None and format not in _LOADERS:
-        raise ViewError(f"view({uri!r}, format={format!r}): formats are {', '.join(_LOADERS)}", uri)
+    if format is not None and format not in FORMATS:
+        raise ViewError(f"view({uri!r}, format={format!r}): formats are {', '.join(FORMATS)}", uri)
     info = data.pin(uri)
     head = data.read(uri, 0, min(8, info.size), expect=info) if info.size else b""
     sniffed = next((fmt for magic, fmt in _MAGICS if head.startswith(magic)), None)

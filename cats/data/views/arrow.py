@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from cats.data.views._io import Reader, SparseFile, ViewError, tail
-from cats.data.views.ops import pick, within
+from cats.data.views.plan import pick, within
 
 MAGIC = b"ARROW1"
 _TAIL = 16 << 10

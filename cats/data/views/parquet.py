@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cats.data.views._io import Reader, SparseFile, ViewError, tail
-from cats.data.views.ops import pick, within
+from cats.data.views.plan import pick, within
 
 MAGIC = b"PAR1"
 _TAIL = 16 << 10  # the first read of the footer: most footers fit; a bigger one costs one more request
