@@ -234,3 +234,86 @@ def test_an_order_reading_a_written_uri_names_its_producer(ray_session: str, env
         == [("x.txt", b"x\nx\nx\nx\n")]
     report = verify(store, second.bom, recursive=True)
     assert report.verified and [a.bom for a in report.ancestors] == [str(first.bom)]
+
+
+def test_views_as_inputs_read_only_their_column_chunks(ray_session: str, env: WorkerEnv, cats_home: Path,
+                                                       tmp_path: Path, http_server: FileServer) -> None:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from cats.data.views import view
+
+    src = jobs.module(tmp_path, "fu_views", """
+        import pyarrow.compute as pc
+
+        def scaled(table):
+            return table.append_column("twice", pc.multiply(table["b"], 2))
+    """)
+    n = 40_000
+    rng = np.random.default_rng(5)
+    table = pa.table({name: rng.random(n) for name in "abcdefgh"})
+    pq.write_table(table, tmp_path / "wide.parquet", row_group_size=10_000)
+    blob = (tmp_path / "wide.parquet").read_bytes()
+    uri = http_server.put("/wide.parquet", blob)
+    picked = view(uri).columns("a", "b").rows(5_000, 35_000)  # 4 row groups touched, 2 of 8 columns
+    order = Order(function=Function(entry="fu_views:scaled", source=src, takes="table"), inputs=[picked],
+                  infra=InfraFunction(split="row-groups", merge="table"))
+    http_server.log.clear()
+
+    run = factory.run(order)
+
+    store = jobs.home_store(cats_home)
+    out = pa.ipc.open_stream(b"".join(reader.read(store, run.output))).read_all()
+    want = table.select(["a", "b"]).slice(5_000, 30_000)
+    assert out.equals(want.append_column("twice", pc.multiply(want["b"], 2)))
+    bom = load_bom(store, run.bom)
+    assert bom.inputs == [picked]
+    recs = list(bom_records(store, bom))
+    assert [r.input.view.ops[-1].model_dump(exclude_none=True) for r in recs] == [  # type: ignore[union-attr]
+        {"op": "rows", "start": a, "stop": b} for a, b in ((0, 5_000), (5_000, 15_000), (15_000, 25_000),
+                                                          (25_000, 30_000))]
+    meta = pq.ParquetFile(tmp_path / "wide.parquet").metadata
+    chunks = sum(meta.row_group(g).column(c).total_compressed_size for g in range(4) for c in range(2))
+    # the driver's partitions and the workers read the footer and the 8 column chunks; nothing else
+    assert http_server.bytes_sent < chunks + 4 * len(blob) // 100, (http_server.bytes_sent, chunks, len(blob))
+    assert http_server.bytes_sent < len(blob) * 0.3
+    report = verify(store, run.bom)
+    assert report.verified, report.problems
+    assert bom.invoice.data is not None and bom.invoice.data.bytes_in >= chunks
+
+
+def test_npy_view_partitions_and_a_whole_view_slice(ray_session: str, env: WorkerEnv, cats_home: Path,
+                                                     tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+
+    from cats.data.views import view
+
+    src = jobs.module(tmp_path, "fu_npy", """
+        def colsum(a):
+            return a.sum(axis=0)
+    """)
+    a = np.arange(1_200_000, dtype=np.int32).reshape(400_000, 3)  # 4.8 MB: ~1 MiB partitions
+    buf = io.BytesIO()
+    np.save(buf, a)
+    (env.data_root / "a.npy").write_bytes(buf.getvalue())
+    v = view(f"file://{env.data_root}/a.npy").rows(10, 390_010).cast("int64")
+    store = jobs.home_store(cats_home)
+
+    parts = factory.run(Order(function=Function(entry="fu_npy:colsum", source=src, takes="table"), inputs=[v],
+                              infra=InfraFunction(split="row-groups", merge="list")))
+    whole = factory.run(Order(function=Function(entry="fu_npy:colsum", source=src, takes="table"), inputs=[v],
+                              infra=InfraFunction(split="files", merge="list")))
+
+    recs = list(bom_records(store, load_bom(store, parts.bom)))
+    assert len(recs) >= 4
+    sums = [np.load(io.BytesIO(b"".join(reader.read(store, r.output)))) for r in recs]
+    assert sums[0].dtype == np.int64
+    assert (sum(sums) == a[10:390_010].astype(np.int64).sum(axis=0)).all()
+    (only,) = list(bom_records(store, load_bom(store, whole.bom)))
+    assert only.input.view == v
+    assert (np.load(io.BytesIO(b"".join(reader.read(store, only.output)))) == sum(sums)).all()
+    with pytest.raises(Exception, match="split by rows"):
+        factory.run(Order(function=Function(entry="fu_npy:colsum", source=src), inputs=[v],
+                          infra=InfraFunction(split="lines")))

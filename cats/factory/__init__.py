@@ -31,6 +31,7 @@ from cats.cas.store import BlockStore, open_store
 from cats.cas.store.local import LocalStore
 from cats.config import home
 from cats.data import Info
+from cats.data.views import View
 from cats.errors import CatsError
 from cats.factory import egress, ingress, worker
 from cats.order import Order, label
@@ -152,7 +153,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         structure=order.structure,
         inputs=order.sources, outputs=outputs, output_encoding=merged["encoding"],
         slices=write_records(store, records),
-        parents=sorted({CID.parse(p) for i in order.sources if (p := index.producer(label(i)))}),
+        parents=sorted({CID.parse(p) for i in order.sources
+                        if (p := index.producer(label(i.info if isinstance(i, View) else i)))}),
         invoice=Invoice(
             started=_iso(started), finished=_iso(finished), duration_s=finished - started,
             slices=len(records), executed=len(todo), resumed=resumed,

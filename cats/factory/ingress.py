@@ -16,6 +16,7 @@ from cats.cas.cid import CID
 from cats.cas.reader import RangeFile
 from cats.cas.store import BlockStore
 from cats.data import Cache, Info
+from cats.data.views import View
 from cats.errors import CatsError
 from cats.order import Order, label
 from cats.order.function import Function
@@ -33,7 +34,9 @@ def split(order: Order, store: BlockStore) -> list[Piece]:
         return _user_split(kind, order.sources, store)
     pieces: list[Piece] = []
     for i, item in enumerate(order.sources):
-        if kind == "files":
+        if isinstance(item, View):
+            pieces += ((s, {"input": i, "part": k}) for k, s in enumerate(_view_slices(item, kind)))
+        elif kind == "files":
             found = files(store, item) if isinstance(item, CID) else [Slice(source=item, name=_basename(item))]
             pieces += ((s, {"input": i, "name": s.name}) for s in found)
         elif kind == "lines":
@@ -49,6 +52,16 @@ def open_input(store: BlockStore, item: CID | Info, cache: Cache | None = None) 
     if isinstance(item, CID):
         return reader.FileReader(store, item)
     return RangeFile(item.size, lambda offset, n: data.read(item.uri, offset, n, expect=item, cache=cache), item.uri)
+
+
+def _view_slices(item: View, kind: str) -> list[Slice]:
+    """`row-groups`: one slice per storage unit the view covers (Parquet row group, Arrow record
+    batch, a chunk of .npy rows); `files`: the whole view as one slice."""
+    if kind == "files":
+        return [Slice(view=item)]
+    if kind == "lines":
+        raise CatsError(f"{item.label()} is split by rows: use split='row-groups' (or 'files' for one slice)")
+    return [Slice(view=part) for part in item.partitions()]
 
 
 def _basename(info: Info) -> str:

@@ -85,6 +85,9 @@ def materialize(store: BlockStore, piece: Slice, takes: str, scratch: Path,
     """The function's argument for a slice, and the bytes read to make it."""
     if takes == "slice":
         return piece, 0
+    if piece.view is not None:
+        value = piece.view.materialize(cache)
+        return value, value.nbytes
     f = open_input(store, piece.cid or piece.source, cache)  # type: ignore[arg-type]  # a Slice has one
     if piece.row_group is not None or takes == "table":
         import pyarrow.parquet as pq
@@ -134,7 +137,7 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
         failure = _failure(e, f"loading {fn.entry} from {fn.code} failed:\n")
         return [{"index": i, **failure} for i, _, _ in items]
     seed_kw = _accepts_seed(func)
-    cache = Cache() if any("source" in piece for _, piece, _ in items) else None
+    cache = Cache() if any("source" in piece or "view" in piece for _, piece, _ in items) else None
     with tempfile.TemporaryDirectory(prefix="cats-slice-") as tmp, \
             Importer(store if store_outputs and not output_uri else None, cid_version=1) as importer:
         for index, piece_json, seed in items:

@@ -18,6 +18,7 @@ from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.fields import CIDField
 from cats.data import Info
+from cats.data.views import View
 from cats.errors import CatsError
 from cats.order.checks import Check
 from cats.order.function import Function
@@ -30,13 +31,16 @@ __all__ = ["Order", "Function", "InfraFunction", "Slice", "Structure", "Plant", 
 DataURI = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")]
 # Sealed: a CID or a pinned URI (Info). Tried left to right, CIDField after Info: its serializer
 # would otherwise claim every member of the union.
-Input = Annotated[Info | DataURI | CIDField | Path, Field(union_mode="left_to_right")]
-Source = Annotated[Info | CIDField, Field(union_mode="left_to_right")]
+Input = Annotated[View | Info | DataURI | CIDField | Path, Field(union_mode="left_to_right")]
+Source = Annotated[View | Info | CIDField, Field(union_mode="left_to_right")]
 
 
-def label(item: CID | Info) -> str:
-    """How lineage and listings name a sealed input: its CID, or `uri@version`."""
-    return f"{item.uri}@{item.version}" if isinstance(item, Info) else str(item)
+def label(item: CID | Info | View) -> str:
+    """How lineage and listings name a sealed input: its CID, `uri@version`, or that and the view's ops."""
+    if isinstance(item, CID):
+        return str(item)
+    ops = " ".join(op.label() for op in item.ops) if isinstance(item, View) else ""
+    return f"{item.uri}@{item.version}" + (f" {ops}" if ops else "")
 
 
 class Order(BaseModel):
@@ -44,8 +48,8 @@ class Order(BaseModel):
 
     function: Function
     inputs: list[Input] = Field(
-        min_length=1, description="CIDs, local files and folders (pathlib.Path) that sealing adds, or data "
-                                  "URIs (mem://, file://, http(s)://, s3://, ipfs://) that sealing pins")
+        min_length=1, description="CIDs, local files and folders (pathlib.Path) that sealing adds, data URIs "
+                                  "(mem://, file://, http(s)://, s3://, ipfs://) or views of them that sealing pins")
     infra: InfraFunction = Field(default_factory=InfraFunction)
     structure: Structure = Field(default_factory=Structure)
     plant: Plant = Field(default_factory=Plant)
@@ -72,12 +76,12 @@ class Order(BaseModel):
         return dagcbor.encode(self.model_dump(exclude_none=True))
 
     @property
-    def sources(self) -> list[CID | Info]:
-        """The inputs of a sealed Order: CIDs and pinned URIs."""
-        unsealed = [str(i) for i in self.inputs if not isinstance(i, (CID, Info))]
+    def sources(self) -> list[CID | Info | View]:
+        """The inputs of a sealed Order: CIDs, pinned URIs and views."""
+        unsealed = [str(i) for i in self.inputs if not isinstance(i, (CID, Info, View))]
         if unsealed:
             raise CatsError(f"the Order is not sealed: inputs {', '.join(unsealed)} are local paths or unpinned URIs")
-        return [i for i in self.inputs if isinstance(i, (CID, Info))]
+        return [i for i in self.inputs if isinstance(i, (CID, Info, View))]
 
     @property
     def input_cids(self) -> list[CID]:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from cats.cas.fields import CIDField
 from cats.data import Info
+from cats.data.views import View
 from cats.order.function import Function
 
 SplitKind = Literal["files", "lines", "row-groups"]
@@ -22,13 +23,15 @@ MergeKind = Literal["directory", "concat", "table", "list"]
 
 
 class Slice(BaseModel):
-    """One unit of work: a file CID or a pinned URI (`source`), optionally narrowed to a byte range or
-    a row group. Workers read a source themselves, by range, at its pinned version."""
+    """One unit of work: a file CID, a pinned URI (`source`) or a view of one, optionally narrowed to
+    a byte range or a row group. Workers read a source themselves, by range, at its pinned version;
+    a view reads only the byte ranges it needs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     cid: CIDField | None = None
     source: Info | None = None
+    view: View | None = None
     name: str | None = Field(default=None, description="entry name inside its input folder")
     offset: int | None = None
     length: int | None = None
@@ -37,14 +40,15 @@ class Slice(BaseModel):
 
     @model_validator(mode="after")
     def _one_origin(self) -> Slice:
-        if (self.cid is None) == (self.source is None):
-            raise ValueError("a slice reads either a CID or a source URI, exactly one of them")
+        if sum(x is not None for x in (self.cid, self.source, self.view)) != 1:
+            raise ValueError("a slice reads exactly one of: a CID, a source URI, a view")
         return self
 
     @property
     def origin(self) -> str:
         """What the slice reads, for messages: its CID or its URI."""
-        return str(self.cid) if self.source is None else self.source.uri
+        where = self.source or self.view
+        return str(self.cid) if where is None else where.uri
 
 
 class InfraFunction(BaseModel):

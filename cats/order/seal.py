@@ -19,6 +19,7 @@ from cats.cas.importer import Importer
 from cats.cas.store import BlockStore
 from cats.config import home
 from cats.data import Info
+from cats.data.views import View
 from cats.errors import CatsError, DataIntegrityError
 from cats.order import Order
 from cats.order.function import Function
@@ -85,17 +86,20 @@ def seal(order: Order, store: BlockStore) -> Order:
                                     "inputs": inputs})
 
 
-def _add_input(importer: Importer, item: CID | Info | str | Path) -> CID | Info:
-    """A CID as it is; a URI pinned now, at job start (a pinned Info must still be that version)."""
+def _add_input(importer: Importer, item: CID | Info | View | str | Path) -> CID | Info | View:
+    """A CID as it is; a URI pinned now, at job start (a pinned Info or view must still be that version)."""
     if isinstance(item, CID):
         return item
-    if isinstance(item, (Info, str)):
-        uri = item.uri if isinstance(item, Info) else item
+    if isinstance(item, View) and item.version is None:
+        raise DataIntegrityError(f"the view of {item.uri} is not pinned: make it with cats.data.views.view(uri)",
+                                 item.uri)
+    if isinstance(item, (Info, View, str)):
+        uri = item if isinstance(item, str) else item.uri
         pinned = data.pin(uri)
-        if isinstance(item, Info) and item.version != pinned.version:
+        if not isinstance(item, str) and item.version != pinned.version:
             raise DataIntegrityError(f"input {uri} changed since it was pinned: version {item.version} then, "
                                      f"{pinned.version} now", uri)
-        return pinned
+        return item if isinstance(item, View) else pinned
     if not item.exists():
         raise CatsError(f"input {item} does not exist")
     *_, top = importer.add_path(item)

@@ -20,6 +20,7 @@ from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
 from cats.data import Info
+from cats.data.views import View
 from cats.errors import BlockNotFound, CatsError, DataError, DataIntegrityError, DecodeError, IntegrityError
 from cats.factory import egress, ingress, worker
 from cats.order import Order, label
@@ -120,8 +121,8 @@ def _integrity(store: BlockStore, bom_cid: CID, bom: BOM, report: Report) -> Non
     if bom.structure.iac:
         _check_dag(store, bom.structure.iac, report, "code-altered", "IaC", seen=seen)
     for item in bom.inputs:
-        if isinstance(item, Info):
-            _check_source(item, report, "input-altered", f"input {item.uri}")
+        if isinstance(item, (Info, View)):
+            _check_source(item if isinstance(item, Info) else item.info, report, "input-altered", f"input {item.uri}")
         else:
             _check_dag(store, item, report, "input-altered", f"input {item}", seen=seen)
     for cid in bom.outputs:
