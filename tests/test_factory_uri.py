@@ -25,7 +25,7 @@ from cats.bom.ref import load_ref
 from cats.cas import reader
 from cats.cas.importer import Importer
 from cats.data import Info
-from cats.errors import DataError, DataNotFound
+from cats.errors import CatsError, DataError, DataNotFound
 from cats.factory import SliceFailed
 from cats.order import Function, InfraFunction, Order, Plant
 from cats.verify.audit import verify
@@ -196,6 +196,11 @@ def test_bad_uri_inputs_fail_clearly(env: WorkerEnv, tmp_path: Path, http_server
         order(http_server.url + "/x", output_uri="file:///tmp/o", infra=InfraFunction(merge="concat"))
     with pytest.raises(ValueError, match="replicas"):
         order(http_server.url + "/x", output_uri="file:///tmp/o", plant=Plant(replicas=3))
+    same = [http_server.put("/a/data.txt", b"1\n"), http_server.put("/b/data.txt", b"2\n")]
+    out = env.data_root / "clash"
+    with pytest.raises(CatsError, match="same URI.*data.txt.*nothing was run"):
+        factory.run(Order(function=Function(entry="fu_bad:f", source=src), inputs=same, output_uri=f"file://{out}"))
+    assert not out.exists()
 
 
 def test_cli_submit_a_uri_with_output_uri(ray_session: str, env: WorkerEnv, cli, cats_home: Path,  # noqa: ANN001

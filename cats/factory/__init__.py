@@ -109,6 +109,11 @@ def run(order: Order, *, store: BlockStore | None = None, force: bool = False, q
 def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: Index, force: bool,
              quiet: bool, progress: Progress | None, started: float) -> Run:
     pieces = ingress.split(order, store)
+    if order.output_uri:  # each result has its own URI: two slices of one name would overwrite each other
+        names = Counter(egress.entry_name(p.name, i) for i, (p, _) in enumerate(pieces))
+        if twice := sorted(n for n, k in names.items() if k > 1):
+            raise CatsError(f"slices would write the same URI under {order.output_uri}: "
+                            f"{', '.join(twice[:10])} (inputs with files of the same name); nothing was run")
     done = {} if force else index.done_slices(str(order_cid))
     resumed = len(done)
     todo = [i for i in range(len(pieces)) if i not in done]

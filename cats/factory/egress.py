@@ -49,6 +49,11 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
         return {"output": str(entry.cid), "encoding": encoding, "size": entry.size}
 
 
+def entry_name(name: str | None, index: int) -> str:
+    """Where a slice's result goes, in an output folder or under `output_uri`: its input's name, else its index."""
+    return name or str(index)
+
+
 def _value(store: BlockStore, part: dict[str, Any]) -> Any:
     data = b"".join(reader.read(store, CID.parse(part["output"])))
     return results.decode(data, part["encoding"])
@@ -67,7 +72,7 @@ def _directory(importer: Importer, parts: list[dict[str, Any]]) -> Entry:
     """Nested folders from slash-separated slice names, each output under its input's name."""
     tree: dict[str, Any] = {}  # name -> sub-tree (dict) or output (Entry)
     for p in parts:
-        *dirs, leaf = (p["name"] or str(p["index"])).split("/")
+        *dirs, leaf = entry_name(p["name"], p["index"]).split("/")
         node = tree
         for d in dirs:
             node = node.setdefault(d, {})

@@ -28,6 +28,7 @@ from cats.config import home
 from cats.data import Cache
 from cats.errors import BlockNotFound, DataError, DataIntegrityError, IntegrityError
 from cats.factory import results
+from cats.factory.egress import entry_name
 from cats.factory.ingress import open_input
 from cats.order.function import Function
 from cats.order.infra import Slice
@@ -172,7 +173,7 @@ def _write_out(store: BlockStore, output_uri: str, index: int, piece: Slice, dat
     content = record["output"]
     if not store_outputs:  # verification: the CID of the content is what is compared
         return {**record, "content": content}
-    uri = f"{output_uri.rstrip('/')}/{piece.name or index}"
+    uri = f"{output_uri.rstrip('/')}/{entry_name(piece.name, index)}"
     written = cats_data.write(uri, data)
     ref = OutputRef(uri=uri, version=written.version, size=len(data), content=content, encoding=record["encoding"])
     block = ref.block()
