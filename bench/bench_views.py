@@ -3,8 +3,7 @@
 A Parquet file of `--size-mb` (default 1024) is generated in a temp dir with pyarrow: ten float64 and
 int64 columns, row groups of 128Ki rows, each group's values drawn from its own seed so any group
 can be recomputed without reading the file. It is served by the tests' loopback HTTP server
-(tests/servers.py), whose log of body bytes sent is what "transferred" means below; its per-request
-hash of the whole body for the ETag is memoized here (see _MemoHash), as a real server's ETag is.
+(tests/servers.py), whose log of body bytes sent is what "transferred" means below.
 
 1. Column view: one column of the whole file, materialized from a cold process state (footer
    included): bytes sent against the file size, and against the column's chunk bytes as the footer
@@ -38,8 +37,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import hashlib  # noqa: E402
-
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -56,24 +53,8 @@ TARGETS = {"column_chunk_ratio_max": 1.01, "sampled_fraction_max": 0.02}
 SAMPLED_COLUMNS = ["f3", "i0"]  # i0 is the row id: its first and last value tell which rows came back
 
 
-class _MemoHash:
-    """tests/servers.py derives each response's ETag from sha256 of the whole body, on every request:
-    0.7 s per request for a 1 GiB file, which would swamp what is measured here (the client). Real
-    servers keep their ETags; so does this stand-in, for the bodies it serves (held alive, so ids are stable)."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[int, int], object] = {}
-
-    def sha256(self, body: bytes) -> object:
-        key = (id(body), len(body))
-        if key not in self._known:
-            self._known[key] = hashlib.sha256(body)
-        return self._known[key]
-
-
 def _serve(path: str, conn: Connection) -> None:
     """The child process: serve the file with tests/servers.py, answer the parent's log questions."""
-    servers.hashlib = _MemoHash()  # type: ignore[assignment]
     with servers.serving() as state:
         conn.send(state.put("/table.parquet", Path(path).read_bytes()))
         while (command := conn.recv()) != "stop":

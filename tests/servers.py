@@ -39,6 +39,7 @@ class FileServer:
 
     url: str = ""
     files: dict[str, bytes] = field(default_factory=dict)
+    etags: dict[str, str] = field(default_factory=dict)  # made once per put, as a real server keeps them
     fail: dict[str, int] = field(default_factory=dict)
     ignore_range: bool = False
     delay: float = 0.0
@@ -46,6 +47,7 @@ class FileServer:
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def put(self, path: str, data: bytes) -> str:
+        self.etags[path] = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         self.files[path] = data
         return self.url + path
 
@@ -75,7 +77,7 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
                 served.status = 404
                 self._reply(served, b"not found\n", {})
                 return
-            headers = {"ETag": '"' + hashlib.sha256(data).hexdigest()[:16] + '"', "Accept-Ranges": "bytes"}
+            headers = {"ETag": state.etags[self.path], "Accept-Ranges": "bytes"}
             match = _RANGE.fullmatch(served.range or "")
             first, last = match.groups() if match else ("", "")
             if state.ignore_range or not (first or last) or (first and last and int(last) < int(first)):
