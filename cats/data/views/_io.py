@@ -8,7 +8,6 @@ so a changed source raises DataIntegrityError and a `Cache` serves repeated rang
 from __future__ import annotations
 
 import bisect
-import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cats import data
+from cats.cas.reader import RangeFile
 from cats.data.resolvers import Info, env_number
 from cats.errors import DataError
 
@@ -122,7 +122,7 @@ def coalesce(ranges: Sequence[tuple[int, int]], gap: int = GAP_EXACT,
         gap = max(2 * gap, 4096)
 
 
-class SparseFile(io.RawIOBase):
+class SparseFile(RangeFile):
     """A seekable file of `size` bytes of which only some ranges are held; pyarrow reads it like the source.
 
     Reads inside held ranges are served from memory without copying; any other read is fetched
@@ -131,25 +131,11 @@ class SparseFile(io.RawIOBase):
     """
 
     def __init__(self, size: int, segments: list[tuple[int, bytes | bytearray]], reader: Reader) -> None:
-        super().__init__()
-        self.size, self.reader, self.name = size, reader, reader.uri
+        super().__init__(size, self.get, reader.uri)  # type: ignore[arg-type]  # memoryviews read like bytes
+        self.reader = reader
         self._segments = sorted(segments, key=lambda s: s[0])
         self._starts = [s for s, _ in self._segments]
-        self._pos = 0
         self.misses: list[tuple[int, int]] = []
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._pos = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence] + offset
-        return self._pos
 
     def get(self, offset: int, n: int) -> memoryview | bytes:
         """Bytes [offset, offset+n), from a held range when one covers it, else from the source."""
@@ -160,20 +146,6 @@ class SparseFile(io.RawIOBase):
                 return memoryview(buf)[offset - start:offset - start + n]
         self.misses.append((offset, n))
         return self.reader.read(offset, n)
-
-    def read(self, n: int | None = -1) -> memoryview | bytes:  # type: ignore[override]
-        left = max(0, self.size - self._pos)
-        n = left if n is None or n < 0 else min(n, left)
-        if n == 0:
-            return b""
-        out = self.get(self._pos, n)
-        self._pos += n
-        return out
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        got = self.read(len(buffer))
-        buffer[:len(got)] = got
-        return len(got)
 
 
 # -- the parsed footers and headers, once per (uri, version) per process -----------------------------------
