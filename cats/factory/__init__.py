@@ -25,6 +25,7 @@ from cats.bom import load as load_bom
 from cats.bom import records as bom_records
 from cats.bom.index import Index
 from cats.bom.ref import load_ref
+from cats.bom.signatures import Signatures, sign
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
@@ -34,6 +35,7 @@ from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError
 from cats.factory import egress, ingress, worker
+from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.seal import seal
@@ -172,6 +174,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     bom_cid = CID.hash(block, DAG_CBOR)
     store.put(bom_cid, block)  # only now: every output and record it links is already stored
     Pins(home() / "pins").add(store, bom_cid)
+    Signatures().add(sign(Identity.load(), bom_cid))  # this node vouches for what it produced
     # results written to URIs are outputs too: an Order reading one at that version names this BOM as parent
     written = [label(Info(ref.uri, ref.size, ref.version)) for r in records if r.encoding == "ref"
                for ref in [load_ref(store, r.output)]]
