@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable, Collection
 from typing import Any
 
 from cats import data
 from cats.bom import BOM, SliceRecord, records
 from cats.bom.ref import load_ref
+from cats.bom.signatures import Signatures
 from cats.cas import dag, dagcbor
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
@@ -33,10 +35,19 @@ class _Stop(Exception):
     """Verification cannot go on (the BOM or its Order is unreadable); the report says why."""
 
 
+Fetch = Callable[[CID], "str | None"]
+
+
 def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fraction: float | None = None,
            seed: int | None = None, recursive: bool = False, integrity: bool = False,
-           quiet: bool = True) -> Report:
+           quiet: bool = True, trusted: Collection[str] = (), fetch: Fetch | None = None) -> Report:
+    """Verify a BOM (and with `recursive` its ancestors). An ancestor missing here is asked of
+    `fetch(cid)` (e.g. a pull from the peers' nodes; it returns an error text or None); an ancestor
+    whose code or data cannot be read here is accepted on a signature by one of the `trusted` DIDs,
+    and its report says so (mode "signature")."""
     report = Report(bom=str(bom_cid), verified=False, mode="integrity" if integrity else "reexecute")
+    envelope = Signatures().get(bom_cid)
+    report.signers = envelope.signers() if envelope else []
     try:
         bom, order = _load(store, bom_cid, report)
         report.name = bom.name
@@ -51,12 +62,29 @@ def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fracti
             report.drift = drift.compare(store, lock)
         if recursive:
             for parent in bom.parents:
-                report.ancestors.append(verify(store, parent, sample=sample, fraction=fraction, seed=seed,
-                                               recursive=True, integrity=integrity, quiet=quiet))
+                fetched = fetch(parent) if fetch is not None and not store.has(parent) else None
+                ancestor = verify(store, parent, sample=sample, fraction=fraction, seed=seed, recursive=True,
+                                  integrity=integrity, quiet=quiet, trusted=trusted, fetch=fetch)
+                if fetched and not store.has(parent):
+                    ancestor.problems[0].detail += f"; fetching it failed: {fetched}"
+                report.ancestors.append(_on_signature(store, parent, ancestor, trusted))
     except _Stop:
         pass
     report.verified = not report.problems and all(a.verified for a in report.ancestors)
     return report
+
+
+def _on_signature(store: BlockStore, cid: CID, report: Report, trusted: Collection[str]) -> Report:
+    """A BOM that is here and intact, but whose code or data are not (only block-missing problems),
+    stands on a trusted signature if it has one: the report keeps what could not be checked."""
+    vouching = [d for d in report.signers if d in trusted]
+    unreachable = report.problems and all(p.reason == "block-missing" for p in report.problems)
+    if report.verified or not vouching or not unreachable or not store.has(cid):
+        return report
+    accepted = report.model_copy(update={"mode": "signature", "unchecked": report.problems, "problems": [],
+                                         "slices": []})
+    accepted.verified = all(a.verified for a in accepted.ancestors)
+    return accepted
 
 
 def _problem(report: Report, reason: Reason, detail: str, cid: object = None, slice: int | None = None) -> None:

@@ -52,8 +52,13 @@ class Sample(BaseModel):
 class Report(BaseModel):
     bom: str
     verified: bool
-    mode: Literal["reexecute", "integrity"]
+    # "signature": this part of the lineage could not be re-executed here (its code or data blocks are
+    # not readable) and was accepted on the signature of a trusted signer instead
+    mode: Literal["reexecute", "integrity", "signature"]
     name: str | None = None
+    signers: list[str] = Field(default_factory=list, description="DIDs whose signatures on this BOM verify")
+    unchecked: list[Problem] = Field(
+        default_factory=list, description="in signature mode: what re-execution could not reach here")
     sample: Sample | None = None
     slices: list[SliceResult] = Field(default_factory=list)
     problems: list[Problem] = Field(default_factory=list)
