@@ -280,6 +280,7 @@ def test_cli_bom_show_json_round_trips(chain: Chain, cli) -> None:  # noqa: ANN0
     assert res.code == 0, res.err
     data = json.loads(res.out)
     slice_records = data.pop("slice_records")
+    assert data.pop("signers") == []  # these BOMs were written by hand, so nobody signed them
     bom = BOM.model_validate(data)
     assert bom == chain.boms[chain.c]
     assert str(CID.hash(bom.block(), DAG_CBOR)) == chain.c

@@ -78,12 +78,16 @@ def show(
     """Show a BOM: Order, code, environment, inputs, outputs, parents and invoice."""
     from cats.bom import records
     from cats.bom.lineage import open_bom
+    from cats.bom.signatures import Signatures
 
     store = _store()
     bom = open_bom(store, cid)
+    envelope = Signatures().get(CID.parse(cid))
+    signers = envelope.signers() if envelope else []
     if as_json:
         data: dict[str, Any] = bom.model_dump(mode="json")
         data["slice_records"] = [r.model_dump(mode="json") for r in records(store, bom)]
+        data["signers"] = signers
         _print_json(data)
         return
     env, inv = bom.structure, bom.invoice
@@ -105,9 +109,12 @@ def show(
         ("started", [inv.started]),
         ("finished", [f"{inv.finished} ({inv.duration_s:.2f} s)"]),
         ("bytes", [f"{inv.bytes_in} in, {inv.bytes_out} out"]),
+        *([("data cache", [f"{inv.data.hits} hits, {inv.data.misses} misses, {inv.data.bytes_in:,} bytes fetched, "
+                           f"mean fetch {inv.data.mean_fetch_s * 1e3:.1f} ms"])] if inv.data else []),
         ("executor", [inv.executor]),
         ("nodes", inv.nodes or ["-"]),
         ("cats", [inv.cats_version]),
+        ("signed by", signers or ["-"]),
     ]
     for key, values in rows:
         for i, value in enumerate(values):
