@@ -171,10 +171,14 @@ def test_concurrent_countersignatures_are_all_kept(tmp_path: Path) -> None:
     assert sorted(store.get(bom).signers()) == sorted(s.did for s in signers)  # type: ignore[union-attr]
 
 
-def test_the_factory_signs_its_boms(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
+def test_the_factory_signs_its_boms(ray_session: str, cats_home: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
     src = jobs.module(tmp_path, "fid_sign", "def f(data):\n    return data[::-1]\n")
     run = factory.run(Order(function=Function(entry="fid_sign:f", source=src),
                             inputs=[jobs.folder(tmp_path, {"a.txt": b"abc"})]))
     envelope = Signatures().get(run.bom)
     assert envelope is not None and envelope.bom == run.bom
     assert envelope.signers() == [Identity.load().did]
+    shown = cli("bom", "show", str(run.bom), "--json")
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["signers"] == [Identity.load().did]
+    assert f"signed by    {Identity.load().did}" in cli("bom", "show", str(run.bom)).out
