@@ -8,6 +8,7 @@ import typer
 
 from cats import __version__
 from cats.cli import bom, data, run, store, verify
+from cats.cli import mesh as mesh_cli
 from cats.errors import CatsError
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ run.register(app)
 bom.register(app)
 verify.register(app)
 data.register(app)
+mesh_cli.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,712 @@
+"""Talking to other CAT Nodes: pull a lineage, push a DAG, submit an Order.
+
+    report = pull(store, bom_cid, "http://node-a:8700")                 # everything the BOM reaches
+    push(store, cid, "http://node-b:8700", Identity.load())            # a DAG, pinned there
+    bom = submit(order, "http://node-a:8700", Identity.load()).bom     # run there, lineage back here
+
+Every block that arrives is hashed against its CID before it is stored (a mismatch stops the pull
+and names the CID; the block is not kept), and each is written as it arrives, atomically, by the
+store. So a pull that is interrupted leaves only whole, verified blocks behind, and pulling again
+walks the DAG locally and asks only for the subtrees that are still missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from cats.cas import dagcbor, varint
+from cats.cas.cid import CID, DAG_CBOR, RAW
+from cats.cas.dag import links
+from cats.cas.store import BlockStore
+from cats.errors import CatsError
+
+if TYPE_CHECKING:
+    from cats.bom.signatures import Envelope, Signatures
+    from cats.identity import Identity
+    from cats.order import Order
+
+__all__ = ["MeshError", "Node", "PullReport", "PushReport", "Submitted", "pull", "push", "submit", "read_car"]
+
+CAR = "application/vnd.ipld.car"
+MAX_SECTION = (4 << 20) + 128  # the largest block any IPFS implementation writes, plus its CID
+PUSH_BATCH = 32 << 20  # bytes of blocks per POST /blocks: each batch is signed, so it sits in memory
+
+
+class MeshError(CatsError):
+    """A node refused a request, answered nonsense, or could not be reached. `status` is the HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+# -- the HTTP client ------------------------------------------------------------------------------------
+
+
+class Node:
+    """One node's HTTP API. Writes are signed with `identity`; reads are signed too once the node asks
+    (a private node answers unsigned reads with 401 or 403)."""
+
+    def __init__(self, url: str, identity: Identity | None = None, *, timeout: float = 60.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise MeshError(f"node URL {url!r} must start with http:// or https://", url=url)
+        self.url = url.rstrip("/")
+        self.identity = identity
+        self._sign_reads = False
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
+                                  follow_redirects=False, headers={"User-Agent": "cats-mesh"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Requests are built first so the signature covers the path and query exactly as they are sent.
+    def _build(self, method: str, path: str, body: bytes, headers: dict[str, str], sign: bool) -> httpx.Request:
+        request = self._http.build_request(method, path, content=body or None, headers=headers)
+        if sign:
+            from cats.identity.requests import sign_request
+
+            if self.identity is None:
+                raise MeshError(f"{method} {self.url}{path} must be signed: no identity given", url=self.url)
+            request.headers.update(sign_request(self.identity, method, request.url.raw_path.decode(), body))
+        return request
+
+    def _send(self, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None,
+              sign: bool | None = None, stream: bool = False) -> httpx.Response:
+        """Send one request; MeshError for transport failures and for any status >= 400."""
+        write = sign is True
+        signed = write or (sign is None and self._sign_reads)
+        response = self._transport(self._build(method, path, body, headers or {}, signed), stream)
+        if (response.status_code in (401, 403) and not signed and sign is None and self.identity is not None):
+            response.close()  # a private node: sign reads from now on
+            self._sign_reads = True
+            response = self._transport(self._build(method, path, body, headers or {}, True), stream)
+        if response.status_code >= 400:
+            if stream:
+                response.read()
+            response.close()
+            raise self._refused(method, path, response)
+        return response
+
+    def _transport(self, request: httpx.Request, stream: bool) -> httpx.Response:
+        try:
+            return self._http.send(request, stream=stream)
+        except httpx.TimeoutException:
+            raise MeshError(f"node at {self.url} did not answer {request.method} {request.url.path} in time",
+                            url=self.url) from None
+        except httpx.TransportError as e:
+            raise MeshError(f"cannot reach node at {self.url}: {_reason(e)}", url=self.url) from None
+
+    def _refused(self, method: str, path: str, response: httpx.Response) -> MeshError:
+        try:
+            detail = response.json().get("detail")
+        except (ValueError, AttributeError):
+            detail = None
+        if not isinstance(detail, str):
+            detail = json.dumps(detail) if detail is not None else (response.text.strip()[:200] or
+                                                                     response.reason_phrase)
+        what = {401: "refused the signature", 403: "does not trust this node", 404: "has no"}.get(
+            response.status_code, f"answered {response.status_code} to")
+        target = f"{method} {path.split('?')[0]}"
+        return MeshError(f"node at {self.url} {what} {target}: {detail}", status=response.status_code, url=self.url)
+
+    def _json(self, method: str, path: str, **kw: Any) -> Any:
+        response = self._send(method, path, **kw)
+        try:
+            return response.json()
+        except ValueError:
+            raise MeshError(f"node at {self.url} answered {method} {path} with something that is not JSON",
+                            url=self.url) from None
+
+    # -- read side
+    def id(self) -> dict[str, Any]:
+        info = self._json("GET", "/id")
+        if not isinstance(info, dict) or not isinstance(info.get("did"), str):
+            raise MeshError(f"{self.url}/id does not name a node (no did)", url=self.url)
+        return info
+
+    def block(self, cid: CID) -> bytes:
+        """One block, checked against its CID."""
+        data = self._send("GET", f"/ipfs/{cid}?format=raw").content
+        if not cid.verify(data):
+            raise MeshError(f"node at {self.url} sent a block that does not match {cid}; not stored", url=self.url)
+        return data
+
+    @contextmanager
+    def car(self, cid: CID, *, scope: str | None = None) -> Iterator[Iterator[tuple[CID, bytes]]]:
+        """The DAG under cid as (CID, block) pairs as they stream in (not yet verified: the caller does)."""
+        query = "format=car" + (f"&dag-scope={scope}" if scope else "")
+        response = self._send("GET", f"/ipfs/{cid}?{query}", headers={"Accept": CAR}, stream=True)
+        try:
+            yield read_car(self._chunks(response), f"{self.url}/ipfs/{cid}", root=cid)
+        finally:
+            response.close()
+
+    def _chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        try:
+            yield from response.iter_raw()
+        except httpx.TransportError as e:
+            raise MeshError(f"connection to node at {self.url} lost mid-transfer: {_reason(e)}",
+                            url=self.url) from None
+
+    def bom(self, cid: CID) -> dict[str, Any]:
+        return self._json("GET", f"/bom/{cid}")
+
+    def signatures(self, cid: CID) -> Envelope | None:
+        """The node's envelope over a BOM, or None when it has no signature for it."""
+        from cats.bom.signatures import Envelope
+
+        try:
+            response = self._send("GET", f"/bom/{cid}/signatures")
+        except MeshError as e:
+            if e.status == 404:
+                return None
+            raise
+        try:
+            return Envelope.model_validate_json(response.content)
+        except ValueError as e:
+            raise MeshError(f"node at {self.url} sent an envelope for {cid} that is not DSSE: "
+                            f"{str(e).splitlines()[0]}", url=self.url) from None
+
+    # -- write side (signed)
+    def put_blocks(self, car: bytes) -> dict[str, Any]:
+        return self._json("POST", "/blocks", body=car, headers={"Content-Type": CAR}, sign=True)
+
+    def pin(self, cid: CID) -> dict[str, Any]:
+        return self._json("POST", f"/pins/{cid}", sign=True)
+
+    def add_signatures(self, envelope: Envelope) -> Envelope:
+        from cats.bom.signatures import Envelope
+
+        body = envelope.model_dump_json().encode()
+        answer = self._json("POST", f"/bom/{envelope.bom}/signatures", body=body,
+                            headers={"Content-Type": "application/json"}, sign=True)
+        return Envelope.model_validate(answer)
+
+    def order(self, order: CID) -> dict[str, Any]:
+        body = json.dumps({"order": str(order)}).encode()
+        return self._json("POST", "/orders", body=body, headers={"Content-Type": "application/json"}, sign=True)
+
+    def order_status(self, job: str) -> dict[str, Any]:
+        return self._json("GET", f"/orders/{job}", sign=True)
+
+
+def _reason(e: Exception) -> str:
+    text = str(e) or type(e).__name__
+    if "Connection refused" in text or "[Errno 111]" in text:
+        return "connection refused"
+    return text.splitlines()[0]
+
+
+# -- CAR streams ----------------------------------------------------------------------------------------
+
+
+def _varint(buf: bytearray, pos: int) -> tuple[int, int] | None:
+    """(value, offset after it), or None when the buffer ends inside the varint."""
+    n = shift = 0
+    for i in range(pos, min(len(buf), pos + varint.MAX_LEN)):
+        b = buf[i]
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, i + 1
+        shift += 7
+    if len(buf) - pos >= varint.MAX_LEN:
+        raise MeshError("CAR stream has a varint longer than 9 bytes")
+    return None
+
+
+def read_car(chunks: Iterable[bytes], where: str, root: CID | None = None) -> Iterator[tuple[CID, bytes]]:
+    """Parse a CARv1 stream incrementally: (CID, block) per section, holding at most one section in memory.
+
+    The header must be a CARv1 header (and name `root`, when given). A stream that ends inside a
+    section is an error; one that ends between sections simply ends (a node may stop early).
+    """
+    buf = bytearray()
+    pos = 0
+    header = False
+    for chunk in chunks:
+        if pos:
+            del buf[:pos]  # cheap: CPython drops a bytearray's prefix without moving what follows
+            pos = 0
+        buf += chunk
+        while True:
+            found = _varint(buf, pos)
+            if found is None:
+                break
+            n, start = found
+            if n > MAX_SECTION:
+                raise MeshError(f"{where}: CAR section claims {n} bytes, more than any block may hold")
+            end = start + n
+            if end > len(buf):
+                break
+            if not header:
+                _check_header(bytes(buf[start:end]), where, root)
+                header = True
+            else:
+                try:
+                    cid, offset = CID.read(buf, start)
+                except CatsError as e:
+                    raise MeshError(f"{where}: CAR section with a malformed CID: {e}") from None
+                if offset > end:
+                    raise MeshError(f"{where}: CAR section shorter than its CID")
+                yield cid, bytes(buf[offset:end])
+            pos = end
+    if len(buf) > pos:
+        raise MeshError(f"{where}: the CAR stream ended inside a section ({len(buf) - pos} bytes of it arrived)")
+    if not header:
+        raise MeshError(f"{where}: empty answer, not a CAR stream")
+
+
+def _check_header(raw: bytes, where: str, root: CID | None) -> None:
+    try:
+        header = dagcbor.decode(raw)
+    except CatsError as e:
+        raise MeshError(f"{where}: CAR header is not DAG-CBOR: {e}") from None
+    if not isinstance(header, dict) or header.get("version") != 1 or not isinstance(header.get("roots"), list):
+        raise MeshError(f"{where}: not a CARv1 header: {header!r}"[:300])
+    if root is not None and root.to_v1() not in {r.to_v1() for r in header["roots"] if isinstance(r, CID)}:
+        raise MeshError(f"{where}: CAR roots {[str(r) for r in header['roots']]} do not include {root}")
+
+
+def car_bytes(roots: list[CID], blocks: Iterable[tuple[CID, bytes]]) -> bytes:
+    header = dagcbor.encode({"roots": roots, "version": 1})
+    parts = [varint.encode(len(header)), header]
+    for cid, block in blocks:
+        raw = bytes(cid)
+        parts += [varint.encode(len(raw) + len(block)), raw, block]
+    return b"".join(parts)
+
+
+# -- pull -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PullReport:
+    """What a pull did. `fetched` blocks were received and stored; `present` ones were here already and
+    not asked for; `duplicate` ones arrived but were here already (sent along with a missing subtree)."""
+
+    root: str
+    url: str
+    blocks: int = 0
+    fetched_blocks: int = 0
+    fetched_bytes: int = 0
+    present_blocks: int = 0
+    present_bytes: int = 0
+    duplicate_blocks: int = 0
+    duplicate_bytes: int = 0
+    requests: int = 0
+    boms: list[str] = field(default_factory=list)
+    signers: dict[str, list[str]] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @property
+    def skipped_blocks(self) -> int:
+        return self.present_blocks + self.duplicate_blocks
+
+    @property
+    def skipped_bytes(self) -> int:
+        return self.present_bytes + self.duplicate_bytes
+
+    def summary(self) -> dict[str, Any]:
+        return {**asdict(self), "skipped_blocks": self.skipped_blocks, "skipped_bytes": self.skipped_bytes}
+
+
+def _stored_size(store: BlockStore, cid: CID) -> int | None:
+    """The size of a stored block without reading it (a stat on disk), or None if it is absent."""
+    path = getattr(store, "path", None)
+    if callable(path):
+        try:
+            return path(cid).stat().st_size
+        except FileNotFoundError:
+            return None
+    return len(store.get(cid, verify=False)) if store.has(cid) else None
+
+
+def _is_bom(cid: CID, block: bytes) -> bool:
+    if cid.codec != DAG_CBOR or b"cats.bom" not in block:
+        return False
+    try:
+        value = dagcbor.decode(block)
+    except CatsError:
+        return False
+    return isinstance(value, dict) and value.get("type") == "cats.bom"
+
+
+Progress = Callable[[PullReport], None]
+
+
+def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None, *,
+         signatures: Signatures | None = None, progress: Progress | None = None,
+         node: Node | None = None) -> PullReport:
+    """Fetch the DAG under cid from the node at url into store, with the signature envelopes of its BOMs.
+
+    The DAG is walked here, from the root: a block already stored is read (or, for a raw leaf,
+    just seen) and not asked for; for a missing one the node streams the CAR of its subtree, every
+    block of which is hashed against its CID and stored as it arrives (those already here are
+    skipped). A stream that stops early just leaves the walk more to ask for. Signatures go to
+    `signatures` (default CATS_HOME/signatures); only valid ones are kept.
+    """
+    from cats.bom.signatures import Signatures
+
+    signatures = signatures or Signatures()
+    report = PullReport(root=str(cid), url=url.rstrip("/"))
+    started = time.perf_counter()
+    own = node is None
+    node = node or Node(url, identity)
+    writer = _Writer(store, report)
+    try:
+        arrived: set[CID] = set()  # every block that arrived in this pull (as v1)
+        received: dict[CID, list[CID]] = {}  # the links of those that link anything
+        boms: set[CID] = set()
+        seen: set[CID] = set()
+        stack = [cid]
+        while stack:
+            here = stack.pop()
+            key = here.to_v1()
+            if key in seen:
+                continue
+            seen.add(key)
+            report.blocks += 1
+            if key in arrived:
+                children = received.pop(key, [])
+            else:
+                size = _stored_size(store, here)
+                if size is None:
+                    _fetch_subtree(node, here, report, writer, arrived, received, boms, progress)
+                    if key not in arrived:
+                        raise MeshError(f"node at {node.url} did not send {here}", url=node.url)
+                    children = received.pop(key, [])
+                else:
+                    report.present_blocks += 1
+                    report.present_bytes += size
+                    children = []
+                    if here.codec != RAW:
+                        block = store.get(here)
+                        children = links(here, block)
+                        if _is_bom(here, block):
+                            boms.add(key)
+                    if progress is not None:
+                        progress(report)
+            if key in boms:
+                report.boms.append(str(here))
+                _fetch_signatures(node, here, signatures, report)
+            stack.extend(reversed(children))
+    finally:
+        writer.close()
+        if own:
+            node.close()
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+class _Writer:
+    """Hashes and stores raw leaves on a few threads (hashlib and file writes release the GIL) while the
+    next blocks come off the network; at most `depth` blocks wait, so memory stays bounded."""
+
+    def __init__(self, store: BlockStore, report: PullReport, threads: int = 4, depth: int = 16) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store, self.report, self.depth = store, report, depth
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cats-pull")
+        self.pending: deque[tuple[Future[bool], int]] = deque()
+
+    def put(self, cid: CID, block: bytes, verified: bool) -> None:
+        self.pending.append((self.pool.submit(self._put, cid, block, verified), len(block)))
+        while len(self.pending) > self.depth:
+            self._collect()
+
+    def _put(self, cid: CID, block: bytes, verified: bool) -> bool:
+        if not verified and not cid.verify(block):
+            raise _Mismatch(cid)
+        if self.store.has(cid):
+            return False
+        self.store.put(cid, block)
+        return True
+
+    def _collect(self) -> None:
+        future, size = self.pending.popleft()
+        if future.result():
+            self.report.fetched_blocks += 1
+            self.report.fetched_bytes += size
+        else:
+            self.report.duplicate_blocks += 1
+            self.report.duplicate_bytes += size
+
+    def drain(self) -> None:
+        """Wait for every block handed over; the first failure is raised after all have finished."""
+        error: BaseException | None = None
+        while self.pending:
+            try:
+                self._collect()
+            except BaseException as e:  # noqa: BLE001 - re-raised below, once the rest are written
+                error = error or e
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=False)
+
+
+class _Mismatch(Exception):
+    def __init__(self, cid: CID) -> None:
+        self.cid = cid
+
+
+def _fetch_subtree(node: Node, root: CID, report: PullReport, writer: _Writer, arrived: set[CID],
+                   received: dict[CID, list[CID]], boms: set[CID], progress: Progress | None) -> None:
+    """Stream the CAR of root's subtree; store each verified block that is not here yet."""
+    report.requests += 1
+    wanted = {root.to_v1()}  # a block is taken only if the root or a block before it links it
+    try:
+        with node.car(root) as sections:
+            for cid, block in sections:
+                key = cid.to_v1()
+                if key not in wanted or key in arrived:
+                    continue  # not part of this DAG (never stored), or sent twice
+                arrived.add(key)
+                if cid.codec != RAW:  # checked here: its links decide what else is taken
+                    if not cid.verify(block):
+                        raise _Mismatch(cid)
+                    kids = links(cid, block)
+                    wanted.update(k.to_v1() for k in kids)
+                    received[key] = kids
+                    if _is_bom(cid, block):
+                        boms.add(key)
+                writer.put(cid, block, verified=cid.codec != RAW)
+                if progress is not None:
+                    progress(report)
+        writer.drain()
+    except _Mismatch as e:
+        _quietly(writer.drain)
+        raise MeshError(f"node at {node.url} sent a block that does not match {e.cid}; not stored "
+                        f"(pulling {report.root})", url=node.url) from None
+    except BaseException:
+        _quietly(writer.drain)
+        raise
+
+
+def _quietly(action: Callable[[], None]) -> None:
+    with contextlib.suppress(Exception):  # an error is already on its way up
+        action()
+
+
+def _fetch_signatures(node: Node, bom: CID, signatures: Signatures, report: PullReport) -> None:
+    envelope = node.signatures(bom)
+    if envelope is None:
+        return
+    try:
+        if envelope.bom.to_v1() != bom.to_v1():
+            raise MeshError(f"node at {node.url} sent an envelope over {envelope.bom} for {bom}", url=node.url)
+    except MeshError:
+        raise
+    except CatsError as e:
+        raise MeshError(f"node at {node.url} sent a bad envelope for {bom}: {e}", url=node.url) from None
+    if not envelope.signers():
+        return  # nothing valid to keep
+    kept = signatures.add(envelope)
+    report.signers[str(bom)] = kept.signers()
+
+
+# -- push -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PushReport:
+    """What a push did: blocks and bytes sent in `requests` signed POST /blocks (none when the node
+    already held the whole DAG), and the BOMs whose local envelope was sent."""
+
+    root: str
+    url: str
+    blocks: int = 0
+    bytes: int = 0
+    requests: int = 0
+    complete_there: bool = False
+    signed: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def children_first(store: BlockStore, root: CID) -> Iterator[tuple[CID, bytes]]:
+    """Every block of the DAG once, each after all the blocks it links (so whatever part of a DAG a
+    node has received is closed under links). Every block is read, and so verified."""
+    seen: set[CID] = set()
+    stack: list[tuple[CID, bytes | None]] = [(root, None)]
+    while stack:
+        cid, block = stack.pop()
+        if block is not None:  # its children are out
+            yield cid, block
+            continue
+        key = cid.to_v1()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            data = store.get(cid)
+        except CatsError as e:
+            raise MeshError(f"cannot push {root}: {e}") from None
+        kids = links(cid, data) if cid.codec != RAW else []
+        if not kids:
+            yield cid, data
+            continue
+        stack.append((cid, data))
+        stack.extend((k, None) for k in reversed(kids))
+
+
+def push(store: BlockStore, cid: CID, url: str, identity: Identity, *, signatures: Signatures | None = None,
+         batch_bytes: int = PUSH_BATCH, node: Node | None = None) -> PushReport:
+    """Send the DAG under cid to the node at url, pin it there, and send the local envelope of every BOM in it.
+
+    Blocks go children first in signed CARs of at most about `batch_bytes` each (each one is
+    imported all or nothing), so what the node holds between two batches is always a set of whole
+    subtrees. A node that can already pin the whole DAG is sent no blocks.
+    """
+    from cats.bom.signatures import Signatures
+
+    signatures = signatures or Signatures()
+    report = PushReport(root=str(cid), url=url.rstrip("/"))
+    started = time.perf_counter()
+    own = node is None
+    node = node or Node(url, identity)
+    try:
+        boms: list[CID] = []
+        try:
+            node.pin(cid)
+            report.complete_there = True
+        except MeshError as e:
+            if e.status in (None, 401, 403):
+                raise
+        if report.complete_there:
+            boms = [c for c, block in children_first(store, cid) if _is_bom(c, block)]
+        else:
+            batch: list[tuple[CID, bytes]] = []
+            size = 0
+            for c, block in children_first(store, cid):
+                if _is_bom(c, block):
+                    boms.append(c)
+                batch.append((c, block))
+                size += len(block)
+                if size >= batch_bytes:
+                    _send_batch(node, batch, report)
+                    batch, size = [], 0
+            if batch:
+                _send_batch(node, batch, report)
+            node.pin(cid)
+        for bom in boms:
+            envelope = signatures.get(bom)
+            if envelope is not None and envelope.signers():
+                node.add_signatures(envelope)
+                report.signed.append(str(bom))
+    finally:
+        if own:
+            node.close()
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _send_batch(node: Node, batch: list[tuple[CID, bytes]], report: PushReport) -> None:
+    node.put_blocks(car_bytes([batch[-1][0]], batch))  # its last block heads a subtree complete by now
+    report.requests += 1
+    report.blocks += len(batch)
+    report.bytes += sum(len(b) for _, b in batch)
+
+
+# -- submit ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Submitted:
+    """An Order run on another node: its CID, the node's job, the BOM (pulled here) and its output."""
+
+    order: str
+    url: str
+    job: str
+    status: str
+    bom: str
+    output: str | None
+    pushed: PushReport
+    pulled: PullReport
+    duration_s: float
+
+    def summary(self) -> dict[str, Any]:
+        return {"order": self.order, "url": self.url, "job": self.job, "status": self.status, "bom": self.bom,
+                "output": self.output, "pushed": self.pushed.summary(), "pulled": self.pulled.summary(),
+                "duration_s": self.duration_s}
+
+
+def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | None = None,
+           timeout: float = 600.0, signatures: Signatures | None = None,
+           progress: Callable[[str], None] | None = None) -> Submitted:
+    """Seal the Order here, push it (code, lock, IaC, CID inputs) to the node at url, have the node run it,
+    wait for the result and pull the BOM's lineage and envelope back. CatsError if the run fails."""
+    from cats.cas.store import open_store
+    from cats.order.seal import seal
+
+    started = time.perf_counter()
+    store = store or open_store()
+    sealed = seal(order, store)
+    block = sealed.block()
+    order_cid = CID.hash(block, DAG_CBOR)
+    store.put(order_cid, block)
+    with Node(url, identity) as node:
+        pushed = push(store, order_cid, url, identity, signatures=signatures, node=node)
+        accepted = node.order(order_cid)
+        job = accepted.get("id")
+        if not isinstance(job, str) and not isinstance(job, int):
+            raise MeshError(f"node at {node.url} accepted order {order_cid} without a job id: {accepted}",
+                            url=node.url)
+        job = str(job)
+        state = _wait(node, job, order_cid, timeout, progress, accepted.get("status"))
+        if state.get("status") == "failed":
+            raise MeshError(f"order {order_cid} failed on {node.url}: {state.get('error') or 'no error given'}",
+                            url=node.url)
+        try:
+            bom = CID.parse(state["bom"])
+        except (KeyError, TypeError, CatsError):
+            raise MeshError(f"node at {node.url} finished order {order_cid} without a BOM CID: {state}",
+                            url=node.url) from None
+        pulled = pull(store, bom, url, identity, signatures=signatures, node=node)
+    output = state.get("output")
+    return Submitted(order=str(order_cid), url=node.url, job=job, status="done", bom=str(bom),
+                     output=str(output) if output else None, pushed=pushed, pulled=pulled,
+                     duration_s=time.perf_counter() - started)
+
+
+def _wait(node: Node, job: str, order: CID, timeout: float, progress: Callable[[str], None] | None,
+          status: object) -> dict[str, Any]:
+    """Poll the job with backoff until it is done or failed; a node briefly unreachable is waited for."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    state: dict[str, Any] = {"status": status}
+    while True:
+        try:
+            state = node.order_status(job)
+        except MeshError as e:
+            if e.status is not None and e.status != 503:
+                raise
+        if progress is not None and state.get("status"):
+            progress(str(state["status"]))
+        if state.get("status") in ("done", "failed"):
+            return state
+        if time.monotonic() + delay > deadline:
+            raise MeshError(f"order {order} (job {job}) on {node.url} did not finish within {timeout:g} s "
+                            f"(last status: {state.get('status')})", url=node.url)
+        time.sleep(delay)
+        delay = min(delay * 1.5, 2.0)
