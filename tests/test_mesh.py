@@ -13,17 +13,21 @@ import io
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import jobs
 import pytest
 from conftest import Result
+from servers import free_port
 
 from cats.bom.signatures import Envelope, Signature, Signatures, sign
 from cats.cas import car, dagcbor, varint
@@ -212,3 +216,297 @@ def test_only_valid_signatures_are_kept(fake: FakeNode, tmp_path: Path) -> None:
     with pytest.raises(MeshError, match=f"envelope over {bom} for {other}"):
         pull(MemoryStore(), other, fake.url, signatures=sigs)
     assert Envelope.model_validate_json(fake.envelopes[bom]).bom == bom
+
+
+# -- three real nodes -------------------------------------------------------------------------------
+
+
+@dataclass
+class RealNode:
+    """`cats node start` in a subprocess with its own CATS_HOME, joined to the session's Ray."""
+
+    base: Path
+    ray: str
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def home(self) -> Path:
+        return self.base / "home"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def did(self) -> str:
+        return Identity.load(self.home / "identity").did
+
+    @property
+    def store(self) -> LocalStore:
+        return LocalStore(self.home / "blocks")
+
+    def env(self) -> dict[str, str]:
+        return {"CATS_HOME": str(self.home), "RAY_ADDRESS": self.ray}
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        out, err = self.base / "node.out", self.base / "node.err"
+        out.write_bytes(b"")
+        with open(out, "ab") as o, open(err, "ab") as e:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cats", "node", "start", "--port", str(self.port)],
+                                         stdout=o, stderr=e, env={**os.environ, **self.env()})
+        deadline = time.monotonic() + 60
+        while "listening on" not in out.read_text():
+            assert self.proc.poll() is None, err.read_text()
+            assert time.monotonic() < deadline, f"cats node start did not get ready: {err.read_text()}"
+            time.sleep(0.05)
+        line = out.read_text().splitlines()[0]
+        assert line == f"cats node {self.did} listening on {self.url}", line
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=30) == 0, (self.base / "node.err").read_text()
+        self.proc = None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def cli(self, *args: str) -> Result:
+        return _cli(self.home, *args, RAY_ADDRESS=self.ray)
+
+
+@dataclass
+class Mesh:
+    a: RealNode
+    b: RealNode
+    c: RealNode
+    bom: CID  # made by A's Factory before A started
+    big: CID  # a DAG of a few tens of MB in A's store
+    work: Path
+
+
+BIG = 40 << 20
+
+
+def _start_all(*nodes: RealNode) -> None:
+    threads = [threading.Thread(target=n.start) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for n in nodes:
+        assert n.proc is not None, f"node in {n.base} did not start: {(n.base / 'node.err').read_text()}"
+
+
+@pytest.fixture(scope="module")
+def mesh(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    from cats import factory
+    from cats.identity.trust import Trust
+    from cats.order import Function, Order
+
+    work = tmp_path_factory.mktemp("mesh")
+    a, b, c = (RealNode(work / name, ray_session) for name in "abc")
+    for node in (a, b, c):
+        node.home.mkdir(parents=True)
+    # A produces, in its own home, before it starts
+    src = jobs.module(work, "mesh_reverse", "def reverse(data):\n    return data[::-1]\n")
+    inputs = jobs.folder(work, {f"part-{i}.txt": _random(50_000 + i, seed=i) for i in range(3)})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CATS_HOME", str(a.home))
+        env.delenv("CATS_STORE", raising=False)
+        run = factory.run(Order(function=Function(entry="mesh_reverse:reverse", source=src), inputs=[inputs],
+                                name="reverse"), quiet=True)
+    big = _add(a.store, _random(BIG, seed=42))
+    # A trusts B (B may push and submit there); B trusts A; nobody trusts C
+    Trust(a.home / "trust.json").add(b.did, name="b", url=b.url)
+    Trust(b.home / "trust.json").add(a.did, name="a", url=a.url)
+    _start_all(a, b, c)
+    try:
+        yield Mesh(a, b, c, run.bom, big, work)
+    finally:
+        for node in (a, b, c):
+            if node.proc is not None:
+                node.stop()
+
+
+@pytest.mark.slow
+def test_b_pulls_a_lineage_and_verifies_it_by_reexecution(mesh: Mesh) -> None:
+    a, b = mesh.a, mesh.b
+    res = b.cli("mesh", "pull", str(mesh.bom), "--from", a.url, "--json")
+    assert res.code == 0, res.err
+    report = json.loads(res.out)
+    expected = list(walk(a.store, mesh.bom))
+    assert report["blocks"] == report["fetched_blocks"] == len(expected) and report["skipped_blocks"] == 0
+    assert report["fetched_bytes"] == sum(len(a.store.get(c)) for c in expected)
+    assert report["signers"] == {str(mesh.bom): [a.did]} and report["pinned"]
+    assert all(b.store.get(cid) for cid in expected)  # every block of the lineage, verified
+    envelope = Signatures(b.home / "signatures").get(mesh.bom)
+    assert envelope is not None and envelope.signers() == [a.did]
+    # re-execution in B's home from the pulled blocks alone
+    verified = b.cli("verify", str(mesh.bom), "--json")
+    assert verified.code == 0, verified.out + verified.err
+    verdict = json.loads(verified.out)
+    assert verdict["verified"] and verdict["signers"] == [a.did]
+    assert verdict["slices"] and all(s["ok"] for s in verdict["slices"])
+    # again: nothing to fetch
+    again = json.loads(b.cli("mesh", "pull", str(mesh.bom), "--from", a.url, "--json").out)
+    assert (again["fetched_blocks"], again["present_blocks"], again["requests"]) == (0, len(expected), 0)
+
+
+@pytest.mark.slow
+def test_push_to_a_node_that_trusts_the_pusher(mesh: Mesh) -> None:
+    a, b = mesh.a, mesh.b
+    fresh = _add(b.store, _random(3_000_000, seed=77))  # in B's home: B's CLI pushes to A, which trusts B
+    res = b.cli("mesh", "push", str(fresh), "--to", a.url, "--json")
+    assert res.code == 0, res.err
+    report = json.loads(res.out)
+    blocks = list(walk(b.store, fresh))
+    assert (report["blocks"], report["complete_there"]) == (len(blocks), False)
+    assert all(a.store.get(cid) == b.store.get(cid) for cid in blocks)
+    assert fresh.to_v1() in {p.to_v1() for p in _pins(a)}
+    # pushing it again sends nothing
+    again = json.loads(b.cli("mesh", "push", str(fresh), "--to", a.url, "--json").out)
+    assert (again["blocks"], again["complete_there"]) == (0, True)
+
+
+def _pins(node: RealNode) -> list[CID]:
+    from cats.cas.pins import Pins
+
+    return list(Pins(node.home / "pins"))
+
+
+@pytest.mark.slow
+def test_a_stranger_is_refused(mesh: Mesh, tmp_path: Path) -> None:
+    a, c = mesh.a, mesh.c
+    mine = _add(c.store, b"c's own data\n")
+    c.cli("mesh", "push", str(mine), "--to", a.url).error_line(a.url, "403", c.did, "not trusted")
+    assert not a.store.has(mine)
+    order = _order_file(tmp_path, "mesh_stranger", "stranger")
+    c.cli("mesh", "submit", str(order), "--to", a.url, "--json").error_line(a.url, "403", c.did)
+    # reading an open node needs no trust
+    res = c.cli("mesh", "pull", str(mesh.bom), "--from", a.url, "--json")
+    assert res.code == 0, res.err
+
+
+def _order_file(folder: Path, module: str, text: str) -> Path:
+    data = folder / f"{module}-inputs"
+    data.mkdir()
+    for i in range(2):
+        (data / f"{i}.txt").write_text(f"{text} {i}\n")
+    path = folder / f"{module}.py"
+    path.write_text(f"""
+from pathlib import Path
+
+from cats.order import Function, Order
+
+
+def tag(data: bytes) -> bytes:
+    return b"[" + data.strip() + b"]"
+
+
+order = Order(function=Function.of(tag), inputs=[Path({str(data)!r})], name={module!r})
+""")
+    return path
+
+
+@pytest.mark.slow
+def test_an_order_submitted_from_b_runs_on_a_and_comes_back_signed_by_a(mesh: Mesh, tmp_path: Path) -> None:
+    from cats.bom import load
+
+    a, b = mesh.a, mesh.b
+    res = b.cli("mesh", "submit", str(_order_file(tmp_path, "mesh_submitted", "from b")), "--to", a.url,
+                "--json", "--timeout", "120")
+    assert res.code == 0, res.err
+    result = json.loads(res.out)
+    bom = CID.parse(result["bom"])
+    assert result["status"] == "done" and result["pulled"]["signers"] == {str(bom): [a.did]}
+    envelope = Signatures(b.home / "signatures").get(bom)
+    assert envelope is not None and envelope.signers() == [a.did]  # the BOM is A's
+    assert a.store.has(bom) and all(b.store.get(cid) for cid in walk(b.store, bom))
+    assert str(load(b.store, bom).order) == result["order"]
+    from cats.cas import reader
+
+    out = {name: b"".join(reader.read(b.store, cid)) for name, cid, _ in reader.entries(b.store, bom_output(b, bom))}
+    assert out == {"0.txt": b"[from b 0]", "1.txt": b"[from b 1]"}
+
+
+def bom_output(node: RealNode, bom: CID) -> CID:
+    from cats.bom import load
+
+    return load(node.store, bom).outputs[0]
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_pull_loses_nothing_and_the_pull_resumes(mesh: Mesh) -> None:
+    a, b = mesh.a, mesh.b
+    total = list(walk(a.store, mesh.big))
+    here = b.store
+    killed = threading.Event()
+
+    def kill_a_third_of_the_way(report) -> None:  # noqa: ANN001 - a PullReport
+        if not killed.is_set() and report.fetched_bytes > BIG // 3:
+            killed.set()
+            a.kill()
+
+    with pytest.raises(MeshError) as cut:
+        pull(here, mesh.big, a.url, signatures=Signatures(b.home / "signatures"), progress=kill_a_third_of_the_way)
+    assert killed.is_set() and a.url in str(cut.value)
+    present = [cid for cid in total if here.has(cid)]
+    assert 0 < len(present) < len(total)
+    assert all(here.get(cid) for cid in present)  # only whole, verified blocks were left behind
+    a.start()
+    assert all(a.store.get(cid) for cid in total)  # A lost nothing
+    res = b.cli("mesh", "pull", str(mesh.big), "--from", a.url, "--json")
+    assert res.code == 0, res.err
+    report = json.loads(res.out)
+    assert report["blocks"] == len(total)
+    assert report["present_blocks"] == len(present)  # not asked for again
+    assert report["fetched_blocks"] == len(total) - len(present)
+    assert report["duplicate_blocks"] == 0
+    assert report["present_bytes"] + report["fetched_bytes"] == sum(len(a.store.get(c)) for c in total)
+    assert all(here.get(cid) for cid in total)
+
+
+@pytest.mark.slow
+def test_cli_errors_name_the_cid_and_the_url(mesh: Mesh) -> None:
+    a, b = mesh.a, mesh.b
+    unknown = CID.hash(b"nobody has this block")
+    b.cli("mesh", "pull", str(unknown), "--from", a.url).error_line(str(unknown), a.url, "404")
+    down = f"http://127.0.0.1:{free_port()}"
+    b.cli("mesh", "pull", str(mesh.bom), "--from", down).error_line("cannot reach node", down)
+    b.cli("mesh", "push", str(mesh.bom), "--to", down).error_line("cannot reach node", down)
+    b.cli("mesh", "pull", "not-a-cid", "--from", a.url).error_line("not-a-cid")
+    b.cli("mesh", "pull", str(mesh.bom), "--from", "ftp://example").error_line("ftp://example")
+
+
+@pytest.mark.slow
+def test_trust_and_peers(mesh: Mesh, tmp_path: Path) -> None:
+    a, c = mesh.a, mesh.c
+    home = tmp_path / "someone"
+
+    def cli(*args: str) -> Result:
+        return _cli(home, *args)
+
+    me = cli("id").out.strip()
+    assert me.startswith("did:key:z6Mk") and json.loads(cli("id", "--json").out) == {"did": me}
+    down = f"http://127.0.0.1:{free_port()}"
+    assert cli("mesh", "trust", "add", a.did, "--name", "a", "--url", a.url).code == 0
+    assert cli("mesh", "trust", "add", c.did, "--name", "c", "--url", a.url).code == 0  # A answers, not C
+    assert cli("mesh", "trust", "add", mesh.b.did, "--url", down, "--json").code == 0
+    assert cli("mesh", "trust", "add", Identity.load(tmp_path / "x").did).code == 0  # no URL
+    listed = json.loads(cli("mesh", "trust", "ls", "--json").out)
+    assert [p["did"] for p in listed][:3] == [a.did, c.did, mesh.b.did]
+    status = {p["did"]: p["status"] for p in json.loads(cli("mesh", "peers", "--json").out)}
+    assert status == {a.did: "reachable", c.did: "wrong did", mesh.b.did: "down",
+                      Identity.load(tmp_path / "x").did: "no url"}
+    table = cli("mesh", "peers").out
+    assert "reachable" in table and "wrong did" in table and a.did in table
+    assert cli("mesh", "trust", "rm", c.did).code == 0
+    assert c.did not in cli("mesh", "trust", "ls").out
+    cli("mesh", "trust", "rm", c.did).error_line(c.did, "not trusted")
+    cli("mesh", "trust", "add", "did:key:nonsense").error_line("did:key:nonsense")

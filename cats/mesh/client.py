@@ -121,10 +121,8 @@ class Node:
         if not isinstance(detail, str):
             detail = json.dumps(detail) if detail is not None else (response.text.strip()[:200] or
                                                                      response.reason_phrase)
-        what = {401: "refused the signature", 403: "does not trust this node", 404: "has no"}.get(
-            response.status_code, f"answered {response.status_code} to")
-        target = f"{method} {path.split('?')[0]}"
-        return MeshError(f"node at {self.url} {what} {target}: {detail}", status=response.status_code, url=self.url)
+        return MeshError(f"node at {self.url} answered {response.status_code} to {method} {path.split('?')[0]}: "
+                         f"{detail}", status=response.status_code, url=self.url)
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         response = self._send(method, path, **kw)
@@ -149,7 +147,7 @@ class Node:
         return data
 
     @contextmanager
-    def car(self, cid: CID, *, scope: str | None = None) -> Iterator[Iterator[tuple[CID, bytes]]]:
+    def car(self, cid: CID, *, scope: str | None = None) -> Iterator[Iterator[tuple[CID, memoryview]]]:
         """The DAG under cid as (CID, block) pairs as they stream in (not yet verified: the caller does)."""
         query = "format=car" + (f"&dag-scope={scope}" if scope else "")
         response = self._send("GET", f"/ipfs/{cid}?{query}", headers={"Accept": CAR}, stream=True)
@@ -217,7 +215,7 @@ def _reason(e: Exception) -> str:
 # -- CAR streams ----------------------------------------------------------------------------------------
 
 
-def _varint(buf: bytearray, pos: int) -> tuple[int, int] | None:
+def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int] | None:
     """(value, offset after it), or None when the buffer ends inside the varint."""
     n = shift = 0
     for i in range(pos, min(len(buf), pos + varint.MAX_LEN)):
@@ -231,44 +229,55 @@ def _varint(buf: bytearray, pos: int) -> tuple[int, int] | None:
     return None
 
 
-def read_car(chunks: Iterable[bytes], where: str, root: CID | None = None) -> Iterator[tuple[CID, bytes]]:
+def read_car(chunks: Iterable[bytes], where: str, root: CID | None = None) -> Iterator[tuple[CID, memoryview]]:
     """Parse a CARv1 stream incrementally: (CID, block) per section, holding at most one section in memory.
 
-    The header must be a CARv1 header (and name `root`, when given). A stream that ends inside a
-    section is an error; one that ends between sections simply ends (a node may stop early).
+    Blocks are read-only views of the received bytes: a section that arrives in one piece is never
+    copied, one split over several pieces is joined once. The header must be a CARv1 header (and
+    name `root`, when given). A stream that ends inside a section is an error; one that ends
+    between sections simply ends (a node may stop early).
     """
-    buf = bytearray()
-    pos = 0
+    parts: list[bytes | memoryview] = []  # received, not yet parsed
+    size = 0
+    need = 0  # bytes the next section needs, once its length is known
     header = False
     for chunk in chunks:
-        if pos:
-            del buf[:pos]  # cheap: CPython drops a bytearray's prefix without moving what follows
-            pos = 0
-        buf += chunk
+        if not chunk:
+            continue
+        parts.append(chunk)
+        size += len(chunk)
+        if size < need:
+            continue
+        data = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
+        pos = 0
         while True:
-            found = _varint(buf, pos)
+            found = _varint(data, pos)
             if found is None:
+                need = 0
                 break
             n, start = found
             if n > MAX_SECTION:
                 raise MeshError(f"{where}: CAR section claims {n} bytes, more than any block may hold")
             end = start + n
-            if end > len(buf):
+            if end > len(data):
+                need = end - pos
                 break
             if not header:
-                _check_header(bytes(buf[start:end]), where, root)
+                _check_header(bytes(data[start:end]), where, root)
                 header = True
             else:
                 try:
-                    cid, offset = CID.read(buf, start)
+                    cid, offset = CID.read(data, start)
                 except CatsError as e:
                     raise MeshError(f"{where}: CAR section with a malformed CID: {e}") from None
                 if offset > end:
                     raise MeshError(f"{where}: CAR section shorter than its CID")
-                yield cid, bytes(buf[offset:end])
+                yield cid, data[offset:end]
             pos = end
-    if len(buf) > pos:
-        raise MeshError(f"{where}: the CAR stream ended inside a section ({len(buf) - pos} bytes of it arrived)")
+        parts = [data[pos:]] if pos < len(data) else []
+        size = len(data) - pos
+    if size:
+        raise MeshError(f"{where}: the CAR stream ended inside a section ({size} bytes of it arrived)")
     if not header:
         raise MeshError(f"{where}: empty answer, not a CAR stream")
 
@@ -284,7 +293,7 @@ def _check_header(raw: bytes, where: str, root: CID | None) -> None:
         raise MeshError(f"{where}: CAR roots {[str(r) for r in header['roots']]} do not include {root}")
 
 
-def car_bytes(roots: list[CID], blocks: Iterable[tuple[CID, bytes]]) -> bytes:
+def car_bytes(roots: list[CID], blocks: Iterable[tuple[CID, bytes | memoryview]]) -> bytes:
     header = dagcbor.encode({"roots": roots, "version": 1})
     parts = [varint.encode(len(header)), header]
     for cid, block in blocks:
@@ -426,12 +435,12 @@ class _Writer:
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cats-pull")
         self.pending: deque[tuple[Future[bool], int]] = deque()
 
-    def put(self, cid: CID, block: bytes, verified: bool) -> None:
+    def put(self, cid: CID, block: bytes | memoryview, verified: bool) -> None:
         self.pending.append((self.pool.submit(self._put, cid, block, verified), len(block)))
         while len(self.pending) > self.depth:
             self._collect()
 
-    def _put(self, cid: CID, block: bytes, verified: bool) -> bool:
+    def _put(self, cid: CID, block: bytes | memoryview, verified: bool) -> bool:
         if not verified and not cid.verify(block):
             raise _Mismatch(cid)
         if self.store.has(cid):
@@ -481,6 +490,7 @@ def _fetch_subtree(node: Node, root: CID, report: PullReport, writer: _Writer, a
                     continue  # not part of this DAG (never stored), or sent twice
                 arrived.add(key)
                 if cid.codec != RAW:  # checked here: its links decide what else is taken
+                    block = bytes(block)
                     if not cid.verify(block):
                         raise _Mismatch(cid)
                     kids = links(cid, block)
