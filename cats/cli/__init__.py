@@ -9,6 +9,7 @@ import typer
 from cats import __version__
 from cats.cli import bom, data, run, store, verify
 from cats.cli import mesh as mesh_cli
+from cats.cli import node as node_cli
 from cats.errors import CatsError
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ bom.register(app)
 verify.register(app)
 data.register(app)
 mesh_cli.register(app)
+node_cli.register(app)
 
 
 def main() -> None:

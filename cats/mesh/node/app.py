@@ -1,0 +1,560 @@
+"""The CAT Node's HTTP API (FastAPI), and `serve`, which runs it on uvicorn in the foreground.
+
+Reads are open by default, as on an IPFS gateway (with `private=True` each needs a signed request
+from a trusted peer: unsigned 401, untrusted 403). Writes always do. A signed request is checked by
+`cats.identity.requests.verify_request` against the method, the path with its query and the body;
+its nonce is recorded in SQLite until its window closes, so a replay is refused, restarts included.
+
+    GET  /id                          {did, version, private}
+    GET  /ipfs/{cid}?format=raw       one block (application/vnd.ipld.raw)
+    GET  /ipfs/{cid}?format=car       the DAG under cid as a CARv1 (application/vnd.ipld.car), streamed;
+                                      &dag-scope=block: that block only
+    GET  /bom/{cid}                   the BOM as JSON
+    GET  /bom/{cid}/signatures        its DSSE envelope
+    GET  /lineage/{cid}               the lineage graph as JSON
+    POST /blocks                      a CARv1 body: every block checked, all or nothing
+    POST /pins/{cid}                  pin a DAG that is fully present
+    POST /bom/{cid}/signatures        merge an envelope's valid signatures
+    POST /orders                      {"order": CID}: run a pushed, sealed Order here (202)
+    GET  /orders/{id}                 its status, for its submitter
+
+A CAR streams parents before children, each block once (`cats.cas.dag.walk`), every block read
+through the store, which checks it against its CID. The root is checked before the answer starts
+(404 if absent); a block missing or corrupted deeper in the DAG can only cut the stream short: the
+connection is closed without the final chunk, so a client sees an incomplete transfer and never a
+CAR that merely looks complete. Clients check every block against its CID anyway.
+
+Bodies larger than `CATS_NODE_MAX_BODY` bytes (256 MiB by default) are refused with 413 as soon as
+Content-Length (or the bytes received so far) says so. A body is held in memory while its signature
+is checked, which is what the limit bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
+from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import APIKeyHeader
+from pydantic import ValidationError
+from starlette.types import Send
+
+from cats import __version__
+from cats.bom import BOM
+from cats.bom import load as load_bom
+from cats.bom.signatures import Envelope, Signatures
+from cats.cas import dagcbor, varint
+from cats.cas.car import import_car
+from cats.cas.cid import CID
+from cats.cas.dag import walk
+from cats.cas.pins import Pins
+from cats.cas.store import BlockStore, open_store
+from cats.cas.store.local import LocalStore
+from cats.config import home
+from cats.errors import BlockNotFound, CarError, CatsError, IntegrityError
+from cats.identity import Identity
+from cats.identity.requests import RequestRejected, verify_request
+from cats.identity.trust import Trust
+from cats.mesh.node import models as m
+from cats.mesh.node.nonces import Nonces
+from cats.mesh.node.orders import OrderRejected, OrderRow, OrderTable, Runner, Worker, check_present, load_order
+
+log = logging.getLogger("cats.node")
+
+RAW = "application/vnd.ipld.raw"
+CAR = "application/vnd.ipld.car"
+CAR_TYPE = f"{CAR}; version=1; order=dfs; dups=n"  # parents first, each block once (trustless gateway terms)
+DEFAULT_MAX_BODY = 256 << 20
+CHUNK = 256 << 10  # bytes of CAR sections gathered before they are sent
+_IMMUTABLE = {"Cache-Control": "public, max-age=29030400, immutable", "X-Content-Type-Options": "nosniff"}
+_CHALLENGE = {"WWW-Authenticate": 'CatsSignature headers="x-cats-key x-cats-date x-cats-nonce x-cats-digest '
+                                  'x-cats-signature"'}
+
+_WHY = {
+    400: "Malformed CID, CAR or envelope; a block that does not match its CID; a block an Order needs is missing",
+    401: "Unsigned, stale, altered or replayed request",
+    403: "A valid signature from a DID this node does not trust (or not the order's submitter)",
+    404: "Not on this node",
+    406: "Neither format=raw nor format=car (nor the Accept header) asked for",
+    413: "The body is larger than CATS_NODE_MAX_BODY",
+    422: "Malformed request, or a block that is not what the route serves (a BOM, an Order)",
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_SIGNATURE = APIKeyHeader(
+    name="X-Cats-Signature", scheme_name="CatsSignature", auto_error=False,
+    description="A signed request (`cats.identity.requests.sign_request`): X-Cats-Key (the signer's did:key), "
+                "X-Cats-Date, X-Cats-Nonce, X-Cats-Digest (sha-256 of the body) and X-Cats-Signature (Ed25519 over "
+                "method, path with query, date, nonce, digest and DID), from a DID on the node's trust list.")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": m.ErrorBody, "description": _WHY[code]} for code in codes}
+
+
+def _json_body(model: type[Any], description: str) -> dict[str, Any]:
+    """An OpenAPI request body for a route that reads and checks its JSON body itself (after the signature)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # the models it refers to are in the components through the routes' answers
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"application/json": {"schema": schema}}}}
+
+
+def max_body() -> int:
+    text = os.environ.get("CATS_NODE_MAX_BODY")
+    if not text:
+        return DEFAULT_MAX_BODY
+    try:
+        value = int(text)
+    except ValueError:
+        raise CatsError(f"CATS_NODE_MAX_BODY={text!r} is not a number of bytes") from None
+    if value < 1:
+        raise CatsError(f"CATS_NODE_MAX_BODY={text!r} must be at least 1")
+    return value
+
+
+def _cid(text: str) -> CID:
+    try:
+        return CID.parse(text)
+    except (CatsError, ValueError) as e:
+        raise HTTPException(400, f"{text!r} is not a CID: {e}") from None
+
+
+@dataclass(frozen=True)
+class Signed:
+    did: str
+    body: bytes
+
+
+@dataclass
+class NodeState:
+    """What the routes share: the node's store, identity and the state files in CATS_HOME."""
+
+    store: BlockStore
+    identity: Identity
+    trust: Trust
+    signatures: Signatures
+    pins: Pins
+    nonces: Nonces
+    orders: OrderTable
+    worker: Worker
+    private: bool
+    max_body: int
+
+
+def _runner(store: BlockStore, folder: Path) -> Runner:
+    if not isinstance(store, LocalStore):
+        raise CatsError(f"a node runs Orders over an on-disk store its Ray workers can open; {type(store).__name__} "
+                        "lives in this process only")
+    return Runner(store.root, folder / "runs")
+
+
+def _status(row: OrderRow) -> m.OrderStatus:
+    return m.OrderStatus.model_validate({"id": row.id, "status": row.status, "order": row.order, "bom": row.bom,
+                                         "output": row.output, "error": row.error})
+
+
+class _CutShort(Exception):
+    """A block deeper in a CAR's DAG cannot be sent; the stream ends without its final chunk."""
+
+
+class _CarResponse(StreamingResponse):
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except _CutShort:
+            return  # the server closes the connection: the client sees an incomplete transfer
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _section(cid: CID, block: bytes) -> bytes:
+    raw = bytes(cid)
+    return varint.encode(len(raw) + len(block)) + raw + block
+
+
+def _car(store: BlockStore, root: CID, first: bytes, whole: bool) -> Iterator[bytes]:
+    """A CARv1 with one root: the root block (read already), then, if whole, the rest of its DAG."""
+    header = dagcbor.encode({"roots": [root], "version": 1})
+    pending = bytearray(varint.encode(len(header)) + header + _section(root, first))
+    if whole:
+        blocks = walk(store, root)
+        try:
+            next(blocks)  # the root, sent already
+            for cid in blocks:
+                pending += _section(cid, store.get(cid))
+                if len(pending) >= CHUNK:
+                    out = bytes(pending)
+                    pending.clear()
+                    yield out
+        except CatsError as e:
+            if pending:
+                yield bytes(pending)
+            log.warning("CAR of %s cut short: %s", root, e)
+            raise _CutShort(str(e)) from None
+    yield bytes(pending)
+
+
+def _authenticate(request: Request, body: bytes) -> str:
+    """The trusted DID that signed this request; 401 or 403 otherwise."""
+    node: NodeState = request.app.state.node
+    path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+    if query := request.scope.get("query_string", b""):
+        path += "?" + query.decode("latin-1")
+    try:
+        did = verify_request(request.headers, request.method, path, body, seen=node.nonces.seen)
+    except RequestRejected as e:
+        raise HTTPException(e.status, str(e), headers=_CHALLENGE) from None
+    if did not in node.trust:
+        raise HTTPException(403, f"{did} is not trusted by this node (its operator adds it with "
+                                 f"`cats mesh trust add {did}`)")
+    return did
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed the node's limit."""
+    limit = request.app.state.node.max_body
+    length = request.headers.get("content-length")
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise HTTPException(413, f"the body of {int(length)} bytes is larger than this node takes "
+                                 f"(CATS_NODE_MAX_BODY={limit}); send it in smaller parts")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the body is larger than this node takes (CATS_NODE_MAX_BODY={limit}); "
+                                     "send it in smaller parts")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _writer(request: Request) -> Signed:
+    body = await _read_body(request)
+    return Signed(await run_in_threadpool(_authenticate, request, body), body)
+
+
+async def _signed_get(request: Request) -> str:
+    return await run_in_threadpool(_authenticate, request, b"")
+
+
+async def _reader(request: Request) -> str | None:
+    private = request.app.state.node.private
+    return await run_in_threadpool(_authenticate, request, b"") if private else None
+
+
+Writer = Annotated[Signed, Depends(_writer)]
+CidPath = Annotated[str, PathParam(description="a CID: CIDv0 (Qm…) or CIDv1 in any multibase",
+                                   examples=["bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"])]
+
+
+def create_app(folder: Path, *, private: bool = False, store: BlockStore | None = None,
+               runner: Callable[[str, str], tuple[str, str]] | None = None) -> FastAPI:
+    """The application over CATS_HOME's store, identity, trust list, signatures and pins, with its own
+    state (nonces, orders) in `folder` (normally `cats.mesh.node.state_dir()`)."""
+    store = store or open_store()
+    orders = OrderTable(folder / "orders.sqlite")
+    node = NodeState(store=store, identity=Identity.load(), trust=Trust(), signatures=Signatures(),
+                     pins=Pins(home() / "pins"), nonces=Nonces(folder / "nonces.sqlite"), orders=orders,
+                     worker=Worker(orders, runner or _runner(store, folder)), private=private, max_body=max_body())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        node.worker.start()
+        yield
+        if node.worker.stop(timeout=2.0):
+            node.orders.close()
+        node.nonces.close()
+
+    app = FastAPI(title="CAT Node", version=__version__, lifespan=lifespan,
+                  description="Serves this node's blocks (as an IPFS trustless gateway: raw blocks and CARs), BOMs, "
+                              "their signatures and lineage, and accepts blocks, pins, countersignatures and Orders "
+                              "from the peers it trusts, as signed requests. "
+                              + ("Private: every read needs a signed request from a trusted peer."
+                                 if private else "Reads are open to anyone."))
+    app.state.node = node
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in error.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+        return JSONResponse({"detail": "invalid request: " + "; ".join(problems)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _failed(request: Request, error: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"detail": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+
+    signed = [Security(_SIGNATURE)]
+    reads = [Depends(_reader), *(signed if private else [])]
+    read_errors = (401, 403) if private else ()
+
+    @app.get("/id", response_model=m.NodeId, dependencies=reads, responses=_errors(*read_errors),
+             summary="Who this node is")
+    async def ident() -> m.NodeId:
+        return m.NodeId(did=node.identity.did, version=__version__, private=node.private)
+
+    @app.get("/ipfs/{cid}", response_class=Response, dependencies=reads,
+             responses={200: {"description": "The block (format=raw), or the DAG as a CARv1 (format=car)",
+                              "content": {RAW: _BINARY, CAR: _BINARY}},
+                        **_errors(400, *read_errors, 404, 406, 422)},
+             summary="A block, or its DAG as a CAR (IPFS trustless gateway)",
+             description="Ask for `format=raw` (or `Accept: application/vnd.ipld.raw`) for the block's bytes, "
+                         "`format=car` (or `Accept: application/vnd.ipld.car`) for a CARv1 whose one root is the "
+                         "CID and whose blocks are the whole DAG, parents before children, each once; with "
+                         "`dag-scope=block`, the block alone. A CAR whose root is here is answered 200 and streamed; "
+                         "if a block deeper in the DAG is missing, the stream ends without its final chunk.")
+    def ipfs(request: Request, cid: CidPath,
+             # plain strings, checked here: another format is answered 406 and another scope 400, not 422
+             format: Annotated[str, Query(description="raw or car (takes precedence over Accept)",
+                                          json_schema_extra={"enum": ["raw", "car"]})] = None,  # type: ignore[assignment]
+             dag_scope: Annotated[str, Query(alias="dag-scope", description="all (default) or block",
+                                             json_schema_extra={"enum": ["all", "block"]})] = None,  # type: ignore[assignment]
+             ) -> Response:
+        parsed = _cid(cid)
+        kind = _negotiate(format, request.headers.get("accept", ""))
+        scope = dag_scope or "all"
+        if kind == "car" and scope not in ("all", "block"):
+            raise HTTPException(400, f"dag-scope={scope!r} is not served: ask for dag-scope=all (the default) or "
+                                     "dag-scope=block")
+        try:
+            block = node.store.get(parsed)
+        except BlockNotFound:
+            raise HTTPException(404, f"block {parsed} is not on this node") from None
+        except IntegrityError as e:
+            raise HTTPException(500, f"{e}; it is not served") from None
+        if kind == "raw":
+            return Response(block, media_type=RAW, headers={"ETag": f'"{parsed}.raw"', **_IMMUTABLE})
+        whole = scope == "all"
+        etag = f'"{parsed}.car"' if whole else f'"{parsed}.block.car"'
+        return _CarResponse(_car(node.store, parsed, block, whole), media_type=CAR_TYPE,
+                            headers={"ETag": etag, **_IMMUTABLE})
+
+    @app.get("/bom/{cid}", dependencies=reads,
+             responses={200: {"description": "The BOM (its DAG-CBOR block as JSON)",
+                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BOM"}}}},
+                        **_errors(400, *read_errors, 404, 422)},
+             summary="A BOM as JSON")
+    def bom(cid: CidPath) -> JSONResponse:
+        parsed = _bom_here(node.store, cid)
+        try:
+            found = load_bom(node.store, parsed)
+        except BlockNotFound:
+            raise HTTPException(404, f"BOM {parsed} is not on this node") from None
+        except IntegrityError as e:
+            raise HTTPException(500, str(e)) from None
+        except CatsError as e:
+            raise HTTPException(422, str(e)) from None
+        return JSONResponse(found.model_dump(mode="json"))
+
+    @app.get("/bom/{cid}/signatures", dependencies=reads,
+             responses={200: {"model": Envelope, "description": "The DSSE envelope of every signature kept"},
+                        **_errors(400, *read_errors, 404, 422)},
+             summary="The signatures over a BOM")
+    def signatures(cid: CidPath) -> JSONResponse:
+        parsed = _cid(cid)
+        envelope = node.signatures.get(parsed)
+        if envelope is None:
+            raise HTTPException(404, f"no signatures over BOM {parsed} on this node")
+        return JSONResponse(envelope.model_dump())
+
+    @app.get("/lineage/{cid}", response_model=m.Lineage, dependencies=reads,
+             responses=_errors(400, *read_errors, 404, 422),
+             summary="A BOM's lineage: its ancestors and, from this node's run index, its descendants")
+    def lineage(cid: CidPath) -> JSONResponse:
+        from cats.bom import lineage as lin
+        from cats.bom.index import Index
+
+        parsed = _bom_here(node.store, cid)
+        path = home() / "index.sqlite"
+        index = Index(path) if path.exists() else None
+        try:
+            g = lin.graph(node.store, parsed, index)
+        except BlockNotFound:
+            raise HTTPException(404, f"BOM {parsed} is not on this node") from None
+        except IntegrityError as e:
+            raise HTTPException(500, str(e)) from None
+        except CatsError as e:
+            raise HTTPException(422, str(e)) from None
+        finally:
+            if index is not None:
+                index.close()
+        return JSONResponse(json.loads(lin.to_json(g)))
+
+    @app.post("/blocks", response_model=m.Imported, dependencies=signed,
+              responses=_errors(400, 401, 403, 413),
+              openapi_extra={"requestBody": {"required": True,
+                                             "description": "A CARv1 (read as one whatever the Content-Type); "
+                                                            "every block is checked against its CID, all or nothing",
+                                             "content": {CAR: _BINARY, "application/octet-stream": _BINARY}}},
+              summary="Store the blocks of a CAR")
+    def blocks(signer: Writer) -> m.Imported:
+        try:
+            roots, count = import_car(node.store, io.BytesIO(signer.body))
+        except CarError as e:
+            raise HTTPException(400, str(e)) from None
+        log.info("%s pushed %d blocks (roots %s)", signer.did, count, ", ".join(map(str, roots)))
+        return m.Imported(roots=[str(r) for r in roots], blocks=count)
+
+    @app.post("/pins/{cid}", response_model=m.Pinned, dependencies=signed,
+              responses=_errors(400, 401, 403, 404, 413, 422),
+              summary="Pin a DAG that is all here")
+    def pin(cid: CidPath, signer: Writer) -> m.Pinned:
+        parsed = _cid(cid)
+        try:
+            count = node.pins.add(node.store, parsed)
+        except BlockNotFound as e:
+            missing = e.cid if e.cid is not None else parsed
+            raise HTTPException(404, f"cannot pin {parsed}: block {missing} is not on this node (push the whole "
+                                     "DAG first)") from None
+        except IntegrityError as e:
+            raise HTTPException(500, str(e)) from None
+        except CatsError as e:
+            raise HTTPException(422, f"cannot pin {parsed}: {e}") from None
+        return m.Pinned(pinned=str(parsed), blocks=count)
+
+    @app.post("/bom/{cid}/signatures", dependencies=signed,
+              responses={200: {"model": Envelope, "description": "The envelope with every signature now kept"},
+                         **_errors(400, 401, 403, 413, 422)},
+              openapi_extra=_json_body(Envelope, "A DSSE envelope over the BOM's CID; its valid signatures are "
+                                                 "kept, forged ones dropped"),
+              summary="Add signatures (countersign) a BOM")
+    def countersign(cid: CidPath, signer: Writer) -> JSONResponse:
+        parsed = _cid(cid)
+        try:
+            envelope = Envelope.model_validate_json(signer.body)
+        except ValidationError as e:
+            raise HTTPException(400, f"the body is not a DSSE envelope: {_first_error(e)}") from None
+        try:
+            over = envelope.bom
+            if over.to_v1() != parsed.to_v1():
+                raise HTTPException(400, f"the envelope is over {over}, not {parsed}")
+            merged = node.signatures.add(envelope)
+        except CatsError as e:
+            raise HTTPException(400, str(e)) from None
+        log.info("%s added signatures over %s: %s", signer.did, parsed, ", ".join(merged.signers()))
+        return JSONResponse(merged.model_dump())
+
+    @app.post("/orders", response_model=m.OrderStatus, response_model_exclude_none=True, status_code=202,
+              dependencies=signed, responses=_errors(400, 401, 403, 413, 422),
+              openapi_extra=_json_body(m.OrderRequest, "The CID of a sealed Order whose blocks were pushed"),
+              summary="Run an Order on this node")
+    def submit(signer: Writer) -> m.OrderStatus:
+        try:
+            text = json.loads(signer.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise HTTPException(400, f"the body is not JSON: {e}") from None
+        try:
+            request = m.OrderRequest.model_validate(text)
+        except ValidationError as e:
+            raise HTTPException(422, f"invalid request: {_first_error(e)}") from None
+        cid = _cid(request.order)
+        try:
+            check_present(node.store, cid, load_order(node.store, cid))
+        except OrderRejected as e:
+            raise HTTPException(e.status, str(e)) from None
+        row = node.orders.create(str(cid), signer.did)
+        node.worker.submit(row.id)
+        log.info("%s submitted order %s (%s)", signer.did, row.id, cid)
+        return _status(row)
+
+    @app.get("/orders/{id}", response_model=m.OrderStatus, response_model_exclude_none=True,
+             dependencies=signed, responses=_errors(401, 403, 404, 422),
+             summary="An order's status, for its submitter")
+    def order_status(id: Annotated[str, PathParam(description="the id POST /orders answered")],
+                     did: Annotated[str, Depends(_signed_get)]) -> m.OrderStatus:
+        row = node.orders.get(id)
+        if row is None:
+            raise HTTPException(404, f"no order {id} on this node")
+        if row.submitter != did:
+            raise HTTPException(403, f"order {id} was submitted by {row.submitter}; only its submitter follows it")
+        return _status(row)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus the BOM's: CIDs are strings in JSON, which only its validation schema can say."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            bom_schema = BOM.model_json_schema(mode="validation", ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update({**bom_schema.pop("$defs", {}), "BOM": bom_schema})
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _bom_here(store: BlockStore, text: str) -> CID:
+    """The CID, if its block is here (whatever its codec): 400 malformed, 404 absent."""
+    cid = _cid(text)
+    if not store.has(cid):
+        raise HTTPException(404, f"BOM {cid} is not on this node")
+    return cid
+
+
+def _first_error(error: ValidationError) -> str:
+    problems = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()))
+        problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    return "; ".join(problems)
+
+
+def _negotiate(format: str | None, accept: str) -> str:
+    """"raw" or "car", from ?format= or else the Accept header; 406 otherwise."""
+    if format is not None:
+        if format in ("raw", "car"):
+            return format
+        raise HTTPException(406, f"format={format!r} is not served: ask for format=raw (the block) or format=car "
+                                 "(its DAG as a CAR)")
+    for part in accept.split(","):
+        media = part.split(";")[0].strip().lower()
+        if media == RAW:
+            return "raw"
+        if media == CAR:
+            return "car"
+    raise HTTPException(406, "ask for a format: ?format=raw or Accept: application/vnd.ipld.raw for the block, "
+                             "?format=car or Accept: application/vnd.ipld.car for its DAG as a CAR")
+
+
+def serve(folder: Path, sock: socket.socket, *, private: bool = False, log_level: str = "warning",
+          ready: Callable[[FastAPI], None] | None = None) -> None:
+    """Run the node on the socket until SIGINT or SIGTERM, then shut down gracefully (an order still running
+    is stopped and recorded as interrupted) and return normally."""
+    import uvicorn
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.getLevelName(log_level.upper()) if log_level.upper() in logging.getLevelNamesMapping()
+                 else logging.DEBUG)
+    app = create_app(folder, private=private)
+    if ready is not None:
+        ready(app)
+    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on these signals and then raises them again for the handlers it found;
+    # with Python's defaults that would kill the process (SIGTERM) or raise KeyboardInterrupt (SIGINT).
+    saved = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for s, previous in saved.items():
+            signal.signal(s, previous)
+        with contextlib.suppress(OSError):
+            sock.close()
+        log.removeHandler(handler)

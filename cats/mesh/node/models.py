@@ -1,0 +1,71 @@
+"""The node's wire format (pydantic): what its JSON answers look like, for the app and its OpenAPI.
+
+Every error is `ErrorBody` (`{"detail": "..."}`), validation errors included.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="what went wrong, naming the CID, DID or field")
+
+
+class NodeId(BaseModel):
+    did: str = Field(description="the node's did:key; it signs every BOM the node makes")
+    version: str = Field(description="the CATs version the node runs")
+    private: bool = Field(description="whether reads need a signed request from a trusted peer")
+
+
+class Imported(BaseModel):
+    roots: list[str] = Field(description="the CAR's roots")
+    blocks: int = Field(description="blocks in the CAR, each checked against its CID")
+
+
+class Pinned(BaseModel):
+    pinned: str = Field(description="the DAG's root")
+    blocks: int = Field(description="blocks of the DAG, all present")
+
+
+class OrderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order: str = Field(description="CID of a sealed Order block already pushed to this node, with every block "
+                                   "it names (code, lock, IaC, input DAGs)")
+
+
+class OrderStatus(BaseModel):
+    id: str = Field(description="the order's id on this node")
+    status: Literal["queued", "running", "done", "failed"]
+    order: str | None = Field(default=None, description="the Order's CID")
+    bom: str | None = Field(default=None, description="the BOM's CID, once done")
+    output: str | None = Field(default=None, description="the output's CID, once done")
+    error: str | None = Field(default=None, description="why it failed")
+
+
+class LineageNode(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    cid: str
+    name: str | None
+    order: str | None
+    inputs: list[str]
+    outputs: list[str]
+    started: str | None
+    slices: int | None
+    missing: bool = Field(description="a parent whose block is absent here or is not a BOM")
+    error: str | None
+
+
+class LineageEdge(BaseModel):
+    parent: str
+    child: str
+
+
+class Lineage(BaseModel):
+    root: str
+    nodes: list[LineageNode] = Field(description="BOMs, parents before children")
+    edges: list[LineageEdge]

@@ -1,0 +1,50 @@
+"""One Order run by the Factory in a process of its own, for the node's worker thread.
+
+    python -m cats.mesh.node.runner ORDER_CID STORE_DIR RESULT.json
+
+The Order block (sealed, admitted by the node) is read from the on-disk store in STORE_DIR and run with
+`cats.factory.run` on the embedded local Ray, or on RAY_ADDRESS's; its BOM is signed with CATS_HOME's
+identity, the node's. RESULT.json gets `{"bom", "output"}`, or `{"error"}` when the run fails. SIGINT
+stops the run (and the Ray it started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _write(path: Path, answer: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(answer))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    order_cid, store_dir, result = argv
+    from cats import factory
+    from cats.cas.cid import CID
+    from cats.cas.store.local import LocalStore
+    from cats.errors import CatsError
+    from cats.mesh.node.orders import load_order
+
+    try:
+        store = LocalStore(store_dir)
+        run = factory.run(load_order(store, CID.parse(order_cid)), store=store, quiet=True)
+    except CatsError as e:
+        _write(Path(result), {"error": str(e)})
+        return 1
+    except KeyboardInterrupt:
+        _write(Path(result), {"error": "interrupted"})
+        return 130
+    except Exception as e:  # reported to the submitter, with its type: not one of CATs' own errors
+        _write(Path(result), {"error": f"{type(e).__name__}: {e}"})
+        raise
+    _write(Path(result), {"bom": str(run.bom), "output": str(run.output)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
