@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import jobs
 import pytest
 from conftest import Result
@@ -227,6 +228,7 @@ class RealNode:
 
     base: Path
     ray: str
+    private: bool = False
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -254,8 +256,9 @@ class RealNode:
         out, err = self.base / "node.out", self.base / "node.err"
         out.write_bytes(b"")
         with open(out, "ab") as o, open(err, "ab") as e:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cats", "node", "start", "--port", str(self.port)],
-                                         stdout=o, stderr=e, env={**os.environ, **self.env()})
+            args = ["node", "start", "--port", str(self.port), *(["--private"] if self.private else [])]
+            self.proc = subprocess.Popen([sys.executable, "-m", "cats", *args], stdout=o, stderr=e,
+                                         env={**os.environ, **self.env()})
         deadline = time.monotonic() + 60
         while "listening on" not in out.read_text():
             assert self.proc.poll() is None, err.read_text()
@@ -310,7 +313,8 @@ def mesh(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     from cats.order import Function, Order
 
     work = tmp_path_factory.mktemp("mesh")
-    a, b, c = (RealNode(work / name, ray_session) for name in "abc")
+    a, b = RealNode(work / "a", ray_session), RealNode(work / "b", ray_session)
+    c = RealNode(work / "c", ray_session, private=True)
     for node in (a, b, c):
         node.home.mkdir(parents=True)
     # A produces, in its own home, before it starts
@@ -322,9 +326,11 @@ def mesh(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         run = factory.run(Order(function=Function(entry="mesh_reverse:reverse", source=src), inputs=[inputs],
                                 name="reverse"), quiet=True)
     big = _add(a.store, _random(BIG, seed=42))
-    # A trusts B (B may push and submit there); B trusts A; nobody trusts C
+    # A trusts B (B may push and submit there); B trusts A; nobody trusts C, whose node is private
+    # and trusts B alone (only B may read it)
     Trust(a.home / "trust.json").add(b.did, name="b", url=b.url)
     Trust(b.home / "trust.json").add(a.did, name="a", url=a.url)
+    Trust(c.home / "trust.json").add(b.did, name="b", url=b.url)
     _start_all(a, b, c)
     try:
         yield Mesh(a, b, c, run.bom, big, work)
@@ -391,6 +397,18 @@ def test_a_stranger_is_refused(mesh: Mesh, tmp_path: Path) -> None:
     # reading an open node needs no trust
     res = c.cli("mesh", "pull", str(mesh.bom), "--from", a.url, "--json")
     assert res.code == 0, res.err
+
+
+@pytest.mark.slow
+def test_a_private_node_is_read_by_the_peers_it_trusts_only(mesh: Mesh) -> None:
+    a, b, c = mesh.a, mesh.b, mesh.c
+    secret = _add(c.store, _random(600_000, seed=13))
+    assert httpx.get(f"{c.url}/ipfs/{secret}?format=raw").status_code == 401
+    res = b.cli("mesh", "pull", str(secret), "--from", c.url, "--json")  # C trusts B: reads are signed
+    assert res.code == 0, res.err
+    assert json.loads(res.out)["fetched_blocks"] == len(list(walk(c.store, secret)))
+    a.cli("mesh", "pull", str(secret), "--from", c.url).error_line(c.url, "403", a.did)
+    assert not a.store.has(secret)
 
 
 def _order_file(folder: Path, module: str, text: str) -> Path:

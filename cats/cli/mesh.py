@@ -28,7 +28,8 @@ def _print_json(value: object) -> None:
 def _err():  # noqa: ANN202 - rich is imported lazily
     from rich.console import Console
 
-    return Console(stderr=True, emoji=False)  # a DID holds ":key:", which rich would draw as an emoji
+    console = Console(stderr=True, emoji=False)  # a DID holds ":key:", which rich would draw as an emoji
+    return console if console.is_terminal else Console(stderr=True, emoji=False, width=1 << 12)  # never wrap a CID
 
 
 def _size(n: float) -> str:

@@ -13,6 +13,7 @@ walks the DAG locally and asks only for the subtrees that are still missing.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import time
 from collections import deque
@@ -42,6 +43,10 @@ MAX_SECTION = (4 << 20) + 128  # the largest block any IPFS implementation write
 PUSH_BATCH = 32 << 20  # bytes of blocks per POST /blocks: each batch is signed, so it sits in memory
 
 
+_Response = http.client.HTTPResponse
+_Connection = http.client.HTTPConnection
+
+
 class MeshError(CatsError):
     """A node refused a request, answered nonsense, or could not be reached. `status` is the HTTP status, if any."""
 
@@ -63,6 +68,7 @@ class Node:
             raise MeshError(f"node URL {url!r} must start with http:// or https://", url=url)
         self.url = url.rstrip("/")
         self.identity = identity
+        self.timeout = timeout
         self._sign_reads = False
         self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
                                   follow_redirects=False, headers={"User-Agent": "cats-mesh"})
@@ -101,7 +107,7 @@ class Node:
             if stream:
                 response.read()
             response.close()
-            raise self._refused(method, path, response)
+            raise self._refused(method, path, response.status_code, response.content, response.reason_phrase)
         return response
 
     def _transport(self, request: httpx.Request, stream: bool) -> httpx.Response:
@@ -113,16 +119,16 @@ class Node:
         except httpx.TransportError as e:
             raise MeshError(f"cannot reach node at {self.url}: {_reason(e)}", url=self.url) from None
 
-    def _refused(self, method: str, path: str, response: httpx.Response) -> MeshError:
+    def _refused(self, method: str, path: str, status: int, body: bytes, reason: str) -> MeshError:
         try:
-            detail = response.json().get("detail")
+            detail = json.loads(body).get("detail")
         except (ValueError, AttributeError):
             detail = None
         if not isinstance(detail, str):
-            detail = json.dumps(detail) if detail is not None else (response.text.strip()[:200] or
-                                                                     response.reason_phrase)
-        return MeshError(f"node at {self.url} answered {response.status_code} to {method} {path.split('?')[0]}: "
-                         f"{detail}", status=response.status_code, url=self.url)
+            detail = json.dumps(detail) if detail is not None else (body.decode(errors="replace").strip()[:200]
+                                                                     or reason)
+        return MeshError(f"node at {self.url} answered {status} to {method} {path.split('?')[0]}: {detail}",
+                         status=status, url=self.url)
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         response = self._send(method, path, **kw)
@@ -150,16 +156,59 @@ class Node:
     def car(self, cid: CID, *, scope: str | None = None) -> Iterator[Iterator[tuple[CID, memoryview]]]:
         """The DAG under cid as (CID, block) pairs as they stream in (not yet verified: the caller does)."""
         query = "format=car" + (f"&dag-scope={scope}" if scope else "")
-        response = self._send("GET", f"/ipfs/{cid}?{query}", headers={"Accept": CAR}, stream=True)
+        response, conn = self._stream(f"/ipfs/{cid}?{query}", {"Accept": CAR})
         try:
-            yield read_car(self._chunks(response), f"{self.url}/ipfs/{cid}", root=cid)
+            yield read_car(self._pieces(response), f"{self.url}/ipfs/{cid}", root=cid)
         finally:
             response.close()
+            conn.close()
 
-    def _chunks(self, response: httpx.Response) -> Iterator[bytes]:
+    # CAR streams come through http.client, on a connection of their own: it hands over what the
+    # socket has in pieces of up to 1 MiB, where httpx reads 64 KiB at a time through h11, and on
+    # loopback it receives a 200 MB CAR in about 0.45 s where httpx takes 0.6-0.7 s.
+    def _stream(self, path: str, headers: dict[str, str]) -> tuple[_Response, _Connection]:
+        import ssl
+
+        while True:
+            signed = self._sign_reads
+            request = self._build("GET", path, b"", headers, signed)
+            url = request.url
+            if url.scheme == "https":
+                conn: _Connection = http.client.HTTPSConnection(
+                    url.host, url.port, timeout=self.timeout, context=ssl.create_default_context())
+            else:
+                conn = http.client.HTTPConnection(url.host, url.port, timeout=self.timeout)
+            sent = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "accept-encoding")}
+            try:
+                conn.request("GET", url.raw_path.decode(), headers=sent)
+                response = conn.getresponse()
+            except TimeoutError:
+                conn.close()
+                raise MeshError(f"node at {self.url} did not answer GET {path.split('?')[0]} in time",
+                                url=self.url) from None
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                raise MeshError(f"cannot reach node at {self.url}: {_reason(e)}", url=self.url) from None
+            if response.status in (401, 403) and not signed and self.identity is not None:
+                conn.close()  # a private node: sign reads from now on
+                self._sign_reads = True
+                continue
+            if response.status >= 400:
+                try:
+                    body = response.read()
+                except (OSError, http.client.HTTPException):
+                    body = b""
+                conn.close()
+                raise self._refused("GET", path, response.status, body, response.reason)
+            return response, conn
+
+    def _pieces(self, response: _Response) -> Iterator[bytes]:
         try:
-            yield from response.iter_raw()
-        except httpx.TransportError as e:
+            while piece := response.read1(1 << 20):
+                yield piece
+        except TimeoutError:
+            raise MeshError(f"node at {self.url} stopped sending for {self.timeout:g} s", url=self.url) from None
+        except (OSError, http.client.HTTPException) as e:
             raise MeshError(f"connection to node at {self.url} lost mid-transfer: {_reason(e)}",
                             url=self.url) from None
 
