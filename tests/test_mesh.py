@@ -63,12 +63,14 @@ def _cli(home: Path, *args: str, **env: str) -> Result:
 @dataclass
 class FakeNode:
     """Serves /id, /ipfs/{cid}?format=car|raw and /bom/{cid}/signatures from a store; can corrupt a
-    block (`corrupt[cid] = bytes`) or end every CAR stream after `stop_after` blocks."""
+    block (`corrupt[cid] = bytes`), end every CAR stream cleanly after `stop_after` blocks, or cut it
+    (half a section, then the connection closes without the final chunk) after `cut_after` blocks."""
 
     store: MemoryStore = field(default_factory=MemoryStore)
     corrupt: dict[CID, bytes] = field(default_factory=dict)
     envelopes: dict[CID, bytes] = field(default_factory=dict)
     stop_after: int | None = None
+    cut_after: int | None = None
     log: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -112,7 +114,12 @@ def fake() -> Iterator[FakeNode]:
             self.send_header("Content-Type", "application/vnd.ipld.car")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for piece in state.car(cid):
+            for i, piece in enumerate(state.car(cid)):
+                if state.cut_after is not None and i > state.cut_after:
+                    half = piece[:len(piece) // 2]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(half), half))
+                    self.close_connection = True
+                    return
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
             self.wfile.write(b"0\r\n\r\n")
 
@@ -179,14 +186,20 @@ def test_a_corrupted_block_is_refused_naming_its_cid(fake: FakeNode, tmp_path: P
         node.block(bad)
 
 
-def test_a_stream_that_stops_early_is_completed_by_further_requests(fake: FakeNode, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["stop", "cut"])
+def test_a_stream_that_stops_early_is_completed_by_further_requests(fake: FakeNode, tmp_path: Path,
+                                                                    how: str) -> None:
     root = _add(fake.store, _random(3_000_000, seed=9))
     total = len(list(walk(fake.store, root)))
-    fake.stop_after = 4  # the node ends every CAR after 4 blocks, as one missing deeper blocks does
+    if how == "stop":
+        fake.stop_after = 4  # every CAR ends cleanly after 4 blocks
+    else:
+        fake.cut_after = 4  # every CAR breaks off inside its 5th block, as a real node missing it does
     here = LocalStore(tmp_path / "blocks")
     report = pull(here, root, fake.url, signatures=Signatures(tmp_path / "sigs"))
     assert report.blocks == report.fetched_blocks == total
     assert report.requests > 1 and report.skipped_blocks == 0
+    assert report.cut == (0 if how == "stop" else 1)  # the later requests are for single leaves
     assert sum(1 for _ in walk(here, root, read_leaves=True)) == total
     # pulling again asks for nothing
     fake.log.clear()
@@ -488,6 +501,18 @@ def test_a_node_killed_mid_pull_loses_nothing_and_the_pull_resumes(mesh: Mesh) -
     assert report["duplicate_blocks"] == 0
     assert report["present_bytes"] + report["fetched_bytes"] == sum(len(a.store.get(c)) for c in total)
     assert all(here.get(cid) for cid in total)
+
+
+@pytest.mark.slow
+def test_a_block_the_node_lacks_is_named(mesh: Mesh, tmp_path: Path) -> None:
+    a = mesh.a
+    root = _add(a.store, _random(1_500_000, seed=21))
+    lost = list(walk(a.store, root))[3]
+    a.store.delete(lost)  # A's CAR of root now breaks off where this block should be
+    here = LocalStore(tmp_path / "blocks")
+    with pytest.raises(MeshError, match=f"answered 404 to GET /ipfs/{lost}"):
+        pull(here, root, a.url, signatures=Signatures(tmp_path / "sigs"))
+    assert here.has(root) and not here.has(lost)
 
 
 @pytest.mark.slow

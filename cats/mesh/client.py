@@ -56,6 +56,11 @@ class MeshError(CatsError):
         self.url = url
 
 
+class StreamCut(MeshError):
+    """A CAR stream stopped before its end: the connection dropped, or the node lacks a deeper block
+    (it then closes the connection rather than send a CAR that merely looks complete)."""
+
+
 # -- the HTTP client ------------------------------------------------------------------------------------
 
 
@@ -209,7 +214,7 @@ class Node:
         except TimeoutError:
             raise MeshError(f"node at {self.url} stopped sending for {self.timeout:g} s", url=self.url) from None
         except (OSError, http.client.HTTPException) as e:
-            raise MeshError(f"connection to node at {self.url} lost mid-transfer: {_reason(e)}",
+            raise StreamCut(f"connection to node at {self.url} lost mid-transfer: {_reason(e)}",
                             url=self.url) from None
 
     def bom(self, cid: CID) -> dict[str, Any]:
@@ -326,7 +331,7 @@ def read_car(chunks: Iterable[bytes], where: str, root: CID | None = None) -> It
         parts = [data[pos:]] if pos < len(data) else []
         size = len(data) - pos
     if size:
-        raise MeshError(f"{where}: the CAR stream ended inside a section ({size} bytes of it arrived)")
+        raise StreamCut(f"{where}: the CAR stream ended inside a section ({size} bytes of it arrived)")
     if not header:
         raise MeshError(f"{where}: empty answer, not a CAR stream")
 
@@ -369,6 +374,7 @@ class PullReport:
     duplicate_blocks: int = 0
     duplicate_bytes: int = 0
     requests: int = 0
+    cut: int = 0  # streams that stopped early; the walk asked again for what they left out
     boms: list[str] = field(default_factory=list)
     signers: dict[str, list[str]] = field(default_factory=dict)
     duration_s: float = 0.0
@@ -446,9 +452,9 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
             else:
                 size = _stored_size(store, here)
                 if size is None:
-                    _fetch_subtree(node, here, report, writer, arrived, received, boms, progress)
+                    cut = _fetch_subtree(node, here, report, writer, arrived, received, boms, progress)
                     if key not in arrived:
-                        raise MeshError(f"node at {node.url} did not send {here}", url=node.url)
+                        raise MeshError(cut or f"node at {node.url} did not send {here}", url=node.url)
                     children = received.pop(key, [])
                 else:
                     report.present_blocks += 1
@@ -527,9 +533,15 @@ class _Mismatch(Exception):
 
 
 def _fetch_subtree(node: Node, root: CID, report: PullReport, writer: _Writer, arrived: set[CID],
-                   received: dict[CID, list[CID]], boms: set[CID], progress: Progress | None) -> None:
-    """Stream the CAR of root's subtree; store each verified block that is not here yet."""
+                   received: dict[CID, list[CID]], boms: set[CID], progress: Progress | None) -> str | None:
+    """Stream the CAR of root's subtree; store each verified block that is not here yet.
+
+    A stream cut short keeps what arrived whole and returns why it stopped: the walk goes on and
+    asks for what is still missing, so a node that lacks a block answers 404 naming it, and a node
+    that went away is met as unreachable.
+    """
     report.requests += 1
+    cut = None
     wanted = {root.to_v1()}  # a block is taken only if the root or a block before it links it
     try:
         with node.car(root) as sections:
@@ -550,14 +562,24 @@ def _fetch_subtree(node: Node, root: CID, report: PullReport, writer: _Writer, a
                 writer.put(cid, block, verified=cid.codec != RAW)
                 if progress is not None:
                     progress(report)
+    except StreamCut as e:
+        report.cut += 1
+        cut = str(e)
+    except BaseException as e:
+        _quietly(writer.drain)
+        if isinstance(e, _Mismatch):
+            raise _mismatch(node, report, e.cid) from None
+        raise
+    try:
         writer.drain()
     except _Mismatch as e:
-        _quietly(writer.drain)
-        raise MeshError(f"node at {node.url} sent a block that does not match {e.cid}; not stored "
-                        f"(pulling {report.root})", url=node.url) from None
-    except BaseException:
-        _quietly(writer.drain)
-        raise
+        raise _mismatch(node, report, e.cid) from None
+    return cut
+
+
+def _mismatch(node: Node, report: PullReport, cid: CID) -> MeshError:
+    return MeshError(f"node at {node.url} sent a block that does not match {cid}; not stored "
+                     f"(pulling {report.root})", url=node.url)
 
 
 def _quietly(action: Callable[[], None]) -> None:
