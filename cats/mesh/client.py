@@ -483,7 +483,7 @@ class _Writer:
     """Hashes and stores raw leaves on a few threads (hashlib and file writes release the GIL) while the
     next blocks come off the network; at most `depth` blocks wait, so memory stays bounded."""
 
-    def __init__(self, store: BlockStore, report: PullReport, threads: int = 4, depth: int = 16) -> None:
+    def __init__(self, store: BlockStore, report: PullReport, threads: int = 4, depth: int = 64) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.store, self.report, self.depth = store, report, depth
