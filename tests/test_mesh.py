@@ -11,13 +11,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +23,7 @@ import httpx
 import jobs
 import pytest
 from conftest import Result
+from nodes import RealNode, run_cli, start_all
 from servers import free_port
 
 from cats.bom.signatures import Envelope, Signature, Signatures, sign
@@ -48,13 +44,6 @@ def _random(n: int, seed: int = 5) -> bytes:
 def _add(store: LocalStore | MemoryStore, data: bytes) -> CID:
     with Importer(store, cid_version=1) as importer:
         return importer.add_bytes(data).cid
-
-
-def _cli(home: Path, *args: str, **env: str) -> Result:
-    proc = subprocess.run([sys.executable, "-m", "cats", *args], capture_output=True, timeout=300,
-                          env={**os.environ, "CATS_HOME": str(home), **env})
-    return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
-                  proc.stdout)
 
 
 # -- a fake node, for what a real one never does ----------------------------------------------------
@@ -177,7 +166,7 @@ def test_a_corrupted_block_is_refused_naming_its_cid(fake: FakeNode, tmp_path: P
     assert all(here.get(cid) for cid in here)  # whatever was stored is whole and verified
     # the CLI: one line naming the CID, exit 1
     home = tmp_path / "cli-home"
-    _cli(home, "mesh", "pull", str(root), "--from", fake.url, "--json").error_line(str(bad), "does not match")
+    run_cli(home, "mesh", "pull", str(root), "--from", fake.url, "--json").error_line(str(bad), "does not match")
     assert not LocalStore(home / "blocks").has(bad)
     # a block that is not the one asked for is refused as well (raw route too)
     from cats.mesh.client import Node
@@ -236,67 +225,6 @@ def test_only_valid_signatures_are_kept(fake: FakeNode, tmp_path: Path) -> None:
 
 
 @dataclass
-class RealNode:
-    """`cats node start` in a subprocess with its own CATS_HOME, joined to the session's Ray."""
-
-    base: Path
-    ray: str
-    private: bool = False
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def home(self) -> Path:
-        return self.base / "home"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def did(self) -> str:
-        return Identity.load(self.home / "identity").did
-
-    @property
-    def store(self) -> LocalStore:
-        return LocalStore(self.home / "blocks")
-
-    def env(self) -> dict[str, str]:
-        return {"CATS_HOME": str(self.home), "RAY_ADDRESS": self.ray}
-
-    def start(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        out, err = self.base / "node.out", self.base / "node.err"
-        out.write_bytes(b"")
-        with open(out, "ab") as o, open(err, "ab") as e:
-            args = ["node", "start", "--port", str(self.port), *(["--private"] if self.private else [])]
-            self.proc = subprocess.Popen([sys.executable, "-m", "cats", *args], stdout=o, stderr=e,
-                                         env={**os.environ, **self.env()})
-        deadline = time.monotonic() + 60
-        while "listening on" not in out.read_text():
-            assert self.proc.poll() is None, err.read_text()
-            assert time.monotonic() < deadline, f"cats node start did not get ready: {err.read_text()}"
-            time.sleep(0.05)
-        line = out.read_text().splitlines()[0]
-        assert line == f"cats node {self.did} listening on {self.url}", line
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=30) == 0, (self.base / "node.err").read_text()
-        self.proc = None
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.proc = None
-
-    def cli(self, *args: str) -> Result:
-        return _cli(self.home, *args, RAY_ADDRESS=self.ray)
-
-
-@dataclass
 class Mesh:
     a: RealNode
     b: RealNode
@@ -307,16 +235,6 @@ class Mesh:
 
 
 BIG = 40 << 20
-
-
-def _start_all(*nodes: RealNode) -> None:
-    threads = [threading.Thread(target=n.start) for n in nodes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for n in nodes:
-        assert n.proc is not None, f"node in {n.base} did not start: {(n.base / 'node.err').read_text()}"
 
 
 @pytest.fixture(scope="module")
@@ -344,7 +262,7 @@ def mesh(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     Trust(a.home / "trust.json").add(b.did, name="b", url=b.url)
     Trust(b.home / "trust.json").add(a.did, name="a", url=a.url)
     Trust(c.home / "trust.json").add(b.did, name="b", url=b.url)
-    _start_all(a, b, c)
+    start_all(a, b, c)
     try:
         yield Mesh(a, b, c, run.bom, big, work)
     finally:
@@ -533,7 +451,7 @@ def test_trust_and_peers(mesh: Mesh, tmp_path: Path) -> None:
     home = tmp_path / "someone"
 
     def cli(*args: str) -> Result:
-        return _cli(home, *args)
+        return run_cli(home, *args)
 
     me = cli("id").out.strip()
     assert me.startswith("did:key:z6Mk") and json.loads(cli("id", "--json").out) == {"did": me}

@@ -40,6 +40,12 @@ class Index:
         row = self.db.execute("SELECT bom FROM outputs WHERE cid = ?", (cid,)).fetchone()
         return row[0] if row else None
 
+    def learn_outputs(self, bom: str, outputs: list[str]) -> None:
+        """Record another node's BOM as the producer of its outputs (pulled lineage), so a local Order
+        reading one names it as parent; what this node produced itself stays as it is."""
+        with self.db:
+            self.db.executemany("INSERT OR IGNORE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])
+
     def save_slices(self, order_cid: str, records: list[dict[str, Any]]) -> None:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO slices VALUES (?, ?, ?)",

@@ -475,8 +475,27 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
         writer.close()
         if own:
             node.close()
+    _learn_lineage(store, report.boms)
     report.duration_s = time.perf_counter() - started
     return report
+
+
+def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
+    """Index the pulled BOMs as producers of their outputs: an Order here that reads one of them
+    then names the other organization's BOM as its parent, and `cats verify --recursive` follows it."""
+    from cats.bom import load
+    from cats.bom.index import Index
+    from cats.config import home
+
+    if not boms:
+        return
+    index = Index(home() / "index.sqlite")
+    try:
+        for bom in boms:
+            with contextlib.suppress(CatsError):  # a block that only looks like a BOM teaches nothing
+                index.learn_outputs(bom, [str(o) for o in load(store, CID.parse(bom)).outputs])
+    finally:
+        index.close()
 
 
 class _Writer:
