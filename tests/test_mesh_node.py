@@ -93,10 +93,10 @@ class NodeProc:
         assert self.did == Identity.load(self.home / "identity").did
         return self
 
-    def stop(self) -> None:
-        """SIGTERM; the node must exit 0 without a traceback."""
+    def stop(self, how: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM (or SIGINT); the node must exit 0 without a traceback."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(how)
         code = self.proc.wait(timeout=30)
         err = (self.base / "node.err").read_text()
         assert code == 0, err
@@ -469,6 +469,12 @@ def test_orders_refused_when_not_runnable(served: Served) -> None:
     assert node.get("/orders/0123456789abcdef").status_code == 401
 
 
+# -- signals ----------------------------------------------------------------------------------------
+def test_sigint_right_after_the_ready_line_stops_cleanly(tmp_path: Path) -> None:
+    node = NodeProc(tmp_path).start()
+    node.stop(signal.SIGINT)  # exit 0, "cats node stopped", no traceback
+
+
 # -- a private node ----------------------------------------------------------------------------------
 def test_private_node_reads_need_a_trusted_signature(tmp_path: Path) -> None:
     node = NodeProc(tmp_path, args=("--private",))
@@ -490,7 +496,7 @@ def test_private_node_reads_need_a_trusted_signature(tmp_path: Path) -> None:
         spec = node.get("/openapi.json").json()
         assert spec["paths"]["/ipfs/{cid}"]["get"]["security"] == [{"CatsSignature": []}]
     finally:
-        node.stop()
+        node.stop(signal.SIGINT)
 
 
 # -- Orders over HTTP, and a restart -----------------------------------------------------------------

@@ -274,6 +274,8 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         node.worker.start()
+        if started := getattr(app.state, "started", None):
+            started()
         yield
         if node.worker.stop(timeout=2.0):
             node.orders.close()
@@ -542,14 +544,18 @@ def serve(folder: Path, sock: socket.socket, *, private: bool = False, log_level
     log.addHandler(handler)
     log.setLevel(logging.getLevelName(log_level.upper()) if log_level.upper() in logging.getLevelNamesMapping()
                  else logging.DEBUG)
+    # Signals that come before uvicorn takes them over (from the ready line on, a supervisor may send one)
+    # are held here and honoured as soon as the server has started. uvicorn later raises the signals it
+    # handled again for the handlers it found: these, not Python's defaults, which would kill the process
+    # (SIGTERM) or raise KeyboardInterrupt (SIGINT) after the graceful shutdown.
+    early: list[int] = []
+    saved = {s: signal.signal(s, lambda signum, _: early.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     app = create_app(folder, private=private)
-    if ready is not None:
-        ready(app)
     config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
-    # uvicorn shuts down gracefully on these signals and then raises them again for the handlers it found;
-    # with Python's defaults that would kill the process (SIGTERM) or raise KeyboardInterrupt (SIGINT).
-    saved = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    app.state.started = lambda: setattr(server, "should_exit", True) if early else None
+    if ready is not None:
+        ready(app)
     try:
         server.run(sockets=[sock])
     finally:
