@@ -82,8 +82,8 @@ class RealNode:
         self.proc.wait(timeout=30)
         self.proc = None
 
-    def cli(self, *args: str) -> Result:
-        return run_cli(self.home, *args, RAY_ADDRESS=self.ray)
+    def cli(self, *args: str, **env: str) -> Result:
+        return run_cli(self.home, *args, **{"RAY_ADDRESS": self.ray, **env})
 
 
 def start_all(*nodes: RealNode) -> None:
