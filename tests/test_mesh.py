@@ -27,7 +27,7 @@ from nodes import RealNode, run_cli, start_all
 from servers import free_port
 
 from cats.bom.signatures import Envelope, Signature, Signatures, sign
-from cats.cas import car, dagcbor, varint
+from cats.cas import car
 from cats.cas.cid import CID
 from cats.cas.dag import walk
 from cats.cas.importer import Importer
@@ -64,13 +64,12 @@ class FakeNode:
     url: str = ""
 
     def car(self, root: CID) -> Iterator[bytes]:
-        header = dagcbor.encode({"roots": [root], "version": 1})
-        yield varint.encode(len(header)) + header
+        yield car.header([root])
         for i, cid in enumerate(walk(self.store, root)):
             if self.stop_after is not None and i >= self.stop_after:
                 return
             block = self.corrupt.get(cid, self.store.get(cid))
-            yield varint.encode(len(bytes(cid)) + len(block)) + bytes(cid) + block
+            yield car.section(cid, block)
 
 
 @pytest.fixture

@@ -135,11 +135,8 @@ def car_of(store: LocalStore | MemoryStore, *roots: CID) -> bytes:
 
 
 def raw_car(roots: list[CID], sections: list[tuple[CID, bytes]]) -> bytes:
-    header = dagcbor.encode({"roots": roots, "version": 1})
-    body = varint.encode(len(header)) + header
-    for cid, block in sections:
-        body += varint.encode(len(bytes(cid)) + len(block)) + bytes(cid) + block
-    return body
+    """A CAR written without checks, so it can carry what a real export never would."""
+    return b"".join([car.header(roots), *(car.section(cid, block) for cid, block in sections)])
 
 
 def detail(response: httpx.Response) -> str:

@@ -23,11 +23,22 @@ from cats.errors import CarError, CatsError
 MAX_BLOCK = 4 << 20
 
 
+def header(roots: list[CID]) -> bytes:
+    """A CARv1 header, its length prefix included."""
+    head = dagcbor.encode({"roots": roots, "version": 1})
+    return varint.encode(len(head)) + head
+
+
+def section(cid: CID, block: bytes | memoryview) -> bytes:
+    """One CARv1 section: length prefix, the CID's bytes, the block."""
+    raw = bytes(cid)
+    return b"".join((varint.encode(len(raw) + len(block)), raw, block))
+
+
 def export(store: BlockStore, roots: Iterable[CID], out: BinaryIO) -> int:
     """Write the DAGs under roots; return the number of blocks written."""
     roots = list(roots)
-    header = dagcbor.encode({"roots": roots, "version": 1})
-    out.write(varint.encode(len(header)) + header)
+    out.write(header(roots))
     count = 0
     seen: set[CID] = set()
     for root in roots:
@@ -35,9 +46,7 @@ def export(store: BlockStore, roots: Iterable[CID], out: BinaryIO) -> int:
             if cid.to_v1() in seen:
                 continue
             seen.add(cid.to_v1())
-            raw = bytes(cid)
-            block = store.get(cid)
-            out.write(varint.encode(len(raw) + len(block)) + raw + block)
+            out.write(section(cid, store.get(cid)))
             count += 1
     return count
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from cats.cas import dagcbor, varint
+from cats.cas import car, dagcbor, varint
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import links
 from cats.cas.store import BlockStore
@@ -348,12 +348,7 @@ def _check_header(raw: bytes, where: str, root: CID | None) -> None:
 
 
 def car_bytes(roots: list[CID], blocks: Iterable[tuple[CID, bytes | memoryview]]) -> bytes:
-    header = dagcbor.encode({"roots": roots, "version": 1})
-    parts = [varint.encode(len(header)), header]
-    for cid, block in blocks:
-        raw = bytes(cid)
-        parts += [varint.encode(len(raw) + len(block)), raw, block]
-    return b"".join(parts)
+    return b"".join([car.header(roots), *(car.section(cid, block) for cid, block in blocks)])
 
 
 # -- pull -----------------------------------------------------------------------------------------------

@@ -57,8 +57,7 @@ from cats import __version__
 from cats.bom import BOM
 from cats.bom import load as load_bom
 from cats.bom.signatures import Envelope, Signatures
-from cats.cas import dagcbor, varint
-from cats.cas.car import import_car
+from cats.cas import car
 from cats.cas.cid import CID
 from cats.cas.dag import walk
 from cats.cas.pins import Pins
@@ -182,21 +181,15 @@ class _CarResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _section(cid: CID, block: bytes) -> bytes:
-    raw = bytes(cid)
-    return varint.encode(len(raw) + len(block)) + raw + block
-
-
 def _car(store: BlockStore, root: CID, first: bytes, whole: bool) -> Iterator[bytes]:
     """A CARv1 with one root: the root block (read already), then, if whole, the rest of its DAG."""
-    header = dagcbor.encode({"roots": [root], "version": 1})
-    pending = bytearray(varint.encode(len(header)) + header + _section(root, first))
+    pending = bytearray(car.header([root]) + car.section(root, first))
     if whole:
         blocks = walk(store, root)
         try:
             next(blocks)  # the root, sent already
             for cid in blocks:
-                pending += _section(cid, store.get(cid))
+                pending += car.section(cid, store.get(cid))
                 if len(pending) >= CHUNK:
                     out = bytes(pending)
                     pending.clear()
@@ -407,7 +400,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
               summary="Store the blocks of a CAR")
     def blocks(signer: Writer) -> m.Imported:
         try:
-            roots, count = import_car(node.store, io.BytesIO(signer.body))
+            roots, count = car.import_car(node.store, io.BytesIO(signer.body))
         except CarError as e:
             raise HTTPException(400, str(e)) from None
         log.info("%s pushed %d blocks (roots %s)", signer.did, count, ", ".join(map(str, roots)))
