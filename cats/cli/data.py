@@ -45,10 +45,10 @@ def serve(
 ) -> None:
     """Run the Data Service in the foreground (state in CATS_HOME/dataservice/) until Ctrl-C or SIGTERM."""
     from cats.data.resolvers.file import roots
-    from cats.data.service import state_dir
-    from cats.data.service.app import listen, serve, url_of
+    from cats.data.service.app import create_app
+    from cats.web import listen, run, state_dir, url_of
 
-    folder = state_dir()
+    folder = state_dir("dataservice")
     sock = listen(host, port)
 
     def ready(app: Any) -> None:
@@ -59,7 +59,7 @@ def serve(
         if host not in ("127.0.0.1", "::1", "localhost"):
             typer.echo("warning: plain HTTP beyond loopback sends tokens in clear; put TLS in front", err=True)
 
-    serve(folder, sock, log_level=log_level, ready=ready)
+    run(create_app(folder), sock, log_level=log_level, ready=ready)
     typer.echo("cats data service stopped", err=True)
 
 
@@ -70,17 +70,17 @@ def token_add(
     as_json: bool = typer.Option(False, "--json", help="Print {principal, token} as JSON."),
 ) -> None:
     """Create a principal in CATS_HOME/dataservice/ and print its bearer token (shown this once only)."""
-    from cats.data.service import state_dir
     from cats.data.service.db import ServiceDB
     from cats.data.service.models import PRINCIPAL
     from cats.data.service.signing import new_token, token_digest
     from cats.errors import CatsError
+    from cats.web import state_dir
 
     if not re.fullmatch(PRINCIPAL, name):
         raise CatsError(f"principal name {name!r} must be 1-64 letters, digits, _ . @ - (starting with one "
                         "letter or digit)")
     token = new_token()
-    db = ServiceDB(state_dir() / "state.sqlite")
+    db = ServiceDB(state_dir("dataservice") / "state.sqlite")
     try:
         db.add_principal(name, token_digest(token), time.time(), rotate=rotate)
     finally:

@@ -5,6 +5,7 @@ FastAPI and uvicorn are imported inside the command, so `cats --help` stays fast
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import typer
@@ -21,11 +22,10 @@ def start(
     log_level: str = typer.Option("warning", "--log-level", help="Log level: debug, info, warning, error."),
 ) -> None:
     """Run the node in the foreground (state in CATS_HOME; its own in CATS_HOME/node/) until Ctrl-C or SIGTERM."""
-    from cats.data.service.app import listen, url_of
-    from cats.mesh.node import state_dir
-    from cats.mesh.node.app import serve
+    from cats.mesh.node.app import create_app, log
+    from cats.web import listen, run, state_dir, url_of
 
-    folder = state_dir()
+    folder = state_dir("node")
     sock = listen(host, port)
 
     def ready(app: Any) -> None:
@@ -38,7 +38,12 @@ def start(
             typer.echo("warning: plain HTTP beyond loopback; put TLS in front (requests are signed, not encrypted)",
                        err=True)
 
-    serve(folder, sock, private=private, log_level=log_level, ready=ready)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.getLevelNamesMapping().get(log_level.upper(), logging.DEBUG))
+    # an order still running at the end is stopped and recorded as interrupted (the app's lifespan)
+    run(create_app(folder, private=private), sock, log_level=log_level, ready=ready)
     typer.echo("cats node stopped", err=True)
 
 

@@ -18,23 +18,3 @@ is fetched; it never computes on them. Modules, one concern each:
 
 Everything lives in `CATS_HOME/dataservice/`, so a restart loses nothing.
 """
-
-from __future__ import annotations
-
-import os
-from pathlib import Path
-
-__all__ = ["DEFAULT_PORT", "state_dir"]
-
-DEFAULT_PORT = 8470
-
-
-def state_dir() -> Path:
-    """`CATS_HOME/dataservice/`, created private (0700) on first use."""
-    from cats.config import home
-
-    path = home() / "dataservice"
-    if not path.exists():
-        path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-    return path

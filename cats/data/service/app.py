@@ -11,14 +11,11 @@ Reads larger than `CATS_DATA_MAX_FETCH` are refused (413); the source's errors m
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import secrets
-import signal
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +24,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cats import __version__, data
@@ -38,7 +34,6 @@ from cats.data.service import signing
 from cats.data.service.db import DatasetRow, LogRow, ServiceDB
 from cats.data.uri import parse
 from cats.errors import (
-    CatsError,
     DataError,
     DataForbidden,
     DataNotFound,
@@ -46,6 +41,7 @@ from cats.errors import (
     DataUnavailable,
     FetchTooLarge,
 )
+from cats.web import json_errors
 
 CHUNK = 1 << 20  # bytes per read from the source while streaming
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -170,13 +166,7 @@ def create_app(folder: Path) -> FastAPI:
                               "It executes no compute.")
     app.state.db = db
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
-        for e in error.errors():
-            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-            problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
-        return JSONResponse({"detail": "invalid request: " + "; ".join(problems)}, status_code=422)
+    json_errors(app)
 
     def who(access: _Access, creds: HTTPAuthorizationCredentials | None) -> str:
         challenge = {"WWW-Authenticate": "Bearer"}
@@ -364,40 +354,3 @@ def _stream(db: ServiceDB, access: _Access, uri: str, pinned: Info | None, first
             raise
         yield chunk
         pos += len(chunk)
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket, so the real port (for --port 0) is known before the app starts; clear error if taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        return socket.create_server((host, port), family=family, backlog=128)
-    except OSError as e:
-        raise CatsError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def serve(folder: Path, sock: socket.socket, log_level: str = "warning",
-          ready: Callable[[FastAPI], None] | None = None) -> None:
-    """Run the app on the socket until SIGINT or SIGTERM, then shut down gracefully and return normally."""
-    import uvicorn
-
-    app = create_app(folder)
-    if ready is not None:
-        ready(app)
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    # uvicorn shuts down gracefully on these, then raises the signal again for the handler it found:
-    # with the defaults that would kill the process (SIGTERM) or raise KeyboardInterrupt (SIGINT).
-    saved = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        server.run(sockets=[sock])
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
-        with contextlib.suppress(OSError):
-            sock.close()

@@ -6,29 +6,9 @@ Its state is CATS_HOME's: the block store, the identity (`did:key`) that signs e
 makes, the trust list, signatures and pins; what only the node keeps (nonces of signed requests,
 submitted orders) lives in SQLite files in `CATS_HOME/node/`, so a restart loses nothing.
 
-    app.py      the FastAPI application (routes, signed requests, CAR streaming) and `serve`
+    app.py      the FastAPI application (routes, signed requests, CAR streaming)
     models.py   its JSON answers (pydantic)
     nonces.py   nonces seen, kept until their signature window closes
     orders.py   which Orders are admitted, the orders table, and the worker thread that runs them
     runner.py   one Order run by `cats.factory.run` in a child process (Ray's driver in its main thread)
 """
-
-from __future__ import annotations
-
-import os
-from pathlib import Path
-
-__all__ = ["DEFAULT_PORT", "state_dir"]
-
-DEFAULT_PORT = 8480
-
-
-def state_dir() -> Path:
-    """`CATS_HOME/node/`, created private (0700) on first use."""
-    from cats.config import home
-
-    path = home() / "node"
-    if not path.exists():
-        path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-    return path

@@ -31,13 +31,9 @@ is checked, which is what the limit bounds.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
-import os
-import signal
-import socket
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -47,7 +43,6 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
@@ -64,6 +59,7 @@ from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.local import LocalStore
 from cats.config import home
+from cats.data.resolvers import env_number
 from cats.errors import BlockNotFound, CarError, CatsError, IntegrityError
 from cats.identity import Identity
 from cats.identity.requests import RequestRejected, verify_request
@@ -71,6 +67,7 @@ from cats.identity.trust import Trust
 from cats.mesh.node import models as m
 from cats.mesh.node.nonces import Nonces
 from cats.mesh.node.orders import OrderRejected, OrderRow, OrderTable, Runner, Worker, check_present, load_order
+from cats.web import json_errors
 
 log = logging.getLogger("cats.node")
 
@@ -113,15 +110,10 @@ def _json_body(model: type[Any], description: str) -> dict[str, Any]:
 
 
 def max_body() -> int:
-    text = os.environ.get("CATS_NODE_MAX_BODY")
-    if not text:
-        return DEFAULT_MAX_BODY
-    try:
-        value = int(text)
-    except ValueError:
-        raise CatsError(f"CATS_NODE_MAX_BODY={text!r} is not a number of bytes") from None
+    """The largest request body this node reads: `CATS_NODE_MAX_BODY`, 256 MiB by default."""
+    value = int(env_number("CATS_NODE_MAX_BODY", DEFAULT_MAX_BODY))
     if value < 1:
-        raise CatsError(f"CATS_NODE_MAX_BODY={text!r} must be at least 1")
+        raise CatsError(f"CATS_NODE_MAX_BODY={value} must be at least 1")
     return value
 
 
@@ -268,8 +260,6 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         node.worker.start()
-        if started := getattr(app.state, "started", None):
-            started()
         yield
         if node.worker.stop(timeout=2.0):
             node.orders.close()
@@ -283,13 +273,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                                  if private else "Reads are open to anyone."))
     app.state.node = node
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = []
-        for e in error.errors():
-            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
-            problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
-        return JSONResponse({"detail": "invalid request: " + "; ".join(problems)}, status_code=422)
+    json_errors(app)
 
     @app.exception_handler(Exception)
     async def _failed(request: Request, error: Exception) -> JSONResponse:
@@ -525,36 +509,3 @@ def _negotiate(format: str | None, accept: str) -> str:
             return "car"
     raise HTTPException(406, "ask for a format: ?format=raw or Accept: application/vnd.ipld.raw for the block, "
                              "?format=car or Accept: application/vnd.ipld.car for its DAG as a CAR")
-
-
-def serve(folder: Path, sock: socket.socket, *, private: bool = False, log_level: str = "warning",
-          ready: Callable[[FastAPI], None] | None = None) -> None:
-    """Run the node on the socket until SIGINT or SIGTERM, then shut down gracefully (an order still running
-    is stopped and recorded as interrupted) and return normally."""
-    import uvicorn
-
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.getLevelName(log_level.upper()) if log_level.upper() in logging.getLevelNamesMapping()
-                 else logging.DEBUG)
-    # Signals that come before uvicorn takes them over (from the ready line on, a supervisor may send one)
-    # are held here and honoured as soon as the server has started. uvicorn later raises the signals it
-    # handled again for the handlers it found: these, not Python's defaults, which would kill the process
-    # (SIGTERM) or raise KeyboardInterrupt (SIGINT) after the graceful shutdown.
-    early: list[int] = []
-    saved = {s: signal.signal(s, lambda signum, _: early.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    app = create_app(folder, private=private)
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    app.state.started = lambda: setattr(server, "should_exit", True) if early else None
-    if ready is not None:
-        ready(app)
-    try:
-        server.run(sockets=[sock])
-    finally:
-        for s, previous in saved.items():
-            signal.signal(s, previous)
-        with contextlib.suppress(OSError):
-            sock.close()
-        log.removeHandler(handler)
