@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -21,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, save
 
 TARGETS = {"only_hash_ratio": 0.7, "add_to_store_ratio": 0.5, "startup_s": 0.3, "peak_rss_mb": 200.0}
 
@@ -99,7 +99,7 @@ def main() -> None:
         peak = max(float(r["peak_rss_mb"]) for r in rows.values())  # the peer's 0.0 never wins
         result = {
             "file_mib": args.size_mib,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": machine(),
             "baseline_sha256": {"seconds": base_s, "mb_per_s": size / base_s / 1e6},
             "runs": rows,
             "startup_s": startup,
@@ -114,9 +114,7 @@ def main() -> None:
         if rows["only-hash v1"]["cid"] != rows["add-to-store v1"]["cid"]:
             raise SystemExit("only-hash and add-to-store disagree on the CID")
         report(result)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        save(result, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -12,9 +12,7 @@ the source for its version first, is reported for scale but has no target.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -22,6 +20,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from common import machine, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from servers import serving  # noqa: E402 - the tests' loopback server, reused
@@ -96,17 +96,14 @@ def main() -> None:
             result = {
                 "range_bytes": size,
                 "reads": args.reads,
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform()},
+                "machine": machine(),
                 "runs": rows,
                 "cache_stats": stats,
                 "targets": TARGETS,
                 "met": {"pinned_hit_speedup": rows["cache hit, pinned"]["speedup"] >= TARGETS["pinned_hit_speedup"]},
             }
             report(result)
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-            print(f"wrote {args.json}")
+            save(result, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
-import platform
 import shutil
 import tempfile
 import time
@@ -24,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import machine, save
 
 from cats.cas.cid import CID
 from cats.cas.importer import CHUNK_SIZE, Importer
@@ -125,8 +123,7 @@ def main() -> None:
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     result = {
         "n": args.n, "rounds": args.rounds, "repeat": args.repeat,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "numpy": np.__version__, "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip()},
+        "machine": machine(numpy=np.__version__, blas=f"{blas.get('name', '?')} {blas.get('version', '')}".strip()),
         "freivalds": runs,
         "elementwise": sampled,
         "targets": TARGETS,
@@ -135,9 +132,7 @@ def main() -> None:
                      for name in stores},
     }
     report(result)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    save(result, args.json)
 
 
 def report(result: dict) -> None:

@@ -11,15 +11,15 @@ Both run in this process on the same Ray. Targets (issue #3):
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, save
 
 TARGETS = {"work_ratio_max": 1.10, "trivial_rate_ratio_min": 0.5, "memo_s_max": 0.5}
 
@@ -115,7 +115,7 @@ def main() -> None:
         memo_cli_s = time.perf_counter() - start
         rows["memo"] = {"in_process_s": memo_s, "cli_s": memo_cli_s}
         result = {
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__},
+            "machine": machine(ray=ray.__version__),
             "runs": rows, "targets": TARGETS,
             "met": {
                 "work_ratio_max": rows["work"]["time_ratio"] <= TARGETS["work_ratio_max"],
@@ -126,9 +126,7 @@ def main() -> None:
         }
         ray.shutdown()
         report(result)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        save(result, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

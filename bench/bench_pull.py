@@ -18,9 +18,7 @@ pull throughput >= 0.5x the baseline.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -33,6 +31,7 @@ import time
 from pathlib import Path
 
 import httpx
+from common import machine, save
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's cats, in this process and (below) in the node's
@@ -289,7 +288,7 @@ def main() -> None:
         result = {
             "bom": bom, "blocks": blocks, "bytes": size, "input_mib": args.mib, "input_files": args.files,
             "repeat": args.repeat,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": machine(),
             "runs": {k: stats(v, size) for k, v in runs.items()},
             "requests_per_pull": reports[-1]["requests"],
             "signers": reports[-1]["signers"],
@@ -314,9 +313,7 @@ def main() -> None:
         print(f"the node's CAR alone reaches {result['node_ceiling_vs_plain_http']:.2f}x of it; the pull gets "
               f"{result['pull_vs_node_ceiling']:.2f}x of what the node serves; storing the blocks alone takes "
               f"{medians[STORE]:.2f} s")
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+        save(result, args.json)
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)

@@ -9,14 +9,14 @@ Target (issue #4): verifying a 1% sample of a 1,000-slice job costs <= 3% of the
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import machine, save
 
 TARGET = 0.03
 
@@ -67,7 +67,7 @@ def main() -> None:
         assert full.verified
         verify_s = min(timings)
         out = {
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__},
+            "machine": machine(ray=ray.__version__),
             "slices": args.slices, "fraction": args.fraction, "checked": report.sample.checked if report.sample else 0,
             "run_s": run_s, "sampled_verify_s": verify_s, "ratio": verify_s / run_s,
             "full_verify_s": full_s, "full_ratio": full_s / run_s, "target": TARGET,
@@ -78,9 +78,7 @@ def main() -> None:
         print(f"verify {args.fraction:.0%} sample ({out['checked']} slices): {verify_s:.3f} s "
               f"= {out['ratio']:.1%} of the run (target <= {TARGET:.0%}: {'met' if out['met'] else 'MISSED'})")
         print(f"verify every slice: {full_s:.2f} s = {out['full_ratio']:.0%} of the run")
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        save(out, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -22,10 +22,8 @@ can be recomputed without reading the file. It is served by the tests' loopback 
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -35,6 +33,8 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+from common import machine, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import httpx  # noqa: E402
@@ -164,8 +164,7 @@ def main() -> None:
                 "file": {"size_bytes": size, "rows": meta.num_rows, "row_groups": groups,
                          "rows_per_group": GROUP_ROWS, "columns": meta.num_columns, "footer_bytes": footer,
                          "compression": "snappy", "generate_s": generate_s},
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform(), "pyarrow": pa.__version__},
+                "machine": machine(pyarrow=pa.__version__),
             }
             whole = view(uri)
 
@@ -256,10 +255,7 @@ def main() -> None:
             and result["sampled_check"]["all_ok"],
         }
         report(result)
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
-            print(f"wrote {args.json}")
+        save(result, args.json)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
