@@ -64,6 +64,14 @@ def cli(cats_home: Path):
     return run
 
 
+@pytest.fixture
+def quick_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short data-URI timeouts and few retries, so failure paths stay fast; tests needing others override them."""
+    monkeypatch.setenv("CATS_DATA_TIMEOUT", "5")
+    monkeypatch.setenv("CATS_DATA_RETRIES", "2")
+    monkeypatch.delenv("CATS_DATA_MAX_FETCH", raising=False)
+
+
 @dataclass(frozen=True)
 class WorkerEnv:
     """The data settings the session Ray's workers were started with (each node's own policy, as in

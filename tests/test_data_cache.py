@@ -19,18 +19,14 @@ from cats.data.resolvers import Info
 from cats.data.resolvers.mem import MemResolver
 from cats.errors import CatsError, DataIntegrityError, DataNotFound
 
-HEADER = len(MAGIC) + 32
+HEADER = len(MAGIC) + 16  # the magic line and an XXH3-128 digest
 
 
 def _bytes(n: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-@pytest.fixture(autouse=True)
-def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CATS_DATA_TIMEOUT", "5")
-    monkeypatch.setenv("CATS_DATA_RETRIES", "2")
-    monkeypatch.delenv("CATS_DATA_MAX_FETCH", raising=False)
+pytestmark = pytest.mark.usefixtures("quick_data")
 
 
 @pytest.fixture

@@ -35,12 +35,7 @@ def _bytes(n: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-@pytest.fixture(autouse=True)
-def quick(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Short timeouts and few retries, so failure paths stay fast; tests that need others override them."""
-    monkeypatch.setenv("CATS_DATA_TIMEOUT", "5")
-    monkeypatch.setenv("CATS_DATA_RETRIES", "2")
-    monkeypatch.delenv("CATS_DATA_MAX_FETCH", raising=False)
+pytestmark = pytest.mark.usefixtures("quick_data")
 
 
 @pytest.fixture
