@@ -21,6 +21,7 @@ def cats_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "cats-home"
     monkeypatch.setenv("CATS_HOME", str(home))
     monkeypatch.delenv("CATS_STORE", raising=False)
+    monkeypatch.delenv("CATS_IPFS_API", raising=False)
     return home
 
 

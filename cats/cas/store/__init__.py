@@ -1,7 +1,8 @@
 """Block stores: one small interface, implementations chosen by URL scheme (as fsspec does).
 
-`open_store()` with no argument gives the embedded default, the on-disk store in `CATS_HOME`.
-Other stores register a scheme in `SCHEMES`; an IPFS-daemon store plugs in the same way.
+`open_store()` with no argument gives the embedded default, the on-disk store in `CATS_HOME`, or the
+IPFS daemon `CATS_IPFS_API` names. Other stores register a scheme in `SCHEMES` (`ipfs+http://` is
+the daemon store).
 """
 
 from __future__ import annotations
@@ -65,8 +66,15 @@ def register(scheme: str, factory: Callable[[str], BlockStore]) -> None:
 
 
 def open_store(url: str | None = None) -> BlockStore:
-    """Open a store by URL (`file:///path`, `mem://name`); default: `CATS_STORE` or `CATS_HOME`'s store."""
+    """Open a store by URL (`file:///path`, `mem://name`, `ipfs+http://host:port`).
+
+    Default: `CATS_STORE`, else the daemon at `CATS_IPFS_API`, else `CATS_HOME`'s store.
+    """
     url = url or os.environ.get("CATS_STORE")
+    if not url and os.environ.get("CATS_IPFS_API"):
+        from cats.cas.store.ipfs import IPFSStore
+
+        return IPFSStore(os.environ["CATS_IPFS_API"])
     if not url:
         from cats.cas.store.local import LocalStore
         from cats.config import home
@@ -90,5 +98,13 @@ def _memory(url: str) -> BlockStore:
     return MemoryStore.named(urlsplit(url).netloc or "default")
 
 
+def _ipfs(url: str) -> BlockStore:
+    from cats.cas.store.ipfs import IPFSStore
+
+    return IPFSStore(url)
+
+
 register("file", _local)
 register("mem", _memory)
+register("ipfs+http", _ipfs)
+register("ipfs+https", _ipfs)
