@@ -211,3 +211,42 @@ def test_bom_like_dag_read_by_the_daemon(ipfs: IPFSStore, ipfs_api: str) -> None
     roots, count = import_car(into, io.BytesIO(car))
     assert roots == [bom_cid] and count == 3
     assert into.get(bom_cid) == bom and into.get(slices_cid) == slices and into.get(leaf_cid) == leaf
+
+
+def test_an_order_runs_with_its_blocks_in_the_daemon(ray_session: str, cats_home: Path, tmp_path: Path,
+                                                     ipfs: IPFSStore, ipfs_api: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """CATS_IPFS_API makes the daemon the store: Ray workers open it by URL, read slices from it and
+    write results into it, and the daemon serves the output; verification re-executes from it."""
+    import jobs
+
+    from cats import factory
+    from cats.order import Function, Order
+    from cats.verify.audit import verify
+
+    monkeypatch.setenv("CATS_IPFS_API", ipfs_api)
+    src = jobs.module(tmp_path, "fipfs_order", "def shout(data):\n    return data.upper()\n")
+    inputs = jobs.folder(tmp_path, {"a.txt": b"alpha\n", "b.txt": b"bravo\n"})
+
+    run = factory.run(Order(function=Function(entry="fipfs_order:shout", source=src), inputs=[inputs]))
+
+    assert ipfs.has(run.bom) and ipfs.has(run.output)
+    for name, want in (("a.txt", b"ALPHA\n"), ("b.txt", b"BRAVO\n")):
+        served = _rpc(ipfs_api, "cat", {"arg": f"/ipfs/{run.output}/{name}"})
+        assert served.status_code == 200 and served.content == want
+    assert not (cats_home / "blocks").exists() or not any((cats_home / "blocks").iterdir())  # nothing local
+    report = verify(ipfs, run.bom)
+    assert report.verified, report.problems
+
+
+def test_a_store_workers_cannot_open_is_refused(cats_home: Path, tmp_path: Path) -> None:
+    import jobs
+
+    from cats import factory
+    from cats.cas.store.memory import MemoryStore
+    from cats.order import Function, Order
+
+    src = jobs.module(tmp_path, "fipfs_mem", "def f(data):\n    return data\n")
+    with pytest.raises(CatsError, match="MemoryStore lives in this process only"):
+        factory.run(Order(function=Function(entry="fipfs_mem:f", source=src), inputs=[tmp_path]),
+                    store=MemoryStore())

@@ -29,7 +29,6 @@ from cats.bom.signatures import Signatures, sign
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
-from cats.cas.store.local import LocalStore
 from cats.config import home
 from cats.data import Info
 from cats.data.views import View
@@ -76,11 +75,11 @@ Progress = Callable[[int, int], None]
 
 
 def _store_url(store: BlockStore | None) -> tuple[BlockStore, str]:
-    store = store or open_store()
-    if not isinstance(store, LocalStore):
-        raise CatsError("the Factory needs an on-disk store its Ray workers can open (file://…); "
+    store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
+    if store.url is None:
+        raise CatsError("the Factory needs a store its Ray workers can open too (file://…, an IPFS daemon); "
                         f"{type(store).__name__} lives in this process only")
-    return store, f"file://{store.root.resolve()}"
+    return store, store.url
 
 
 def run(order: Order, *, store: BlockStore | None = None, force: bool = False, quiet: bool = False,

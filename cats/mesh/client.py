@@ -755,7 +755,7 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
     from cats.order.seal import seal
 
     started = time.perf_counter()
-    store = store or open_store()
+    store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
     sealed = seal(order, store)
     block = sealed.block()
     order_cid = CID.hash(block, DAG_CBOR)

@@ -20,7 +20,6 @@ from cats.bom.signatures import Signatures
 from cats.cas import dag, dagcbor
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
-from cats.cas.store.local import LocalStore
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import BlockNotFound, CatsError, DataError, DataIntegrityError, DecodeError, IntegrityError
@@ -193,8 +192,8 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
             report.slices.append(SliceResult(index=i, name=recs[i].input.name, recorded=str(recs[i].output),
                                              ok=False, reason="code-altered"))
         return
-    if not isinstance(store, LocalStore):
-        raise CatsError("re-execution needs an on-disk store its Ray workers can open")
+    if store.url is None:
+        raise CatsError("re-execution needs a store its Ray workers can open too (file://…, an IPFS daemon)")
     if not _check_split(store, order, recs, report):
         return
     outcomes = _run_slices(store, order, [recs[i] for i in chosen], quiet)
@@ -270,12 +269,12 @@ def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], repor
     return True
 
 
-def _run_slices(store: LocalStore, order: Order, chosen: list[SliceRecord], quiet: bool) -> dict[int, dict[str, Any]]:
+def _run_slices(store: BlockStore, order: Order, chosen: list[SliceRecord], quiet: bool) -> dict[int, dict[str, Any]]:
     """Re-run slices on Ray with their recorded seeds, computing output CIDs without storing them."""
     if not chosen:
         return {}
     ray = connect(order.plant, quiet=quiet)
-    url = f"file://{store.root.resolve()}"
+    url = store.url
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // order.plant.num_cpus))
     size = max(1, math.ceil(len(chosen) / (slots * 4)))
     task = ray.remote(worker.run_batch).options(num_cpus=order.plant.num_cpus, max_retries=order.plant.retries)
@@ -287,7 +286,7 @@ def _run_slices(store: LocalStore, order: Order, chosen: list[SliceRecord], quie
         return {r["index"]: r for batch in ray.get(refs) for r in batch}
 
 
-def _check_merge(store: LocalStore, bom: BOM, order: Order, recs: list[SliceRecord], report: Report) -> None:
+def _check_merge(store: BlockStore, bom: BOM, order: Order, recs: list[SliceRecord], report: Report) -> None:
     """The merge of the recorded slice outputs must give the recorded output."""
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
     if order.output_uri:
@@ -295,7 +294,7 @@ def _check_merge(store: LocalStore, bom: BOM, order: Order, recs: list[SliceReco
     parts = [{"index": r.index, "output": r.output, "encoding": r.encoding, "size": r.size, "tsize": r.tsize,
               "name": r.input.name, "assembly": r.assembly} for r in recs]  # CIDs as objects: no re-parsing
     try:
-        merged = egress.merge(f"file://{store.root.resolve()}", how, parts, write=False)
+        merged = egress.merge(store.url, how, parts, write=False)
     except BlockNotFound as e:
         _problem(report, "block-missing", f"merging the recorded outputs: {e}", e.cid)
         return

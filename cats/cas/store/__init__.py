@@ -19,6 +19,11 @@ from cats.errors import BlockNotFound, CatsError, IntegrityError
 class BlockStore(ABC):
     """Maps CIDs to block bytes. Implementations store `_get_unverified` bytes; hashing lives here."""
 
+    @property
+    def url(self) -> str | None:
+        """A URL another process opens this same store with (`open_store(url)`); None: this process only."""
+        return None
+
     @abstractmethod
     def has(self, cid: CID) -> bool: ...
 

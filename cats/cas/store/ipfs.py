@@ -64,6 +64,10 @@ class IPFSStore(BlockStore):
     def __repr__(self) -> str:
         return f"IPFSStore({self.api!r})"
 
+    @property
+    def url(self) -> str:
+        return f"ipfs+{self.api}"
+
     def close(self) -> None:
         self._client.close()
 

@@ -34,6 +34,10 @@ class LocalStore(BlockStore):
         self._shards: set[str] = set()
         self._lock = threading.Lock()
 
+    @property
+    def url(self) -> str:
+        return f"file://{self.root.resolve()}"
+
     def path(self, cid: CID) -> Path:
         key = _key(cid)
         return self.root / key[-3:-1] / key

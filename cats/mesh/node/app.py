@@ -251,7 +251,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                runner: Callable[[str, str], tuple[str, str]] | None = None) -> FastAPI:
     """The application over CATS_HOME's store, identity, trust list, signatures and pins, with its own
     state (nonces, orders) in `folder` (normally `cats.mesh.node.state_dir()`)."""
-    store = store or open_store()
+    store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
     orders = OrderTable(folder / "orders.sqlite")
     node = NodeState(store=store, identity=Identity.load(), trust=Trust(), signatures=Signatures(),
                      pins=Pins(home() / "pins"), nonces=Nonces(folder / "nonces.sqlite"), orders=orders,
