@@ -35,7 +35,7 @@ import io
 import json
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -332,14 +332,8 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
              summary="A BOM as JSON")
     def bom(cid: CidPath) -> JSONResponse:
         parsed = _bom_here(node.store, cid)
-        try:
+        with _reading_bom(parsed):
             found = load_bom(node.store, parsed)
-        except BlockNotFound:
-            raise HTTPException(404, f"BOM {parsed} is not on this node") from None
-        except IntegrityError as e:
-            raise HTTPException(500, str(e)) from None
-        except CatsError as e:
-            raise HTTPException(422, str(e)) from None
         return JSONResponse(found.model_dump(mode="json"))
 
     @app.get("/bom/{cid}/signatures", dependencies=reads,
@@ -364,13 +358,8 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         path = home() / "index.sqlite"
         index = Index(path) if path.exists() else None
         try:
-            g = lin.graph(node.store, parsed, index)
-        except BlockNotFound:
-            raise HTTPException(404, f"BOM {parsed} is not on this node") from None
-        except IntegrityError as e:
-            raise HTTPException(500, str(e)) from None
-        except CatsError as e:
-            raise HTTPException(422, str(e)) from None
+            with _reading_bom(parsed):
+                g = lin.graph(node.store, parsed, index)
         finally:
             if index is not None:
                 index.close()
@@ -476,6 +465,19 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+@contextmanager
+def _reading_bom(bom: CID) -> Iterator[None]:
+    """A BOM read's errors as answers: absent 404, a corrupted block 500, not a BOM 422."""
+    try:
+        yield
+    except BlockNotFound:
+        raise HTTPException(404, f"BOM {bom} is not on this node") from None
+    except IntegrityError as e:
+        raise HTTPException(500, str(e)) from None
+    except CatsError as e:
+        raise HTTPException(422, str(e)) from None
 
 
 def _bom_here(store: BlockStore, text: str) -> CID:
