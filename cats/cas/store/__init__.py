@@ -59,6 +59,30 @@ class BlockStore(ABC):
         return 0.0
 
 
+class PinningStore(BlockStore):
+    """A store with pins and a garbage collector of its own: an IPFS daemon, whose gc may run at any
+    time (`ipfs repo gc`, or on its own) and keeps only what the daemon has pinned. So CATs' pins
+    (`cats.cas.pins`) are pinned in it too, and CATs' gc runs the store's own instead of deleting
+    blocks one by one: the store may hold others' pinned data that CATs' pins know nothing of."""
+
+    @abstractmethod
+    def pin(self, cid: CID) -> None:
+        """Pin cid's DAG recursively; every block of it must be in the store."""
+
+    @abstractmethod
+    def unpin(self, cid: CID) -> bool:
+        """Drop the recursive pin of cid; False if the store had none."""
+
+    @abstractmethod
+    def pins(self) -> list[CID]:
+        """The roots the store pins recursively (CATs' and anyone else's)."""
+
+    @abstractmethod
+    def collect(self) -> list[CID]:
+        """Run the store's own garbage collection; return the blocks it removed (as the store names
+        them: a daemon keys blocks by multihash and names each with the raw codec)."""
+
+
 def missing(cid: CID) -> BlockNotFound:
     return BlockNotFound(f"block {cid} not found in the store", cid)
 

@@ -12,6 +12,19 @@ with another codec than asked for.)
 A daemon keys blocks by multihash, so `__iter__` gives each block's CID as the daemon reports it
 (kubo: CIDv1 with the raw codec), and `has`/`get`/`delete` find a block under any codec of its
 multihash.
+
+Pins and gc (`PinningStore`): CATs' pins are recursive pins in the daemon, and CATs' gc is the
+daemon's `repo/gc`, which keeps what the daemon pins (CATs' and anyone else's) and removes the rest.
+It spares no block by age, unlike CATs' own gc: a DAG an Order is still writing is unpinned until
+its BOM is, so run it when no Order writes to the daemon. What js-ipfs 0.66 does here:
+- `pin/add` of a DAG with a missing block waits for the network (it ignores `offline`), for ever
+  unless given a `timeout`, then answers "request timed out" without naming the block; kubo fails at
+  once. So `pin` passes a `timeout` shorter than this client's (the daemon gives up and pins
+  nothing), and `Pins.add` walks the DAG first, which names the missing block.
+- It answers CIDs in base58btc (`zdpu…`) and keys pins by multihash: pinning the CIDv1 of a pinned
+  CIDv0 replaces that pin, and unpinning either removes it. `pin/rm` of an unpinned CID is an HTTP 500
+  "... is not pinned".
+- `repo/gc` reports removed blocks as raw CIDv1s, and its errors only with `stream-errors=true`.
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ import httpx
 
 from cats.cas import multihash
 from cats.cas.cid import CID
-from cats.cas.store import BlockStore, missing
+from cats.cas.store import PinningStore, missing
 from cats.errors import CatsError, IntegrityError
 
 # How long the daemon may look for a block before saying it has none. With `offline=true` kubo
@@ -33,6 +46,9 @@ from cats.errors import CatsError, IntegrityError
 # the network even when started --offline, so for it this timeout is what "missing" costs.
 LOOKUP_TIMEOUT = "1s"
 _NOT_FOUND = re.compile(r"not found|no such|does not exist|could not find|timed? ?out|deadline", re.I)
+_NOT_PINNED = re.compile(r"not pinned", re.I)
+# How much longer this client waits than the daemon is told to: the daemon gives up and answers first.
+_MARGIN = 5.0
 
 
 def api_url(address: str) -> str:
@@ -55,9 +71,10 @@ def api_url(address: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-class IPFSStore(BlockStore):
+class IPFSStore(PinningStore):
     def __init__(self, api: str, timeout: float = 60.0) -> None:
         self.api = api_url(api)
+        self.timeout = timeout
         self._client = httpx.Client(base_url=self.api + "/api/v0", timeout=timeout)
         self._legacy_format = False  # True once the daemon turns out to ignore `cid-codec`
 
@@ -146,6 +163,45 @@ class IPFSStore(BlockStore):
         if r.status_code == 500 and _NOT_FOUND.search(_message(r)):
             raise missing(cid)
         raise self._failed("block/get", r)
+
+    # -- PinningStore ---------------------------------------------------------------------
+    def pin(self, cid: CID) -> None:
+        r = self._call("pin/add", {"arg": str(cid), "recursive": "true", "offline": "true",
+                                   "timeout": f"{self.timeout:g}s"}, timeout=self.timeout + _MARGIN)
+        if r.status_code != 200:
+            message = _message(r)
+            hint = "; every block of its DAG must be in the daemon" if _NOT_FOUND.search(message) else ""
+            raise CatsError(f"IPFS daemon at {self.api}: cannot pin {cid}: {message}{hint}")
+
+    def unpin(self, cid: CID) -> bool:
+        r = self._call("pin/rm", {"arg": str(cid)})
+        if r.status_code == 200:
+            return True
+        if r.status_code == 500 and _NOT_PINNED.search(_message(r)):
+            return False
+        raise self._failed("pin/rm", r)
+
+    def pins(self) -> list[CID]:
+        r = self._call("pin/ls", {"type": "recursive"})
+        if r.status_code != 200:
+            raise self._failed("pin/ls", r)
+        return sorted(CID.parse(key) for key in json.loads(r.text)["Keys"])
+
+    def collect(self) -> list[CID]:
+        r = self._call("repo/gc", {"stream-errors": "true"})
+        if r.status_code != 200:
+            raise self._failed("repo/gc", r)
+        removed, errors = [], []
+        for line in filter(str.strip, r.text.splitlines()):
+            entry = json.loads(line)
+            if entry.get("Error"):
+                errors.append(entry["Error"])
+            else:
+                removed.append(CID.parse(entry["Key"]["/"]).to_v1())
+        if errors:
+            raise CatsError(f"IPFS daemon at {self.api}: repo/gc removed {len(removed)} blocks, then failed: "
+                            + "; ".join(errors[:3]))
+        return removed
 
 
 def _message(response: httpx.Response) -> str:
