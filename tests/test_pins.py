@@ -67,11 +67,11 @@ def test_pin_add_rm_ls(store: BlockStore, pins: Pins, tmp_path: Path) -> None:
     assert pins.add(store, a) == len(_dag(store, a))  # pinning twice is fine
     assert len(list(pins)) == 2
 
-    pins.rm(b)
+    pins.rm(store, b)
     assert b not in pins
     assert list(pins) == [a]
     with pytest.raises(CatsError) as e:
-        pins.rm(b)
+        pins.rm(store, b)
     assert str(b) in str(e.value)
     # Pins live on disk: another Pins over the same folder sees them.
     assert list(Pins(tmp_path / "pins")) == [a]
@@ -156,7 +156,7 @@ def test_gc_after_unpin(store: BlockStore, pins: Pins, tmp_path: Path) -> None:
     _settle()
     assert gc(store, pins) == []
     assert set(store) == dag
-    pins.rm(root)
+    pins.rm(store, root)
     removed = gc(store, pins)
     assert set(removed) == dag and len(removed) == len(dag)
     assert list(store) == []

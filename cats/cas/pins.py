@@ -3,6 +3,9 @@
 Pins are files named by CID in `<home>/pins`, so adding one is an atomic create that many
 processes can do at once. Blocks written after a gc starts are spared, so a gc running beside
 writers (Ray workers filling the store) never removes a block a DAG in progress still needs.
+
+A store with pins and a gc of its own (`PinningStore`: an IPFS daemon) gets every pin too, since its
+gc may run at any time, and CATs' gc there is the store's: it may hold others' pinned data.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from cats.cas.cid import CID
 from cats.cas.dag import walk
-from cats.cas.store import BlockStore
+from cats.cas.store import BlockStore, PinningStore
 from cats.errors import BlockNotFound, CatsError
 
 # File systems stamp mtimes from a coarse kernel clock, up to a tick (<= 10 ms on Linux) behind
@@ -28,16 +31,24 @@ class Pins:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, store: BlockStore, cid: CID) -> int:
-        """Pin a DAG recursively; every block of it must be present. Returns its block count."""
+        """Pin a DAG recursively; every block of it must be present. Returns its block count.
+
+        The walk names a missing block; a store with its own pins pins it before the file is made,
+        so a failure there leaves no pin."""
         count = sum(1 for _ in walk(store, cid))
+        if isinstance(store, PinningStore):
+            store.pin(cid)
         (self.folder / str(cid.to_v1())).touch()
         return count
 
-    def rm(self, cid: CID) -> None:
+    def rm(self, store: BlockStore, cid: CID) -> None:
+        """Unpin a DAG, here and in a store with its own pins (where a pin CATs did not make goes too,
+        as `cats pin ls` lists the store's pins there)."""
         path = self.folder / str(cid.to_v1())
-        if not path.exists():
+        unpinned = isinstance(store, PinningStore) and store.unpin(cid)
+        if not path.exists() and not unpinned:
             raise CatsError(f"{cid} is not pinned")
-        path.unlink()
+        path.unlink(missing_ok=True)
 
     def __iter__(self) -> Iterator[CID]:
         return (CID.parse(p.name) for p in sorted(self.folder.iterdir()) if not p.name.startswith("."))
@@ -47,7 +58,17 @@ class Pins:
 
 
 def gc(store: BlockStore, pins: Pins) -> list[CID]:
-    """Remove every block not reachable from a pin and older than this call; return what went."""
+    """Remove every block not reachable from a pin and older than this call; return what went.
+
+    A store with its own gc runs it, once every pin is pinned there too (pins made while another
+    store was in use, or unpinned there by someone else would otherwise go)."""
+    if isinstance(store, PinningStore):
+        for root in pins:
+            try:
+                store.pin(root)
+            except CatsError as e:
+                raise CatsError(f"pinned DAG {root} could not be pinned in {store} ({e}); gc removed nothing") from None
+        return store.collect()
     started = time.time() - _CLOCK_SLACK
     keep: set[CID] = set()
     for root in pins:

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from cats.cas.cid import CID
-from cats.cas.store import BlockStore, open_store
+from cats.cas.store import BlockStore, PinningStore, open_store
 from cats.config import home
 
 
@@ -193,18 +193,19 @@ def pin_add(cids: list[str] = typer.Argument(..., metavar="CID...")) -> None:
 
 @pin_app.command("rm")
 def pin_rm(cids: list[str] = typer.Argument(..., metavar="CID...")) -> None:
-    """Unpin DAGs; their blocks go at the next gc unless another pin reaches them."""
-    pins = _pins()
+    """Unpin DAGs (in an IPFS daemon store too); their blocks go at the next gc unless another pin reaches them."""
+    store, pins = _store(), _pins()
     for text in cids:
         cid = CID.parse(text)
-        pins.rm(cid)
+        pins.rm(store, cid)
         typer.echo(f"unpinned {cid}")
 
 
 @pin_app.command("ls")
 def pin_ls(as_json: bool = typer.Option(False, "--json")) -> None:
-    """List pinned roots."""
-    roots = [str(c) for c in _pins()]
+    """List pinned roots; in an IPFS daemon store, every recursive pin it holds (what its gc keeps)."""
+    store = _store()
+    roots = [str(c) for c in (store.pins() if isinstance(store, PinningStore) else _pins())]
     if as_json:
         _print_json(roots)
     else:
@@ -213,7 +214,8 @@ def pin_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 def gc(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Remove blocks that no pin reaches."""
+    """Remove blocks that no pin reaches; in an IPFS daemon store, run the daemon's own gc (after
+    pinning every CATs pin there), which keeps whatever the daemon pins."""
     from cats.cas.pins import gc as collect
 
     removed = collect(_store(), _pins())
