@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -25,7 +25,9 @@ import pytest
 from cats.cas import dagcbor, dagpb, multihash, reader, unixfs
 from cats.cas.car import import_car
 from cats.cas.cid import CID, DAG_CBOR, DAG_PB, RAW
-from cats.cas.importer import Importer
+from cats.cas.dag import walk
+from cats.cas.importer import CHUNK_SIZE, Importer
+from cats.cas.pins import Pins, gc
 from cats.cas.store import open_store
 from cats.cas.store.ipfs import IPFSStore, api_url
 from cats.cas.store.memory import MemoryStore
@@ -98,6 +100,38 @@ def _rpc(api: str, command: str, params: dict[str, str] | None = None, **kwargs:
     r = httpx.post(f"{api}/api/v0/{command}", params=params, timeout=60, **kwargs)  # type: ignore[arg-type]
     assert r.status_code == 200, (command, r.status_code, r.text)
     return r
+
+
+def _daemon_pins(api: str) -> set[CID]:
+    """The daemon's recursive pins as its own pin/ls lists them (as CIDv1)."""
+    return {CID.parse(k).to_v1() for k in json.loads(_rpc(api, "pin/ls", {"type": "recursive"}).text)["Keys"]}
+
+
+def _daemon_gc(api: str) -> set[bytes]:
+    """Run the daemon's own gc, as its owner would; the multihashes of the blocks it removed."""
+    lines = _rpc(api, "repo/gc").text.splitlines()
+    return {CID.parse(json.loads(line)["Key"]["/"]).multihash for line in lines if line.strip()}
+
+
+def _hashes(cids: Iterable[CID]) -> set[bytes]:
+    """A daemon keys blocks by multihash, and names removed blocks with the raw codec."""
+    return {c.multihash for c in cids}
+
+
+def _tree(store: IPFSStore, root: Path) -> tuple[CID, set[CID]]:
+    """A folder with a multi-block file and a nested small file, imported; its root and every block."""
+    (root / "nested").mkdir(parents=True)
+    (root / "big.bin").write_bytes(os.urandom(CHUNK_SIZE * 2 + 100))
+    (root / "nested" / "small.txt").write_bytes(os.urandom(16))
+    with Importer(store) as importer:
+        cid = list(importer.add_path(root))[-1].cid
+    return cid, {c.to_v1() for c in walk(store, cid)}
+
+
+def _loose(store: IPFSStore) -> CID:
+    data = b"loose " + os.urandom(16)
+    store.put(cid := CID.hash(data, RAW), data)
+    return cid
 
 
 def _blocks() -> list[tuple[CID, bytes]]:
@@ -235,7 +269,10 @@ def test_an_order_runs_with_its_blocks_in_the_daemon(ray_session: str, cats_home
         served = _rpc(ipfs_api, "cat", {"arg": f"/ipfs/{run.output}/{name}"})
         assert served.status_code == 200 and served.content == want
     assert not (cats_home / "blocks").exists() or not any((cats_home / "blocks").iterdir())  # nothing local
-    report = verify(ipfs, run.bom)
+    assert run.bom.to_v1() in _daemon_pins(ipfs_api)  # the daemon keeps what the Factory pinned
+    loose = _loose(ipfs)
+    assert loose.multihash in _daemon_gc(ipfs_api)
+    report = verify(ipfs, run.bom)  # after the daemon's gc: every block it needs was kept
     assert report.verified, report.problems
 
 
@@ -250,3 +287,88 @@ def test_a_store_workers_cannot_open_is_refused(cats_home: Path, tmp_path: Path)
     with pytest.raises(CatsError, match="MemoryStore lives in this process only"):
         factory.run(Order(function=Function(entry="fipfs_mem:f", source=src), inputs=[tmp_path]),
                     store=MemoryStore())
+
+
+# -- pins and gc in the daemon ----------------------------------------------------------------
+def test_pins_are_pinned_in_the_daemon_and_its_gc_keeps_them(ipfs: IPFSStore, ipfs_api: str,
+                                                             tmp_path: Path) -> None:
+    pins = Pins(tmp_path / "pins")
+    root, dag = _tree(ipfs, tmp_path / "a")
+    assert len(dag) >= 5
+    assert pins.add(ipfs, root) == len(dag)
+    assert root in pins and root.to_v1() in _daemon_pins(ipfs_api) and root in ipfs.pins()
+    loose = _loose(ipfs)
+
+    removed = _daemon_gc(ipfs_api)  # the daemon's gc, run behind CATs' back
+    assert loose.multihash in removed and not removed & _hashes(dag)
+    assert not ipfs.has(loose) and all(ipfs.has(c) for c in dag)
+    assert {c.to_v1() for c in walk(ipfs, root, read_leaves=True)} == dag
+
+    pins.rm(ipfs, root)
+    assert root not in pins and root.to_v1() not in _daemon_pins(ipfs_api)
+    with pytest.raises(CatsError, match=str(root)):
+        pins.rm(ipfs, root)
+    assert _hashes(gc(ipfs, pins)) >= _hashes(dag)  # CATs' gc is the daemon's: the unpinned DAG goes
+    assert not _hashes(dag) & _hashes(ipfs)  # (refs/local: has() of an absent block costs 1 s)
+
+
+def test_gc_keeps_what_the_daemon_pins_for_others(ipfs: IPFSStore, ipfs_api: str, tmp_path: Path) -> None:
+    """The daemon may hold others' pinned data that CATs' pins do not know: its gc keeps them, and a
+    CATs pin unpinned in the daemon behind CATs' back is pinned again before it runs."""
+    pins = Pins(tmp_path / "pins")
+    ours, our_dag = _tree(ipfs, tmp_path / "ours")
+    theirs, their_dag = _tree(ipfs, tmp_path / "theirs")
+    pins.add(ipfs, ours)
+    _rpc(ipfs_api, "pin/rm", {"arg": str(ours)})
+    _rpc(ipfs_api, "pin/add", {"arg": str(theirs)})
+    loose = _loose(ipfs)
+
+    removed = _hashes(gc(ipfs, pins))
+    assert loose.multihash in removed and not removed & _hashes(our_dag | their_dag)
+    assert all(ipfs.has(c) for c in our_dag | their_dag)
+    assert {ours.to_v1(), theirs.to_v1()} <= _daemon_pins(ipfs_api)
+    assert {ours, theirs} <= set(ipfs.pins())
+
+    pins.rm(ipfs, theirs)  # listed by `cats pin ls` on a daemon store, so it can be unpinned too
+    assert theirs.to_v1() not in _daemon_pins(ipfs_api)
+
+
+def test_pin_of_an_incomplete_dag_names_the_missing_block(ipfs_api: str, tmp_path: Path) -> None:
+    ipfs = IPFSStore(ipfs_api, timeout=2)  # the daemon waits this long for the missing block
+    pins = Pins(tmp_path / "pins")
+    root, dag = _tree(ipfs, tmp_path / "a")
+    gone = sorted(c for c in dag if c.codec == RAW)[0]
+    ipfs.delete(gone)
+
+    with pytest.raises(BlockNotFound, match=str(gone)):
+        pins.add(ipfs, root)
+    with pytest.raises(CatsError, match=f"cannot pin {root}.*every block of its DAG"):
+        ipfs.pin(root)  # the daemon alone: it names no block, so its message names the root
+    time.sleep(1)  # a pin the daemon went on with would show by now
+    assert list(pins) == [] and root.to_v1() not in _daemon_pins(ipfs_api)
+
+    pins.folder.joinpath(str(root.to_v1())).touch()  # a pin from before, of a DAG since broken
+    with pytest.raises(CatsError, match=f"pinned DAG {root}.*gc removed nothing"):
+        gc(ipfs, pins)
+    assert ipfs.has(root)
+    ipfs.close()
+
+
+def test_cli_pins_and_gc_on_the_daemon(cli, ipfs: IPFSStore, ipfs_api: str, tmp_path: Path,  # noqa: ANN001
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CATS_IPFS_API", ipfs_api)
+    f = tmp_path / "f.bin"
+    f.write_bytes(os.urandom(CHUNK_SIZE + 10))
+    root = CID.parse(cli("add", "-q", f).out.strip())
+    dag = {c.to_v1() for c in walk(ipfs, root)}
+    assert str(root) in cli("pin", "ls").out.split()
+    assert root.to_v1() in _daemon_pins(ipfs_api)
+
+    res = cli("gc", "--json")
+    assert res.code == 0, res.err
+    assert not _hashes(CID.parse(c) for c in json.loads(res.out)["removed"]) & _hashes(dag)
+    assert cli("pin", "rm", str(root)).out.strip() == f"unpinned {root}"
+    assert str(root) not in cli("pin", "ls", "--json").out
+    res = cli("gc", "--json")
+    assert _hashes(CID.parse(c) for c in json.loads(res.out)["removed"]) >= _hashes(dag)
+    cli("pin", "rm", str(root)).error_line(str(root))
