@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def _replicated(order, replicas: int | None):  # noqa: ANN001, ANN202 - cats.ord
     return order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": replicas})})
 
 
+def _deployed(order, deployment: Path | None):  # noqa: ANN001, ANN202 - cats.order.Order, imported lazily
+    """The Order on a deployment's Ray, with this process storing blocks in its IPFS node (a
+    different Plant, so a different Order and BOM: where it ran is part of its lineage)."""
+    if deployment is None:
+        return order
+    from cats.plant.deployment import Deployment
+
+    deployed = Deployment.from_outputs(deployment)
+    os.environ.update(deployed.environment())
+    return order.model_copy(update={"plant": deployed.plant(order.plant)})
+
+
 def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TimeElapsedColumn
@@ -82,9 +95,12 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
     force: bool = typer.Option(False, "--force", help="Run even if this exact Order already has a BOM."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help=REPLICAS_HELP),
+    deployment: Path | None = typer.Option(None, "--deployment", metavar="OUTPUTS.json",
+                                           help="Run on a deployed Plant: `terraform output -json` of terraform/ "
+                                                "(its Ray address; its IPFS node as the store)."),
 ) -> None:
     """Run an Order on the Plant (the embedded local Ray by default); print its BOM CID last."""
-    _execute(_replicated(_load_order(order_file), replicas), as_json, force)
+    _execute(_deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
 
 
 def submit(
