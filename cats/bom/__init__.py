@@ -68,6 +68,20 @@ class DataUse(BaseModel):
     mean_fetch_s: float = Field(description="mean latency of a fetch from a source (a miss)")
 
 
+class Moved(BaseModel):
+    """Bytes that crossed between the nodes of a cluster whose nodes keep their own stores."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    locality: bool = Field(description="slices were sent to nodes holding their inputs")
+    placed: dict[str, int] = Field(description="slices run next to each store (cats-store:<name>)")
+    between_nodes: int = Field(description="bytes workers fetched from other nodes' stores")
+    blocks: int = Field(description="blocks workers fetched from other nodes' stores")
+    to_driver: int = Field(description="bytes the driver read from other nodes' stores: blocks the split looked "
+                                       "at, and results made elsewhere and inputs it lacked, copied so the whole "
+                                       "BOM DAG is in its store")
+
+
 class Invoice(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -83,6 +97,7 @@ class Invoice(BaseModel):
     nodes: list[str] = Field(description="nodes that ran slices")
     cats_version: str
     data: DataUse | None = Field(default=None, description="the data caches' counters, when slices read URIs")
+    moved: Moved | None = Field(default=None, description="on a cluster of node stores: what crossed between nodes")
 
 
 class BOM(BaseModel):

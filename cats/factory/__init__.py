@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from cats import __version__
-from cats.bom import BOM, DataUse, Invoice, SliceRecord, write_records
+from cats.bom import BOM, DataUse, Invoice, Moved, SliceRecord, write_records
 from cats.bom import load as load_bom
 from cats.bom import records as bom_records
 from cats.bom.index import Index
 from cats.bom.ref import load_ref
 from cats.bom.signatures import Signatures, sign
 from cats.cas.cid import CID, DAG_CBOR
+from cats.cas.dag import walk
 from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
 from cats.config import home
@@ -38,7 +39,8 @@ from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.seal import seal
-from cats.plant import connect
+from cats.plant import cluster, connect
+from cats.plant.cluster import ClusterStore
 
 # Batches per CPU when the Plant does not fix the batch size: enough to balance uneven slices,
 # few enough that per-task overhead stays small next to tiny slices.
@@ -109,7 +111,13 @@ def run(order: Order, *, store: BlockStore | None = None, force: bool = False, q
 
 def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: Index, force: bool,
              quiet: bool, progress: Progress | None, started: float) -> Run:
-    pieces = ingress.split(order, store)
+    # Inputs the driver's store lacks are read from the stores of the cluster's nodes, if it has any
+    # (only read: which node holds an input decides where its slices run).
+    def peers() -> list[Any]:
+        return [s.keeper for s in cluster.stores(connect(order.plant, quiet=quiet)) if s.url != url]
+
+    looked = ClusterStore(store, peers, keep=False)
+    pieces = ingress.split(order, looked)
     if order.output_uri:  # each result has its own URI: two slices of one name would overwrite each other
         names = Counter(egress.entry_name(p.name, i) for i, (p, _) in enumerate(pieces))
         if twice := sorted(n for n, k in names.items() if k > 1):
@@ -124,24 +132,35 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     # "directory" and "list" merges only link CIDs, so the driver does them; other merges read data
     links_only = order.infra.merge in ("directory", "list")
     ray = connect(order.plant, quiet=quiet) if todo or not links_only else None
+    nodes = cluster.stores(ray) if ray is not None else []
+    placed: dict[str, int] = {}
     if todo:
         assert ray is not None
+        groups = place(ray, order, url, pieces, todo, nodes, placed)
         # per invocation, so a forced or resumed run counts its own attempts from 1
         (home() / "runs").mkdir(exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix=f"{order_cid}-", dir=home() / "runs"))
-        dispatch = _dispatch if order.plant.replicas == 1 else _dispatch_replicated
         try:
-            failures = dispatch(ray, order, url, run_dir, pieces, seeds, todo, done, index, order_cid, progress)
+            if order.plant.replicas == 1:
+                failures = _dispatch(ray, order, groups, run_dir, pieces, seeds, done, index, order_cid, progress)
+            else:
+                failures = _dispatch_replicated(ray, order, url, run_dir, pieces, seeds, todo, done, index,
+                                                order_cid, progress)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         if failures:
             raise SliceFailed(_failure_message(order_cid, pieces, failures))
     results = [done[i] for i in range(len(pieces))]
+    here = ClusterStore(store, peers)
+    if nodes:  # results made on other nodes (and inputs only they held) come here: the BOM's DAG is whole here
+        for root in [CID.parse(r["output"]) for r in results] + order.input_cids:
+            for _ in walk(here, root):
+                pass
     parts = [{**r, "name": pieces[r["index"]][0].name, "assembly": pieces[r["index"]][1]} for r in results]
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
     if order.output_uri:  # the results are reference blocks: their list is the output
         how = "list"
-    if links_only or ray is None:
+    if links_only or ray is None or nodes:  # on a cluster of node stores, only the driver's store has them all
         merged = egress.merge(url, how, parts)
     else:
         merged = ray.get(ray.remote(egress.merge).options(num_cpus=0).remote(url, how, parts))
@@ -167,7 +186,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
             bytes_in=sum(r.bytes_in for r in records), bytes_out=sum(r.size for r in records),
             executor=socket.gethostname(), cats_version=__version__,
             nodes=sorted({r.node for r in records} | {o.node for r in records for o in r.replicas or ()}),
-            data=_data_use([done[i] for i in todo])),
+            data=_data_use([done[i] for i in todo]),
+            moved=_moved(order, looked.moved + here.moved, [done[i] for i in todo], placed) if nodes else None),
     )
     block = bom.block()
     bom_cid = CID.hash(block, DAG_CBOR)
@@ -193,6 +213,13 @@ def _data_use(executed: list[dict[str, Any]]) -> DataUse | None:
     return DataUse(hits=int(total["hits"]), misses=int(total["misses"]), bytes_in=int(total["bytes_in"]),
                    bytes_out=int(total["bytes_out"]),
                    mean_fetch_s=total["fetch_s"] / total["misses"] if total["misses"] else 0.0)
+
+
+def _moved(order: Order, to_driver: int, executed: list[dict[str, Any]], placed: dict[str, int]) -> Moved:
+    """What crossed between nodes: the workers' fetches of this invocation, and the driver's reads."""
+    counts = [r["moved"] for r in executed if "moved" in r]
+    return Moved(locality=order.plant.locality, placed=placed, between_nodes=sum(c["bytes"] for c in counts),
+                 blocks=sum(c["blocks"] for c in counts), to_driver=to_driver)
 
 
 def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list[dict[str, Any]]) -> str:
@@ -223,39 +250,92 @@ def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list
     return message
 
 
-def _dispatch(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingress.Piece], seeds: list[int],
-              todo: list[int], done: dict[int, dict[str, Any]], index: Index, order_cid: CID,
-              progress: Progress | None) -> list[dict[str, Any]]:
-    """Run the slices in batches, no more batches in flight than the cluster has slots, so a batch
-    starts when it is submitted and its timeout counts running time, not time in Ray's queue."""
+@dataclass
+class Group:
+    """Slices that run where one store is local: the URL workers open it by, the resources that place them."""
+
+    url: str
+    resources: dict[str, float]
+    slots: int
+    todo: list[int]
+    peers: list[Any]  # keepers of the other nodes' stores, for blocks this one lacks
+
+
+def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: list[int],
+          nodes: list[cluster.Store], placed: dict[str, int]) -> list[Group]:
+    """One group on a plain Ray (workers open the driver's store); on a cluster of node stores, one
+    per store, each slice next to a store holding its input (`placed` counts them per store)."""
     plant = order.plant
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // plant.num_cpus))
-    size = plant.batch or max(1, math.ceil(len(todo) / (slots * _BATCHES_PER_CPU)))
-    task = ray.remote(worker.run_batch).options(
-        num_cpus=plant.num_cpus, resources=plant.resources or None, max_retries=plant.retries,
-        runtime_env={"pip": order.structure.requirements} if order.structure.requirements else None)
+    if not nodes:
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // plant.num_cpus))
+        return [Group(url, dict(plant.resources), slots, todo, [])]
+    if plant.replicas > 1:
+        raise CatsError("replicated runs on a cluster of node stores are not supported yet: use plant.replicas=1 "
+                        "or a shared store (CATS_STORE on a shared file system, an IPFS daemon)")
+    if url not in {s.url for s in nodes}:
+        raise CatsError(f"this driver's store ({url}) is none of the cluster's node stores "
+                        f"({', '.join(s.resource for s in nodes)}), so their workers could not read the code: "
+                        "run the driver on a node that advertises its store, with that store")
+    cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")}
+    slots = {s.name: max(1, int(cpus.get(s.node, 1) // plant.num_cpus)) for s in nodes}
+    roots = [pieces[i][0].cid for i in todo]
+    held = cluster.holders(ray, nodes, [r for r in roots if r is not None])
+    wanted = [[] if r is None else held.pop(0) for r in roots]
+    if lost := [str(r) for r, w in zip(roots, wanted, strict=True) if r is not None and not w]:
+        raise CatsError(f"no store of the cluster ({', '.join(s.resource for s in nodes)}) holds input "
+                        f"{lost[0]}" + (f" (nor {len(lost) - 1} more)" if len(lost) > 1 else "") + "; nothing was run")
+    chosen = cluster.assign(wanted, [s.name for s in nodes], slots, plant.locality)
+    groups = []
+    for s in nodes:
+        mine = [i for i, name in zip(todo, chosen, strict=True) if name == s.name]
+        placed[s.name] = len(mine)
+        if mine:
+            groups.append(Group(s.url, {**plant.resources, s.resource: cluster.TOKEN}, slots[s.name], mine,
+                                 [o.keeper for o in nodes if o.url != s.url]))
+    return groups
+
+
+def _dispatch(ray: Any, order: Order, groups: list[Group], run_dir: Path, pieces: list[ingress.Piece],
+              seeds: list[int], done: dict[int, dict[str, Any]], index: Index, order_cid: CID,
+              progress: Progress | None) -> list[dict[str, Any]]:
+    """Run the slices in batches, no more batches of a group in flight than its nodes have slots, so a
+    batch starts when it is submitted and its timeout counts running time, not time in Ray's queue."""
+    plant = order.plant
+    task = ray.remote(worker.run_batch)
+    options = {"num_cpus": plant.num_cpus, "max_retries": plant.retries,
+               "runtime_env": {"pip": order.structure.requirements} if order.structure.requirements else None}
     function = order.function.model_dump(mode="json", exclude_none=True)
-    batches = [todo[start:start + size] for start in range(0, len(todo), size)]
-    pending: dict[Any, tuple[list[int], float]] = {}
+    batches: list[tuple[Group, list[int]]] = []
+    queues: list[list[int]] = []  # per group, its batches' numbers in submission order
+    for group in groups:
+        size = plant.batch or max(1, math.ceil(len(group.todo) / (group.slots * _BATCHES_PER_CPU)))
+        queues.append([])
+        for start in range(0, len(group.todo), size):
+            queues[-1].append(len(batches))
+            batches.append((group, group.todo[start:start + size]))
+    pending: dict[Any, tuple[int, int, float]] = {}  # ref -> (group, batch, deadline)
     failures: list[dict[str, Any]] = []
 
-    def submit(b: int) -> None:
-        chunk = batches[b]
+    def submit(g: int) -> None:
+        if not queues[g]:
+            return
+        b = queues[g].pop(0)
+        group, chunk = batches[b]
         items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
         deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
-        pending[task.remote(url, function, str(run_dir), b, items, True, order.output_uri)] = (chunk, deadline)
+        ref = task.options(**options, resources=group.resources or None).remote(
+            group.url, function, str(run_dir), b, items, True, order.output_uri, group.peers or None)
+        pending[ref] = (g, b, deadline)
 
-    queued = iter(range(len(batches)))
-    for b in queued:
-        submit(b)
-        if len(pending) >= slots:
-            break
+    for g, group in enumerate(groups):
+        for _ in range(group.slots):
+            submit(g)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
         for ref in ready:
-            chunk, _ = pending.pop(ref)
-            if (b := next(queued, None)) is not None:
-                submit(b)
+            g, b, _ = pending.pop(ref)
+            chunk = batches[b][1]
+            submit(g)
             try:
                 outcome = ray.get(ref)
             except Exception as e:  # the task itself failed beyond its retries (e.g. its worker died)
@@ -268,14 +348,13 @@ def _dispatch(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingr
             if progress:
                 progress(len(done), len(pieces))
         now = time.time()
-        for ref, (chunk, deadline) in list(pending.items()):
+        for ref, (g, b, deadline) in list(pending.items()):
             if now > deadline:
                 ray.cancel(ref, force=True)
                 pending.pop(ref)
                 failures.extend({"index": i, "error": f"timed out after {plant.timeout_s} s per slice"}
-                                for i in chunk if i not in done)
-                if (b := next(queued, None)) is not None:
-                    submit(b)
+                                for i in batches[b][1] if i not in done)
+                submit(g)
     return sorted(failures, key=lambda f: f["index"])
 
 

@@ -32,6 +32,7 @@ from cats.factory.egress import entry_name
 from cats.factory.ingress import open_input
 from cats.order.function import Function
 from cats.order.infra import Slice
+from cats.plant.cluster import ClusterStore
 
 _loaded: dict[tuple[str, str], Callable[..., Any]] = {}
 
@@ -116,7 +117,7 @@ def _attempt(run_dir: str, batch: int) -> int:
 
 def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int,
               items: list[tuple[int, dict[str, Any], int]], store_outputs: bool = True,
-              output_uri: str | None = None) -> list[dict[str, Any]]:
+              output_uri: str | None = None, peers: list[Any] | None = None) -> list[dict[str, Any]]:
     """Run slices; one record per slice: its output, or the error with the remote traceback.
 
     An error from a block that is missing or does not match its CID says so (`kind`, `cid`), so
@@ -125,9 +126,11 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     With `output_uri`, each result goes to `output_uri/<slice name>` and the store gets only a
     reference block to it (`cats.bom.OutputRef`); the record's `content` is the result's own CID.
     Slices that read URIs go through this machine's data cache; the last record carries the
-    batch's cache counters (`data`).
+    batch's cache counters (`data`). With `peers` (the keepers of other nodes' stores, on a cluster
+    whose nodes keep their own), blocks this node's store lacks are fetched from them and the last
+    record counts what came (`moved`).
     """
-    store = open_store(store_url)
+    store = open_store(store_url) if peers is None else ClusterStore(open_store(store_url), peers)
     fn = Function.model_validate(function)
     attempt = _attempt(run_dir, batch)
     node = _node()
@@ -164,6 +167,8 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
         if out:
             out[-1]["data"] = {name: cache.counts[name] for name in ("hits", "misses", "bytes_in", "bytes_out",
                                                                         "fetch_s")}
+    if isinstance(store, ClusterStore) and out:
+        out[-1]["moved"] = {"bytes": store.moved, "blocks": store.fetched}
     return out
 
 

@@ -26,16 +26,20 @@ class Plant(BaseModel):
                           "a strict majority of identical output CIDs decides")
     on_disagreement: Literal["fail", "mark"] = Field(
         default="fail", description="a majority with dissent fails the slice, or is kept and marked in the BOM")
+    locality: bool = Field(default=True, description="on a cluster whose nodes advertise their stores "
+                           "(cats-store:<name>), run each slice next to a store holding its input")
 
     @model_serializer(mode="wrap")
-    def _drop_replication_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave the replication fields out at their defaults, so every Order written before they
+    def _drop_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave the replication and locality fields out at their defaults, so every Order written before they
         existed keeps its encoding, hence its CID and its memoized BOM."""
         data = handler(self)
         if self.replicas == 1:
             data.pop("replicas", None)
         if self.on_disagreement == "fail":
             data.pop("on_disagreement", None)
+        if self.locality:
+            data.pop("locality", None)
         return data
 
 

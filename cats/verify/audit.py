@@ -23,9 +23,9 @@ from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import BlockNotFound, CatsError, DataError, DataIntegrityError, DecodeError, IntegrityError
-from cats.factory import egress, ingress, worker
+from cats.factory import egress, ingress, place, worker
 from cats.order import Order, label
-from cats.plant import connect
+from cats.plant import cluster, connect
 from cats.verify import drift, sampling
 from cats.verify.report import Problem, Reason, Report, Sample, SliceResult
 
@@ -274,15 +274,22 @@ def _run_slices(store: BlockStore, order: Order, chosen: list[SliceRecord], quie
     if not chosen:
         return {}
     ray = connect(order.plant, quiet=quiet)
-    url = store.url
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // order.plant.num_cpus))
-    size = max(1, math.ceil(len(chosen) / (slots * 4)))
-    task = ray.remote(worker.run_batch).options(num_cpus=order.plant.num_cpus, max_retries=order.plant.retries)
+    assert store.url is not None
+    # where the Factory would run them: next to a node store holding their inputs, on such a cluster
+    groups = place(ray, order, store.url, [(r.input, r.assembly) for r in chosen], list(range(len(chosen))),
+                   cluster.stores(ray), {})
+    task = ray.remote(worker.run_batch)
     function = order.function.model_dump(mode="json", exclude_none=True)
+    refs = []
     with tempfile.TemporaryDirectory(prefix="cats-verify-") as run_dir:
-        refs = [task.remote(url, function, run_dir, b, [
-            (r.index, r.input.model_dump(mode="json", exclude_none=True), r.seed) for r in chosen[start:start + size]
-        ], False, order.output_uri) for b, start in enumerate(range(0, len(chosen), size))]
+        for group in groups:
+            size = max(1, math.ceil(len(group.todo) / (group.slots * 4)))
+            for start in range(0, len(group.todo), size):
+                items = [(chosen[k].index, chosen[k].input.model_dump(mode="json", exclude_none=True), chosen[k].seed)
+                         for k in group.todo[start:start + size]]
+                refs.append(task.options(num_cpus=order.plant.num_cpus, max_retries=order.plant.retries,
+                                         resources=group.resources or None).remote(
+                    group.url, function, run_dir, len(refs), items, False, order.output_uri, group.peers or None))
         return {r["index"]: r for batch in ray.get(refs) for r in batch}
 
 
