@@ -115,7 +115,9 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory, worker_env: WorkerEnv)
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        # "local": a Ray of its own, never a cluster some other process started on this machine
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING")
     finally:
         for name, value in saved.items():
             if value is None:
