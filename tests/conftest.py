@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import http_server, moto_endpoint  # noqa: F401 - fixtures shared by every test module
+from servers import http_server, ipfs_api, moto_endpoint  # noqa: F401 - fixtures shared by every test module
 
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore

@@ -1,4 +1,4 @@
-"""Real servers on loopback for the data-URI tests: a ranged HTTP file server and moto's S3.
+"""Real servers on loopback for the tests: a ranged HTTP file server, moto's S3, an IPFS daemon.
 
 The HTTP server answers single byte ranges the way RFC 9110 says (206 + Content-Range, 416 past
 the end), and can be told to ignore Range, fail chosen paths, or stall; it logs every response
@@ -7,15 +7,22 @@ with the body bytes it actually sent, so tests can prove what crossed the wire.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import re
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +171,54 @@ def moto_endpoint() -> Iterator[str]:
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# -- a real IPFS daemon (js-ipfs, kubo RPC API, offline), from tests/ipfsd ------------------------------------
+IPFSD = Path(__file__).resolve().parent / "ipfsd"
+
+
+def _unavailable() -> str | None:
+    if shutil.which("node") is None:
+        return "`node` is not on PATH"
+    if not (IPFSD / "node_modules" / "ipfs" / "package.json").is_file():
+        return "tests/ipfsd/node_modules is not installed (run scripts/test or `npm ci --prefix tests/ipfsd`)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def ipfs_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The RPC API URL of a real offline IPFS daemon running for the whole session."""
+    reason = _unavailable()
+    if reason:
+        if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
+            pytest.fail(f"IPFS daemon unavailable: {reason} (CI=true: refusing to skip)", pytrace=False)
+        pytest.skip(f"IPFS daemon unavailable: {reason}")
+    repo = tmp_path_factory.mktemp("ipfs-repo")
+    port = free_port()
+    # its own session and process group, so stopping it never touches anything else
+    proc = subprocess.run(["bash", str(IPFSD / "start.sh"), str(repo), str(port)], capture_output=True,
+                          text=True, timeout=120, start_new_session=True)
+    if proc.returncode != 0:
+        pytest.fail(f"the IPFS daemon did not start:\n{proc.stderr}", pytrace=False)
+    pid = int(proc.stdout.split()[-1])
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(pid)
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

@@ -22,7 +22,6 @@ import hcl2
 import jsonschema
 import pytest
 import yaml
-from test_ipfs_store import ipfs_api  # noqa: F401 - the real IPFS daemon the deployed run stores into
 
 from cats.bom import load as load_bom
 from cats.cas import dagcbor
@@ -270,7 +269,7 @@ def _sealed_iac(tmp_path: Path, iac: Path) -> CID:
 
 
 def _folder_cid(path: Path) -> CID:
-    with Importer(MemoryStore(), cid_version=1) as importer:
+    with Importer(MemoryStore(), cid_version=1, hidden=True) as importer:
         *_, top = importer.add_path(path)
     return top.cid
 
@@ -281,7 +280,7 @@ def test_the_terraform_folder_is_the_structures_iac(cats_home: Path, tmp_path: P
     assert _sealed_iac(tmp_path, TERRAFORM) == _folder_cid(TERRAFORM)
 
     copy = tmp_path / "terraform"
-    shutil.copytree(TERRAFORM, copy, ignore=shutil.ignore_patterns(".*"))
+    shutil.copytree(TERRAFORM, copy)
     original = _sealed_iac(tmp_path, copy)
     assert original == _folder_cid(TERRAFORM)  # content-addressed: where the folder lies is no part of it
     variables = copy / "variables.tf"
@@ -294,6 +293,23 @@ def test_the_terraform_folder_is_the_structures_iac(cats_home: Path, tmp_path: P
     assert changed != original
     variables.write_text(text)
     assert _sealed_iac(tmp_path, copy) == original
+
+
+def test_state_plans_and_provider_downloads_stay_out_of_the_iac(cats_home: Path, tmp_path: Path) -> None:
+    """The lock file pins the providers, so it is part of the deployment; state holds secrets, and
+    .terraform/ holds provider binaries: neither is the deployment's definition."""
+    copy = tmp_path / "terraform"
+    shutil.copytree(TERRAFORM, copy)
+    original = _sealed_iac(tmp_path, copy)
+    (copy / ".terraform" / "providers").mkdir(parents=True)
+    (copy / ".terraform" / "providers" / "helm").write_bytes(b"\x7fELF provider binary")
+    (copy / "terraform.tfstate").write_text('{"secret": "s3cr3t"}')
+    (copy / "terraform.tfstate.backup").write_text('{"secret": "old"}')
+    (copy / "next.tfplan").write_bytes(b"plan")
+    assert _sealed_iac(tmp_path, copy) == original
+    lock = 'provider "registry.terraform.io/hashicorp/helm" {\n  version = "3.0.2"\n}\n'
+    (copy / ".terraform.lock.hcl").write_text(lock)
+    assert _sealed_iac(tmp_path, copy) != original
 
 
 # -- cats run --deployment -------------------------------------------------------------------------

@@ -1,26 +1,22 @@
 """The IPFS-daemon block store against a real daemon (js-ipfs, kubo RPC API, offline).
 
-The daemon comes from `tests/ipfsd` (`npm ci` there, done by `scripts/test`); `start.sh` starts it
-with its own repo in a temporary folder. Without node or those packages the daemon tests skip,
-except under CI=true, where they fail.
+The daemon is the session fixture `ipfs_api` (tests/servers.py): `tests/ipfsd/start.sh` with its own
+repo in a temporary folder. Without node or its packages the daemon tests skip, except under
+CI=true, where they fail.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from servers import free_port
 
 from cats.cas import dagcbor, dagpb, multihash, reader, unixfs
 from cats.cas.car import import_car
@@ -32,61 +28,6 @@ from cats.cas.store import open_store
 from cats.cas.store.ipfs import IPFSStore, api_url
 from cats.cas.store.memory import MemoryStore
 from cats.errors import BlockNotFound, CatsError
-
-IPFSD = Path(__file__).resolve().parent / "ipfsd"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _unavailable() -> str | None:
-    if shutil.which("node") is None:
-        return "`node` is not on PATH"
-    if not (IPFSD / "node_modules" / "ipfs" / "package.json").is_file():
-        return "tests/ipfsd/node_modules is not installed (run scripts/test or `npm ci --prefix tests/ipfsd`)"
-    return None
-
-
-@pytest.fixture(scope="session")
-def ipfs_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The RPC API URL of a real offline IPFS daemon running for the whole session."""
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:
-            pytest.fail(f"IPFS daemon unavailable: {reason} (CI=true: refusing to skip)", pytrace=False)
-        pytest.skip(f"IPFS daemon unavailable: {reason}")
-    repo = tmp_path_factory.mktemp("ipfs-repo")
-    port = _free_port()
-    # its own session and process group, so stopping it never touches anything else
-    proc = subprocess.run(["bash", str(IPFSD / "start.sh"), str(repo), str(port)], capture_output=True,
-                          text=True, timeout=120, start_new_session=True)
-    if proc.returncode != 0:
-        pytest.fail(f"the IPFS daemon did not start:\n{proc.stderr}", pytrace=False)
-    pid = int(proc.stdout.split()[-1])
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(pid)
-
-
-def _stop(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -167,7 +108,7 @@ def test_open_store_picks_the_daemon(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_unreachable_daemon_is_a_clear_error() -> None:
-    api = f"http://127.0.0.1:{_free_port()}"
+    api = f"http://127.0.0.1:{free_port()}"
     store = IPFSStore(api, timeout=5)
     cid = CID.hash(b"x")
     for call in (lambda: store.has(cid), lambda: store.get(cid), lambda: store.put(cid, b"x"), lambda: list(store)):

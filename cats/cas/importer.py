@@ -58,8 +58,9 @@ class Importer:
     def __init__(self, store: BlockStore | None, cid_version: int = 1, hashfn: str = "sha2-256",
                  raw_leaves: bool | None = None, hidden: bool = False,
                  progress: Callable[[int], None] | None = None, threads: int = 2,
-                 shard_threshold: int = hamt.THRESHOLD) -> None:
+                 shard_threshold: int = hamt.THRESHOLD, ignore: Callable[[str], bool] | None = None) -> None:
         """`store=None` computes CIDs only (`--only-hash`). `progress` receives byte counts as they go.
+        `ignore(name)` leaves out the files and folders it is true for, wherever they are in the tree.
 
         `shard_threshold` is kubo's `Internal.UnixFSShardingSizeThreshold`: folders whose links'
         estimated size passes it are HAMT-sharded.
@@ -73,6 +74,7 @@ class Importer:
         self.version = cid_version
         self.raw_leaves = cid_version == 1 if raw_leaves is None else raw_leaves
         self.hidden = hidden
+        self.ignore = ignore
         self.progress = progress
         self.shard_threshold = shard_threshold
         self._threads = threads
@@ -181,7 +183,7 @@ class Importer:
         except OSError as e:
             raise CatsError(f"cannot read folder {folder}: {e.strerror}") from None
         for child in children:
-            if child.name.startswith(".") and not self.hidden:
+            if (child.name.startswith(".") and not self.hidden) or (self.ignore and self.ignore(child.name)):
                 continue
             check_name(child.name, rel)
             child_rel = f"{rel}/{child.name}"

@@ -77,13 +77,24 @@ def seal(order: Order, store: BlockStore) -> Order:
         if structure.lock is None:
             structure = structure.model_copy(update={"lock": environment_lock(store)})
         if structure.iac_path is not None:
-            if not structure.iac_path.is_dir():
-                raise CatsError(f"IaC folder {structure.iac_path} does not exist")
-            *_, top = importer.add_path(structure.iac_path)
-            structure = structure.model_copy(update={"iac": top.cid, "iac_path": None})
+            structure = structure.model_copy(update={"iac": _add_iac(store, structure.iac_path), "iac_path": None})
         inputs = [_add_input(importer, i) for i in order.inputs]
     return order.model_copy(update={"function": function, "infra": infra, "structure": structure,
                                     "inputs": inputs})
+
+
+def _not_iac(name: str) -> bool:
+    """What a deployment folder holds but its definition is not: provider downloads, state (which holds
+    secrets) and plans. Hidden files stay: `.terraform.lock.hcl` pins the providers' versions and hashes."""
+    return name in (".terraform", ".git") or ".tfstate" in name or name.endswith(".tfplan")
+
+
+def _add_iac(store: BlockStore, folder: Path) -> CID:
+    if not folder.is_dir():
+        raise CatsError(f"IaC folder {folder} does not exist")
+    with Importer(store, cid_version=1, hidden=True, ignore=_not_iac) as importer:
+        *_, top = importer.add_path(folder)
+    return top.cid
 
 
 def _add_input(importer: Importer, item: CID | Info | View | str | Path) -> CID | Info | View:
