@@ -45,6 +45,7 @@ class ClusterNode:
 class RayCluster:
     base: Path
     port: int = field(default_factory=free_port)
+    client_port: int = field(default_factory=free_port)  # the Ray Client server's (ray://)
     nodes: list[ClusterNode] = field(default_factory=list)
     # short: Ray's unix socket paths live under it and must stay under ~100 characters
     temp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cr")))
@@ -52,6 +53,10 @@ class RayCluster:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
 
     def env(self, home: Path | None = None) -> dict[str, str]:
         """The environment of a process on this cluster: its node's CATS_HOME, the cluster's token."""
@@ -71,7 +76,7 @@ class RayCluster:
         node.home.mkdir(parents=True, exist_ok=True)
         head = not self.nodes
         where = ["--head", f"--port={self.port}", f"--temp-dir={self.temp}", "--include-dashboard=false",
-                 "--ray-client-server-port", str(free_port())] if head else [f"--address={self.address}"]
+                 f"--ray-client-server-port={self.client_port}"] if head else [f"--address={self.address}"]
         log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115 - the process keeps it
         node.proc = subprocess.Popen(
             [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
@@ -95,10 +100,11 @@ class RayCluster:
             time.sleep(1)
         raise RuntimeError(f"ray node {name} did not join:\n{(self.base / f'{name}.log').read_text()[-3000:]}")
 
-    def run(self, home: Path, *args: str) -> Result:
-        """`cats ARGS` as a driver on this cluster with CATS_HOME `home`."""
+    def run(self, home: Path, *args: str, **env: str | None) -> Result:
+        """`cats ARGS` as a driver on this cluster with CATS_HOME `home` (`env`: changes, None unsets)."""
+        environment = {**self.env(home), **env}
         proc = subprocess.run([sys.executable, "-m", "cats", *args], capture_output=True, timeout=600,
-                              env=self.env(home))
+                              env={k: v for k, v in environment.items() if v is not None})
         return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
                       proc.stdout)
 

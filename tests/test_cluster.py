@@ -60,7 +60,8 @@ def dataset(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> tu
     return root, files
 
 
-def _order(folder: Path, inputs: list[CID], locality: bool = True, name: str = "digest") -> Path:
+def _order(folder: Path, inputs: list[CID], locality: bool = True, name: str = "digest",
+           address: str | None = None) -> Path:
     path = folder / f"{name}.py"
     path.write_text(f'''
 import hashlib
@@ -73,7 +74,7 @@ def digest(data: bytes) -> str:
 
 
 order = Order(function=Function.of(digest), inputs=[CID.parse(c) for c in {[str(c) for c in inputs]!r}],
-              plant=Plant(locality={locality!r}))
+              plant=Plant(locality={locality!r}, address={address!r}))
 ''')
     return path
 
@@ -139,6 +140,19 @@ def test_an_input_no_node_holds_is_named(cluster: RayCluster, tmp_path: Path) ->
     ghost = CID.hash(b"no node holds this", RAW)
     result = cluster.run(cluster.nodes[0].home, "run", str(_order(tmp_path, [ghost], name="digest_ghost")))
     result.error_line(str(ghost))
+
+
+@pytest.mark.parametrize("how", ["ray://", "gcs"])
+def test_a_plant_names_the_cluster(cluster: RayCluster, dataset, tmp_path: Path, how: str) -> None:
+    """Plant.address reaches the cluster without RAY_ADDRESS: through the Ray Client (ray://) or the GCS."""
+    root, _ = dataset
+    address = cluster.client_address if how == "ray://" else cluster.address
+    order = _order(tmp_path, [root], name=f"digest_at_{how.strip(':/')}", address=address)
+    result = cluster.run(cluster.nodes[0].home, "run", str(order), "--json", RAY_ADDRESS=None)
+    assert result.code == 0, result.err
+    bom = load_bom(cluster.nodes[0].store, CID.parse(json.loads(result.out)["bom"]))
+    assert bom.invoice.moved is not None and bom.invoice.moved.placed == {"a": FILES // 2, "b": FILES // 2}
+    assert len(bom.invoice.nodes) == 2
 
 
 def test_assign_prefers_holders_and_balances() -> None:
