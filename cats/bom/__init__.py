@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
 
+from cats.bom.child import Child
 from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.dag import put_cbor
@@ -54,6 +55,7 @@ class SliceRecord(BaseModel):
     # None for a run with one replica, so such records keep the encoding they had before replication
     replicas: list[ReplicaOutcome] | None = Field(default=None, description="every replica, in replica order")
     agreed: bool | None = Field(default=None, description="False when a majority won over dissent")
+    children: list[Child] | None = Field(default=None, description="sub-Orders this slice submitted, in order")
 
 
 class DataUse(BaseModel):
@@ -114,6 +116,9 @@ class BOM(BaseModel):
     output_encoding: str
     slices: list[CIDField] = Field(description="blocks of slice records, in slice order")
     parents: list[CIDField] = Field(default_factory=list, description="BOMs that produced the inputs")
+    # Left out of the encoding while empty, so BOMs without sub-Orders keep the CIDs they always had.
+    children: list[CIDField] = Field(default_factory=list, exclude_if=lambda children: not children,
+                                     description="BOMs of the sub-Orders its slices submitted")
     invoice: Invoice
 
     def block(self) -> bytes:

@@ -5,6 +5,8 @@ and need nothing but the store. Descendants are not linked from anywhere (a BOM 
 made after it), so they come from the local run index: every indexed BOM is read and its parents
 inverted. Nodes are BOM CIDs in their canonical text form; edges run parent -> child. A parent whose
 block is absent or is not a BOM becomes a node marked `missing` so a partial history still renders.
+The BOMs of sub-Orders (a BOM's `children`) are linked too, and walked with the ancestors: their
+edges run from the BOM whose slices submitted them and carry `nested=True`.
 """
 
 from __future__ import annotations
@@ -56,20 +58,27 @@ def _try_load(store: BlockStore, cid: CID) -> tuple[BOM | None, str | None]:
 
 
 def _walk_up(store: BlockStore, g: nx.DiGraph, root: str, bom: BOM) -> None:
-    """Add every ancestor of root (already a node) with its parent -> child edges."""
+    """Add every ancestor of root (already a node) with its parent -> child edges, and every
+    sub-Order's BOM of those (and of their own ancestors) with nested edges."""
     boms = {root: bom}
     stack = [root]
+
+    def reach(cid: CID) -> str:
+        key = str(cid)
+        if key not in g:
+            found, error = _try_load(store, cid)
+            g.add_node(key, **_attrs(found, error))
+            if found is not None:
+                boms[key] = found
+                stack.append(key)
+        return key
+
     while stack:
-        child = stack.pop()
-        for parent in boms[child].parents:
-            key = str(parent)
-            if key not in g:
-                found, error = _try_load(store, parent)
-                g.add_node(key, **_attrs(found, error))
-                if found is not None:
-                    boms[key] = found
-                    stack.append(key)
-            g.add_edge(key, child)
+        here = stack.pop()
+        for parent in boms[here].parents:
+            g.add_edge(reach(parent), here)
+        for child in boms[here].children:
+            g.add_edge(here, reach(child), nested=True)
 
 
 def _children(store: BlockStore, index: Index) -> tuple[dict[str, set[str]], dict[str, BOM]]:
@@ -130,13 +139,28 @@ def graph(store: BlockStore, cid: CID | str, index: Index | None = None) -> nx.D
 def ancestors(store: BlockStore, cid: CID | str) -> set[str]:
     """CIDs of every BOM that fed into cid, transitively (missing ones included)."""
     g = graph(store, cid)
-    return set(nx.ancestors(g, g.graph["root"]))
+    inputs = nx.subgraph_view(g, filter_edge=lambda p, c: not _nested(g, p, c))
+    return set(nx.ancestors(inputs, g.graph["root"]))
 
 
 def descendants(store: BlockStore, index: Index, cid: CID | str) -> set[str]:
     """CIDs of every indexed BOM that used cid's outputs, transitively."""
     children, _ = _children(store, index)
     return set(_below(children, str(CID.parse(cid))))
+
+
+def _nested(g: nx.DiGraph, parent: str, child: str) -> bool:
+    """Whether the edge links a sub-Order's BOM to the BOM that submitted it (not an input's producer)."""
+    return bool(g.edges[parent, child].get("nested"))
+
+
+def _parents(g: nx.DiGraph, node: str) -> list[str]:
+    return sorted(p for p in g.predecessors(node) if not _nested(g, p, node))
+
+
+def _derived(g: nx.DiGraph, node: str, nested: bool = False) -> list[str]:
+    """The BOMs built on node's outputs or, with nested, its sub-Orders' BOMs."""
+    return sorted(c for c in g.successors(node) if _nested(g, node, c) == nested)
 
 
 # -- renderers ----------------------------------------------------------------------------------------
@@ -150,10 +174,12 @@ def _edges(g: nx.DiGraph) -> list[tuple[str, str]]:
 
 
 def to_json(g: nx.DiGraph) -> str:
-    """The graph as one JSON document: root, nodes with their attributes, and parent -> child edges."""
+    """The graph as one JSON document: root, nodes with their attributes, and parent -> child edges
+    (`nested` on those to sub-Orders' BOMs)."""
     return json.dumps({"root": g.graph.get("root"),
                        "nodes": [{"cid": n, **g.nodes[n]} for n in _ordered(g)],
-                       "edges": [{"parent": p, "child": c} for p, c in _edges(g)]}, indent=2)
+                       "edges": [{"parent": p, "child": c, **({"nested": True} if _nested(g, p, c) else {})}
+                                 for p, c in _edges(g)]}, indent=2)
 
 
 def _dot_quote(text: str) -> str:
@@ -180,7 +206,8 @@ def to_dot(g: nx.DiGraph) -> str:
         extra = ", style=dashed, color=red" if g.nodes[node].get("missing") else ""
         extra += ", penwidth=2" if node == root else ""
         out.append(f'  {_dot_quote(node)} [label="{label}"{extra}];')
-    out += [f"  {_dot_quote(p)} -> {_dot_quote(c)};" for p, c in _edges(g)]
+    out += [f"  {_dot_quote(p)} -> {_dot_quote(c)}{' [style=dashed]' if _nested(g, p, c) else ''};"
+            for p, c in _edges(g)]
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -204,7 +231,7 @@ def to_mermaid(g: nx.DiGraph) -> str:
     for node in _ordered(g):
         label = "<br/>".join(_mermaid_text(line) for line in _caption(g, node))
         out.append(f'  {_mermaid_id(node)}["{label}"]')
-    out += [f"  {_mermaid_id(p)} --> {_mermaid_id(c)}" for p, c in _edges(g)]
+    out += [f"  {_mermaid_id(p)} {'-.->' if _nested(g, p, c) else '-->'} {_mermaid_id(c)}" for p, c in _edges(g)]
     missing = [_mermaid_id(n) for n in _ordered(g) if g.nodes[n].get("missing")]
     out.append("  classDef missing stroke-dasharray: 5 5,stroke:#c00")
     if missing:
@@ -224,7 +251,7 @@ def _tree_label(g: nx.DiGraph, node: str) -> str:
 
 
 def _fill(branch: Tree, g: nx.DiGraph, node: str, shown: set[str]) -> None:
-    """Inputs, outputs and parents of node under branch; a BOM reached twice is expanded once."""
+    """Inputs, outputs, parents and sub-Orders of node under branch; a BOM reached twice is expanded once."""
     attrs = g.nodes[node]
     if attrs.get("missing"):
         branch.add(f"[red]{escape(attrs.get('error') or 'not in the store')}[/red]")
@@ -234,19 +261,19 @@ def _fill(branch: Tree, g: nx.DiGraph, node: str, shown: set[str]) -> None:
             sub = branch.add(title)
             for cid in attrs[title]:
                 sub.add(cid)
-    parents = sorted(g.predecessors(node))
-    if parents:
-        sub = branch.add("parents")
-        for parent in parents:
-            if parent in shown:
-                sub.add(_tree_label(g, parent) + " [dim](shown above)[/dim]")
-                continue
-            shown.add(parent)
-            _fill(sub.add(_tree_label(g, parent)), g, parent, shown)
+    for title, linked in (("parents", _parents(g, node)), ("sub-Orders", _derived(g, node, nested=True))):
+        if linked:
+            sub = branch.add(title)
+            for other in linked:
+                if other in shown:
+                    sub.add(_tree_label(g, other) + " [dim](shown above)[/dim]")
+                    continue
+                shown.add(other)
+                _fill(sub.add(_tree_label(g, other)), g, other, shown)
 
 
 def _fill_down(branch: Tree, g: nx.DiGraph, node: str, shown: set[str]) -> None:
-    for child in sorted(g.successors(node)):
+    for child in _derived(g, node):
         if child in shown:
             continue
         shown.add(child)
@@ -254,9 +281,10 @@ def _fill_down(branch: Tree, g: nx.DiGraph, node: str, shown: set[str]) -> None:
 
 
 def to_tree(g: nx.DiGraph, root: str) -> Tree:
-    """A rich Tree: the BOM, its inputs and outputs, its parents recursively, then what was derived from it."""
+    """A rich Tree: the BOM, its inputs and outputs, its parents and sub-Orders recursively, then what
+    was derived from it."""
     tree = Tree(_tree_label(g, root))
     _fill(tree, g, root, {root})
-    if g.out_degree(root):
+    if _derived(g, root):
         _fill_down(tree.add("derived"), g, root, {root})
     return tree

@@ -75,7 +75,7 @@ def show(
     cid: str = typer.Argument(..., metavar="CID", help="A BOM CID."),
     as_json: bool = typer.Option(False, "--json", help="Print the BOM as JSON, with its slice records."),
 ) -> None:
-    """Show a BOM: Order, code, environment, inputs, outputs, parents and invoice."""
+    """Show a BOM: Order, code, environment, inputs, outputs, parents, sub-Orders and invoice."""
     from cats.bom import records
     from cats.bom.lineage import open_bom
     from cats.bom.signatures import Signatures
@@ -104,6 +104,7 @@ def show(
         ("outputs", [str(c) for c in bom.outputs]),
         ("encoding", [bom.output_encoding]),
         ("parents", [str(c) for c in bom.parents] or ["-"]),
+        ("sub-Orders", _children(store, bom) or ["-"]),
         ("slices", [f"{inv.slices} ({inv.executed} run, {inv.resumed} resumed) in {len(bom.slices)} record "
                     f"block{'' if len(bom.slices) == 1 else 's'}"]),
         ("started", [inv.started]),
@@ -119,6 +120,17 @@ def show(
     for key, values in rows:
         for i, value in enumerate(values):
             typer.echo(f"{key if i == 0 else '':<13}{value}")
+
+
+def _children(store: BlockStore, bom: Any) -> list[str]:  # noqa: ANN401 - cats.bom.BOM, imported lazily
+    """One line per sub-Order: the slice that submitted it, its BOM, and who ran it how."""
+    from cats.bom import records
+
+    if not bom.children:  # no need to read the slice records
+        return []
+    return [f"slice {r.index}: {c.bom} by {c.executor.node} {c.executor.did or '(unsigned)'}, "
+            f"{c.duration_s:.2f} s, {c.attempts} attempt{'' if c.attempts == 1 else 's'}"
+            for r in records(store, bom) for c in r.children or ()]
 
 
 def _when(created: float) -> str:

@@ -10,7 +10,8 @@ def verify(
     sample: int | None = typer.Option(None, "--sample", min=1, help="Re-execute this many random slices."),
     fraction: float | None = typer.Option(None, "--fraction", help="Re-execute this fraction of the slices."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the random sample (reported when chosen)."),
-    recursive: bool = typer.Option(False, "--recursive", help="Verify the whole lineage back to its roots."),
+    recursive: bool = typer.Option(False, "--recursive",
+                                   help="Verify the whole lineage back to its roots, and every sub-Order."),
     integrity: bool = typer.Option(False, "--integrity", help="No re-execution: every block exists and hashes."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
@@ -54,12 +55,12 @@ def verify(
     raise typer.Exit(0 if report.verified else 1)
 
 
-def _print(report, depth: int = 0) -> None:  # noqa: ANN001 - cats.verify.report.Report
+def _print(report, depth: int = 0, role: str = "") -> None:  # noqa: ANN001 - cats.verify.report.Report
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    title = f"{'  ' * depth}{'[green]VERIFIED' if report.verified else '[red]NOT VERIFIED'}[/] {report.bom}"
+    title = f"{'  ' * depth}{role}{'[green]VERIFIED' if report.verified else '[red]NOT VERIFIED'}[/] {report.bom}"
     console.print(title + (f"  ({report.name})" if report.name else "") + f"  [dim]{report.mode}[/]")
     if report.sample:
         s = report.sample
@@ -91,6 +92,8 @@ def _print(report, depth: int = 0) -> None:  # noqa: ANN001 - cats.verify.report
         console.print(f"{'  ' * depth}[yellow]environment drift[/] (not a failure): {changed}{more}")
     for ancestor in report.ancestors:
         _print(ancestor, depth + 1)
+    for child in report.children:
+        _print(child, depth + 1, "sub-Order ")
 
 
 def register(app: typer.Typer) -> None:

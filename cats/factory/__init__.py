@@ -34,7 +34,8 @@ from cats.config import home
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError
-from cats.factory import egress, ingress, worker
+from cats.factory import egress, ingress, nested, worker
+from cats.factory.nested import ChildFailed, slice_store, submit
 from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
@@ -168,7 +169,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
                            encoding=r["encoding"], size=r["size"], tsize=r["tsize"],
                            assembly=pieces[r["index"]][1], seed=seeds[r["index"]], node=r["node"],
                            duration_s=r["duration_s"], attempts=r["attempts"], bytes_in=r["bytes_in"],
-                           replicas=r.get("replicas"), agreed=r.get("agreed"))
+                           replicas=r.get("replicas"), agreed=r.get("agreed"), children=r.get("children"))
                for r in results]
     outputs = [CID.parse(merged["output"])]
     finished = time.time()
@@ -180,6 +181,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         slices=write_records(store, records),
         parents=sorted({CID.parse(p) for i in order.sources
                         if (p := index.producer(label(i.info if isinstance(i, View) else i)))}),
+        children=sorted({c.bom for r in records for c in r.children or ()}),
         invoice=Invoice(
             started=_iso(started), finished=_iso(finished), duration_s=finished - started,
             slices=len(records), executed=len(todo), resumed=resumed,
@@ -194,6 +196,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     store.put(bom_cid, block)  # only now: every output and record it links is already stored
     Pins(home() / "pins").add(store, bom_cid)
     Signatures().add(sign(Identity.load(), bom_cid))  # this node vouches for what it produced
+    nested.keep_signatures(results)
     # results written to URIs are outputs too: an Order reading one at that version names this BOM as parent
     written = [label(Info(ref.uri, ref.size, ref.version)) for r in records if r.encoding == "ref"
                for ref in [load_ref(store, r.output)]]
@@ -324,7 +327,7 @@ def _dispatch(ray: Any, order: Order, groups: list[Group], run_dir: Path, pieces
         items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
         deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
         ref = task.options(**options, resources=group.resources or None).remote(
-            group.url, function, str(run_dir), b, items, True, order.output_uri, group.peers or None)
+            group.url, function, str(run_dir), b, items, True, order.output_uri, peers=group.peers or None)
         pending[ref] = (g, b, deadline)
 
     for g, group in enumerate(groups):
@@ -522,4 +525,4 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
-__all__ = ["run", "Run", "SliceFailed", "Function"]
+__all__ = ["run", "Run", "SliceFailed", "Function", "submit", "slice_store", "ChildFailed"]

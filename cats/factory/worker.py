@@ -27,7 +27,7 @@ from cats.cas.store import BlockStore, open_store
 from cats.config import home
 from cats.data import Cache
 from cats.errors import BlockNotFound, DataError, DataIntegrityError, IntegrityError
-from cats.factory import results
+from cats.factory import nested, results
 from cats.factory.egress import entry_name
 from cats.factory.ingress import open_input
 from cats.order.function import Function
@@ -117,7 +117,8 @@ def _attempt(run_dir: str, batch: int) -> int:
 
 def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int,
               items: list[tuple[int, dict[str, Any], int]], store_outputs: bool = True,
-              output_uri: str | None = None, peers: list[Any] | None = None) -> list[dict[str, Any]]:
+              output_uri: str | None = None, peers: list[Any] | None = None,
+              children: dict[int, list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
     """Run slices; one record per slice: its output, or the error with the remote traceback.
 
     An error from a block that is missing or does not match its CID says so (`kind`, `cid`), so
@@ -128,7 +129,9 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     Slices that read URIs go through this machine's data cache; the last record carries the
     batch's cache counters (`data`). With `peers` (the keepers of other nodes' stores, on a cluster
     whose nodes keep their own), blocks this node's store lacks are fetched from them and the last
-    record counts what came (`moved`).
+    record counts what came (`moved`). A slice that submits sub-Orders (`cats.factory.submit`) lists
+    them in its record; re-executed for verification, it is answered with `children`, what the BOM
+    records per slice.
     """
     store = open_store(store_url) if peers is None else ClusterStore(open_store(store_url), peers)
     fn = Function.model_validate(function)
@@ -152,7 +155,8 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
                 kwargs = dict(fn.params)
                 if seed_kw:
                     kwargs["seed"] = seed
-                data, encoding = results.encode(func(arg, **kwargs))
+                with nested.scope(store, index, None if store_outputs else (children or {}).get(index, [])) as scope:
+                    data, encoding = results.encode(func(arg, **kwargs))
                 entry = importer.add_bytes(data)
                 record = {"output": str(entry.cid), "encoding": encoding, "size": entry.size, "tsize": entry.tsize}
                 if output_uri:
@@ -161,7 +165,7 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
                 out.append({"index": index, **_failure(e)})
                 continue
             out.append({"index": index, **record, "bytes_in": bytes_in, "node": node, "worker": os.getpid(),
-                        "attempts": attempt, "duration_s": time.perf_counter() - started})
+                        "attempts": attempt, "duration_s": time.perf_counter() - started, **scope.record()})
     if cache is not None:
         cache.close()
         if out:

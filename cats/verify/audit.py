@@ -40,10 +40,10 @@ Fetch = Callable[[CID], "str | None"]
 def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fraction: float | None = None,
            seed: int | None = None, recursive: bool = False, integrity: bool = False,
            quiet: bool = True, trusted: Collection[str] = (), fetch: Fetch | None = None) -> Report:
-    """Verify a BOM (and with `recursive` its ancestors). An ancestor missing here is asked of
-    `fetch(cid)` (e.g. a pull from the peers' nodes; it returns an error text or None); an ancestor
-    whose code or data cannot be read here is accepted on a signature by one of the `trusted` DIDs,
-    and its report says so (mode "signature")."""
+    """Verify a BOM (and with `recursive` its ancestors and its sub-Orders' BOMs). A linked BOM
+    missing here is asked of `fetch(cid)` (e.g. a pull from the peers' nodes; it returns an error text
+    or None); one whose code or data cannot be read here is accepted on a signature by one of the
+    `trusted` DIDs, and its report says so (mode "signature")."""
     report = Report(bom=str(bom_cid), verified=False, mode="integrity" if integrity else "reexecute")
     envelope = Signatures().get(bom_cid)
     report.signers = envelope.signers() if envelope else []
@@ -59,17 +59,18 @@ def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fracti
         lock = bom.structure.lock  # drift is never a failure; a recorded lock gone or altered is one
         if lock and _check_dag(store, lock, report, "bom-altered", "environment lock"):
             report.drift = drift.compare(store, lock)
-        if recursive:
-            for parent in bom.parents:
-                fetched = fetch(parent) if fetch is not None and not store.has(parent) else None
-                ancestor = verify(store, parent, sample=sample, fraction=fraction, seed=seed, recursive=True,
-                                  integrity=integrity, quiet=quiet, trusted=trusted, fetch=fetch)
-                if fetched and not store.has(parent):
-                    ancestor.problems[0].detail += f"; fetching it failed: {fetched}"
-                report.ancestors.append(_on_signature(store, parent, ancestor, trusted))
+        if recursive:  # the BOMs that made its inputs, and those of the sub-Orders its slices submitted
+            for linked, reports in ((bom.parents, report.ancestors), (bom.children, report.children)):
+                for cid in linked:
+                    fetched = fetch(cid) if fetch is not None and not store.has(cid) else None
+                    linked_report = verify(store, cid, sample=sample, fraction=fraction, seed=seed, recursive=True,
+                                           integrity=integrity, quiet=quiet, trusted=trusted, fetch=fetch)
+                    if fetched and not store.has(cid):
+                        linked_report.problems[0].detail += f"; fetching it failed: {fetched}"
+                    reports.append(_on_signature(store, cid, linked_report, trusted))
     except _Stop:
         pass
-    report.verified = not report.problems and all(a.verified for a in report.ancestors)
+    report.verified = not report.problems and all(r.verified for r in (*report.ancestors, *report.children))
     return report
 
 
@@ -82,7 +83,7 @@ def _on_signature(store: BlockStore, cid: CID, report: Report, trusted: Collecti
         return report
     accepted = report.model_copy(update={"mode": "signature", "unchecked": report.problems, "problems": [],
                                          "slices": []})
-    accepted.verified = all(a.verified for a in accepted.ancestors)
+    accepted.verified = all(r.verified for r in (*accepted.ancestors, *accepted.children))
     return accepted
 
 
@@ -220,11 +221,23 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
                 _problem(report, "output-differs", f"slice {i} re-executed to {result.recomputed}, the BOM says "
                          f"{recorded} (non-deterministic code or a forged record)", rec.output, i)
             elif _check_dag(store, rec.output, report, "output-differs", f"stored output of slice {i}", i):
-                result.ok = True
+                result.ok = _check_children(rec, out, report, result)
             else:
                 result.reason = report.problems[-1].reason
         report.slices.append(result)
     _check_merge(store, bom, order, recs, report)
+
+
+def _check_children(rec: SliceRecord, out: dict[str, Any], report: Report, result: SliceResult) -> bool:
+    """The sub-Orders the re-executed slice submitted must be those its record attributes to it."""
+    recorded = [str(c.order) for c in rec.children or ()]
+    submitted = out.get("submitted", [])
+    if submitted == recorded:
+        return True
+    result.reason = "child-differs"
+    _problem(report, "child-differs", f"slice {rec.index} re-executed submitting child Orders {submitted or 'none'}, "
+             f"its record says {recorded or 'none'}", min(set(submitted) ^ set(recorded), default=None), rec.index)
+    return False
 
 
 def _run_checks(store: BlockStore, bom: BOM, order: Order, report: Report, seed: int | None) -> None:
@@ -270,7 +283,8 @@ def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], repor
 
 
 def _run_slices(store: BlockStore, order: Order, chosen: list[SliceRecord], quiet: bool) -> dict[int, dict[str, Any]]:
-    """Re-run slices on Ray with their recorded seeds, computing output CIDs without storing them."""
+    """Re-run slices on Ray with their recorded seeds, computing output CIDs without storing them; a
+    slice that submits sub-Orders is answered with the children its record lists (nothing runs)."""
     if not chosen:
         return {}
     ray = connect(order.plant, quiet=quiet)
@@ -280,6 +294,7 @@ def _run_slices(store: BlockStore, order: Order, chosen: list[SliceRecord], quie
                    cluster.stores(ray), {})
     task = ray.remote(worker.run_batch)
     function = order.function.model_dump(mode="json", exclude_none=True)
+    children = {r.index: [c.model_dump(mode="json") for c in r.children] for r in chosen if r.children}
     refs = []
     with tempfile.TemporaryDirectory(prefix="cats-verify-") as run_dir:
         for group in groups:
@@ -289,7 +304,8 @@ def _run_slices(store: BlockStore, order: Order, chosen: list[SliceRecord], quie
                          for k in group.todo[start:start + size]]
                 refs.append(task.options(num_cpus=order.plant.num_cpus, max_retries=order.plant.retries,
                                          resources=group.resources or None).remote(
-                    group.url, function, run_dir, len(refs), items, False, order.output_uri, group.peers or None))
+                    group.url, function, run_dir, len(refs), items, False, order.output_uri,
+                    peers=group.peers or None, children=children))
         return {r["index"]: r for batch in ray.get(refs) for r in batch}
 
 

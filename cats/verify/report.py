@@ -15,6 +15,7 @@ Reason = Literal[
     "block-missing",       # a block the lineage needs is not in the store (or a pinned URI is unreadable)
     "reexecution-failed",  # the function raised on re-execution though the run recorded a result
     "check-failed",        # a validator of the Order rejected the output
+    "child-differs",       # a re-executed slice submitted other sub-Orders than its record attributes to it
 ]
 
 
@@ -65,4 +66,5 @@ class Report(BaseModel):
     drift: list[Drift] = Field(default_factory=list)
     checks: list[dict[str, Any]] = Field(default_factory=list, description="the Order's validators' reports")
     ancestors: list[Report] = Field(default_factory=list)
+    children: list[Report] = Field(default_factory=list, description="the sub-Orders' BOMs, with --recursive")
     blocks_checked: int = 0

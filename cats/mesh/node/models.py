@@ -63,6 +63,8 @@ class LineageNode(BaseModel):
 class LineageEdge(BaseModel):
     parent: str
     child: str
+    nested: bool = Field(default=False, description="child is the BOM of a sub-Order parent's slice submitted "
+                                                    "(present only when true)")
 
 
 class Lineage(BaseModel):
