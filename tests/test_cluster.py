@@ -22,6 +22,7 @@ from cats.bom import records
 from cats.cas import reader
 from cats.cas.cid import CID, RAW
 from cats.cas.dag import walk
+from cats.identity import Identity
 from cats.plant.cluster import assign
 
 pytestmark = pytest.mark.slow
@@ -153,6 +154,46 @@ def test_a_plant_names_the_cluster(cluster: RayCluster, dataset, tmp_path: Path,
     bom = load_bom(cluster.nodes[0].store, CID.parse(json.loads(result.out)["bom"]))
     assert bom.invoice.moved is not None and bom.invoice.moved.placed == {"a": FILES // 2, "b": FILES // 2}
     assert len(bom.invoice.nodes) == 2
+
+
+def test_sub_orders_run_on_the_node_of_their_slice(cluster: RayCluster, dataset, tmp_path: Path) -> None:
+    """A slice on b submits its sub-Order; the child runs on b, with b's store and identity, and the
+    parent BOM on a links every child BOM, whole in a's store."""
+    root, _ = dataset
+    order = tmp_path / "nested_parent.py"
+    order.write_text(f'''
+import hashlib
+from cats import factory
+from cats.cas import reader
+from cats.cas.cid import CID
+from cats.order import Function, InfraFunction, Order
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parent(piece) -> bytes:
+    child = Order(function=Function.of(digest), inputs=[piece.cid], infra=InfraFunction(merge="concat"),
+                  name="child of " + piece.name)
+    run = factory.submit(child, timeout_s=120)
+    return b"".join(reader.read(factory.slice_store(), run.output))
+
+
+order = Order(function=Function.of(parent, takes="slice"), inputs=[CID.parse("{root}")])
+''')
+    run = _run(cluster, order)
+    a = cluster.nodes[0].store
+    bom = load_bom(a, CID.parse(run["bom"]))
+    assert bom.invoice.moved is not None and bom.invoice.moved.placed == {"a": FILES // 2, "b": FILES // 2}
+    assert len(bom.children) == FILES
+    # each child was driven, and signed, by the node its parent slice ran on
+    signer = {}
+    for record in records(a, bom):
+        (child,) = record.children
+        assert signer.setdefault(record.node, child.executor.did) == child.executor.did
+    assert sorted(signer.values()) == sorted(Identity.load(n.home / "identity").did for n in cluster.nodes)
+    assert sum(1 for _ in walk(a, CID.parse(run["bom"]))) > 3 * FILES  # children included, all in a's store
 
 
 def test_assign_prefers_holders_and_balances() -> None:

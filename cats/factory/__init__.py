@@ -154,7 +154,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     results = [done[i] for i in range(len(pieces))]
     here = ClusterStore(store, peers)
     if nodes:  # results made on other nodes (and inputs only they held) come here: the BOM's DAG is whole here
-        for root in [CID.parse(r["output"]) for r in results] + order.input_cids:
+        children = [CID.parse(c["bom"]) for r in results for c in r.get("children", ())]  # sub-Orders' BOMs
+        for root in [CID.parse(r["output"]) for r in results] + order.input_cids + children:
             for _ in walk(here, root):
                 pass
     parts = [{**r, "name": pieces[r["index"]][0].name, "assembly": pieces[r["index"]][1]} for r in results]
