@@ -152,7 +152,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         if failures:
             raise SliceFailed(_failure_message(order_cid, pieces, failures))
     results = [done[i] for i in range(len(pieces))]
-    here = ClusterStore(store, peers)
+    here = ClusterStore(store, [s.keeper for s in nodes if s.url != url])
     if nodes:  # results made on other nodes (and inputs only they held) come here: the BOM's DAG is whole here
         children = [CID.parse(c["bom"]) for r in results for c in r.get("children", ())]  # sub-Orders' BOMs
         for root in [CID.parse(r["output"]) for r in results] + order.input_cids + children:
@@ -283,8 +283,8 @@ def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: l
     cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")}
     slots = {s.name: max(1, int(cpus.get(s.node, 1) // plant.num_cpus)) for s in nodes}
     roots = [pieces[i][0].cid for i in todo]
-    held = cluster.holders(ray, nodes, [r for r in roots if r is not None])
-    wanted = [[] if r is None else held.pop(0) for r in roots]
+    held = iter(cluster.holders(ray, nodes, [r for r in roots if r is not None]))
+    wanted = [[] if r is None else next(held) for r in roots]
     if lost := [str(r) for r, w in zip(roots, wanted, strict=True) if r is not None and not w]:
         raise CatsError(f"no store of the cluster ({', '.join(s.resource for s in nodes)}) holds input "
                         f"{lost[0]}" + (f" (nor {len(lost) - 1} more)" if len(lost) > 1 else "") + "; nothing was run")
