@@ -62,7 +62,7 @@ def dataset(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> tu
 
 
 def _order(folder: Path, inputs: list[CID], locality: bool = True, name: str = "digest",
-           address: str | None = None) -> Path:
+           address: str | None = None, replicas: int = 1) -> Path:
     path = folder / f"{name}.py"
     path.write_text(f'''
 import hashlib
@@ -75,7 +75,7 @@ def digest(data: bytes) -> str:
 
 
 order = Order(function=Function.of(digest), inputs=[CID.parse(c) for c in {[str(c) for c in inputs]!r}],
-              plant=Plant(locality={locality!r}, address={address!r}))
+              plant=Plant(locality={locality!r}, address={address!r}, replicas={replicas!r}))
 ''')
     return path
 
@@ -194,6 +194,26 @@ order = Order(function=Function.of(parent, takes="slice"), inputs=[CID.parse("{r
         assert signer.setdefault(record.node, child.executor.did) == child.executor.did
     assert sorted(signer.values()) == sorted(Identity.load(n.home / "identity").did for n in cluster.nodes)
     assert sum(1 for _ in walk(a, CID.parse(run["bom"]))) > 3 * FILES  # children included, all in a's store
+
+
+def test_replicas_run_next_to_different_stores(cluster: RayCluster, tmp_path: Path) -> None:
+    """Two replicas on two node stores: each reads its own store, fetching what it lacks, and they agree."""
+    a, b = (n.store for n in cluster.nodes)
+    folder = tmp_path / "replicated"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"r{i}.bin").write_bytes(random.Random(i).randbytes(SIZE))
+    root = add(a, folder)  # on a only: b's replica fetches every input
+    run = _run(cluster, _order(tmp_path, [root], name="digest_twice", replicas=2))
+    bom = load_bom(a, CID.parse(run["bom"]))
+    moved = bom.invoice.moved
+    assert moved is not None and moved.placed == {"a": 4, "b": 4}
+    assert moved.between_nodes >= 4 * SIZE  # b's replica read all four inputs from a
+    for record in records(a, bom):
+        assert record.agreed is True and record.replicas is not None
+        assert len({o.node for o in record.replicas}) == 2
+    verified = cluster.run(cluster.nodes[0].home, "verify", run["bom"], "--json")
+    assert verified.code == 0, verified.err + verified.out
 
 
 def test_assign_prefers_holders_and_balances() -> None:

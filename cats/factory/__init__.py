@@ -142,11 +142,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         (home() / "runs").mkdir(exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix=f"{order_cid}-", dir=home() / "runs"))
         try:
-            if order.plant.replicas == 1:
-                failures = _dispatch(ray, order, groups, run_dir, pieces, seeds, done, index, order_cid, progress)
-            else:
-                failures = _dispatch_replicated(ray, order, url, run_dir, pieces, seeds, todo, done, index,
-                                                order_cid, progress)
+            dispatch = _dispatch if order.plant.replicas == 1 else _dispatch_replicated
+            failures = dispatch(ray, order, groups, run_dir, pieces, seeds, done, index, order_cid, progress)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         if failures:
@@ -268,20 +265,24 @@ class Group:
 def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: list[int],
           nodes: list[cluster.Store], placed: dict[str, int]) -> list[Group]:
     """One group on a plain Ray (workers open the driver's store); on a cluster of node stores, one
-    per store, each slice next to a store holding its input (`placed` counts them per store)."""
+    per store, each slice next to a store holding its input (`placed` counts them per store). A
+    replicated run gets one group per replica, all slices each: on such a cluster, replica k runs
+    next to store k (round robin), so replicas land on distinct nodes and read their own stores."""
     plant = order.plant
     if not nodes:
         slots = max(1, int(ray.cluster_resources().get("CPU", 1) // plant.num_cpus))
-        return [Group(url, dict(plant.resources), slots, todo, [])]
-    if plant.replicas > 1:
-        raise CatsError("replicated runs on a cluster of node stores are not supported yet: use plant.replicas=1 "
-                        "or a shared store (CATS_STORE on a shared file system, an IPFS daemon)")
+        return [Group(url, dict(plant.resources), slots, todo, [])] * plant.replicas
     if url not in {s.url for s in nodes}:
         raise CatsError(f"this driver's store ({url}) is none of the cluster's node stores "
                         f"({', '.join(s.resource for s in nodes)}), so their workers could not read the code: "
                         "run the driver on a node that advertises its store, with that store")
     cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")}
     slots = {s.name: max(1, int(cpus.get(s.node, 1) // plant.num_cpus)) for s in nodes}
+    if plant.replicas > 1:
+        homes = [nodes[k % len(nodes)] for k in range(plant.replicas)]
+        placed.update({s.name: len(todo) * homes.count(s) for s in nodes})
+        return [Group(s.url, {**plant.resources, s.resource: cluster.TOKEN}, slots[s.name], todo,
+                      [o.keeper for o in nodes if o.url != s.url]) for s in homes]
     roots = [pieces[i][0].cid for i in todo]
     held = iter(cluster.holders(ray, nodes, [r for r in roots if r is not None]))
     wanted = [[] if r is None else next(held) for r in roots]
@@ -362,22 +363,24 @@ def _dispatch(ray: Any, order: Order, groups: list[Group], run_dir: Path, pieces
     return sorted(failures, key=lambda f: f["index"])
 
 
-def _dispatch_replicated(ray: Any, order: Order, url: str, run_dir: Path, pieces: list[ingress.Piece],
-                         seeds: list[int], todo: list[int], done: dict[int, dict[str, Any]], index: Index,
-                         order_cid: CID, progress: Progress | None) -> list[dict[str, Any]]:
+def _dispatch_replicated(ray: Any, order: Order, homes: list[Group], run_dir: Path, pieces: list[ingress.Piece],
+                         seeds: list[int], done: dict[int, dict[str, Any]], index: Index, order_cid: CID,
+                         progress: Progress | None) -> list[dict[str, Any]]:
     """Run every batch on each of N Ray actors (N distinct processes, spread over nodes where there
-    are several) and let a quorum of output CIDs decide each slice, so one faulty or dishonest worker
-    cannot decide a result. An actor runs one batch at a time, so (as in `_dispatch`) a batch's
-    timeout counts only its running time; the replicas progress independently."""
+    are several; replica k placed as `homes[k]` says) and let a quorum of output CIDs decide each
+    slice, so one faulty or dishonest worker cannot decide a result. An actor runs one batch at a
+    time, so (as in `_dispatch`) a batch's timeout counts only its running time; the replicas
+    progress independently."""
     plant = order.plant
     n = plant.replicas
+    todo = homes[0].todo
     # a share of the CPUs one task would get, so N replicas fit wherever one task fits
     cpus = _fraction(min(plant.num_cpus, ray.cluster_resources().get("CPU", plant.num_cpus)) / n)
     options: dict[str, Any] = {
-        "num_cpus": cpus, "resources": {k: _fraction(v / n) for k, v in plant.resources.items()} or None,
-        "scheduling_strategy": "SPREAD", "max_restarts": plant.retries, "max_task_retries": plant.retries,
+        "num_cpus": cpus, "scheduling_strategy": "SPREAD", "max_restarts": plant.retries,
+        "max_task_retries": plant.retries,
         "runtime_env": {"pip": order.structure.requirements} if order.structure.requirements else None}
-    replica = ray.remote(worker.Replica).options(**options)
+    replica = ray.remote(worker.Replica)
     function = order.function.model_dump(mode="json", exclude_none=True)
     size = plant.batch or max(1, math.ceil(len(todo) / _BATCHES_PER_CPU))
     batches = [todo[start:start + size] for start in range(0, len(todo), size)]
@@ -388,8 +391,9 @@ def _dispatch_replicated(ray: Any, order: Order, url: str, run_dir: Path, pieces
     arrived: dict[int, dict[int, list[dict[str, Any]]]] = {}  # batch -> replica -> records
     failures: list[dict[str, Any]] = []
 
-    def start() -> tuple[Any, Any]:
-        actor = replica.remote()
+    def start(k: int) -> tuple[Any, Any]:
+        resources = {r: _fraction(v / n) for r, v in homes[k].resources.items()} or None
+        actor = replica.options(**options, resources=resources).remote()
         return actor, actor.where.remote()
 
     def whereabouts(k: int) -> dict[str, Any]:
@@ -408,12 +412,13 @@ def _dispatch_replicated(ray: Any, order: Order, url: str, run_dir: Path, pieces
         items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
         deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
         # per replica, so each counts its own attempts
-        ref = actors[k][0].run.remote(url, function, str(run_dir / f"replica-{k}"), b, items)
+        ref = actors[k][0].run.remote(homes[k].url, function, str(run_dir / f"replica-{k}"), b, items,
+                                      homes[k].peers or None)
         pending[ref] = (k, b, deadline)
 
     def replace(k: int) -> None:
         ray.kill(actors[k][0], no_restart=True)
-        actors[k] = start()
+        actors[k] = start(k)
 
     def arrive(k: int, b: int, records: list[dict[str, Any]]) -> None:
         got = arrived.setdefault(b, {})
@@ -429,13 +434,20 @@ def _dispatch_replicated(ray: Any, order: Order, url: str, run_dir: Path, pieces
                 failures.append(failure)
             else:
                 ok.append(kept)
+        # every replica's counters, not only those of the records the quorum kept
+        for key in ("data", "moved"):
+            counters = [r[key] for j in range(n) for r in got[j] if key in r]
+            for r in ok:
+                r.pop(key, None)
+            if ok and counters:
+                ok[-1][key] = {f: sum(c[f] for c in counters) for f in counters[0]}
         index.save_slices(str(order_cid), ok)
         done.update((r["index"], r) for r in ok)
         if progress:
             progress(len(done), len(pieces))
 
     try:
-        actors.extend(start() for _ in range(n))
+        actors.extend(start(k) for k in range(n))
         for k in range(n):
             submit(k)
         while pending:

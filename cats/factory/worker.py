@@ -199,9 +199,10 @@ class Replica:
         return _node(), os.getpid()
 
     def run(self, store_url: str, function: dict[str, Any], run_dir: str, batch: int,
-            items: list[tuple[int, dict[str, Any], int]]) -> list[dict[str, Any]]:
+            items: list[tuple[int, dict[str, Any], int]], peers: list[Any] | None = None) -> list[dict[str, Any]]:
         node, pid = self.where()
-        return [{"node": node, "worker": pid, **r} for r in run_batch(store_url, function, run_dir, batch, items)]
+        return [{"node": node, "worker": pid, **r}
+                for r in run_batch(store_url, function, run_dir, batch, items, peers=peers)]
 
 
 def _failure(e: Exception, prefix: str = "") -> dict[str, Any]:

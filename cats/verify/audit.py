@@ -290,7 +290,9 @@ def _run_slices(store: BlockStore, order: Order, chosen: list[SliceRecord], quie
     ray = connect(order.plant, quiet=quiet)
     assert store.url is not None
     # where the Factory would run them: next to a node store holding their inputs, on such a cluster
-    groups = place(ray, order, store.url, [(r.input, r.assembly) for r in chosen], list(range(len(chosen))),
+    # (once each: a replicated run's replicas were compared when it ran)
+    once = order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": 1})})
+    groups = place(ray, once, store.url, [(r.input, r.assembly) for r in chosen], list(range(len(chosen))),
                    cluster.stores(ray), {})
     task = ray.remote(worker.run_batch)
     function = order.function.model_dump(mode="json", exclude_none=True)
