@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -40,21 +41,33 @@ class Format(StrEnum):
     json = "json"
     dot = "dot"
     mermaid = "mermaid"
+    html = "html"
 
 
 def lineage(
     cid: str = typer.Argument(..., metavar="CID", help="A BOM CID."),
-    fmt: Format = typer.Option(Format.tree, "-f", "--format", help="tree (rich), json, dot (Graphviz) or mermaid."),
+    fmt: Format = typer.Option(Format.tree, "-f", "--format",
+                               help="tree (rich), json, dot (Graphviz), mermaid, or html (a self-contained page "
+                                    "drawing the DAG with each BOM's signers and integrity)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write to this file instead of stdout."),
 ) -> None:
     """Show the BOMs a run came from (through its parents) and, from the local index, those built on it."""
     from cats.bom import lineage as lin
 
     index = _index()
     try:
-        g = lin.graph(_store(), cid, index)
+        if fmt is Format.html:
+            from cats.verify.page import lineage_page
+
+            text = lineage_page(_store(), cid, index)
+        else:
+            g = lin.graph(_store(), cid, index)
     finally:
         if index is not None:
             index.close()
+    if fmt is Format.html:
+        _emit(text, output)
+        return
     if fmt is Format.tree:
         from rich.console import Console
 
@@ -64,7 +77,18 @@ def lineage(
         console.print(lin.to_tree(g, g.graph["root"]), crop=False)
         return
     render = {Format.json: lin.to_json, Format.dot: lin.to_dot, Format.mermaid: lin.to_mermaid}[fmt]
-    typer.echo(render(g), nl=False)
+    _emit(render(g), output)
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """To stdout, or written whole to a file (beside it first, then renamed: never half a page)."""
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    tmp = output.with_name(f".{output.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(output)
+    typer.echo(f"wrote {output}", err=True)
 
 
 bom_app = typer.Typer(help="Bills of materials: the record of each run.", no_args_is_help=True)

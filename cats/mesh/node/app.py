@@ -12,6 +12,7 @@ its nonce is recorded in SQLite until its window closes, so a replay is refused,
     GET  /bom/{cid}                   the BOM as JSON
     GET  /bom/{cid}/signatures        its DSSE envelope
     GET  /lineage/{cid}               the lineage graph as JSON
+    GET  /ui/lineage/{cid}            the lineage as a self-contained HTML page
     POST /blocks                      a CARv1 body: every block checked, all or nothing
     POST /pins/{cid}                  pin a DAG that is fully present
     POST /bom/{cid}/signatures        merge an envelope's valid signatures
@@ -43,7 +44,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
 from starlette.types import Send
@@ -51,6 +52,7 @@ from starlette.types import Send
 from cats import __version__
 from cats.bom import BOM
 from cats.bom import load as load_bom
+from cats.bom.index import Index
 from cats.bom.signatures import Envelope, Signatures
 from cats.cas import car
 from cats.cas.cid import CID
@@ -97,7 +99,12 @@ _SIGNATURE = APIKeyHeader(
                 "method, path with query, date, nonce, digest and DID), from a DID on the node's trust list.")
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+def _errors(*codes: int, page: bool = False) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers (JSON). A route answering with a page (`page`) names their media
+    type itself: FastAPI would file them under the route's own, text/html."""
+    if page:
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        return {code: {"description": _WHY[code], "content": body} for code in codes}
     return {code: {"model": m.ErrorBody, "description": _WHY[code]} for code in codes}
 
 
@@ -352,18 +359,21 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
              summary="A BOM's lineage: its ancestors and, from this node's run index, its descendants")
     def lineage(cid: CidPath) -> JSONResponse:
         from cats.bom import lineage as lin
-        from cats.bom.index import Index
 
         parsed = _bom_here(node.store, cid)
-        path = home() / "index.sqlite"
-        index = Index(path) if path.exists() else None
-        try:
-            with _reading_bom(parsed):
-                g = lin.graph(node.store, parsed, index)
-        finally:
-            if index is not None:
-                index.close()
+        with _run_index() as index, _reading_bom(parsed):
+            g = lin.graph(node.store, parsed, index)
         return JSONResponse(json.loads(lin.to_json(g)))
+
+    @app.get("/ui/lineage/{cid}", response_class=HTMLResponse, dependencies=reads,
+             responses=_errors(400, *read_errors, 404, 422, page=True),
+             summary="A BOM's lineage as a page: the DAG, each BOM's signers and integrity")
+    def lineage_page(cid: CidPath) -> HTMLResponse:
+        from cats.verify.page import lineage_page as page
+
+        parsed = _bom_here(node.store, cid)
+        with _run_index() as index, _reading_bom(parsed):
+            return HTMLResponse(page(node.store, parsed, index))
 
     @app.post("/blocks", response_model=m.Imported, dependencies=signed,
               responses=_errors(400, 401, 403, 413),
@@ -465,6 +475,18 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+@contextmanager
+def _run_index() -> Iterator[Index | None]:
+    """This node's run index (for descendants), if it has run anything."""
+    path = home() / "index.sqlite"
+    index = Index(path) if path.exists() else None
+    try:
+        yield index
+    finally:
+        if index is not None:
+            index.close()
 
 
 @contextmanager
