@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cats import __version__
-from cats.cli import bom, data, run, store, verify
+from cats.cli import bom, data, run, shell, store, verify
 from cats.cli import mesh as mesh_cli
 from cats.cli import node as node_cli
 from cats.errors import CatsError
@@ -42,6 +42,7 @@ verify.register(app)
 data.register(app)
 mesh_cli.register(app)
 node_cli.register(app)
+shell.register(app)
 
 
 def main() -> None:

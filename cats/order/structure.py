@@ -18,6 +18,11 @@ class Structure(BaseModel):
     requirements: list[str] = Field(default_factory=list, description="pip requirements for Ray's runtime_env")
     iac: CIDField | None = Field(default=None, description="UnixFS folder of infrastructure-as-code")
     iac_path: Path | None = Field(default=None, exclude=True, description="local IaC folder, before sealing")
+    # Shell-command Orders (`cats exec`) only; left out of the encoding while unset, so every other
+    # Order and BOM keeps the CID it always had.
+    command: str | None = Field(default=None, description="the shell command run per slice")
+    tools: dict[str, str] = Field(default_factory=dict, exclude_if=lambda tools: not tools,
+                                  description="program -> version (or path and SHA-256) the command calls")
 
 
 def installed_distributions() -> dict[str, str]:

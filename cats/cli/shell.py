@@ -1,0 +1,31 @@
+"""`cats exec -e COMMAND -c CID`: a shell command run once per file of a folder, like a grep or sed filter."""
+
+from __future__ import annotations
+
+import typer
+
+from cats.cli.run import _execute
+from cats.errors import CatsError
+
+
+def exec_(
+    command: str = typer.Option(..., "-e", "--command", help="Shell command: the file on stdin and as "
+                                "$CATS_INPUT; its stdout is the result."),
+    cid: str = typer.Option(..., "-c", "--cid", help="Input: a folder CID (one slice per file)."),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.001, help="Seconds per file before the command "
+                                  "(its whole process group) is killed."),
+    memory: int | None = typer.Option(None, "--memory", min=1, help="Address-space limit of the command, in MB."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
+    force: bool = typer.Option(False, "--force", help="Run even if this exact job already has a BOM."),
+) -> None:
+    """Run a shell command on each file of a folder CID; the output folder has one entry per input file."""
+    from cats.cas.cid import CID
+    from cats.factory import shell
+
+    if not command.strip():
+        raise CatsError("--command is empty")
+    _execute(shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory), as_json, force)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="exec")(exec_)

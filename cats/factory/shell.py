@@ -1,0 +1,147 @@
+"""Shell commands as Functions: `cats exec -e 'grep -i error' -c CID` runs a command once per file.
+
+This module is sealed as the code of such Orders (workers import it on its own, as `shell`, so
+it needs only the standard library), so a BOM names the exact runner by CID and the command by
+the Order's params. The command reads the file on stdin (its path is `$CATS_INPUT`); its stdout
+is the slice's result. It runs in a scratch directory that is removed afterwards, with only
+PATH, a locale, HOME and TMPDIR in its environment (no credentials of the worker), under a
+timeout that kills its whole process group and an address-space limit set by `ulimit -v` (in
+the child shell, since `preexec_fn` is unsafe in a threaded Ray worker).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Words that start a simple command but are no program of their own: their versions mean nothing.
+_BUILTINS = frozenset({
+    "!", "{", "}", "(", ")", "[", "[[", "]]", ".", ":", "alias", "bg", "break", "case", "cd", "command",
+    "continue", "do", "done", "echo", "elif", "else", "esac", "eval", "exec", "exit", "export", "false", "fc",
+    "fg", "fi", "for", "function", "getopts", "hash", "if", "in", "jobs", "kill", "let", "local", "printf",
+    "pwd", "read", "readonly", "return", "select", "set", "shift", "source", "test", "then", "time", "times",
+    "trap", "true", "type", "ulimit", "umask", "unalias", "unset", "until", "wait", "while"
+})
+# Keywords after which the next word starts a command again.
+_LEADING = frozenset({"!", "{", "(", "if", "then", "else", "elif", "do", "while", "until", "time"})
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_STDERR_LINES = 10
+
+
+class CommandFailed(RuntimeError):
+    """The command exited non-zero, ran out of time or memory; the message names the file."""
+
+
+def _environment(scratch: str, path: Path) -> dict[str, str]:
+    """Only what a filter needs: the worker's secrets (cloud keys, tokens) stay out."""
+    return {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "HOME": scratch, "TMPDIR": scratch, "CATS_INPUT": str(path)}
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """End the command's whole process group (its pipes' other programs, anything it started)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run(path: Path, command: str, timeout: float = 60.0, memory: int | None = None) -> bytes:
+    """Run `command` with the file at `path` on stdin; its stdout is the result (MB for `memory`)."""
+    limit = f"ulimit -v {int(memory) * 1024} || exit 125; " if memory else ""
+    scratch = tempfile.mkdtemp(prefix="cats-exec-")
+    try:
+        with open(path, "rb") as stdin:
+            proc = subprocess.Popen(["/bin/sh", "-c", limit + 'exec /bin/sh -c "$0"', command], stdin=stdin,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=scratch,
+                                    env=_environment(scratch, Path(path)), start_new_session=True)
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                proc.communicate()
+                raise CommandFailed(f"{Path(path).name}: command timed out after the limit of {timeout:g} s "
+                                    f"(--timeout); its process group was killed") from None
+            finally:
+                _kill(proc)  # what it left running in the background
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if proc.returncode != 0:
+        raise CommandFailed(_failure(Path(path).name, proc.returncode, err, memory))
+    return out
+
+
+def _failure(name: str, status: int, stderr: bytes, memory: int | None) -> str:
+    """Exit status, the likely cause, and the last lines of stderr."""
+    tail = "\n".join(stderr.decode(errors="replace").rstrip().splitlines()[-_STDERR_LINES:])
+    how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+    if memory and (status < 0 or "memory" in tail.lower()):
+        how += f" (likely the memory limit of {memory} MB, --memory)"
+    return f"{name}: command {how}" + (f"; stderr:\n{tail}" if tail else "; no stderr")
+
+
+def programs(command: str) -> list[str]:
+    """The programs a command calls: the first word of each simple command, builtins left out.
+    Words inside `$(...)` or arguments of programs like `xargs` are not seen."""
+    lexer = shlex.shlex(command.replace("\n", ";"), posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    found: list[str] = []
+    first = True
+    for word in lexer:
+        if set(word) <= set("|&;()"):  # a pipe, list or subshell separator
+            first = True
+        elif first and _ASSIGNMENT.match(word):  # VAR=value before a command
+            continue
+        elif first:
+            first = word in _LEADING
+            if word not in _BUILTINS and not word.startswith(("<", ">")) and word not in found:
+                found.append(word)
+    return found
+
+
+def version(program: str) -> str:
+    """The first line of `program --version`, else its path and the SHA-256 of its file."""
+    path = shutil.which(program)
+    if path is None:
+        return "not found"
+    try:
+        done = subprocess.run([program, "--version"], executable=path, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=5,
+                              env={"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C.UTF-8"})
+        lines = (done.stdout or done.stderr).decode(errors="replace").strip().splitlines()
+        if done.returncode == 0 and lines:
+            return lines[0].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    with open(path, "rb") as f:
+        return f"{path} sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+
+
+def tools(command: str) -> dict[str, str]:
+    """name -> version of every program the command calls, as found on this machine."""
+    return {name: version(name) for name in programs(command)}
+
+
+def order(command: str, inputs: list[Any], timeout: float = 60.0, memory: int | None = None,
+          name: str | None = None) -> Any:  # noqa: ANN401 - cats.order.Order, imported lazily (workers import this alone)
+    """An Order running `command` once per file of the inputs; its Structure records the command and
+    the versions of the tools it calls here, on the submitting machine."""
+    from cats.errors import CatsError
+    from cats.order import Function, Order, Structure
+
+    try:
+        called = tools(command)
+    except ValueError as e:  # shlex: an unclosed quote
+        raise CatsError(f"command {command!r} does not parse: {e}") from None
+    params: dict[str, Any] = {"command": command, "timeout": timeout}
+    if memory:
+        params["memory"] = memory
+    return Order(function=Function.of(run, takes="path", **params), inputs=inputs,
+                 structure=Structure(command=command, tools=called), name=name or f"exec {command}")
