@@ -16,6 +16,7 @@ from cats.cas import dagcbor, reader
 from cats.cas.cid import CID
 from cats.errors import CatsError
 from cats.factory import shell
+from cats.verify.audit import verify
 
 # What the command may see: the runner's variables, and those the shell sets itself.
 ALLOWED = {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "CATS_INPUT", "PWD", "SHLVL", "OLDPWD", "_"}
@@ -117,3 +118,12 @@ def test_programs_and_versions() -> None:
     assert tools["grep"].startswith("grep") and tools["no-such-program-here"] == "not found"
     with pytest.raises(CatsError, match="does not parse"):
         shell.order("grep 'unclosed", [Path("x")])
+
+
+def test_verification_re_runs_the_command(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
+    folder = jobs.folder(tmp_path, {"p.txt": b"abc\n", "q.txt": b"xyz\n"})
+
+    run = factory.run(shell.order("tr a-z A-Z", [folder]))
+
+    assert _outputs(cats_home, str(run.output)) == {"p.txt": b"ABC\n", "q.txt": b"XYZ\n"}
+    assert verify(jobs.home_store(cats_home), run.bom).verified
