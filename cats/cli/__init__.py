@@ -10,6 +10,7 @@ from cats import __version__
 from cats.cli import bom, data, run, shell, store, verify
 from cats.cli import mesh as mesh_cli
 from cats.cli import node as node_cli
+from cats.cli import provenance as provenance_cli
 from cats.errors import CatsError
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ data.register(app)
 mesh_cli.register(app)
 node_cli.register(app)
 shell.register(app)
+provenance_cli.register(app)
 
 
 def main() -> None:
