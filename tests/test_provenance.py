@@ -24,8 +24,10 @@ from cats import factory
 from cats.bom import load as load_bom
 from cats.bom.signatures import Envelope
 from cats.cas import reader
+from cats.cas.store.memory import MemoryStore
 from cats.identity import Identity
 from cats.order import Function, Order
+from cats.provenance import artifacts
 from cats.provenance.openlineage import run_id
 
 FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n"}
@@ -142,3 +144,18 @@ def test_errors(cli, cats_home: Path) -> None:  # noqa: ANN001
     plain = str(jobs.add(jobs.home_store(cats_home), cats_home.parent / "plain.txt"))
     for fmt in ("in-toto", "openlineage"):
         cli("export-provenance", plain, "-f", fmt).error_line(plain, "not a BOM")
+    assert not (cats_home / "identity").exists()  # a failed export makes no key
+
+
+def test_output_files_by_path(tmp_path: Path) -> None:
+    """A nested output folder gives one subject per file, named by its path, hashed over its bytes."""
+    store = MemoryStore()
+    files = {"top.txt": b"top\n", "sub/inner.txt": b"inner\n", "sub/deeper/leaf.bin": bytes(range(256)) * 1000}
+    for name, data in files.items():
+        (tmp_path / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / name).write_bytes(data)
+    folder = jobs.add(store, tmp_path / "out")
+    found = {a.path: a.sha256 for a in artifacts(store, folder)}
+    assert found == {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    [whole] = artifacts(store, folder, expand=False)
+    assert (whole.path, whole.cid, whole.sha256) == ("", folder, None)

@@ -41,7 +41,7 @@ class Signature(BaseModel):
 
 
 class Envelope(BaseModel):
-    """A DSSE envelope (field names as DSSE spells them) whose payload is a BOM CID's text."""
+    """A DSSE envelope (field names as DSSE spells them): over a BOM CID's text, or any payloadType's bytes."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

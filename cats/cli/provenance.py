@@ -31,10 +31,9 @@ def export_provenance(
     """Export a BOM's provenance in a format other tools read."""
     store = open_store()
     if fmt is Format.intoto:
-        from cats.identity import Identity
         from cats.provenance import intoto
 
-        text = json.dumps(intoto.envelope(store, cid, Identity.load()).model_dump(), indent=2) + "\n"
+        text = json.dumps(intoto.envelope(store, cid).model_dump(), indent=2) + "\n"
     else:
         from cats.provenance import openlineage
 

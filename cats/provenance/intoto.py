@@ -85,9 +85,13 @@ def statement(store: BlockStore, bom_cid: CID, bom: BOM, builder: str) -> dict[s
     return {"_type": STATEMENT_TYPE, "subject": subjects, "predicateType": PREDICATE_TYPE, "predicate": predicate}
 
 
-def envelope(store: BlockStore, bom: str | CID, identity: Identity) -> Envelope:
-    """The signed DSSE envelope of the BOM's Statement; builder and signer are this node's DID."""
+def envelope(store: BlockStore, bom: str | CID, identity: Identity | None = None) -> Envelope:
+    """The signed DSSE envelope of the BOM's Statement; builder and signer are this node's DID.
+
+    The identity (default: this node's) is loaded only once the BOM is, so a mistyped CID makes no key.
+    """
     bom_cid, record = load(store, bom)
+    identity = identity or Identity.load()
     payload = json.dumps(statement(store, bom_cid, record, identity.did), sort_keys=True,
                          separators=(",", ":")).encode()
     sig = base64.b64encode(identity.sign(pae(PAYLOAD_TYPE, payload))).decode()
