@@ -22,8 +22,9 @@ from cats.order import Order
 
 __all__ = ["PROJECT_URI", "Artifact", "artifacts", "load", "order_of", "rfc3339"]
 
-# Names CATs as a builder type and a metadata producer; both specs want a URI, which need not resolve.
-PROJECT_URI = "https://cats.dev"
+# Names CATs as a builder type and a metadata producer. Both specs want a URI that need not resolve;
+# a URN claims no web domain the project does not own.
+PROJECT_URI = "urn:cats"
 
 
 @dataclass(frozen=True, slots=True)

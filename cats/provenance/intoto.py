@@ -26,7 +26,7 @@ from cats.provenance import PROJECT_URI, Artifact, artifacts, load, order_of, rf
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
-BUILD_TYPE = f"{PROJECT_URI}/order/v1"
+BUILD_TYPE = f"{PROJECT_URI}:order:v1"
 
 
 def _descriptor(item: Artifact, name: str | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from cats.provenance import PROJECT_URI, load, rfc3339
 SPEC = "https://openlineage.io/spec/2-0-2/OpenLineage.json"
 SCHEMA_URL = f"{SPEC}#/$defs/RunEvent"
 NAMESPACE = "cats"
-_RUN_IDS = uuid.uuid5(uuid.NAMESPACE_URL, f"{PROJECT_URI}/bom")
+_RUN_IDS = uuid.uuid5(uuid.NAMESPACE_URL, f"{PROJECT_URI}:bom")
 
 
 def run_id(bom: CID) -> str:
@@ -45,7 +45,7 @@ def events(bom_cid: CID, bom: BOM) -> list[dict[str, Any]]:
     job = {"namespace": NAMESPACE, "name": bom.name or str(bom.order)}
     run = {"runId": run_id(bom_cid)}
     inputs = [_dataset(i) for i in bom.inputs]
-    common = {"producer": f"{PROJECT_URI}/cats/{__version__}", "schemaURL": SCHEMA_URL, "run": run, "job": job,
+    common = {"producer": f"{PROJECT_URI}:{__version__}", "schemaURL": SCHEMA_URL, "run": run, "job": job,
               "inputs": inputs}
     return [{"eventType": "START", "eventTime": rfc3339(bom.invoice.started), **common, "outputs": []},
             {"eventType": "COMPLETE", "eventTime": rfc3339(bom.invoice.finished), **common,
