@@ -30,6 +30,7 @@ from cats.cas.dag import walk
 from cats.cas.importer import Importer
 from cats.cas.pins import Pins, gc
 from cats.cas.store.local import LocalStore
+from cats.errors import CatsError
 from cats.factory import SliceFailed, results
 from cats.order import Function, InfraFunction, Order, Plant, Structure
 from cats.order.seal import seal
@@ -285,6 +286,37 @@ def test_row_groups_split_table_merge(ray_session: str, cats_home: Path, tmp_pat
     expected = evens.append_column("double", pc.multiply(evens["value"], 2.0))
     assert out.num_rows == 20
     assert out.equals(expected), out
+
+
+@pytest.mark.slow
+def test_row_groups_of_a_folder_of_shards(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = jobs.module(tmp_path, "fx_shards", """
+        def rows(table):
+            return table.num_rows
+    """)
+    store = jobs.home_store(cats_home)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k, rows in enumerate((30, 12)):
+        pq.write_table(pa.table({"v": list(range(rows))}), shards / f"part-{k}.parquet", row_group_size=10)
+    order = Order(function=Function(entry="fx_shards:rows", source=src, takes="table"), inputs=[shards],
+                  infra=InfraFunction(split="row-groups", merge="list"))
+
+    result = factory.run(order)
+
+    recs = list(bom_records(store, load_bom(store, result.bom)))
+    assert [(r.input.name, r.input.row_group, r.input.meta["rows"]) for r in recs] == [
+        ("part-0.parquet", 0, 10), ("part-0.parquet", 1, 10), ("part-0.parquet", 2, 10),
+        ("part-1.parquet", 0, 10), ("part-1.parquet", 1, 2)]
+    outputs = dagcbor.decode(store.get(result.output))
+    assert [results.decode(_cat(store, c), "dag-cbor") for c in outputs] == [10, 10, 10, 10, 2]
+
+    (shards / "notes.txt").write_text("not parquet")
+    with pytest.raises(CatsError, match="notes.txt in .* is not a Parquet file"):
+        factory.run(order)
 
 
 @pytest.mark.slow

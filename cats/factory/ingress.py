@@ -42,7 +42,8 @@ def split(order: Order, store: BlockStore) -> list[Piece]:
         elif kind == "lines":
             pieces += ((s, {"input": i, "offset": s.offset}) for s in lines(store, item, order.infra.chunk_bytes))
         else:
-            pieces += ((s, {"input": i, "row_group": s.row_group}) for s in row_groups(store, item))
+            pieces += ((s, {"input": i, "row_group": s.row_group} | ({"name": s.name} if s.name else {}))
+                       for s in row_groups(store, item))
     return pieces
 
 
@@ -114,16 +115,23 @@ def _next_line_end(f: RangeFile, pos: int) -> int:
 
 
 def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
+    """One slice per row group of a Parquet file, or of every file under a folder (shards), named as the file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        meta = pq.ParquetFile(open_input(store, item)).metadata
-    except pa.ArrowInvalid as e:
-        raise CatsError(f"input {label(item)} is not a Parquet file: {e}") from None
-    origin = _origin(item)
-    for i in range(meta.num_row_groups):
-        yield Slice(**origin, row_group=i, meta={"rows": meta.row_group(i).num_rows})
+    shards = files(store, item) if isinstance(item, CID) and reader.is_folder(store, item) else [None]
+    for shard in shards:
+        part = item if shard is None else shard.cid
+        assert part is not None
+        try:
+            meta = pq.ParquetFile(open_input(store, part)).metadata
+        except pa.ArrowInvalid as e:
+            what = label(item) if shard is None else f"{shard.name} in {label(item)}"
+            raise CatsError(f"input {what} is not a Parquet file: {e}") from None
+        origin = _origin(part)
+        name = None if shard is None else shard.name
+        for i in range(meta.num_row_groups):
+            yield Slice(**origin, name=name, row_group=i, meta={"rows": meta.row_group(i).num_rows})
 
 
 def _user_split(fn: Function, inputs: list[CID | Info], store: BlockStore) -> list[Piece]:
