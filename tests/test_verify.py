@@ -27,6 +27,7 @@ from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import put_cbor, walk
 from cats.cas.store.local import LocalStore
 from cats.errors import CatsError
+from cats.identity import Identity
 from cats.order import Function, Order
 from cats.verify import audit, drift, sampling
 from cats.verify.audit import verify
@@ -119,6 +120,8 @@ def test_deterministic_job_verifies(ray_session: str, cli, cats_home: Path, tmp_
     assert text.code == 0, (text.out, text.err)
     assert "NOT VERIFIED" not in text.out and "VERIFIED" in text.out
     assert "5 of 5 slices" in text.out
+    assert f"signed by {Identity.load().did}" in text.out  # the DID as it is (rich once drew ":key:" as an emoji)
+    assert str(run.bom) in text.out.splitlines()[0]  # never wrapped when piped
 
     res = cli("verify", str(run.bom), "--json")
     assert res.code == 0, (res.out, res.err)

@@ -50,6 +50,12 @@ class Index:
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])
 
+    def boms(self) -> list[str]:
+        """Every BOM known here: those run here, newest first, then those pulled from other nodes."""
+        ran = [row[0] for row in self.db.execute("SELECT bom FROM runs ORDER BY created DESC")]
+        learned = [row[0] for row in self.db.execute("SELECT DISTINCT bom FROM outputs ORDER BY bom")]
+        return list(dict.fromkeys([*ran, *learned]))
+
     def save_slices(self, order_cid: str, records: list[dict[str, Any]]) -> None:
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO slices VALUES (?, ?, ?)",

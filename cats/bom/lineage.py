@@ -82,13 +82,11 @@ def _walk_up(store: BlockStore, g: nx.DiGraph, root: str, bom: BOM) -> None:
 
 
 def _children(store: BlockStore, index: Index) -> tuple[dict[str, set[str]], dict[str, BOM]]:
-    """Invert `parents` over every indexed BOM; unreadable BOMs are skipped (they name no parents we can see)."""
+    """Invert `parents` over every BOM the index knows (run here or pulled); unreadable BOMs are
+    skipped (they name no parents we can see)."""
     children: dict[str, set[str]] = {}
     boms: dict[str, BOM] = {}
-    for run in index.recent(limit=None):
-        key = run["bom"]
-        if key in boms:
-            continue
+    for key in index.boms():
         try:
             bom = load(store, CID.parse(key))
         except CatsError:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cats import __version__
-from cats.cli import bom, data, run, shell, store, verify
+from cats.cli import bom, data, demo, run, shell, store, verify
 from cats.cli import mesh as mesh_cli
 from cats.cli import node as node_cli
 from cats.cli import provenance as provenance_cli
@@ -45,6 +45,7 @@ mesh_cli.register(app)
 node_cli.register(app)
 shell.register(app)
 provenance_cli.register(app)
+demo.register(app)
 
 
 def main() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -58,15 +60,13 @@ def _deployed(order, deployment: Path | None):  # noqa: ANN001, ANN202 - cats.or
     return order.model_copy(update={"plant": deployed.plant(order.plant)})
 
 
-def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
-    from rich.console import Console
+@contextlib.contextmanager
+def slice_progress(console, hidden: bool = False) -> Iterator[Callable[[int, int], None]]:  # noqa: ANN001 - rich Console
+    """A transient bar of finished slices (with their rate); yields the Factory's progress callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TimeElapsedColumn
 
-    from cats import factory
-
-    err = Console(stderr=True)
     with Progress("[bold]slices", BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                  "{task.fields[rate]}", TimeElapsedColumn(), console=err, disable=as_json,
+                  "{task.fields[rate]}", TimeElapsedColumn(), console=console, disable=hidden,
                   transient=True) as bar:
         task = bar.add_task("run", total=None, rate="")
 
@@ -75,6 +75,16 @@ def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
             rate = f"{bar.tasks[0].completed / elapsed:.1f}/s" if elapsed and bar.tasks[0].completed else ""
             bar.update(task, completed=done, total=total, rate=rate)
 
+        yield progress
+
+
+def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
+    from rich.console import Console
+
+    from cats import factory
+
+    err = Console(stderr=True)
+    with slice_progress(err, hidden=as_json) as progress:
         result = factory.run(order, force=force, quiet=as_json, progress=progress)
     summary = result.summary()
     if as_json:

@@ -23,43 +23,37 @@ def verify(
     """
     from cats.cas.cid import CID
     from cats.cas.store import open_store
-    from cats.errors import CatsError
     from cats.identity import Identity
     from cats.identity.trust import Trust
+    from cats.mesh.client import from_peers
     from cats.verify.audit import verify as run
 
     store = open_store()
     peers = Trust().peers()
     me = Identity.load()
     trusted = {me.did, *(p.did for p in peers)}
-
-    def fetch(ancestor: CID) -> str | None:
-        """Pull a missing ancestor's DAG from the first trusted peer's node that has it."""
-        from cats.mesh.client import pull
-
-        errors = []
-        for peer in (p for p in peers if p.url):
-            try:
-                pull(store, ancestor, peer.url, me)  # signed where a private peer asks for it
-                return None
-            except CatsError as e:  # a peer that lacks it or is down: try the next
-                errors.append(f"{peer.url}: {e}")
-        return "; ".join(errors) or "no trusted peer has a node URL (cats mesh trust add DID --url URL)"
-
+    fetch = from_peers(store, peers, me)
     report = run(store, CID.parse(cid), sample=sample, fraction=fraction, seed=seed, recursive=recursive,
                  integrity=integrity, quiet=as_json, trusted=trusted, fetch=fetch)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
-        _print(report)
+        print_report(report)
     raise typer.Exit(0 if report.verified else 1)
 
 
-def _print(report, depth: int = 0, role: str = "") -> None:  # noqa: ANN001 - cats.verify.report.Report
+def report_console():  # noqa: ANN201 - rich.console.Console, imported lazily
+    """stdout for reports: no emoji (a DID holds ":key:"), and never a CID wrapped when piped."""
     from rich.console import Console
+
+    out = Console(emoji=False)
+    return out if out.is_terminal else Console(emoji=False, width=1 << 12)
+
+
+def print_report(report, depth: int = 0, role: str = "", out=None) -> None:  # noqa: ANN001 - Report, rich Console
     from rich.table import Table
 
-    console = Console()
+    console = out or report_console()
     title = f"{'  ' * depth}{role}{'[green]VERIFIED' if report.verified else '[red]NOT VERIFIED'}[/] {report.bom}"
     console.print(title + (f"  ({report.name})" if report.name else "") + f"  [dim]{report.mode}[/]")
     if report.sample:
@@ -91,9 +85,9 @@ def _print(report, depth: int = 0, role: str = "") -> None:  # noqa: ANN001 - ca
         more = f" and {len(report.drift) - 8} more" if len(report.drift) > 8 else ""
         console.print(f"{'  ' * depth}[yellow]environment drift[/] (not a failure): {changed}{more}")
     for ancestor in report.ancestors:
-        _print(ancestor, depth + 1)
+        print_report(ancestor, depth + 1, out=console)
     for child in report.children:
-        _print(child, depth + 1, "sub-Order ")
+        print_report(child, depth + 1, "sub-Order ", out=console)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,6 +34,7 @@ from cats.errors import CatsError
 if TYPE_CHECKING:
     from cats.bom.signatures import Envelope, Signatures
     from cats.identity import Identity
+    from cats.identity.trust import Peer
     from cats.order import Order
 
 __all__ = ["MeshError", "Node", "PullReport", "PushReport", "Submitted", "pull", "push", "submit", "read_car"]
@@ -473,6 +474,23 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
     _learn_lineage(store, report.boms)
     report.duration_s = time.perf_counter() - started
     return report
+
+
+def from_peers(store: BlockStore, peers: Iterable[Peer], identity: Identity) -> Callable[[CID], str | None]:
+    """A `fetch` for verification: pull a missing ancestor's DAG from the first of the trusted peers'
+    nodes that has it (signed, where a private node asks for it); None, or why none could."""
+
+    def fetch(ancestor: CID) -> str | None:
+        errors = []
+        for peer in (p for p in peers if p.url):
+            try:
+                pull(store, ancestor, peer.url, identity)
+                return None
+            except CatsError as e:  # a peer that lacks it or is down: try the next
+                errors.append(f"{peer.url}: {e}")
+        return "; ".join(errors) or "no trusted peer has a node URL (cats mesh trust add DID --url URL)"
+
+    return fetch
 
 
 def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
