@@ -31,8 +31,6 @@ def _needs_pillow(keys: list[str]) -> None:
 
 
 def _scenario(number: int, total: int, key: str, force: bool, console: Any, quiet: bool) -> dict[str, Any]:
-    from rich.rule import Rule
-
     from cats import demo, factory
     from cats.bom import lineage as lin
     from cats.bom import load
@@ -45,7 +43,7 @@ def _scenario(number: int, total: int, key: str, force: bool, console: Any, quie
 
     scenario = demo.SCENARIOS[key]
     if not quiet:
-        console.print(Rule(f"[bold]{number}/{total} {scenario.title}[/]  [dim]({key})[/]", align="left"))
+        console.print(f"\n[bold]{number}/{total} {scenario.title}[/]  [dim]({key})[/]")
     started = time.monotonic()
     building = not quiet and not demo.data_path(scenario).is_dir()
     with console.status(f"building {scenario.data} (once)…") if building else contextlib.nullcontext():
