@@ -85,10 +85,12 @@ def _scenario(number: int, total: int, key: str, force: bool, console: Any, quie
 def _stats_table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
+    def cell(stat: str, value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}" if stat in ("mean", "std") else f"{value:g}"
+
     table = Table("column", "count", "mean", "std", "min", "max", "mode")
     for r in rows:
-        table.add_row(r["column"], f"{r['count']:,}", *(f"{r[s]:.4f}" if s in ("mean", "std") else f"{r[s]:g}"
-                                                         for s in ("mean", "std", "min", "max", "mode")))
+        table.add_row(r["column"], f"{r['count']:,}", *(cell(s, r[s]) for s in ("mean", "std", "min", "max", "mode")))
     return table
 
 
@@ -151,7 +153,7 @@ def _mesh(force: bool, as_json: bool) -> None:
 
 def demo(
     scenarios: list[str] | None = typer.Argument(
-        None, metavar="[SCENARIO]...", help="thumbnails, sensor-logs, column-stats (default: all three)."),
+        None, metavar="SCENARIO", help="thumbnails, sensor-logs, column-stats (default: all three)."),
     mesh: bool = typer.Option(False, "--mesh", help="Run the two-organization scenario instead: two CAT nodes, "
                                                     "org B builds on org A's data and verifies back into A."),
     force: bool = typer.Option(False, "--force", help="Run the Orders even if they ran before (else reused)."),
