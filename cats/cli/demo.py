@@ -94,23 +94,16 @@ def _stats_table(rows: list[dict[str, Any]]) -> Any:
     return table
 
 
-def _mesh(force: bool, as_json: bool) -> None:
+def _mesh(console: Any, started: float, force: bool, as_json: bool) -> None:
     """Scenario 4, in CATS_HOME/demo/mesh (made afresh each time)."""
     from rich.table import Table
 
     from cats.bom import lineage as lin
     from cats.cli.run import slice_progress
-    from cats.cli.verify import print_report, report_console
+    from cats.cli.verify import print_report
     from cats.config import home
     from cats.demo import orgs
-    from cats.plant import Plant, connect
 
-    console = report_console()
-    started = time.monotonic()
-    if not as_json:
-        with console.status("starting the embedded local Ray…"):
-            connect(Plant(), quiet=True)
-        console.print(f"[dim]local Ray ready in {time.monotonic() - started:.1f} s[/]")
     say = (lambda _: None) if as_json else (lambda text: console.print(f"[bold]>[/] {text}"))
     with slice_progress(console, hidden=as_json) as progress:
         story = orgs.run(home() / "demo" / "mesh", force=force, say=say, progress=progress)
@@ -168,22 +161,23 @@ def demo(
     from cats.demo import SCENARIOS
     from cats.plant import Plant, connect
 
-    if mesh:
-        if scenarios:
-            raise CatsError("--mesh runs the two-organization scenario on its own; leave out the scenario names")
-        _mesh(force, as_json)
-        return
+    if mesh and scenarios:
+        raise CatsError("--mesh runs the two-organization scenario on its own; leave out the scenario names")
     keys = scenarios or list(SCENARIOS)
     unknown = [k for k in keys if k not in SCENARIOS]
     if unknown:
         raise CatsError(f"no demo scenario {', '.join(unknown)}: choose from {', '.join(SCENARIOS)}")
-    _needs_pillow(keys)
+    if not mesh:
+        _needs_pillow(keys)
     console = report_console()
     started = time.monotonic()
     if not as_json:
         with console.status("starting the embedded local Ray…"):
             connect(Plant(), quiet=True)
         console.print(f"[dim]local Ray ready in {time.monotonic() - started:.1f} s[/]")
+    if mesh:
+        _mesh(console, started, force, as_json)
+        return
     results = [_scenario(i, len(keys), key, force, console, as_json) for i, key in enumerate(keys, 1)]
     total = time.monotonic() - started
     if as_json:

@@ -22,6 +22,7 @@ from typing import Any
 
 from cats.bom import BOM
 from cats.cas import reader
+from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 from cats.order import Function, InfraFunction, Order
 
@@ -143,13 +144,13 @@ def make(folder: Path, hours: int = 336, seed: int = 2026) -> None:
         (folder / name).write_bytes(_hour(h, stations, seed))
 
 
-def order(folder: Path | object, name: str = "demo: sensor rows within 10 km of Lisbon") -> Order:
+def order(folder: Path | CID, name: str = "demo: sensor rows within 10 km of Lisbon") -> Order:
     """`near` over every hourly file of a folder (a local path or a CID), rows merged into one table."""
     return Order(name=name, function=Function.of(near), inputs=[folder],
                  infra=InfraFunction(split="files", merge="table"))
 
 
-def clean_order(folder: Path | object) -> Order:
+def clean_order(folder: Path | CID) -> Order:
     return Order(name="org-a: sensor logs without faulty readings", function=Function.of(clean), inputs=[folder])
 
 
