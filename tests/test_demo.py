@@ -207,7 +207,8 @@ def test_cats_demo_prints_real_figures(ray_session: str, cli, cats_home: Path,  
     shown = cli("demo", "column-stats")
     assert shown.code == 0, shown.err
     for text in ("Column statistics over Parquet shards", stats["bom"], stats["output"], "├── inputs",
-                 "64 of 64 slices re-executed to their recorded CIDs", "temperature_c", "VERIFIED"):
+                 "64 of 64 slices re-executed to their recorded CIDs", "temperature_c", "VERIFIED",
+                 f"cats lineage {stats['bom']} --format html"):
         assert text in shown.out, text
 
 

@@ -192,6 +192,9 @@ def demo(
                           "[green]yes[/]" if r["verified"] else "[red]NO[/]")
         console.print(table)
         console.print(f"{len(results)} scenario(s) in {total:.1f} s (data building and Ray start included)")
+        last = results[-1]["bom"]
+        console.print(f"[dim]next: cats lineage {last} --format html -o lineage.html · cats verify {last} · "
+                      f"cats demo --mesh[/]")
     if not all(r["verified"] for r in results):
         raise typer.Exit(1)
 
