@@ -50,7 +50,7 @@ def _scenario(number: int, total: int, key: str, force: bool, console: Any, quie
         folder = demo.data_folder(scenario)
     store = open_store()
     with slice_progress(console, hidden=quiet) as progress:
-        run = factory.run(scenario.order(folder), store=store, force=force, quiet=True, progress=progress)
+        run = factory.run(scenario.module.order(folder), store=store, force=force, quiet=True, progress=progress)
     bom = load(store, run.bom)
     figures = scenario.module.summary(store, bom)
     with console.status("verifying: re-executing every slice…") if not quiet else contextlib.nullcontext():
@@ -109,7 +109,6 @@ def _mesh(console: Any, started: float, force: bool, as_json: bool) -> None:
         story = orgs.run(home() / "demo" / "mesh", force=force, say=say, progress=progress)
     total = time.monotonic() - started
     a, b, report = story.a, story.b, story.report
-    ancestors_ok = all(r.verified and r.mode == "reexecute" for r in report.ancestors)
     if as_json:
         typer.echo(json.dumps({
             "orgs": {o.name: {"did": o.did, "url": o.url} for o in (a, b)},
@@ -137,8 +136,12 @@ def _mesh(console: Any, started: float, force: bool, as_json: bool) -> None:
         print_report(report, out=console)
         console.print(f"\n[bold]lineage as {a.name} sees it[/] (after pulling {b.name}'s BOM)")
         console.print(lin.to_tree(story.seen_by_a, str(story.clean.bom)))
-        verdict = "[green]verified[/], " + ("re-executing" if ancestors_ok else "[yellow]not all re-executed[/] in") \
-            + f" {a.name}'s part too" if report.verified else "[red]NOT verified[/]"
+        if not report.verified:
+            verdict = "[red]NOT verified[/]"
+        elif all(r.verified and r.mode == "reexecute" for r in report.ancestors):
+            verdict = f"[green]verified[/], re-executing {a.name}'s part too"
+        else:
+            verdict = f"[green]verified[/], [yellow]not all re-executed[/] in {a.name}'s part"
         console.print(f"\ntwo organizations in {total:.1f} s: {verdict}")
     if not report.verified:
         raise typer.Exit(1)

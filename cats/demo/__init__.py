@@ -11,14 +11,12 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 from cats.config import home
 from cats.demo import column_stats, sensor_logs, thumbnails
-from cats.order import Order
 
 
 @dataclass(frozen=True)
@@ -26,15 +24,7 @@ class Scenario:
     key: str
     title: str
     data: str  # what make() builds, for progress messages
-    module: ModuleType
-
-    @property
-    def make(self) -> Callable[[Path], None]:
-        return self.module.make
-
-    @property
-    def order(self) -> Callable[[Path], Order]:
-        return self.module.order
+    module: ModuleType  # with make(folder), order(folder) and summary(store, bom)
 
 
 SCENARIOS = {s.key: s for s in (
@@ -64,7 +54,7 @@ def data_folder(scenario: Scenario) -> Path:
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{scenario.key}-", dir=folder.parent))
     try:
-        scenario.make(staging / "data")
+        scenario.module.make(staging / "data")
         (staging / "data").rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -125,7 +125,7 @@ def summary(store: BlockStore, bom: BOM) -> dict[str, Any]:
     from cats.factory import results
 
     shards = reader.ls(store, bom.inputs[0])  # type: ignore[arg-type]
-    table = results.decode(b"".join(reader.read(store, bom.outputs[0])), "arrow")
+    table = results.decode(b"".join(reader.read(store, bom.outputs[0])), bom.output_encoding)
     rows = max(table["count"].to_pylist(), default=0)
     size = sum(item.size for item in shards)
     return {"shards": len(shards), "shard_bytes": size, "rows": rows, "stats": table.to_pylist(),

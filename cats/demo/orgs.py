@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cats.verify.report import Report
 
 HOURS = 72  # three days of A's logs
+STORE_VARIABLES = ("CATS_STORE", "CATS_IPFS_API")  # an organization uses the store in its own home
 
 
 @dataclass
@@ -51,10 +52,10 @@ class Org:
     @contextlib.contextmanager
     def acting(self) -> Iterator[None]:
         """Make CATs in this process act as this organization (its store, index, identity, trust)."""
-        saved = {k: os.environ.get(k) for k in ("CATS_HOME", "CATS_STORE", "CATS_IPFS_API")}
+        saved = {k: os.environ.get(k) for k in ("CATS_HOME", *STORE_VARIABLES)}
         os.environ["CATS_HOME"] = str(self.home)
-        os.environ.pop("CATS_STORE", None)
-        os.environ.pop("CATS_IPFS_API", None)
+        for k in STORE_VARIABLES:
+            os.environ.pop(k, None)
         try:
             yield
         finally:
@@ -68,9 +69,7 @@ class Org:
         """`cats node start --port 0` with this home; wait for its `listening on URL` line."""
         self.home.mkdir(parents=True, exist_ok=True)
         log = self.home.parent / f"{self.name}-node.log"
-        env = {**os.environ, "CATS_HOME": str(self.home)}
-        env.pop("CATS_STORE", None)
-        env.pop("CATS_IPFS_API", None)
+        env = {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES} | {"CATS_HOME": str(self.home)}
         with open(log, "wb") as err:
             self.node = subprocess.Popen([sys.executable, "-m", "cats", "node", "start", "--port", "0"],
                                          stdout=subprocess.PIPE, stderr=err, env=env, start_new_session=True)

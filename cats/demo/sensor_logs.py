@@ -38,9 +38,7 @@ def _read(data: bytes):  # noqa: ANN202 - pyarrow.Table
     import pyarrow as pa
     from pyarrow import csv
 
-    types = {"datetime": pa.timestamp("s", tz="UTC"), "sensor": pa.string(), "latitude": pa.float64(),
-             "longitude": pa.float64(), "temperature_c": pa.float64(), "pressure_hpa": pa.float64(),
-             "rainfall_mm": pa.float64()}
+    types = dict(zip(COLUMNS, [pa.timestamp("s", tz="UTC"), pa.string(), *[pa.float64()] * 5], strict=True))
     return csv.read_csv(io.BytesIO(data), convert_options=csv.ConvertOptions(column_types=types))
 
 
@@ -159,7 +157,7 @@ def summary(store: BlockStore, bom: BOM) -> dict[str, Any]:
     from cats.factory import results
 
     logs = reader.ls(store, bom.inputs[0])  # type: ignore[arg-type]
-    table = results.decode(b"".join(reader.read(store, bom.outputs[0])), "arrow")
+    table = results.decode(b"".join(reader.read(store, bom.outputs[0])), bom.output_encoding)
     sensors = len(set(table["sensor"].to_pylist()))
     far = float(max(table["distance_km"].to_pylist(), default=0.0))
     size = sum(item.size for item in logs)

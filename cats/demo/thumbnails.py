@@ -90,9 +90,10 @@ def summary(store: BlockStore, bom: BOM) -> dict[str, Any]:
     for thumb in thumbs:
         with Image.open(io.BytesIO(b"".join(reader.read(store, thumb.cid)))) as image:
             shapes.append((image.size, image.mode))
-    return {"photos": len(photos), "photo_bytes": sum(p.size for p in photos), "thumbnails": len(thumbs),
-            "thumbnail_bytes": sum(t.size for t in thumbs), "longest_side_px": max(max(s) for s, _ in shapes),
+    photo_bytes, thumb_bytes = sum(p.size for p in photos), sum(t.size for t in thumbs)
+    longest = max(max(size) for size, _ in shapes)
+    return {"photos": len(photos), "photo_bytes": photo_bytes, "thumbnails": len(thumbs),
+            "thumbnail_bytes": thumb_bytes, "longest_side_px": longest,
             "grayscale": all(mode == "L" for _, mode in shapes),
-            "text": f"{len(photos)} photos ({sum(p.size for p in photos) / 1e6:.1f} MB) -> {len(thumbs)} grayscale "
-                    f"thumbnails ({sum(t.size for t in thumbs) / 1e6:.2f} MB, longest side "
-                    f"{max(max(s) for s, _ in shapes)} px)"}
+            "text": f"{len(photos)} photos ({photo_bytes / 1e6:.1f} MB) -> {len(thumbs)} grayscale "
+                    f"thumbnails ({thumb_bytes / 1e6:.2f} MB, longest side {longest} px)"}
