@@ -6,25 +6,19 @@ function defined in it) stays cheap; the Factory seals once, on the driver.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import os
-import sys
 from pathlib import Path
 
 from cats import data
 from cats.cas.cid import CID
-from cats.cas.dag import put_cbor
 from cats.cas.importer import Importer
 from cats.cas.store import BlockStore
-from cats.config import home
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError, DataIntegrityError
 from cats.order import Order
+from cats.order.environment import environment_lock
 from cats.order.function import Function
 from cats.order.infra import InfraFunction
-from cats.order.structure import installed_distributions
 
 
 def _seal_function(fn: Function, importer: Importer) -> Function:
@@ -35,30 +29,6 @@ def _seal_function(fn: Function, importer: Importer) -> Function:
         raise CatsError(f"function source {fn.source} does not exist")
     code = importer.add_wrapped(fn.source)
     return fn.model_copy(update={"code": code.cid, "source": None})
-
-
-def environment_lock(store: BlockStore) -> CID:
-    """The lock block of this environment. Scanning every distribution costs ~0.1 s, so its CID is
-    cached under a key of the site-packages folders' modification times, which change whenever a
-    distribution is installed, upgraded or removed there (script folders and the working directory
-    change all the time and hold no distributions, so they stay out of the key)."""
-    stamp = [sys.version, sys.prefix]
-    for entry in sys.path:
-        if Path(entry).name in ("site-packages", "dist-packages"):
-            with contextlib.suppress(OSError):
-                stamp.append(f"{entry}:{os.stat(entry).st_mtime_ns}")
-    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()
-    cache = home() / "cache" / "locks" / key
-    with contextlib.suppress(OSError, CatsError):
-        cached = CID.parse(cache.read_text())
-        if store.has(cached):
-            return cached
-    lock = put_cbor(store, installed_distributions())
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{key}.{os.getpid()}")
-    tmp.write_text(str(lock))
-    os.replace(tmp, cache)
-    return lock
 
 
 def seal(order: Order, store: BlockStore) -> Order:

@@ -24,14 +24,3 @@ class Structure(BaseModel):
     tools: dict[str, str] = Field(default_factory=dict, exclude_if=lambda tools: not tools,
                                   description="program -> version (or path and SHA-256) the command calls")
 
-
-def installed_distributions() -> dict[str, str]:
-    """name -> version of every distribution importable here: the environment lock."""
-    from importlib.metadata import distributions
-
-    lock: dict[str, str] = {}
-    for dist in distributions():
-        name = dist.metadata["Name"]
-        if name:
-            lock.setdefault(name.lower().replace("_", "-"), dist.version)
-    return dict(sorted(lock.items()))

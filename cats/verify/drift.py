@@ -5,7 +5,7 @@ from __future__ import annotations
 from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
-from cats.order.seal import environment_lock
+from cats.order.environment import environment_lock
 from cats.verify.report import Drift
 
 
