@@ -70,8 +70,9 @@ class RayCluster:
             env["CATS_HOME"] = str(home)
         return env
 
-    def add(self, name: str, cpus: int = 1) -> ClusterNode:
-        """Start a node advertising its store as `cats-store:<name>`; the first one is the head."""
+    def add(self, name: str, cpus: int = 1, options: tuple[str, ...] = ()) -> ClusterNode:
+        """Start a node advertising its store as `cats-store:<name>`; the first one is the head. `options`
+        go to `ray start` last (so they win over the defaults)."""
         node = ClusterNode(name, self.base / name, cpus)
         node.home.mkdir(parents=True, exist_ok=True)
         head = not self.nodes
@@ -80,25 +81,44 @@ class RayCluster:
         log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115 - the process keeps it
         node.proc = subprocess.Popen(
             [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", "--num-gpus=0",
-             f"--resources={json.dumps({f'cats-store:{name}': 1000})}", "--disable-usage-stats", *where],
+             f"--resources={json.dumps({f'cats-store:{name}': 1000})}", "--disable-usage-stats", *where, *options],
             stdout=log, stderr=subprocess.STDOUT, env=self.env(node.home), start_new_session=True)
         self.nodes.append(node)
         self._wait_for(len(self.nodes), name)
         return node
 
     def _wait_for(self, count: int, name: str) -> None:
+        """Until `count` nodes are alive; a node process that exits meanwhile fails at once with its log."""
         script = ("import ray, sys; ray.init(logging_level='ERROR'); "
                   "print(sum(1 for n in ray.nodes() if n['Alive']))")
         deadline = time.time() + 120
         while time.time() < deadline:
-            proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                                  env=self.env(), timeout=120)
-            if proc.returncode == 0 and proc.stdout.strip() == str(count):
+            probe = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, env=self.env())
+            while True:
+                try:
+                    out, _ = probe.communicate(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if self._dead() is not None or time.time() > deadline:
+                        probe.kill()
+                        probe.communicate()
+                        out = ""
+                        break
+            if probe.returncode == 0 and out.strip() == str(count):
                 return
-            if any(n.proc is not None and n.proc.poll() is not None for n in self.nodes):
-                break
+            if (dead := self._dead()) is not None:
+                status = dead.proc.returncode if dead.proc is not None else "?"
+                raise RuntimeError(f"ray node {dead.name} exited with status {status} before the cluster was up; "
+                                   f"the end of its log:\n{self.log(dead.name)}")
             time.sleep(1)
-        raise RuntimeError(f"ray node {name} did not join:\n{(self.base / f'{name}.log').read_text()[-3000:]}")
+        raise RuntimeError(f"ray node {name} did not join within 120 s; the end of its log:\n{self.log(name)}")
+
+    def _dead(self) -> ClusterNode | None:
+        return next((n for n in self.nodes if n.proc is not None and n.proc.poll() is not None), None)
+
+    def log(self, name: str) -> str:
+        return (self.base / f"{name}.log").read_text(errors="replace")[-3000:]
 
     def run(self, home: Path, *args: str, **env: str | None) -> Result:
         """`cats ARGS` as a driver on this cluster with CATS_HOME `home` (`env`: changes, None unsets)."""

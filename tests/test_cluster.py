@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,19 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
         yield c
     finally:
         c.stop()
+    assert c.leftovers() == []
+
+
+def test_a_node_that_dies_stops_the_cluster_start_at_once_with_its_log(tmp_path: Path) -> None:
+    c = RayCluster(tmp_path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="exited with status") as failed:
+            c.add("a", options=("--num-cpus=-1",))
+    finally:
+        c.stop()
+    assert time.monotonic() - started < 60  # not the 120 s of waiting for a node that will never come
+    assert "Resource quantities must be nonnegative" in str(failed.value)
     assert c.leftovers() == []
 
 
