@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 
@@ -48,9 +49,25 @@ provenance_cli.register(app)
 demo.register(app)
 
 
+def command() -> Any:
+    """The click command behind `app`, its flags shown in `--help` without a `<bool>` type (they take no value)."""
+
+    def plain_flags(cmd: Any, parent: Any = None) -> None:
+        ctx = typer.Context(cmd, parent=parent, **cmd.context_settings)  # as at run time: -h is inherited
+        for param in [*cmd.params, cmd.get_help_option(ctx)]:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        for sub in getattr(cmd, "commands", {}).values():
+            plain_flags(sub, ctx)
+
+    root = typer.main.get_command(app)
+    plain_flags(root)
+    return root
+
+
 def main() -> None:
     try:
-        app(standalone_mode=True)
+        command()(standalone_mode=True)
     except CatsError as e:
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
+from cats.errors import CatsError
+
 # 1 and 1.0 must encode alike, or the same Plant written two ways would get two CIDs.
 Float = Annotated[float, AfterValidator(float)]
 
@@ -45,9 +47,24 @@ class Plant(BaseModel):
 
 def connect(plant: Plant, quiet: bool = False) -> Any:
     """Join the Plant's Ray, starting the embedded local one when none is running; returns `ray`."""
+    import logging
+    import os
+
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address=plant.address, include_dashboard=False, log_to_driver=not quiet,
-                 configure_logging=True, logging_level="WARNING")
+    if ray.is_initialized():
+        return ray
+    address = plant.address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("ray://"):
+        try:
+            import grpc  # noqa: F401 - what the Ray Client speaks; only `ray[client]` installs it
+        except ImportError:
+            raise CatsError(f"the Plant's address {address} is a Ray Client address, which needs the Ray Client: "
+                            "pip install 'ray[client]'") from None
+    if not address:
+        # The embedded Ray keeps Ray's default for a new local cluster (token authentication on);
+        # only Ray's notice about that default is silenced, as nobody running an Order chose it.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(address=plant.address, include_dashboard=False, log_to_driver=not quiet,
+             configure_logging=True, logging_level="WARNING")
     return ray
