@@ -238,6 +238,23 @@ def test_malformed_cid(cli) -> None:  # noqa: ANN001
     assert res.out == ""
 
 
+def test_a_cid_with_padding_bits_set_is_refused_by_every_command(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    """The last base32 character of a 36-byte CIDv1 carries 2 unused bits: setting them writes the same bytes
+    as another text. Every command refuses it rather than reading the object under a second name."""
+    root = _add(cli, _tree(tmp_path / "src"))
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    mistyped = root[:-1] + alphabet[alphabet.index(root[-1]) | 1]
+    assert mistyped != root and CID.parse(root).encode("base32") == root
+    for args in (["cat", f"{mistyped}/hello.txt"], ["ls", mistyped], ["get", mistyped, "-o", tmp_path / "out"],
+                 ["verify", mistyped], ["pin", "add", mistyped], ["export", mistyped, "-o", tmp_path / "x.car"],
+                 ["lineage", mistyped]):
+        res = cli(*args)
+        line = res.error_line(repr(mistyped), "not the canonical base32 encoding", "last character")
+        assert res.out == "", (args, line)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.car").exists()
+    assert cli("cat", f"{root}/hello.txt").out == "hello, cats\n"
+
+
 def test_unknown_codec(cli) -> None:  # noqa: ANN001
     cid = CID(1, 0x78, multihash.digest(b"a git object"))  # git-raw
     res = cli("cat", str(cid))

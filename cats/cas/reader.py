@@ -35,8 +35,9 @@ class Item:
 
 
 def split_path(text: str) -> tuple[CID, str]:
-    """Parse `CID[/path]`, `/ipfs/CID[/path]` or `ipfs://CID[/path]` into the CID and the inner path."""
-    s = text.strip()
+    """Parse `CID[/path]`, `/ipfs/CID[/path]` or `ipfs://CID[/path]` into the CID and the inner path.
+    Nothing is stripped but slashes: spaces may belong to a name, and a CID has none."""
+    s = text
     for prefix in ("ipfs://", "/ipfs/"):
         if s.startswith(prefix):
             s = s[len(prefix):]
