@@ -165,6 +165,7 @@ def test_whitespace_is_refused(text: str) -> None:
     with pytest.raises(InvalidCID) as err:
         CID.parse(text)
     assert repr(text) in str(err.value)
+    assert "no whitespace" in str(err.value) or "invalid base16" in str(err.value)
 
 
 def test_cidv0_has_one_text_and_every_base58_text_is_canonical() -> None:

@@ -106,6 +106,8 @@ class CID:
         if isinstance(text, (bytes, bytearray, memoryview)):
             return cls.from_bytes(text)
         try:
+            if text != text.strip():
+                raise InvalidCID("a CID has no whitespace")
             if len(text) == 46 and text.startswith("Qm"):
                 cid = cls.from_bytes(multibase.b58decode(text))
             else:

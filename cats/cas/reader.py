@@ -37,11 +37,10 @@ class Item:
 def split_path(text: str) -> tuple[CID, str]:
     """Parse `CID[/path]`, `/ipfs/CID[/path]` or `ipfs://CID[/path]` into the CID and the inner path.
     Nothing is stripped but slashes: spaces may belong to a name, and a CID has none."""
-    s = text
     for prefix in ("ipfs://", "/ipfs/"):
-        if s.startswith(prefix):
-            s = s[len(prefix):]
-    head, _, rest = s.partition("/")
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    head, _, rest = text.partition("/")
     return CID.parse(head), rest.strip("/")
 
 

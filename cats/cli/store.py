@@ -53,7 +53,10 @@ def add(
     pin: bool = typer.Option(True, "--pin/--no-pin", help="Pin the added root so gc keeps it."),
     as_json: bool = typer.Option(False, "--json", help="Print entries as a JSON list."),
 ) -> None:
-    """Add a file or folder; print `added CID PATH` per entry, the root last (as `ipfs add`)."""
+    """Add a file or folder; print `added CID PATH` per entry, the root last (as `ipfs add`).
+
+    Names are stored as the bytes the file system holds, as kubo stores them; those that are not UTF-8
+    are printed as `cats ls` prints them."""
     from cats.cas import names
     from cats.cas.importer import Importer
 
