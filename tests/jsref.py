@@ -171,6 +171,18 @@ def cid_info(cid: str) -> dict[str, Any]:
     return _run([str(IPLD_MJS), "cid-info", cid])
 
 
+def multibase(encode: Iterable[bytes] = (),
+              decode: Iterable[str] = ()) -> tuple[list[dict[str, str]], list[bytes | None]]:
+    """Encode and decode with js-multiformats' bases, in one node run.
+
+    Returns (one {base name: multibase text} per byte string, in every base multiformats knows;
+    the bytes of each text, decoded by the base its prefix names, or None where multiformats refuses it).
+    """
+    out = _run([str(IPLD_MJS), "multibase"],
+               input_text=json.dumps({"encode": [bytes(b).hex() for b in encode], "decode": list(decode)}))
+    return out["encoded"], [None if h is None else bytes.fromhex(h) for h in out["decoded"]]
+
+
 def dagcbor_encode(dagjson_text: str) -> tuple[bytes, str]:
     """Encode a DAG-JSON document with @ipld/dag-cbor.
 

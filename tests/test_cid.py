@@ -7,6 +7,8 @@ import random
 
 import jsref
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cats.cas import multibase, multihash, varint
 from cats.cas.cid import CID, DAG_CBOR, DAG_JSON, DAG_PB, RAW
@@ -71,6 +73,166 @@ def test_malformed_cids_are_refused_with_the_text(text: str, fragment: str) -> N
         CID.parse(text)
     assert fragment.lower() in str(err.value).lower()
     assert repr(text) in str(err.value) or not text
+
+
+# -- one text per CID: only the canonical encoding of its bytes in a base parses -------------------------
+# The rfc4648 bases written out independently of cats: (alphabet, bits a character carries).
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+RFC4648 = {
+    "base16": ("0123456789abcdef", 4), "base16upper": ("0123456789ABCDEF", 4),
+    "base32": ("abcdefghijklmnopqrstuvwxyz234567", 5), "base32upper": ("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 5),
+    "base64": (_B64 + "+/", 6), "base64url": (_B64 + "-_", 6),
+}
+# Real CIDs of several codecs and hash functions; the dag-json one is 37 bytes, the others 36 (and 34
+# for the CIDv0), so together they leave 0, 2 or 4 unused bits in the last character.
+REAL_CIDS = [
+    EMPTY_DIR_V0, EMPTY_DIR_V1,
+    "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku",  # raw, the empty file
+    str(CID.hash(b"cats", DAG_CBOR)), str(CID.hash(b'{"a":1}', DAG_JSON)),
+    str(CID.hash(b"blake3 leaf", RAW, hashfn=multihash.BLAKE3)),
+]
+
+
+def padding_variants(text: str, base: str) -> list[str]:
+    """Every other text of the same bytes that differs only in the unused low bits of the last character."""
+    alphabet, bits = RFC4648[base]
+    body = text[1:]
+    unused = len(body) * bits - len(multibase.decode(text)[1]) * 8
+    value = alphabet.index(body[-1])
+    assert value & ((1 << unused) - 1) == 0  # the canonical text leaves them zero
+    return [text[:-1] + alphabet[value | k] for k in range(1, 1 << unused)]
+
+
+def test_real_cids_refuse_padding_bits_in_the_last_character() -> None:
+    refused = 0
+    for text in REAL_CIDS:
+        cid = CID.parse(text)
+        for base in RFC4648 if cid.version else ():
+            for other in padding_variants(cid.encode(base), base):
+                with pytest.raises(InvalidCID) as err:
+                    CID.parse(other)
+                message = str(err.value)
+                assert repr(other) in message
+                assert f"not the canonical {base} encoding" in message
+                assert "mistype the last character" in message
+                refused += 1
+    # 36 bytes leave 2 unused bits in base32 (3 variants, in both cases), none in base16 and base64;
+    # the 37-byte dag-json CID leaves 4 in base32 and in base64 (15 variants each, in both forms)
+    assert refused == 4 * 3 * 2 + 15 * 2 * 2
+
+
+@pytest.mark.parametrize("text", REAL_CIDS)
+def test_every_canonical_text_parses_and_round_trips(text: str) -> None:
+    cid = CID.parse(text)
+    assert str(cid) == text
+    assert CID.parse(bytes(cid)) == cid
+    for base in multibase.NAMES if cid.version else ("base58btc",):
+        written = cid.encode(base)
+        assert CID.parse(written) == cid
+        assert CID.parse(written).encode(base) == written
+
+
+_V1 = CID.parse(EMPTY_DIR_V1)
+_HEX = _V1.encode("base16")[1:]
+
+
+@pytest.mark.parametrize("text, base, hint", [
+    ("b" + EMPTY_DIR_V1[1:].upper(), "base32", "lower case"),
+    ("b" + EMPTY_DIR_V1[1:5].upper() + EMPTY_DIR_V1[5:], "base32", "lower case"),
+    ("B" + EMPTY_DIR_V1[1:], "base32upper", "upper case"),
+    ("f" + _HEX.upper(), "base16", "lower case"),
+    ("F" + _HEX, "base16upper", "upper case"),
+    ("k" + _V1.encode("base36")[1:].upper(), "base36", "lower case"),
+    ("K" + _V1.encode("base36")[1:], "base36upper", "upper case"),
+    (EMPTY_DIR_V1 + "======", "base32", "padding"),
+    (CID.hash(b"x", DAG_JSON).encode("base64") + "==", "base64", "padding"),
+    (CID.hash(b"x", DAG_JSON).encode("base64url") + "==", "base64url", "padding"),
+])
+def test_other_case_and_padding_are_refused(text: str, base: str, hint: str) -> None:
+    with pytest.raises(InvalidCID) as err:
+        CID.parse(text)
+    assert f"not the canonical {base} encoding" in str(err.value)
+    assert hint in str(err.value)
+    assert repr(text) in str(err.value)
+
+
+@pytest.mark.parametrize("text", [
+    " " + EMPTY_DIR_V1, EMPTY_DIR_V1 + "\n", EMPTY_DIR_V0 + " ", "\t" + EMPTY_DIR_V0,
+    "f" + " ".join(CID.parse(EMPTY_DIR_V1).encode("base16")[1:][i:i + 2] for i in range(0, 72, 2)),
+    "f" + CID.parse(EMPTY_DIR_V1).encode("base16")[1:] + " ",
+])
+def test_whitespace_is_refused(text: str) -> None:
+    with pytest.raises(InvalidCID) as err:
+        CID.parse(text)
+    assert repr(text) in str(err.value)
+    assert "no whitespace" in str(err.value) or "invalid base16" in str(err.value)
+
+
+def test_cidv0_has_one_text_and_every_base58_text_is_canonical() -> None:
+    """base58btc and base36 are big numbers: each leading zero digit is one zero byte and the rest has no
+    leading zero, so no second spelling of the same bytes exists to refuse (the property test checks it)."""
+    v0 = CID.parse(EMPTY_DIR_V0)
+    assert multibase.b58encode(multibase.b58decode(EMPTY_DIR_V0)) == EMPTY_DIR_V0
+    assert multibase.decode("z11" + EMPTY_DIR_V0)[1] == b"\0\0" + bytes(v0)  # zero digits are zero bytes
+    assert multibase.decode("k00")[1] == b"\0\0"
+
+
+_ALL_CHARS = "".join(sorted({c for alphabet, _ in RFC4648.values() for c in alphabet + alphabet.swapcase()}
+                            | set(multibase.B58_ALPHABET) | set("= \t\nıK")))
+
+
+@given(st.binary(max_size=80), st.sampled_from(multibase.NAMES))
+def test_canonical_text_round_trips(data: bytes, base: str) -> None:
+    text = multibase.encode(data, base)
+    assert multibase.decode(text) == (base, data)
+
+
+@given(st.sampled_from(multibase.NAMES), st.text(alphabet=_ALL_CHARS, max_size=60))
+def test_only_the_canonical_text_decodes(base: str, body: str) -> None:
+    """Any text that decodes at all is the encoding of what it decodes to: no second text names those bytes."""
+    text = multibase.encode(b"", base) + body
+    try:
+        name, data = multibase.decode(text)
+    except InvalidCID as e:
+        assert "multibase" in str(e) or base in str(e) or "character" in str(e)
+        return
+    assert name == base
+    assert multibase.encode(data, base) == text
+
+
+@given(st.binary(min_size=1, max_size=80), st.sampled_from(multibase.NAMES), st.data())
+def test_texts_of_the_same_bytes_but_the_canonical_are_refused(data: bytes, base: str, draw: st.DataObject) -> None:
+    text = multibase.encode(data, base)
+    others = {text.swapcase(), text[0] + text[1:].swapcase(), text + "=", text + "==", text + " ", " " + text,
+              text[:2] + " " + text[2:]}
+    if base in RFC4648:
+        others.update(padding_variants(text, base))
+    i = draw.draw(st.integers(1, len(text) - 1))
+    others.add(text[:i] + text[i].swapcase() + text[i + 1:])
+    for other in others - {text}:
+        try:
+            decoded = multibase.decode(other)
+        except (InvalidCID, UnknownCodec):
+            continue
+        assert decoded != (base, data), (other, text)  # the same bytes in another base (b/B) is fine
+
+
+def test_canonical_encodings_agree_with_js_multiformats() -> None:
+    """The same text for the same bytes in every base; js-multiformats decodes every canonical text to the same
+    bytes and refuses the padding-bit variants too. (It is more lenient than cats elsewhere: it takes either
+    letter case and '=' padding, which cats refuses as second spellings.)"""
+    jsref.require()
+    rng = random.Random(11)
+    samples = [bytes(CID.parse(t)) for t in REAL_CIDS] + [b"", b"\0", b"\0\0\1"]
+    samples += [rng.randbytes(rng.randrange(1, 60)) for _ in range(40)]
+    canonical = [multibase.encode(d, base) for d in samples for base in multibase.NAMES]
+    variants = [v for d in samples if d for base in RFC4648 for v in padding_variants(multibase.encode(d, base), base)]
+    encoded, decoded = jsref.multibase(samples, canonical + variants)
+    for data, js in zip(samples, encoded, strict=True):
+        assert {base: js[base] for base in multibase.NAMES} == {base: multibase.encode(data, base)
+                                                                 for base in multibase.NAMES}
+    assert decoded[:len(canonical)] == [multibase.decode(text)[1] for text in canonical]
+    assert len(variants) > 100 and decoded[len(canonical):] == [None] * len(variants)
 
 
 def test_unknown_codecs_parse_but_have_no_name() -> None:

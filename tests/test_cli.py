@@ -169,6 +169,39 @@ def test_ls(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert items[1]["size"] > 0
 
 
+def test_names_that_are_not_utf8(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    """Names whose bytes are not UTF-8 are added, listed and written back: shown with \\xNN escapes for those
+    bytes, given exactly in base64 under --json, and restored byte for byte by get."""
+    caf, sub, fffe = os.fsdecode(b"caf\xe9"), os.fsdecode(b"sub\xff"), os.fsdecode(b"\xff\xfe")
+    src = tmp_path / "src"
+    (src / sub).mkdir(parents=True)
+    (src / caf).write_bytes(b"latin-1\n")
+    (src / sub / fffe).write_bytes(b"ff fe\n")
+    (src / "été").write_bytes(b"utf-8\n")
+    res = cli("add", "-r", src.name, cwd=tmp_path)
+    assert res.code == 0, res.err
+    want = dict(_expected(src))
+    shown = {f"src/{caf}": "src/caf\\xe9", f"src/{sub}/{fffe}": "src/sub\\xff/\\xff\\xfe",
+             f"src/{sub}": "src/sub\\xff", "src/été": "src/été", "src": "src"}
+    assert res.out.splitlines() == [f"added {want[path]} {text}" for path, text in shown.items()]
+    root = want["src"]
+
+    res = cli("ls", root)
+    assert res.code == 0, res.err
+    assert [line.split()[2] for line in res.out.splitlines()] == ["caf\\xe9", "sub\\xff/", "été"]
+    res = cli("ls", "--json", root)
+    assert [{k: v for k, v in i.items() if k.startswith("name")} for i in json.loads(res.out)] == [
+        {"name": "caf\\xe9", "name_base64": "Y2Fm6Q=="}, {"name": "sub\\xff", "name_base64": "c3Vi/w=="},
+        {"name": "été"}]
+
+    assert cli("cat", f"{root}/{sub}/{fffe}").stdout_bytes == b"ff fe\n"
+    res = cli("get", f"{root}/{sub}", cwd=tmp_path)  # the destination defaults to the last path part
+    assert res.code == 0, res.err
+    assert res.out.strip() == f"saved {want['src/' + sub]} to sub\\xff"
+    assert os.listdir(os.path.join(os.fsencode(tmp_path), b"sub\xff")) == [b"\xff\xfe"]
+    cli("cat", f"{root}/{sub}/nope{fffe}").error_line("no entry 'nope\\xff\\xfe' in", f"{root}/sub\\xff")
+
+
 def test_export_import_round_trip(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
     src = _tree(tmp_path / "src")
     root = _add(cli, src)
@@ -236,6 +269,23 @@ def test_malformed_cid(cli) -> None:  # noqa: ANN001
     res = cli("cat", "notacid")
     res.error_line("notacid")
     assert res.out == ""
+
+
+def test_a_cid_with_padding_bits_set_is_refused_by_every_command(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    """The last base32 character of a 36-byte CIDv1 carries 2 unused bits: setting them writes the same bytes
+    as another text. Every command refuses it rather than reading the object under a second name."""
+    root = _add(cli, _tree(tmp_path / "src"))
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    mistyped = root[:-1] + alphabet[alphabet.index(root[-1]) | 1]
+    assert mistyped != root and CID.parse(root).encode("base32") == root
+    for args in (["cat", f"{mistyped}/hello.txt"], ["ls", mistyped], ["get", mistyped, "-o", tmp_path / "out"],
+                 ["verify", mistyped], ["pin", "add", mistyped], ["export", mistyped, "-o", tmp_path / "x.car"],
+                 ["lineage", mistyped]):
+        res = cli(*args)
+        line = res.error_line(repr(mistyped), "not the canonical base32 encoding", "last character")
+        assert res.out == "", (args, line)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x.car").exists()
+    assert cli("cat", f"{root}/hello.txt").out == "hello, cats\n"
 
 
 def test_unknown_codec(cli) -> None:  # noqa: ANN001

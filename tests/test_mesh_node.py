@@ -270,6 +270,13 @@ def test_read_errors(served: Served) -> None:
     assert scope.status_code == 400 and "entity" in detail(scope)
     malformed = node.get("/ipfs/not-a-cid?format=raw")
     assert malformed.status_code == 400 and "not-a-cid" in detail(malformed)
+    text = str(root.to_v1())  # 36 bytes in base32: the last character has 2 unused bits; setting one mistypes it
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    mistyped = text[:-1] + alphabet[alphabet.index(text[-1]) | 1]
+    assert mistyped != text and node.get(f"/ipfs/{text}?format=raw").status_code == 200
+    for path in (f"/ipfs/{mistyped}?format=raw", f"/bom/{mistyped}", f"/lineage/{mistyped}"):
+        refused = node.get(path)
+        assert refused.status_code == 400 and mistyped in detail(refused) and "not the canonical" in detail(refused)
     unknown = CID.hash(b"nobody stored this", RAW)
     for fmt in ("raw", "car"):
         missing = node.get(f"/ipfs/{unknown}?format={fmt}")

@@ -7,10 +7,11 @@ import os
 import random
 from pathlib import Path
 
+import mmh3
 import pytest
 from wrapping import Forwarding
 
-from cats.cas import dagpb, reader, unixfs
+from cats.cas import dagpb, hamt, reader, unixfs
 from cats.cas import importer as importer_mod
 from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.dag import walk
@@ -18,7 +19,7 @@ from cats.cas.importer import CHUNK_SIZE, Importer
 from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
-from cats.errors import BlockNotFound, CatsError, IntegrityError, PathNotFound, UnsafePath
+from cats.errors import BlockNotFound, CatsError, EncodeError, IntegrityError, PathNotFound, UnsafePath
 
 
 class CountingStore(Forwarding):
@@ -231,6 +232,37 @@ def test_ls_and_resolve(store: BlockStore, tmp_path: Path, version: int) -> None
                  f"ipfs://{root}/données/日本語/ファイル.txt"):
         cid, path = reader.split_path(text)
         assert reader.resolve(store, cid, path) == deep
+
+
+def test_names_that_are_not_utf8_round_trip(store: BlockStore, tmp_path: Path) -> None:
+    """dag-pb names are bytes: one that is not UTF-8 reads as its surrogateescape str, resolves, re-encodes to
+    the same block, hashes into a HAMT by its bytes, and `get` writes the same bytes back as the file name."""
+    src = os.fsencode(tmp_path / "src")
+    os.makedirs(os.path.join(src, b"sub\xff"))
+    for rel, data in ((b"caf\xe9", b"latin-1"), (b"\xff\xfe", b"ff fe"), (b"sub\xff/in\x80", b"deep")):
+        with open(os.path.join(src, rel), "wb") as f:
+            f.write(data)
+    os.symlink(b"caf\xe9", os.path.join(src, b"link\xfe"))
+    root = _add_dir(store, Path(os.fsdecode(src)))
+    block = store.get(root)
+    node = dagpb.decode(block)
+    assert [os.fsencode(link.name) for link in node.links] == [b"caf\xe9", b"link\xfe", b"sub\xff", b"\xff\xfe"]
+    assert dagpb.encode(node.links, node.data) == block
+    assert b"caf\xe9" in block and b"\xff\xfe" in block  # the raw bytes, not an escape of them
+    assert _read(store, reader.resolve(store, root, os.fsdecode(b"sub\xff/in\x80"))) == b"deep"
+    assert hamt.name_hash(os.fsdecode(b"caf\xe9")) == mmh3.hash64(b"caf\xe9", 0, signed=False)[0].to_bytes(8, "big")
+
+    dest = tmp_path / "out"
+    reader.get(store, root, dest)
+    assert sorted(os.listdir(os.fsencode(dest))) == [b"caf\xe9", b"link\xfe", b"sub\xff", b"\xff\xfe"]
+    assert Path(os.fsdecode(os.path.join(os.fsencode(dest), b"sub\xff/in\x80"))).read_bytes() == b"deep"
+    assert os.readlink(os.path.join(os.fsencode(dest), b"link\xfe")) == b"caf\xe9"
+
+
+def test_a_name_that_stands_for_no_bytes_is_refused() -> None:
+    """A lone surrogate outside the surrogateescape range (only a Python caller can make one) has no bytes."""
+    with pytest.raises(EncodeError, match="surrogate"):
+        dagpb.encode([dagpb.Link(CID.hash(b"x"), "half a pair \ud800", 1)])
 
 
 def test_path_not_found_names_the_missing_part(store: BlockStore, tmp_path: Path) -> None:

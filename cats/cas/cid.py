@@ -96,17 +96,22 @@ class CID:
 
     @classmethod
     def parse(cls, text: str | bytes | CID) -> CID:
-        """Parse any common text form (v0 base58btc, or v1 in any supported multibase)."""
+        """Parse any common text form (v0 base58btc, or v1 in any supported multibase).
+
+        Only the canonical text of a CID in its base is accepted: no surrounding whitespace, no other
+        letter case, padding or unused bits (see multibase), so one CID never has two spellings in a base.
+        """
         if isinstance(text, CID):
             return text
         if isinstance(text, (bytes, bytearray, memoryview)):
             return cls.from_bytes(text)
-        s = text.strip()
         try:
-            if len(s) == 46 and s.startswith("Qm"):
-                cid = cls.from_bytes(multibase.b58decode(s))
+            if text != text.strip():
+                raise InvalidCID("a CID has no whitespace")
+            if len(text) == 46 and text.startswith("Qm"):
+                cid = cls.from_bytes(multibase.b58decode(text))
             else:
-                _, raw = multibase.decode(s)
+                _, raw = multibase.decode(text)
                 if raw[:1] == b"\x12":
                     raise InvalidCID("a CIDv0 is only valid as bare base58btc")
                 cid = cls.from_bytes(raw)

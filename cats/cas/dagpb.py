@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from cats.cas import varint
+from cats.cas import names, varint
 from cats.cas.cid import CID
 from cats.errors import DecodeError, InvalidCID
 
 
 class Link(NamedTuple):
+    """A link; `name` holds the Name bytes as `names` decodes them, so names that are not UTF-8 round-trip."""
+
     cid: CID
     name: str | None = None
     tsize: int | None = None
@@ -28,7 +30,7 @@ def _encode_link(link: Link) -> bytes:
     cid = bytes(link.cid)
     out = [b"\x0a", varint.encode(len(cid)), cid]
     if link.name is not None:
-        name = link.name.encode()
+        name = names.encode(link.name)
         out += [b"\x12", varint.encode(len(name)), name]
     if link.tsize is not None:
         out += [b"\x18", varint.encode(link.tsize)]
@@ -78,10 +80,7 @@ def _decode_link(buf: bytes, i: int, end: int) -> Link:
                 raise DecodeError(f"PBLink Hash is not a CID: {e}") from None
         elif field == 2 and wire == 2:
             raw, i = _bytes_field(buf, i, end)
-            try:
-                name = raw.decode()
-            except UnicodeDecodeError:
-                raise DecodeError("PBLink Name is not UTF-8") from None
+            name = names.decode(raw)
         elif field == 3 and wire == 0:
             tsize, i = varint.decode(buf, i)
         else:

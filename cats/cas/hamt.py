@@ -1,7 +1,7 @@
 """HAMT-sharded UnixFS folders, as kubo writes a folder too large for one block.
 
-A folder is sharded when its links' estimated size (UTF-8 name bytes plus binary CID bytes,
-summed) passes 256 KiB. Entries are placed by the murmur3-x64-64 hash of their name, 8 bits a
+A folder is sharded when its links' estimated size (name bytes plus binary CID bytes, summed)
+passes 256 KiB. Entries are placed by the murmur3-x64-64 hash of their name, 8 bits a
 level (fanout 256): a bucket with one entry links it as `XX<name>`, a bucket with several links a
 sub-shard as `XX`, where XX is the bucket index in upper-case hex. Each shard records which
 buckets are in use as a bitfield, big-endian with leading zero bytes dropped.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import mmh3
 
-from cats.cas import dagpb, unixfs
+from cats.cas import dagpb, names, unixfs
 
 THRESHOLD = 262_144
 FANOUT = 256
@@ -21,11 +21,11 @@ MURMUR3_X64_64 = 0x22
 
 
 def estimated_size(links: list[dagpb.Link]) -> int:
-    return sum(len((link.name or "").encode()) + len(bytes(link.cid)) for link in links)
+    return sum(len(names.encode(link.name or "")) + len(bytes(link.cid)) for link in links)
 
 
 def name_hash(name: str) -> bytes:
-    return mmh3.hash64(name.encode(), 0, signed=False)[0].to_bytes(8, "big")
+    return mmh3.hash64(names.encode(name), 0, signed=False)[0].to_bytes(8, "big")
 
 
 def build(links: list[dagpb.Link], put_node: Callable[[list[dagpb.Link], bytes], dagpb.Link]) -> dagpb.Link:

@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from cats.cas import dagpb, hamt, multihash, unixfs, varint
+from cats.cas import dagpb, hamt, multihash, names, unixfs, varint
 from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.store import BlockStore
 from cats.errors import CatsError, UnsafePath
@@ -179,7 +179,7 @@ class Importer:
         links: list[dagpb.Link] = []
         size = 0
         try:
-            children = sorted(os.scandir(folder), key=lambda e: e.name.encode("utf-8", "surrogateescape"))
+            children = sorted(os.scandir(folder), key=lambda e: names.encode(e.name))
         except OSError as e:
             raise CatsError(f"cannot read folder {folder}: {e.strerror}") from None
         for child in children:
@@ -220,7 +220,7 @@ class Importer:
         return dagpb.Link(node.cid, None, node.tsize)
 
     def _symlink(self, link: Path) -> Entry:
-        target = os.readlink(link).encode("utf-8", "surrogateescape")
+        target = names.encode(os.readlink(link))
         return self._node([], unixfs.encode(unixfs.Kind.SYMLINK, target))
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cats.cas import dagpb, unixfs
+from cats.cas import dagpb, names, unixfs
 from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.importer import check_name
 from cats.cas.store import BlockStore
@@ -35,12 +35,12 @@ class Item:
 
 
 def split_path(text: str) -> tuple[CID, str]:
-    """Parse `CID[/path]`, `/ipfs/CID[/path]` or `ipfs://CID[/path]` into the CID and the inner path."""
-    s = text.strip()
+    """Parse `CID[/path]`, `/ipfs/CID[/path]` or `ipfs://CID[/path]` into the CID and the inner path.
+    Nothing is stripped but slashes: spaces may belong to a name, and a CID has none."""
     for prefix in ("ipfs://", "/ipfs/"):
-        if s.startswith(prefix):
-            s = s[len(prefix):]
-    head, _, rest = s.partition("/")
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    head, _, rest = text.partition("/")
     return CID.parse(head), rest.strip("/")
 
 
@@ -125,17 +125,17 @@ def resolve(store: BlockStore, cid: CID, path: str) -> CID:
         if part in ("/", "."):
             continue
         if here.codec == RAW:
-            raise PathNotFound(f"{walked} is not a folder, so it has no {part!r}")
+            raise PathNotFound(f"{walked} is not a folder, so it has no '{names.display(part)}'")
         node, fs = _pb(store, here)
         if fs.kind not in (unixfs.Kind.DIRECTORY, unixfs.Kind.HAMT_SHARD):
-            raise PathNotFound(f"{walked} is not a folder, so it has no {part!r}")
+            raise PathNotFound(f"{walked} is not a folder, so it has no '{names.display(part)}'")
         for name, child, _ in _entries(store, here, node, fs):
             if name == part:
                 here = child
                 break
         else:
-            raise PathNotFound(f"no entry {part!r} in {walked}")
-        walked += "/" + part
+            raise PathNotFound(f"no entry '{names.display(part)}' in {walked}")
+        walked += "/" + names.display(part)
     return here
 
 
@@ -262,7 +262,7 @@ def _write(store: BlockStore, cid: CID, path: Path, top: Path) -> None:
                 f.write(chunk)
     elif info.kind == "symlink":
         _, fs = _pb(store, cid)
-        target = (fs.data or b"").decode("utf-8", "surrogateescape")
+        target = names.decode(fs.data or b"")
         resolved = os.path.normpath(os.path.join(path.parent, target))
         if os.path.isabs(target) or not (resolved + os.sep).startswith(str(top) + os.sep):
             raise UnsafePath(f"symlink {cid} points outside the destination: {target!r}")

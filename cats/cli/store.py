@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -29,6 +30,17 @@ def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
+def _named(key: str, name: str) -> dict[str, str]:
+    """A file name for --json: as `names.display` shows it, and, when its bytes are not UTF-8 (which no
+    JSON string can hold), those exact bytes in standard base64 under `<key>_base64`."""
+    from cats.cas import names
+
+    shown = names.display(name)
+    if shown == name:
+        return {key: name}
+    return {key: shown, f"{key}_base64": base64.b64encode(names.encode(name)).decode()}
+
+
 def add(
     path: Path = typer.Argument(..., help="File or folder to add."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Add a folder and everything in it."),
@@ -41,7 +53,11 @@ def add(
     pin: bool = typer.Option(True, "--pin/--no-pin", help="Pin the added root so gc keeps it."),
     as_json: bool = typer.Option(False, "--json", help="Print entries as a JSON list."),
 ) -> None:
-    """Add a file or folder; print `added CID PATH` per entry, the root last (as `ipfs add`)."""
+    """Add a file or folder; print `added CID PATH` per entry, the root last (as `ipfs add`).
+
+    Names are stored as the bytes the file system holds, as kubo stores them; those that are not UTF-8
+    are printed as `cats ls` prints them."""
+    from cats.cas import names
     from cats.cas.importer import Importer
 
     store = None if only_hash else _store()
@@ -52,14 +68,14 @@ def add(
         for added in importer.add_path(path, recursive=recursive):
             entries.append(added)
             if not quiet and not as_json:
-                typer.echo(f"added {added.cid} {added.path}")
+                typer.echo(f"added {added.cid} {names.display(added.path)}")
     root = entries[-1]
     if pin and store is not None:
         _pins().add(store, root.cid)
     if quiet:
         typer.echo(str(root.cid))
     elif as_json:
-        _print_json([{"path": e.path, "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries])
+        _print_json([{**_named("path", e.path), "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries])
 
 
 def _size_of(path: Path) -> int:
@@ -113,31 +129,34 @@ def get(
                                        help="Destination (default: the CID or last path part)."),
 ) -> None:
     """Write a file or folder tree to disk; nothing is left behind if it fails."""
-    from cats.cas import reader
+    from cats.cas import names, reader
 
     store = _store()
     root, path = reader.split_path(target)
     cid = reader.resolve(store, root, path)
     dest = output or Path(path.rsplit("/", 1)[-1] if path else str(root))
     reader.get(store, cid, dest)
-    typer.echo(f"saved {cid} to {dest}")
+    typer.echo(f"saved {cid} to {names.display(str(dest))}")
 
 
 def ls(
     target: str = typer.Argument(..., metavar="CID[/PATH]"),
     as_json: bool = typer.Option(False, "--json", help="Print entries as JSON."),
 ) -> None:
-    """List a folder: CID, size and name of each entry."""
-    from cats.cas import reader
+    """List a folder: CID, size and name of each entry.
+
+    A name whose bytes are not UTF-8 is shown with `\\xNN` escapes for those bytes; --json gives the same
+    text in "name" and the exact bytes in "name_base64"."""
+    from cats.cas import names, reader
 
     store = _store()
     root, path = reader.split_path(target)
     items = reader.ls(store, reader.resolve(store, root, path))
     if as_json:
-        _print_json([{"name": i.name, "cid": str(i.cid), "kind": i.kind, "size": i.size} for i in items])
+        _print_json([{**_named("name", i.name), "cid": str(i.cid), "kind": i.kind, "size": i.size} for i in items])
         return
     for i in items:
-        typer.echo(f"{i.cid} {i.size:>12} {i.name}{'/' if i.kind == 'dir' else ''}")
+        typer.echo(f"{i.cid} {i.size:>12} {names.display(i.name)}{'/' if i.kind == 'dir' else ''}")
 
 
 def export(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from cats.cas import dagcbor, dagpb, reader
+from cats.cas import dagcbor, dagpb, names, reader
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.dag import put_cbor
 from cats.cas.importer import Entry, Importer
@@ -84,7 +84,7 @@ def _directory(importer: Importer, parts: list[dict[str, Any]]) -> Entry:
 
     def build(node: dict[str, Any]) -> Entry:
         links, size = [], 0
-        for name in sorted(node, key=lambda n: n.encode()):
+        for name in sorted(node, key=names.encode):
             entry = build(node[name]) if isinstance(node[name], dict) else node[name]
             links.append(dagpb.Link(entry.cid, name, entry.tsize))
             size += entry.size

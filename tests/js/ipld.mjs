@@ -29,6 +29,12 @@
 //     "unverified". Add --hex to get each block's bytes as "hex" too.
 //     A malformed or truncated CAR exits non-zero.
 //
+//   node ipld.mjs multibase  < request.json
+//     stdin: {"encode": ["<hex>", ...], "decode": ["<multibase text>", ...]}
+//     -> {"encoded": [{"<base name>": "<multibase text>", ...}, ...], "decoded": ["<hex>" | null, ...]}
+//     Each byte string written in every base multiformats knows; each text decoded by the base its
+//     prefix names, null where multiformats refuses it.
+//
 //   node ipld.mjs car-write OUT.car ROOT_CID [ROOT_CID...]  < blocks.jsonl
 //     stdin: JSON lines {"cid": "...", "hex": "..."}, written in that order
 //     with @ipld/car's CarWriter (CARv1). Blocks are NOT checked against their
@@ -179,10 +185,33 @@ async function carWrite (args) {
   return { path: out, roots: roots.map((c) => c.toString()), blocks: blocks.length }
 }
 
+async function multibase (args) {
+  if (args.length !== 0) throw new UsageError('usage: multibase < request.json')
+  let request
+  try {
+    request = JSON.parse(Buffer.from(await readStdin()).toString('utf8'))
+  } catch (err) {
+    throw new InputError(`stdin is not JSON: ${err.message}`)
+  }
+  const encoded = (request.encode ?? []).map((hex) => {
+    const bytes = fromHex(hex, 'encode')
+    return Object.fromEntries(Object.values(bases).map((b) => [b.name, b.encode(bytes)]))
+  })
+  const decoded = (request.decode ?? []).map((text) => {
+    try {
+      return toHex(anyBase.decode(text))
+    } catch {
+      return null
+    }
+  })
+  return { encoded, decoded }
+}
+
 const COMMANDS = {
   'cid-info': cidInfo,
   'dagcbor-encode': dagcborEncode,
   'car-read': carRead,
+  multibase,
   'car-write': carWrite
 }
 

@@ -8,7 +8,6 @@ readers never see a partial block and concurrent writers of the same block canno
 
 from __future__ import annotations
 
-import base64
 import itertools
 import os
 import threading
@@ -22,7 +21,8 @@ _counter = itertools.count()
 
 
 def _key(cid: CID) -> str:
-    return base64.b32encode(bytes(cid.to_v1())).decode().rstrip("=").lower()
+    """The CIDv1's base32 text without its multibase prefix."""
+    return str(cid.to_v1())[1:]
 
 
 class LocalStore(BlockStore):
@@ -81,8 +81,7 @@ class LocalStore(BlockStore):
             for entry in os.scandir(shard.path):
                 if entry.name.startswith("."):
                     continue
-                raw = base64.b32decode(entry.name.upper() + "=" * (-len(entry.name) % 8))
-                yield CID.from_bytes(raw)
+                yield CID.parse("b" + entry.name)
 
     def _get_unverified(self, cid: CID) -> bytes:
         try:

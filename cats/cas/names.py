@@ -1,0 +1,31 @@
+"""Folder entry names: bytes in a dag-pb link, `str` in Python.
+
+dag-pb keeps a link's Name as bytes, and kubo copies a file's name bytes there as the file system
+gives them, so a folder can hold names that are not UTF-8 (a latin-1 `b"caf\\xe9"`, say). CATs holds
+every name as the str that UTF-8 with surrogateescape decodes from those bytes, which is what
+`os.fsdecode` gives on POSIX: valid UTF-8 reads as usual, each other byte becomes a lone surrogate,
+and `encode` gives back the very same bytes, so such a name round-trips from disk through the DAG
+and back to disk. Symlink targets, file-system bytes too, take the same road. UTF-8 is fixed here
+rather than taken from the locale, so a CID never depends on it.
+"""
+
+from __future__ import annotations
+
+from cats.errors import EncodeError
+
+
+def encode(name: str) -> bytes:
+    """The bytes a name is stored and hashed as."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise EncodeError(f"name {name!r} holds a lone surrogate that stands for no byte") from None
+
+
+def decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def display(name: str) -> str:
+    """For people: the name as text, each byte that is not UTF-8 written as a `\\xNN` escape."""
+    return encode(name).decode("utf-8", "backslashreplace")
