@@ -28,7 +28,7 @@ from cats.data import Info
 from cats.errors import CatsError, DataError, DataNotFound
 from cats.factory import SliceFailed
 from cats.order import Function, InfraFunction, Order, Plant
-from cats.verify.audit import verify
+from cats.verification.audit import verify
 
 
 @pytest.fixture

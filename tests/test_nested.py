@@ -32,7 +32,7 @@ from cats.factory import SliceFailed
 from cats.order import Function, Order, Plant
 from cats.order.infra import Slice
 from cats.order.structure import Structure
-from cats.verify.audit import verify
+from cats.verification.audit import verify
 
 FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n"}
 

@@ -39,7 +39,7 @@ def _scenario(number: int, total: int, key: str, force: bool, console: Any, quie
     from cats.cli.run import slice_progress
     from cats.cli.verify import print_report
     from cats.config import home
-    from cats.verify.audit import verify
+    from cats.verification.audit import verify
 
     scenario = demo.SCENARIOS[key]
     if not quiet:

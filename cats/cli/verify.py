@@ -26,7 +26,7 @@ def verify(
     from cats.identity import Identity
     from cats.identity.trust import Trust
     from cats.mesh.client import from_peers
-    from cats.verify.audit import verify as run
+    from cats.verification.audit import verify as run
 
     store = open_store()
     peers = Trust().peers()

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from cats.cas.cid import CID
     from cats.factory import Run
     from cats.mesh.client import PullReport
-    from cats.verify.report import Report
+    from cats.verification.report import Report
 
 HOURS = 72  # three days of A's logs
 STORE_VARIABLES = ("CATS_STORE", "CATS_IPFS_API")  # an organization uses the store in its own home
@@ -150,7 +150,7 @@ def run(base: Path, hours: int = HOURS, force: bool = False, say: Callable[[str]
     from cats.identity import Identity
     from cats.identity.trust import Trust
     from cats.mesh.client import from_peers, pull
-    from cats.verify.audit import verify
+    from cats.verification.audit import verify
 
     def graph(cid: CID) -> nx.DiGraph:
         index = Index(home() / "index.sqlite")
