@@ -33,9 +33,9 @@ from cats.cas.store import BlockStore, open_store
 from cats.config import home
 from cats.data import Info
 from cats.data.views import View
-from cats.errors import CatsError
+from cats.errors import CatsError, SliceFailed
 from cats.factory import egress, ingress, nested, worker
-from cats.factory.nested import ChildFailed, slice_store, submit
+from cats.factory.nested import slice_store, submit
 from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
@@ -46,11 +46,6 @@ from cats.plant.cluster import ClusterStore
 # Batches per CPU when the Plant does not fix the batch size: enough to balance uneven slices,
 # few enough that per-task overhead stays small next to tiny slices.
 _BATCHES_PER_CPU = 32
-
-
-class SliceFailed(CatsError):
-    """A slice raised, or its replicas disagreed; the message names the slices and carries the
-    remote traceback, or which replica said what."""
 
 
 @dataclass
@@ -538,4 +533,4 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
-__all__ = ["run", "Run", "SliceFailed", "Function", "submit", "slice_store", "ChildFailed"]
+__all__ = ["run", "Run", "Function", "submit", "slice_store"]
