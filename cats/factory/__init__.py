@@ -50,6 +50,9 @@ _BATCHES_PER_CPU = 32
 
 @dataclass
 class Run:
+    """What `run` returns: the BOM's CID (the handle for everything), the output's and the sealed
+    Order's; whether an earlier BOM of the same Order was reused; slices in all and executed now."""
+
     bom: CID
     output: CID
     order: CID
