@@ -481,8 +481,9 @@ def from_peers(store: BlockStore, peers: Iterable[Peer], identity: Identity) -> 
 
 def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
     """Index the pulled BOMs as producers of their outputs: an Order here that reads one of them
-    then names the other organization's BOM as its parent, and `cats verify --recursive` follows it."""
-    from cats.bom import load
+    then names the other organization's BOM as its parent, and `cats verify --recursive` follows it;
+    and their slice results' encodings, so `cats.read` decodes those too."""
+    from cats.bom import load, records
     from cats.bom.index import Index
     from cats.config import home
 
@@ -491,8 +492,10 @@ def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
     index = Index(home() / "index.sqlite")
     try:
         for bom in boms:
-            with contextlib.suppress(CatsError):  # a block that only looks like a BOM teaches nothing
-                index.learn_outputs(bom, [str(o) for o in load(store, CID.parse(bom)).outputs])
+            with contextlib.suppress(CatsError, ValueError):  # a block that only looks like a BOM teaches nothing
+                pulled = load(store, CID.parse(bom))
+                index.learn_outputs(bom, [str(o) for o in pulled.outputs],
+                                    [(str(r.output), r.encoding) for r in records(store, pulled)])
     finally:
         index.close()
 
