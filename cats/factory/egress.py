@@ -44,8 +44,8 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
             fn = Function.model_validate(how)
             from cats.factory.worker import load
 
-            merge: Merge = load(store, fn)
-            value = merge([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
+            user_merge: Merge = load(store, fn)
+            value = user_merge([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
         data, encoding = results.encode(value)
         entry = importer.add_bytes(data)
         return {"output": str(entry.cid), "encoding": encoding, "size": entry.size}

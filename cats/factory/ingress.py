@@ -137,9 +137,9 @@ def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
 def _user_split(fn: Function, inputs: list[CID | Info | View], store: BlockStore) -> list[Piece]:
     from cats.factory.worker import load
 
-    split: Split = load(store, fn)
+    user_split: Split = load(store, fn)
     pieces: list[Piece] = []
-    for item in split(inputs, store, **fn.params):
+    for item in user_split(inputs, store, **fn.params):
         piece, assembly = item if isinstance(item, tuple) else (item, {})
         if not isinstance(piece, Slice):
             raise CatsError(f"split {fn.entry} yielded {type(piece).__name__}, not a cats Slice")
