@@ -28,8 +28,8 @@ from cats.cas.importer import CHUNK_SIZE, Importer
 from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
-from cats.verify import checks
-from cats.verify.checks import CountingStore, NpyFile
+from cats.verification import checks
+from cats.verification.checks import CountingStore, NpyFile
 
 TARGETS = {"freivalds_ratio": 20.0}
 

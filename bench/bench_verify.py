@@ -40,7 +40,7 @@ def main() -> None:
         from cats.cas.store import open_store
         from cats.factory import run
         from cats.order import Function, Order
-        from cats.verify.audit import verify
+        from cats.verification.audit import verify
 
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         folder = work / "inputs"

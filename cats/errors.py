@@ -85,6 +85,10 @@ class DataIntegrityError(DataError):
     """The source changed under the same URI: its version token no longer matches the pinned one."""
 
 
+class ViewError(DataError, ValueError):
+    """A view that cannot be built or read as asked: the message names the view (its URI and ops) and why."""
+
+
 class UnsupportedScheme(DataError, ValueError):
     """No resolver handles the URI's scheme (or the scheme cannot do what was asked, e.g. write)."""
 
@@ -103,3 +107,26 @@ class DataServiceError(CatsError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class SliceFailed(CatsError):
+    """A slice raised, or its replicas disagreed; the message names the slices and carries the
+    remote traceback, or which replica said what."""
+
+
+class ChildFailed(CatsError):
+    """A sub-Order failed on every attempt or ran out of time; the message names it and its slice."""
+
+
+class MeshError(CatsError):
+    """A node refused a request, answered nonsense, or could not be reached. `status` is the HTTP status, if any."""
+
+    def __init__(self, message: str, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+class StreamCut(MeshError):
+    """A CAR stream stopped before its end: the connection dropped, or the node lacks a deeper block
+    (it then closes the connection rather than send a CAR that merely looks complete)."""

@@ -20,8 +20,8 @@ from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError, PathNotFound
 from cats.order import Function, Order
 from cats.order.checks import Check, parse_ref
-from cats.verify import checks
-from cats.verify.checks import CountingStore, NpyFile
+from cats.verification import checks
+from cats.verification.checks import CountingStore, NpyFile
 
 
 def npy(arr: np.ndarray, version: tuple[int, int] | None = None) -> bytes:

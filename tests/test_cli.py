@@ -399,3 +399,45 @@ def test_path_not_found(cli, tmp_path: Path) -> None:  # noqa: ANN001
     root = _add(cli, _tree(tmp_path / "src"))
     res = cli("cat", f"{root}/sub/nope.txt")
     res.error_line("nope.txt")
+
+
+# -- cat --decode -----------------------------------------------------------------------------
+def test_cat_decode_prints_dag_cbor_as_dag_json(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+    import base64
+
+    from cats.cas.dag import put_cbor
+
+    store = LocalStore(cats_home / "blocks")
+    leaf = CID.hash(b"a leaf", RAW)
+    store.put(leaf, b"a leaf")
+    cid = put_cbor(store, {"name": "olá", "n": -3, "ratio": 0.25, "ok": True, "none": None,
+                           "raw": b"\x00\xffcats", "link": leaf, "nested": [1, [leaf]]})
+    res = cli("cat", "--decode", cid)
+    assert res.code == 0, res.err
+    assert json.loads(res.out) == {"name": "olá", "n": -3, "ratio": 0.25, "ok": True, "none": None,
+                                   "raw": {"/": {"bytes": base64.b64encode(b"\x00\xffcats").decode().rstrip("=")}},
+                                   "link": {"/": str(leaf)}, "nested": [1, [{"/": str(leaf)}]]}
+    cli("cat", cid).error_line(str(cid), "dag-cbor")  # without --decode: no UnixFS file, no bytes to write
+
+    root = _add(cli, _tree(tmp_path / "src"))  # a folder that no run made: its entries
+    listed = cli("cat", "--decode", root)
+    assert listed.code == 0, listed.err
+    assert json.loads(listed.out) == {name: {"/": str(c)} for name, c in _entries(cats_home, root).items()}
+    assert cli("cat", "--decode", f"{root}/hello.txt").stdout_bytes == b"hello, cats\n"  # a file: its bytes
+
+
+def _entries(cats_home: Path, root: str) -> dict[str, CID]:
+    from cats.cas import reader
+
+    return {name: c for name, c, _ in reader.entries(LocalStore(cats_home / "blocks"), CID.parse(root))}
+
+
+def test_cat_decode_bad_input(cli, cats_home: Path) -> None:  # noqa: ANN001
+    from cats.cas.dag import put_cbor
+
+    cid = str(put_cbor(LocalStore(cats_home / "blocks"), [1, 2]))
+    res = cli("cat", "--decode", "--offset", "1", cid)
+    res.error_line("--decode", "--offset")
+    assert res.out == ""
+    missing = str(CID.hash(b"never added", DAG_PB))
+    cli("cat", "--decode", missing).error_line(missing)

@@ -23,8 +23,8 @@ from cats.cas import dagcbor
 from cats.data import Cache
 from cats.data.resolvers import Info
 from cats.data.resolvers.mem import MemResolver
-from cats.data.views import Meter, View, ViewError, forget, view
-from cats.errors import DataError, DataIntegrityError
+from cats.data.views import Meter, View, forget, view
+from cats.errors import DataError, DataIntegrityError, ViewError
 
 ROWS, GROUP = 40_000, 5_000
 RNG = np.random.default_rng(5)

@@ -27,7 +27,7 @@ from cats.cli import demo as demo_cli
 from cats.demo import SCENARIOS, column_stats, data_folder, sensor_logs, thumbnails
 from cats.errors import CatsError
 from cats.factory import results
-from cats.verify.audit import verify
+from cats.verification.audit import verify
 
 
 def _read(store: LocalStore, cid: CID | str) -> bytes:

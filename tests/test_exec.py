@@ -16,7 +16,7 @@ from cats.cas import dagcbor, reader
 from cats.cas.cid import CID
 from cats.errors import CatsError
 from cats.factory import shell
-from cats.verify.audit import verify
+from cats.verification.audit import verify
 
 # What the command may see: the runner's variables, and those the shell sets itself.
 ALLOWED = {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "CATS_INPUT", "PWD", "SHLVL", "OLDPWD", "_"}

@@ -30,8 +30,8 @@ from cats.cas.dag import walk
 from cats.cas.importer import Importer
 from cats.cas.pins import Pins, gc
 from cats.cas.store.local import LocalStore
-from cats.errors import CatsError
-from cats.factory import SliceFailed, results
+from cats.errors import CatsError, SliceFailed
+from cats.factory import results
 from cats.order import Function, InfraFunction, Order, Plant, Structure
 from cats.order.seal import seal
 

@@ -25,10 +25,9 @@ from cats.bom.ref import load_ref
 from cats.cas import reader
 from cats.cas.importer import Importer
 from cats.data import Info
-from cats.errors import CatsError, DataError, DataNotFound
-from cats.factory import SliceFailed
+from cats.errors import CatsError, DataError, DataNotFound, SliceFailed
 from cats.order import Function, InfraFunction, Order, Plant
-from cats.verify.audit import verify
+from cats.verification.audit import verify
 
 
 @pytest.fixture

@@ -197,7 +197,7 @@ def test_an_order_runs_with_its_blocks_in_the_daemon(ray_session: str, cats_home
 
     from cats import factory
     from cats.order import Function, Order
-    from cats.verify.audit import verify
+    from cats.verification.audit import verify
 
     monkeypatch.setenv("CATS_IPFS_API", ipfs_api)
     src = jobs.module(tmp_path, "fipfs_order", "def shout(data):\n    return data.upper()\n")

@@ -33,8 +33,9 @@ from cats.cas.dag import walk
 from cats.cas.importer import Importer
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
+from cats.errors import MeshError
 from cats.identity import Identity
-from cats.mesh.client import MeshError, pull, read_car
+from cats.mesh.client import pull, read_car
 
 
 def _random(n: int, seed: int = 5) -> bytes:

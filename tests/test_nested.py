@@ -27,12 +27,11 @@ from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import put_cbor
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
-from cats.errors import CatsError
-from cats.factory import SliceFailed
+from cats.errors import CatsError, SliceFailed
 from cats.order import Function, Order, Plant
 from cats.order.infra import Slice
 from cats.order.structure import Structure
-from cats.verify.audit import verify
+from cats.verification.audit import verify
 
 FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n"}
 

@@ -26,7 +26,8 @@ from cats.cas.cid import CID
 from cats.cas.dag import walk
 from cats.cas.importer import Importer
 from cats.cas.store.local import LocalStore
-from cats.factory import SliceFailed, _quorum
+from cats.errors import SliceFailed
+from cats.factory import _quorum
 from cats.order import Function, Order, Plant, Slice
 
 FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo\n", "c.txt": b"charlie\n", "d.txt": b"delta\n", "e.txt": b"echo\n"}

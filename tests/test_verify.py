@@ -29,9 +29,9 @@ from cats.cas.store.local import LocalStore
 from cats.errors import CatsError
 from cats.identity import Identity
 from cats.order import Function, Order
-from cats.verify import audit, drift, sampling
-from cats.verify.audit import verify
-from cats.verify.report import Drift, Report
+from cats.verification import audit, drift, sampling
+from cats.verification.audit import verify
+from cats.verification.report import Drift, Report
 
 FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n", "d.txt": b"delta\n",
          "e.txt": b"echo echo echo\n"}

@@ -17,7 +17,7 @@ from cats.cas.store.local import LocalStore
 from cats.factory import Run
 from cats.identity import Identity
 from cats.order import Function, Order
-from cats.verify.audit import verify
+from cats.verification.audit import verify
 
 
 @pytest.fixture

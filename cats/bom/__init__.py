@@ -38,6 +38,10 @@ class ReplicaOutcome(BaseModel):
 
 
 class SliceRecord(BaseModel):
+    """What one slice did: the Slice it read, the output CID and how the result is encoded
+    (`bytes`, `text`, `arrow`, `npy`, `dag-cbor`, or `ref` for a result written to a URI), the
+    split's assembly record, the seed it was given, and who ran it, how long, in how many attempts."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     index: int
@@ -85,6 +89,9 @@ class Moved(BaseModel):
 
 
 class Invoice(BaseModel):
+    """What a run cost and where it ran: times, slices run and resumed, bytes in and out, the driver
+    and the nodes, the CATs version, and the data caches' and the cluster's traffic."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     started: str
@@ -103,6 +110,12 @@ class Invoice(BaseModel):
 
 
 class BOM(BaseModel):
+    """The bill of materials of a run, a DAG-CBOR block: links to the Order, its code and
+    environment, every input and output, the slice records, the BOMs that made its inputs
+    (`parents`) and its sub-Orders' (`children`), and the invoice. Its CID is the handle for the
+    whole lineage. `output_encoding` says how to decode the output: a result encoding, or
+    `unixfs-directory` (a folder of the slices' results) or `dag-cbor-list` (a list of their CIDs)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: Literal["cats.bom"] = "cats.bom"

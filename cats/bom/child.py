@@ -23,6 +23,8 @@ class Executor(BaseModel):
 
 
 class Child(BaseModel):
+    """A sub-Order a slice submitted: its BOM and Order, who ran it, and what waiting for it took."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bom: CIDField

@@ -1,5 +1,6 @@
 """The run index, an embedded SQLite file in CATS_HOME: Order -> BOM (memoization), output ->
-the BOM that made it (lineage parents), and finished slices of unfinished runs (resume).
+the BOM that made it (lineage parents), slice result -> its encoding (reading a result back
+without its BOM at hand), and finished slices of unfinished runs (resume).
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (order_cid TEXT PRIMARY KEY, bom TEXT NOT NULL, output TEXT NOT NULL,
                                  name TEXT, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS outputs (cid TEXT PRIMARY KEY, bom TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS results (cid TEXT PRIMARY KEY, encoding TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS slices (order_cid TEXT NOT NULL, idx INTEGER NOT NULL, record TEXT NOT NULL,
                                    PRIMARY KEY (order_cid, idx));
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
@@ -44,11 +47,18 @@ class Index:
         row = self.db.execute("SELECT bom FROM outputs WHERE cid = ?", (cid,)).fetchone()
         return row[0] if row else None
 
-    def learn_outputs(self, bom: str, outputs: list[str]) -> None:
+    def encoding(self, result: str) -> str | None:
+        """How a slice result is encoded, as the record of the run that made it says."""
+        row = self.db.execute("SELECT encoding FROM results WHERE cid = ?", (result,)).fetchone()
+        return row[0] if row else None
+
+    def learn_outputs(self, bom: str, outputs: list[str], results: Iterable[tuple[str, str]] = ()) -> None:
         """Record another node's BOM as the producer of its outputs (pulled lineage), so a local Order
-        reading one names it as parent; what this node produced itself stays as it is."""
+        reading one names it as parent, and its slice results' encodings; what this node produced
+        itself stays as it is."""
         with self.db:
             self.db.executemany("INSERT OR IGNORE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])
+            self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?)", results)
 
     def boms(self) -> list[str]:
         """Every BOM known here: those run here, newest first, then those pulled from other nodes."""
@@ -65,11 +75,14 @@ class Index:
         rows = self.db.execute("SELECT idx, record FROM slices WHERE order_cid = ?", (order_cid,))
         return {idx: json.loads(record) for idx, record in rows}
 
-    def record_run(self, order_cid: str, bom: str, outputs: list[str], name: str | None) -> None:
+    def record_run(self, order_cid: str, bom: str, outputs: list[str], name: str | None,
+                   results: Iterable[tuple[str, str]] = ()) -> None:
+        """A finished run: its BOM, its outputs, and (result CID, encoding) of each slice."""
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
                             (order_cid, bom, outputs[0], name, time.time()))
             self.db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])
+            self.db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)", results)
             self.db.execute("DELETE FROM slices WHERE order_cid = ?", (order_cid,))
 
     def recent(self, limit: int | None = 20) -> list[dict[str, Any]]:

@@ -19,6 +19,9 @@ from cats.errors import CatsError, DecodeError
 
 
 class OutputRef(BaseModel):
+    """A result written to a URI: where, at which version, its size, the CID its bytes hash to, and
+    its encoding. The store keeps this block in the result's place."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: Literal["cats.ref"] = "cats.ref"

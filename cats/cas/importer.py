@@ -55,6 +55,9 @@ class Added:
 
 
 class Importer:
+    """Adds files, folders and bytes to `store` as UnixFS DAGs and returns their CIDs (with no store,
+    only computes them). A context manager: leaving it stops its hashing threads."""
+
     def __init__(self, store: BlockStore | None, cid_version: int = 1, hashfn: str = "sha2-256",
                  raw_leaves: bool | None = None, hidden: bool = False,
                  progress: Callable[[int], None] | None = None, threads: int = 2,

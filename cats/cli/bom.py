@@ -57,7 +57,7 @@ def lineage(
     index = _index()
     try:
         if fmt is Format.html:
-            from cats.verify.page import lineage_page
+            from cats.verification.page import lineage_page
 
             text = lineage_page(_store(), cid, index)
         else:

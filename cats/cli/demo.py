@@ -32,6 +32,7 @@ def _needs_pillow(keys: list[str]) -> None:
 
 def _scenario(number: int, total: int, key: str, force: bool, console: Any, quiet: bool) -> dict[str, Any]:
     from cats import demo, factory
+    from cats.api import verify
     from cats.bom import lineage as lin
     from cats.bom import load
     from cats.bom.index import Index
@@ -39,7 +40,6 @@ def _scenario(number: int, total: int, key: str, force: bool, console: Any, quie
     from cats.cli.run import slice_progress
     from cats.cli.verify import print_report
     from cats.config import home
-    from cats.verify.audit import verify
 
     scenario = demo.SCENARIOS[key]
     if not quiet:
@@ -55,7 +55,7 @@ def _scenario(number: int, total: int, key: str, force: bool, console: Any, quie
     figures = scenario.module.summary(store, bom)
     with console.status("verifying: re-executing every slice…") if not quiet else contextlib.nullcontext():
         checked = time.monotonic()
-        report = verify(store, run.bom, quiet=True)
+        report = verify(run.bom, store=store)
         verify_s = time.monotonic() - checked
     result = {"scenario": key, "name": bom.name, "bom": str(run.bom), "output": str(run.output),
               "order": str(run.order), "input": str(bom.inputs[0]), "slices": bom.invoice.slices,

@@ -279,17 +279,15 @@ def submit(
     The Order is sealed here and pushed with its code and inputs; when the node has run it, the
     BOM's lineage and signature are pulled back.
     """
+    from cats.api import submit as run
     from cats.cli.run import _load_order
-    from cats.mesh.client import submit as run
 
     order = _load_order(order_file)
-    identity = _identity()
     if sys.stderr.isatty() and not as_json:
         with _err().status(f"submitting to {url}", spinner="dots") as status:
-            result = run(order, url, identity, timeout=timeout,
-                         progress=lambda s: status.update(f"order {s} on {url}"))
+            result = run(order, to=url, timeout=timeout, progress=lambda s: status.update(f"order {s} on {url}"))
     else:
-        result = run(order, url, identity, timeout=timeout)
+        result = run(order, to=url, timeout=timeout)
     if as_json:
         typer.echo(json.dumps(result.summary()))
         return

@@ -8,12 +8,14 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, PinningStore, open_store
 from cats.config import home
+from cats.errors import CatsError
 
 
 def _store() -> BlockStore:
@@ -110,6 +112,9 @@ def cat(
     target: str = typer.Argument(..., metavar="CID[/PATH]", help="A file's CID, or a path inside a folder CID."),
     offset: int = typer.Option(0, "--offset", min=0, help="Start at this byte."),
     length: int | None = typer.Option(None, "--length", min=0, help="Read at most this many bytes."),
+    decode: bool = typer.Option(False, "--decode", help="Print the result decoded by the encoding its run recorded "
+                                "(a BOM: its output): DAG-CBOR and folders as DAG-JSON, Arrow tables as JSON lines, "
+                                "arrays as JSON, str as text, bytes as they are."),
 ) -> None:
     """Write a file's bytes to stdout (only the blocks covering --offset/--length are read)."""
     from cats.cas import reader
@@ -118,9 +123,57 @@ def cat(
     root, path = reader.split_path(target)
     cid = reader.resolve(store, root, path)
     out = sys.stdout.buffer
-    for chunk in reader.read(store, cid, offset, length):
-        out.write(chunk)
+    if decode:
+        from cats.factory.outputs import read
+
+        if offset or length is not None:
+            raise CatsError("--decode reads a whole result: leave out --offset and --length")
+        out.write(_printable(read(cid, store=store)))
+    else:
+        for chunk in reader.read(store, cid, offset, length):
+            out.write(chunk)
     out.flush()
+
+
+def _printable(value: Any) -> bytes:
+    """A decoded result as stdout shows it: bytes and text as they are, an Arrow table as one JSON object
+    per row, a numpy array as nested JSON lists, anything else (the IPLD data model) as DAG-JSON."""
+    from cats.cas import dagjson
+
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    kind = type(value).__module__.split(".")[0]
+    if kind == "pyarrow":
+        return b"".join(_json(row) + b"\n" for row in value.to_pylist())
+    if kind == "numpy":
+        return _json(value.tolist()) + b"\n"
+    return dagjson.encode(value) + b"\n"
+
+
+def _json(value: object) -> bytes:
+    """JSON of Arrow cells and array items: bytes the DAG-JSON way, dates and times in ISO 8601, other
+    scalars JSON lacks (decimals, durations) as text, NaN and infinities as null."""
+    import math
+
+    from cats.cas import dagjson
+
+    def plain(v: object) -> object:
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, bytes):
+            return json.loads(dagjson.encode(v))
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if v is None or isinstance(v, (bool, int, str)):
+            return v
+        isoformat = getattr(v, "isoformat", None)
+        return isoformat() if callable(isoformat) else str(v)
+
+    return json.dumps(plain(value), ensure_ascii=False).encode()
 
 
 def get(

@@ -21,20 +21,10 @@ def verify(
     add DID --url URL`); one whose code or data cannot be read here is accepted on the signature of
     a trusted peer (or this node), and the report says so.
     """
-    from cats.cas.cid import CID
-    from cats.cas.store import open_store
-    from cats.identity import Identity
-    from cats.identity.trust import Trust
-    from cats.mesh.client import from_peers
-    from cats.verify.audit import verify as run
+    from cats.api import verify as run
 
-    store = open_store()
-    peers = Trust().peers()
-    me = Identity.load()
-    trusted = {me.did, *(p.did for p in peers)}
-    fetch = from_peers(store, peers, me)
-    report = run(store, CID.parse(cid), sample=sample, fraction=fraction, seed=seed, recursive=recursive,
-                 integrity=integrity, quiet=as_json, trusted=trusted, fetch=fetch)
+    report = run(cid, sample=sample, fraction=fraction, seed=seed, recursive=recursive, integrity=integrity,
+                 quiet=as_json)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:

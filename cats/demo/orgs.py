@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from cats.cas.cid import CID
     from cats.factory import Run
     from cats.mesh.client import PullReport
-    from cats.verify.report import Report
+    from cats.verification.report import Report
 
 HOURS = 72  # three days of A's logs
 STORE_VARIABLES = ("CATS_STORE", "CATS_IPFS_API")  # an organization uses the store in its own home
@@ -140,6 +140,7 @@ def run(base: Path, hours: int = HOURS, force: bool = False, say: Callable[[str]
         progress: Callable[[int, int], None] | None = None) -> Story:
     """The whole story in `base` (made afresh: new identities, stores and nodes); the nodes are stopped after."""
     from cats import factory
+    from cats.api import verify
     from cats.bom import lineage, load
     from cats.bom.index import Index
     from cats.cas.importer import Importer
@@ -149,8 +150,7 @@ def run(base: Path, hours: int = HOURS, force: bool = False, say: Callable[[str]
     from cats.demo import sensor_logs
     from cats.identity import Identity
     from cats.identity.trust import Trust
-    from cats.mesh.client import from_peers, pull
-    from cats.verify.audit import verify
+    from cats.mesh.client import pull
 
     def graph(cid: CID) -> nx.DiGraph:
         index = Index(home() / "index.sqlite")
@@ -186,9 +186,7 @@ def run(base: Path, hours: int = HOURS, force: bool = False, say: Callable[[str]
             built = factory.run(sensor_logs.order(clean.output, name="org-b: rows within 10 km of Lisbon"),
                                 force=force, quiet=True, progress=progress)
             say(f"{b.name}: verifying the whole lineage, back into {a.name}")
-            peers = Trust().peers()
-            report = verify(store, built.bom, recursive=True, trusted={me.did, *(p.did for p in peers)},
-                            fetch=from_peers(store, peers, me))
+            report = verify(built.bom, recursive=True, store=store)
             summary = sensor_logs.summary(store, load(store, built.bom))
             seen_by_b = graph(built.bom)
 

@@ -33,9 +33,9 @@ from cats.cas.store import BlockStore, open_store
 from cats.config import home
 from cats.data import Info
 from cats.data.views import View
-from cats.errors import CatsError
+from cats.errors import CatsError, SliceFailed
 from cats.factory import egress, ingress, nested, worker
-from cats.factory.nested import ChildFailed, slice_store, submit
+from cats.factory.nested import slice_store, submit
 from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
@@ -48,13 +48,11 @@ from cats.plant.cluster import ClusterStore
 _BATCHES_PER_CPU = 32
 
 
-class SliceFailed(CatsError):
-    """A slice raised, or its replicas disagreed; the message names the slices and carries the
-    remote traceback, or which replica said what."""
-
-
 @dataclass
 class Run:
+    """What `run` returns: the BOM's CID (the handle for everything), the output's and the sealed
+    Order's; whether an earlier BOM of the same Order was reused; slices in all and executed now."""
+
     bom: CID
     output: CID
     order: CID
@@ -87,7 +85,15 @@ def _store_url(store: BlockStore | None) -> tuple[BlockStore, str]:
 
 def run(order: Order, *, store: BlockStore | None = None, force: bool = False, quiet: bool = False,
         progress: Progress | None = None) -> Run:
-    """Run an Order; return its BOM. An Order already run returns its BOM at once unless force."""
+    """Run an Order on its Plant; return the Run, which names its BOM, output and sealed Order.
+
+    The Order is sealed into `store` (this node's, unless given: one its Ray workers can open too),
+    split here and its slices run as Ray tasks; the BOM is written last, pinned and signed by this
+    node. An Order already run returns its BOM at once (`reused`) unless `force`; one that failed
+    resumes, running only its missing slices. `progress(done, total)` is called as slices finish;
+    `quiet` keeps the workers' output off the terminal. Raises SliceFailed, naming the failed
+    slices, with the remote traceback.
+    """
     started = time.time()
     store, url = _store_url(store)
     sealed = seal(order, store)
@@ -198,7 +204,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     # results written to URIs are outputs too: an Order reading one at that version names this BOM as parent
     written = [label(Info(ref.uri, ref.size, ref.version)) for r in records if r.encoding == "ref"
                for ref in [load_ref(store, r.output)]]
-    index.record_run(str(order_cid), str(bom_cid), [str(o) for o in outputs] + written, order.name)
+    index.record_run(str(order_cid), str(bom_cid), [str(o) for o in outputs] + written, order.name,
+                     [(str(r.output), r.encoding) for r in records])
     replicas = order.plant.replicas
     return Run(bom_cid, outputs[0], order_cid, slices=len(records), executed=len(todo),
                duration_s=finished - started, replicas=replicas,
@@ -538,4 +545,4 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
-__all__ = ["run", "Run", "SliceFailed", "Function", "submit", "slice_store", "ChildFailed"]
+__all__ = ["run", "Run", "Function", "submit", "slice_store"]

@@ -13,6 +13,7 @@ from cats.cas.store import BlockStore, open_store
 from cats.errors import CatsError
 from cats.factory import results
 from cats.order.function import Function
+from cats.order.infra import Merge
 
 
 def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]],
@@ -43,7 +44,8 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
             fn = Function.model_validate(how)
             from cats.factory.worker import load
 
-            value = load(store, fn)([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
+            user_merge: Merge = load(store, fn)
+            value = user_merge([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
         data, encoding = results.encode(value)
         entry = importer.add_bytes(data)
         return {"output": str(entry.cid), "encoding": encoding, "size": entry.size}

@@ -20,7 +20,7 @@ from cats.data.views import View
 from cats.errors import CatsError
 from cats.order import Order, label
 from cats.order.function import Function
-from cats.order.infra import Slice
+from cats.order.infra import Slice, Split
 
 # How far past a `lines` boundary to look for the newline, per read.
 _PROBE = 64 * 1024
@@ -134,11 +134,12 @@ def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
             yield Slice(**origin, name=name, row_group=i, meta={"rows": meta.row_group(i).num_rows})
 
 
-def _user_split(fn: Function, inputs: list[CID | Info], store: BlockStore) -> list[Piece]:
+def _user_split(fn: Function, inputs: list[CID | Info | View], store: BlockStore) -> list[Piece]:
     from cats.factory.worker import load
 
+    user_split: Split = load(store, fn)
     pieces: list[Piece] = []
-    for item in load(store, fn)(inputs, store, **fn.params):
+    for item in user_split(inputs, store, **fn.params):
         piece, assembly = item if isinstance(item, tuple) else (item, {})
         if not isinstance(piece, Slice):
             raise CatsError(f"split {fn.entry} yielded {type(piece).__name__}, not a cats Slice")

@@ -27,7 +27,7 @@ from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.memory import MemoryStore
-from cats.errors import CatsError
+from cats.errors import CatsError, ChildFailed
 from cats.order import Order
 from cats.order.seal import seal
 from cats.plant import connect
@@ -37,10 +37,6 @@ if TYPE_CHECKING:
 
 # The environment a sub-Order is sealed with where its author left it to the machine running the slice.
 _ENVIRONMENT = ("python", "lock")
-
-
-class ChildFailed(CatsError):
-    """A sub-Order failed on every attempt or ran out of time; the message names it and its slice."""
 
 
 @dataclass

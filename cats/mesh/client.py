@@ -29,7 +29,7 @@ from cats.cas import car, dagcbor, varint
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import links
 from cats.cas.store import BlockStore
-from cats.errors import CatsError
+from cats.errors import CatsError, MeshError, StreamCut
 
 if TYPE_CHECKING:
     from cats.bom.signatures import Envelope, Signatures
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from cats.identity.trust import Peer
     from cats.order import Order
 
-__all__ = ["MeshError", "Node", "PullReport", "PushReport", "Submitted", "pull", "push", "submit", "read_car"]
+__all__ = ["Node", "PullReport", "PushReport", "Submitted", "pull", "push", "submit", "read_car"]
 
 CAR = "application/vnd.ipld.car"
 MAX_SECTION = (4 << 20) + 128  # the largest block any IPFS implementation writes, plus its CID
@@ -46,20 +46,6 @@ PUSH_BATCH = 32 << 20  # bytes of blocks per POST /blocks: each batch is signed,
 
 _Response = http.client.HTTPResponse
 _Connection = http.client.HTTPConnection
-
-
-class MeshError(CatsError):
-    """A node refused a request, answered nonsense, or could not be reached. `status` is the HTTP status, if any."""
-
-    def __init__(self, message: str, status: int | None = None, url: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.url = url
-
-
-class StreamCut(MeshError):
-    """A CAR stream stopped before its end: the connection dropped, or the node lacks a deeper block
-    (it then closes the connection rather than send a CAR that merely looks complete)."""
 
 
 # -- the HTTP client ------------------------------------------------------------------------------------
@@ -495,8 +481,9 @@ def from_peers(store: BlockStore, peers: Iterable[Peer], identity: Identity) -> 
 
 def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
     """Index the pulled BOMs as producers of their outputs: an Order here that reads one of them
-    then names the other organization's BOM as its parent, and `cats verify --recursive` follows it."""
-    from cats.bom import load
+    then names the other organization's BOM as its parent, and `cats verify --recursive` follows it;
+    and their slice results' encodings, so `cats.read` decodes those too."""
+    from cats.bom import load, records
     from cats.bom.index import Index
     from cats.config import home
 
@@ -505,8 +492,10 @@ def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
     index = Index(home() / "index.sqlite")
     try:
         for bom in boms:
-            with contextlib.suppress(CatsError):  # a block that only looks like a BOM teaches nothing
-                index.learn_outputs(bom, [str(o) for o in load(store, CID.parse(bom)).outputs])
+            with contextlib.suppress(CatsError, ValueError):  # a block that only looks like a BOM teaches nothing
+                pulled = load(store, CID.parse(bom))
+                index.learn_outputs(bom, [str(o) for o in pulled.outputs],
+                                    [(str(r.output), r.encoding) for r in records(store, pulled)])
     finally:
         index.close()
 

@@ -44,6 +44,11 @@ def label(item: CID | Info | View) -> str:
 
 
 class Order(BaseModel):
+    """A job: run `function` over slices of `inputs`, cut and joined as `infra` says, in the
+    environment `structure` describes, on `plant`. Written with local paths and URIs; the Factory
+    seals it (every reference becomes a CID or a pinned URI), and the sealed Order's DAG-CBOR block
+    is what its CID names: the same sealed Order is the same job, so its BOM is reused."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     function: Function

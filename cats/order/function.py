@@ -23,6 +23,10 @@ Takes = Literal["bytes", "path", "table", "slice"]
 
 
 class Function(BaseModel):
+    """User code by content: the CID of a folder holding the module, the `module:qualname` to call
+    in it, and keyword `params` (JSON-able, so they are part of the Order's CID). `takes` says what
+    the code receives per slice: its bytes, a local path to them, an Arrow table, or the Slice."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     entry: str = Field(description="`module:qualname` inside the code folder")

@@ -11,6 +11,10 @@ from cats.cas.fields import CIDField
 
 
 class Structure(BaseModel):
+    """The environment an Order ran in, recorded so a verifier can rebuild it or see the drift: the
+    Python version, the lock of installed distributions (sealing fills both in from this machine),
+    pip requirements for the workers, and an infrastructure-as-code folder."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     python: str = Field(default_factory=platform.python_version)

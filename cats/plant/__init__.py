@@ -16,6 +16,9 @@ Float = Annotated[float, AfterValidator(float)]
 
 
 class Plant(BaseModel):
+    """Where and how the slices run: which Ray (none: the embedded local one), CPUs and resources per
+    task, retries, a time limit per slice, batching, and redundant execution (`replicas`)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     address: str | None = Field(default=None, description="Ray address; None starts (or joins) a local Ray")

@@ -26,6 +26,9 @@ def _key(cid: CID) -> str:
 
 
 class LocalStore(BlockStore):
+    """Blocks as files under `root` (CATS_HOME/blocks by default): the store every process on this
+    machine, Ray workers included, opens by its `file://` URL."""
+
     def __init__(self, root: str | os.PathLike[str], sync: bool = False) -> None:
         """`sync=True` fsyncs each block before the rename (durable across power loss, slower)."""
         self.root = Path(root)

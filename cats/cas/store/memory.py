@@ -12,6 +12,8 @@ from cats.cas.store import BlockStore, missing
 
 
 class MemoryStore(BlockStore):
+    """Blocks in a dict of this process: nothing on disk, and no URL, so Ray workers cannot open it."""
+
     _named: ClassVar[dict[str, MemoryStore]] = {}
 
     def __init__(self) -> None:

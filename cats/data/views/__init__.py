@@ -30,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cats import data
 from cats.data.cache import Cache
 from cats.data.resolvers import Info
-from cats.data.views._io import Meter, ViewError, forget
+from cats.data.views._io import Meter, forget
 from cats.data.views.ops import Cast, Columns, Op, Reshape, Rows, Transpose, Window
+from cats.errors import ViewError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
     from cats.data.views.plan import Plan
 
-__all__ = ["Cast", "Columns", "Meter", "Op", "Reshape", "Rows", "Transpose", "View", "ViewError", "Window",
+__all__ = ["Cast", "Columns", "Meter", "Op", "Reshape", "Rows", "Transpose", "View", "Window",
            "forget", "view"]
 
 Format = Literal["parquet", "arrow", "npy"]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from cats import data
 from cats.cas.reader import RangeFile
 from cats.data.resolvers import Info, env_number
-from cats.errors import DataError
+from cats.errors import ViewError
 
 if TYPE_CHECKING:
     from cats.data.cache import Cache
@@ -28,10 +28,6 @@ WORKERS = 8  # parallel requests per fetch, unless CATS_VIEW_WORKERS says otherw
 GAP_EXACT = 0  # Parquet and Arrow ranges: only touching ones are merged, no byte is read twice or in vain
 MAX_REQUESTS = 4096  # past this many ranges, neighbours are merged (reading the gaps) to bound the requests
 _METER_LOCK = threading.Lock()
-
-
-class ViewError(DataError, ValueError):
-    """A view that cannot be built or read as asked: the message names the view (its URI and ops) and why."""
 
 
 @dataclass

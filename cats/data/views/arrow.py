@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from cats.data.views._io import Reader, SparseFile, ViewError, tail
+from cats.data.views._io import Reader, SparseFile, tail
 from cats.data.views.plan import pick, within
+from cats.errors import ViewError
 
 MAGIC = b"ARROW1"
 _TAIL = 16 << 10

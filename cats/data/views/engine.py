@@ -16,9 +16,10 @@ from cats.data.cache import Cache
 from cats.data.views import arrow as _arrow
 from cats.data.views import npy as _npy
 from cats.data.views import parquet as _parquet
-from cats.data.views._io import GAP_EXACT, Meter, Reader, ViewError, coalesce, source
+from cats.data.views._io import GAP_EXACT, Meter, Reader, coalesce, source
 from cats.data.views.ops import Columns, Reshape, Rows, Transpose, Window
 from cats.data.views.plan import Plan, before, plan_array, plan_table
+from cats.errors import ViewError
 
 if TYPE_CHECKING:
     from cats.data.views import View

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cats.data.views._io import Reader, SparseFile, ViewError
+from cats.data.views._io import Reader, SparseFile
 from cats.data.views.plan import within
+from cats.errors import ViewError
 
 MAGIC = b"\x93NUMPY"
 GAP = 64 << 10  # rows closer than this are fetched in one request together with what lies between

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cats.data.views._io import Reader, SparseFile, ViewError, tail
+from cats.data.views._io import Reader, SparseFile, tail
 from cats.data.views.plan import pick, within
+from cats.errors import ViewError
 
 MAGIC = b"PAR1"
 _TAIL = 16 << 10  # the first read of the footer: most footers fit; a bigger one costs one more request

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from cats.data.views._io import ViewError
 from cats.data.views.ops import Cast, Columns, Reshape, Rows, Transpose, Window, _Op
+from cats.errors import ViewError
 
 if TYPE_CHECKING:
     from cats.data.views import View

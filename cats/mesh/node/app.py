@@ -369,7 +369,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
              responses=_errors(400, *read_errors, 404, 422, page=True),
              summary="A BOM's lineage as a page: the DAG, each BOM's signers and integrity")
     def lineage_page(cid: CidPath) -> HTMLResponse:
-        from cats.verify.page import lineage_page as page
+        from cats.verification.page import lineage_page as page
 
         parsed = _bom_here(node.store, cid)
         with _run_index() as index, _reading_bom(parsed):

@@ -28,7 +28,7 @@ _SLICES_SHOWN = 200
 
 def lineage_page(store: BlockStore, cid: CID | str, index: Index | None = None) -> str:
     """The page for one BOM's lineage (descendants too, given the run index)."""
-    from cats.verify.audit import verify
+    from cats.verification.audit import verify
 
     g = lineage.graph(store, cid, index)
     signatures = Signatures()

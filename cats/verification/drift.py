@@ -6,7 +6,7 @@ from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 from cats.order.environment import environment_lock
-from cats.verify.report import Drift
+from cats.verification.report import Drift
 
 
 def compare(store: BlockStore, recorded: CID) -> list[Drift]:

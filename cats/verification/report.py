@@ -20,6 +20,9 @@ Reason = Literal[
 
 
 class Problem(BaseModel):
+    """One thing verification found wrong: its reason, a one-line detail, and the CID (or URI) and
+    slice concerned."""
+
     reason: Reason
     detail: str
     cid: str | None = Field(default=None, description="the CID concerned, or the URI for a data reference")
@@ -27,6 +30,8 @@ class Problem(BaseModel):
 
 
 class SliceResult(BaseModel):
+    """A re-executed slice: the output CID the BOM records, the one re-execution gave, and the verdict."""
+
     index: int
     name: str | None
     recorded: str
@@ -36,12 +41,17 @@ class SliceResult(BaseModel):
 
 
 class Drift(BaseModel):
+    """A distribution whose version here differs from the recorded lock (None: absent on that side)."""
+
     package: str
     recorded: str | None
     current: str | None
 
 
 class Sample(BaseModel):
+    """A sampled audit: how many slices of how many were re-executed, the seed that chose them, and
+    the odds that this sample catches m corrupted slices."""
+
     total: int
     checked: int
     seed: int | None = None
@@ -51,6 +61,9 @@ class Sample(BaseModel):
 
 
 class Report(BaseModel):
+    """The verdict on a BOM: `verified` is true only if nothing in `problems` and every ancestor and
+    sub-Order report (with `recursive`) verified too. Environment drift is reported, never a failure."""
+
     bom: str
     verified: bool
     # "signature": this part of the lineage could not be re-executed here (its code or data blocks are

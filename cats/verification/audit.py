@@ -26,8 +26,8 @@ from cats.errors import BlockNotFound, CatsError, DataError, DataIntegrityError,
 from cats.factory import egress, ingress, place, worker
 from cats.order import Order, label
 from cats.plant import cluster, connect
-from cats.verify import drift, sampling
-from cats.verify.report import Problem, Reason, Report, Sample, SliceResult
+from cats.verification import drift, sampling
+from cats.verification.report import Problem, Reason, Report, Sample, SliceResult
 
 
 class _Stop(Exception):
@@ -242,7 +242,7 @@ def _check_children(rec: SliceRecord, out: dict[str, Any], report: Report, resul
 
 def _run_checks(store: BlockStore, bom: BOM, order: Order, report: Report, seed: int | None) -> None:
     """The Order's cheap validators on the recorded output; each reports bytes fetched and its odds."""
-    from cats.verify import checks
+    from cats.verification import checks
 
     try:
         results = checks.run_order(store, order.checks, bom.inputs, bom.outputs[0], seed)

@@ -1,0 +1,55 @@
+"""`cats.verify` and `cats.submit`: verification and running on another node with this node's
+store, identity and trusted peers filled in, the one path the `cats verify` and `cats mesh submit`
+commands take too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cats.cas.cid import CID
+from cats.cas.store import BlockStore, open_store
+from cats.identity import Identity
+from cats.identity.trust import Trust
+from cats.mesh import client
+from cats.order import Order
+from cats.verification import audit
+from cats.verification.report import Report
+
+
+def verify(bom: CID | str, *, sample: int | None = None, fraction: float | None = None, seed: int | None = None,
+           recursive: bool = False, integrity: bool = False, quiet: bool = True,
+           store: BlockStore | None = None) -> Report:
+    """Verify a BOM from the store alone (this node's, unless `store` is given); never raises on a
+    mismatch: `report.verified` is the verdict and `report.problems` names each CID and reason.
+
+    By default every slice is re-executed on Ray from the recorded code, inputs and seeds and must
+    give the recorded output CIDs, and the recorded results must merge to the recorded output;
+    `sample` (a count) or `fraction` re-executes a random choice (`seed` fixes it; the report gives
+    the odds of catching m corrupted slices); `integrity` re-executes nothing and checks that every
+    block exists and hashes to its CID. The Order's checks run in every mode. With `recursive`, the
+    BOMs that made its inputs and its sub-Orders' BOMs are verified too: one missing here is pulled
+    from the nodes of trusted peers, and one whose code or data cannot be read here is accepted on
+    the signature of this node or a trusted peer (its report says so). `quiet` keeps the workers'
+    output off the terminal.
+    """
+    store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
+    peers = Trust().peers()
+    me = Identity.load()
+    return audit.verify(store, CID.parse(bom), sample=sample, fraction=fraction, seed=seed, recursive=recursive,
+                        integrity=integrity, quiet=quiet, trusted={me.did, *(p.did for p in peers)},
+                        fetch=client.from_peers(store, peers, me))
+
+
+def submit(order: Order, *, to: str, timeout: float = 3600.0, store: BlockStore | None = None,
+           progress: Callable[[str], None] | None = None) -> client.Submitted:
+    """Run an Order on the CAT node at `to` (http://host:port), which must trust this node (`cats id`
+    prints its DID); return when the node has run it, with the BOM and its lineage pulled here.
+
+    The Order is sealed here (this store, unless `store` is given), pushed to the node with its
+    code and inputs, and signed by this node's identity; `progress` is called with each job status
+    the node reports. Raises MeshError if the node refuses it, the run fails there, or it does not
+    finish within `timeout` seconds. A slice submitting a sub-Order to the Factory it runs under
+    uses `cats.factory.submit` instead.
+    """
+    return client.submit(order, to, Identity.load(), store=store, timeout=timeout, progress=progress)
