@@ -19,7 +19,13 @@ REPLICAS_HELP = ("Run each slice on N distinct workers; a majority of identical 
 
 
 def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, imported lazily
-    """Import ORDER.py as a module named after its file (workers import it the same way)."""
+    """Import ORDER.py as a module named after its file (workers import it the same way). A run it
+    starts while imported is refused (it would run twice), and the Order's own checks come back as
+    one line naming the field."""
+    from pydantic import ValidationError
+
+    from cats.errors import ReentrantRun
+    from cats.factory import guard
     from cats.order import Order
 
     if not path.is_file():
@@ -32,13 +38,27 @@ def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, importe
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
     try:
-        spec.loader.exec_module(module)
+        with guard.importing(f"cats run was importing {path} to read its order"):
+            spec.loader.exec_module(module)
+    except ReentrantRun:
+        raise
+    except ValidationError as e:
+        raise CatsError(f"{path} failed to load: {_invalid(e)}") from None
     except Exception as e:
         raise CatsError(f"{path} failed to load: {type(e).__name__}: {e}") from None
     order = getattr(module, "order", None)
     if not isinstance(order, Order):
         raise CatsError(f"{path} must define a module-level `order = cats.Order(...)`")
     return order
+
+
+def _invalid(e) -> str:  # noqa: ANN001 - a pydantic ValidationError, imported lazily
+    """A model's validation error in one line: the model, the field's path and why, for the first problem."""
+    first = e.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    why = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+    more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+    return " ".join(f"{e.title} {where}: {why}{more}".split())
 
 
 def _replicated(order, replicas: int | None):  # noqa: ANN001, ANN202 - cats.order.Order, imported lazily

@@ -34,7 +34,7 @@ from cats.config import home
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError
-from cats.factory import egress, ingress, nested, worker
+from cats.factory import egress, guard, ingress, nested, worker
 from cats.factory.nested import ChildFailed, slice_store, submit
 from cats.identity import Identity
 from cats.order import Order, label
@@ -88,6 +88,7 @@ def _store_url(store: BlockStore | None) -> tuple[BlockStore, str]:
 def run(order: Order, *, store: BlockStore | None = None, force: bool = False, quiet: bool = False,
         progress: Progress | None = None) -> Run:
     """Run an Order; return its BOM. An Order already run returns its BOM at once unless force."""
+    guard.check()
     started = time.time()
     store, url = _store_url(store)
     sealed = seal(order, store)
@@ -237,6 +238,8 @@ def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list
     if not split:
         first = errors[0]
         more = f" ({len(errors) - 1} more slices failed)" if len(errors) > 1 else ""
+        if "\n" not in first["error"].strip():  # a reason, not a traceback (a timeout, a refused run)
+            return f"{where(first['index'])} of order {order_cid} failed{more}: {first['error'].strip()}; {kept}"
         return (f"{where(first['index'])} of order {order_cid} failed{more}; {kept}. "
                 f"Remote traceback:\n{first['error']}")
     shown = 20

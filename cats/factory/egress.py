@@ -43,7 +43,8 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
             fn = Function.model_validate(how)
             from cats.factory.worker import load
 
-            value = load(store, fn)([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
+            combine = load(store, fn, "to merge the slices")
+            value = combine([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
         data, encoding = results.encode(value)
         entry = importer.add_bytes(data)
         return {"output": str(entry.cid), "encoding": encoding, "size": entry.size}

@@ -138,7 +138,7 @@ def _user_split(fn: Function, inputs: list[CID | Info], store: BlockStore) -> li
     from cats.factory.worker import load
 
     pieces: list[Piece] = []
-    for item in load(store, fn)(inputs, store, **fn.params):
+    for item in load(store, fn, "to split the Order's inputs")(inputs, store, **fn.params):
         piece, assembly = item if isinstance(item, tuple) else (item, {})
         if not isinstance(piece, Slice):
             raise CatsError(f"split {fn.entry} yielded {type(piece).__name__}, not a cats Slice")
