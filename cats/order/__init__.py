@@ -61,6 +61,13 @@ class Order(BaseModel):
                                   "the store keeps only references to them")
 
     @model_validator(mode="after")
+    def _takes_fits_split(self) -> Order:
+        if self.function.takes == "table" and self.infra.split == "lines":
+            raise ValueError("the function takes='table' but split='lines' cuts byte ranges, not tables: "
+                             "split by 'row-groups' (or 'files', a whole Parquet file per slice)")
+        return self
+
+    @model_validator(mode="after")
     def _merge_of_references(self) -> Order:
         if self.output_uri is None:
             return self
