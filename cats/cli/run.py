@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 import typer
 
@@ -98,17 +99,31 @@ def slice_progress(console, hidden: bool = False) -> Iterator[Callable[[int, int
         yield progress
 
 
-def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
+def _result_only_on_stdout() -> TextIO:
+    """From now on this process's stdout is its stderr; the real stdout, returned, carries the result
+    alone. What slices print reaches the driver through Ray, late and in no order with the result;
+    what user code on the driver prints (a split), or a program it starts, would land there too."""
+    sys.stdout.flush()
+    result = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return result
+
+
+def _execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
+    """Run the Order `make` builds (or loads from its file); the result goes to stdout, and everything
+    else, from the moment `make` starts, to stderr."""
     from rich.console import Console
 
     from cats import factory
 
+    out = _result_only_on_stdout()
+    order = make()
     err = Console(stderr=True)
     with slice_progress(err, hidden=as_json) as progress:
         result = factory.run(order, force=force, quiet=as_json, progress=progress)
     summary = result.summary()
     if as_json:
-        typer.echo(json.dumps(summary))
+        print(json.dumps(summary), file=out, flush=True)
         return
     state = "reused (identical Order already run; --force re-runs)" if result.reused else \
         f"{result.executed} of {result.slices} slices run"
@@ -117,7 +132,7 @@ def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
         err.print(f"[yellow]replicas disagreed[/yellow] on {result.disagreed} of {result.slices} slices; "
                   f"the majority's outputs were kept and the BOM marks them (agreed: false)")
     err.print(f"order  {result.order}\noutput {result.output}")
-    typer.echo(str(result.bom))
+    print(result.bom, file=out, flush=True)
 
 
 def run(
@@ -130,7 +145,7 @@ def run(
                                                 "(its Ray address; its IPFS node as the store)."),
 ) -> None:
     """Run an Order on the Plant (the embedded local Ray by default); print its BOM CID last."""
-    _execute(_deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
+    _execute(lambda: _deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
 
 
 def submit(
@@ -160,7 +175,7 @@ def submit(
     source = cid if "://" in cid else CID.parse(cid)
     order = Order(function=Function(entry=f"{file.stem}:{entry}", source=file, takes="path"), inputs=[source],
                   structure=Structure(requirements=reqs), name=f"submit {file.name}:{entry}", output_uri=output_uri)
-    _execute(_replicated(order, replicas), as_json, force)
+    _execute(lambda: _replicated(order, replicas), as_json, force)
 
 
 def register(app: typer.Typer) -> None:
