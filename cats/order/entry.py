@@ -42,7 +42,7 @@ def check_entry(fn: Function, store: BlockStore) -> None:
         return
     source = fn.source if fn.code is None else None
     if found is None:
-        if importlib.util.find_spec(fn.module.partition(".")[0]) is not None:
+        if _installed(fn.module.partition(".")[0]):
             return  # not in the code; the worker imports it from the environment
         hint = f"its module is {source.stem!r}" if source is not None and source.is_file() else \
             f"it has neither {folder}.py nor {folder}/__init__.py"
@@ -58,6 +58,14 @@ def check_entry(fn: Function, store: BlockStore) -> None:
         _find(tree, fn.qualname.split("."), where, fn.entry)
     except _Unknown:
         return
+
+
+def _installed(name: str) -> bool:
+    """Whether this environment has a top-level module of that name (finding it imports nothing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # not a module name
+        return False
 
 
 def _reader(fn: Function, store: BlockStore) -> Callable[[str], bytes | None] | None:
@@ -99,7 +107,8 @@ def _reader(fn: Function, store: BlockStore) -> Callable[[str], bytes | None] | 
 def _find(tree: ast.Module, qualname: list[str], where: str, entry: str) -> None:
     """Walk `qualname` down the module's (then a class's) bindings; CatsError at the first part missing."""
     if any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DYNAMIC_CALLS
-           or isinstance(node, ast.Attribute) and node.attr == "modules" for node in ast.walk(tree)):
+           or isinstance(node, ast.Attribute) and node.attr == "modules" and isinstance(node.value, ast.Name)
+           and node.value.id == "sys" for node in ast.walk(tree)):
         raise _Unknown
     names = _bindings(tree.body)
     names.update({name: tree for node in ast.walk(tree) if isinstance(node, ast.Global) for name in node.names})
