@@ -7,6 +7,11 @@ class CatsError(Exception):
     """Base of every error CATs raises on purpose; its message names the culprit."""
 
 
+class ReentrantRun(CatsError):
+    """A Factory run started by user code the Factory (or `cats run`) is importing or running in that process,
+    e.g. an Order file that calls cats.factory.run at module level, which every worker importing it would run."""
+
+
 class InvalidCID(CatsError, ValueError):
     """A string or byte sequence is not a well-formed CID."""
 

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 import typer
 
@@ -19,7 +20,13 @@ REPLICAS_HELP = ("Run each slice on N distinct workers; a majority of identical 
 
 
 def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, imported lazily
-    """Import ORDER.py as a module named after its file (workers import it the same way)."""
+    """Import ORDER.py as a module named after its file (workers import it the same way). A run it
+    starts while imported is refused (it would run twice), and the Order's own checks come back as
+    one line naming the field."""
+    from pydantic import ValidationError
+
+    from cats.errors import ReentrantRun
+    from cats.factory import guard
     from cats.order import Order
 
     if not path.is_file():
@@ -32,13 +39,27 @@ def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, importe
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module
     try:
-        spec.loader.exec_module(module)
+        with guard.importing(f"cats run was importing {path} to read its order"):
+            spec.loader.exec_module(module)
+    except ReentrantRun:
+        raise
+    except ValidationError as e:
+        raise CatsError(f"{path} failed to load: {_invalid(e)}") from None
     except Exception as e:
         raise CatsError(f"{path} failed to load: {type(e).__name__}: {e}") from None
     order = getattr(module, "order", None)
     if not isinstance(order, Order):
         raise CatsError(f"{path} must define a module-level `order = cats.Order(...)`")
     return order
+
+
+def _invalid(e) -> str:  # noqa: ANN001 - a pydantic ValidationError, imported lazily
+    """A model's validation error in one line: the model, the field's path and why, for the first problem."""
+    first = e.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    why = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+    more = f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""
+    return " ".join(f"{e.title} {where}: {why}{more}".split())
 
 
 def _replicated(order, replicas: int | None):  # noqa: ANN001, ANN202 - cats.order.Order, imported lazily
@@ -78,17 +99,31 @@ def slice_progress(console, hidden: bool = False) -> Iterator[Callable[[int, int
         yield progress
 
 
-def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
+def _result_only_on_stdout() -> TextIO:
+    """From now on this process's stdout is its stderr; the real stdout, returned, carries the result
+    alone. What slices print reaches the driver through Ray, late and in no order with the result;
+    what user code on the driver prints (a split), or a program it starts, would land there too."""
+    sys.stdout.flush()
+    result = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return result
+
+
+def _execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
+    """Run the Order `make` builds (or loads from its file); the result goes to stdout, and everything
+    else, from the moment `make` starts, to stderr."""
     from rich.console import Console
 
     from cats import factory
 
+    out = _result_only_on_stdout()
+    order = make()
     err = Console(stderr=True)
     with slice_progress(err, hidden=as_json) as progress:
         result = factory.run(order, force=force, quiet=as_json, progress=progress)
     summary = result.summary()
     if as_json:
-        typer.echo(json.dumps(summary))
+        print(json.dumps(summary), file=out, flush=True)
         return
     state = "reused (identical Order already run; --force re-runs)" if result.reused else \
         f"{result.executed} of {result.slices} slices run"
@@ -97,7 +132,7 @@ def _execute(order, as_json: bool, force: bool) -> None:  # noqa: ANN001
         err.print(f"[yellow]replicas disagreed[/yellow] on {result.disagreed} of {result.slices} slices; "
                   f"the majority's outputs were kept and the BOM marks them (agreed: false)")
     err.print(f"order  {result.order}\noutput {result.output}")
-    typer.echo(str(result.bom))
+    print(result.bom, file=out, flush=True)
 
 
 def run(
@@ -110,7 +145,7 @@ def run(
                                                 "(its Ray address; its IPFS node as the store)."),
 ) -> None:
     """Run an Order on the Plant (the embedded local Ray by default); print its BOM CID last."""
-    _execute(_deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
+    _execute(lambda: _deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
 
 
 def submit(
@@ -140,7 +175,7 @@ def submit(
     source = cid if "://" in cid else CID.parse(cid)
     order = Order(function=Function(entry=f"{file.stem}:{entry}", source=file, takes="path"), inputs=[source],
                   structure=Structure(requirements=reqs), name=f"submit {file.name}:{entry}", output_uri=output_uri)
-    _execute(_replicated(order, replicas), as_json, force)
+    _execute(lambda: _replicated(order, replicas), as_json, force)
 
 
 def register(app: typer.Typer) -> None:

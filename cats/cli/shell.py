@@ -24,7 +24,7 @@ def exec_(
 
     if not command.strip():
         raise CatsError("--command is empty")
-    _execute(shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory), as_json, force)
+    _execute(lambda: shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory), as_json, force)
 
 
 def register(app: typer.Typer) -> None:

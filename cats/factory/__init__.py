@@ -34,13 +34,13 @@ from cats.config import home
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError, SliceFailed
-from cats.factory import egress, ingress, nested, worker
+from cats.factory import egress, guard, ingress, nested, worker
 from cats.factory.nested import slice_store, submit
 from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.seal import seal
-from cats.plant import cluster, connect
+from cats.plant import Plant, cluster, connect
 from cats.plant.cluster import ClusterStore
 
 # Batches per CPU when the Plant does not fix the batch size: enough to balance uneven slices,
@@ -92,8 +92,10 @@ def run(order: Order, *, store: BlockStore | None = None, force: bool = False, q
     node. An Order already run returns its BOM at once (`reused`) unless `force`; one that failed
     resumes, running only its missing slices. `progress(done, total)` is called as slices finish;
     `quiet` keeps the workers' output off the terminal. Raises SliceFailed, naming the failed
-    slices, with the remote traceback.
+    slices, with the remote traceback, and ReentrantRun when called from code the Factory is
+    loading or running.
     """
+    guard.check()
     started = time.time()
     store, url = _store_url(store)
     sealed = seal(order, store)
@@ -168,7 +170,8 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     if links_only or ray is None or nodes:  # on a cluster of node stores, only the driver's store has them all
         merged = egress.merge(url, how, parts)
     else:
-        merged = ray.get(ray.remote(egress.merge).options(num_cpus=0).remote(url, how, parts))
+        gpus = order.plant.num_gpus if isinstance(order.infra.merge, Function) else 0  # the user's merge may use them
+        merged = ray.get(ray.remote(egress.merge).options(num_cpus=0, num_gpus=gpus).remote(url, how, parts))
     records = [SliceRecord(index=r["index"], input=pieces[r["index"]][0], output=r["output"],
                            encoding=r["encoding"], size=r["size"], tsize=r["tsize"],
                            assembly=pieces[r["index"]][1], seed=seeds[r["index"]], node=r["node"],
@@ -244,6 +247,8 @@ def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list
     if not split:
         first = errors[0]
         more = f" ({len(errors) - 1} more slices failed)" if len(errors) > 1 else ""
+        if "\n" not in first["error"].strip():  # a reason, not a traceback (a timeout, a refused run)
+            return f"{where(first['index'])} of order {order_cid} failed{more}: {first['error'].strip()}; {kept}"
         return (f"{where(first['index'])} of order {order_cid} failed{more}; {kept}. "
                 f"Remote traceback:\n{first['error']}")
     shown = 20
@@ -276,15 +281,24 @@ def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: l
     replicated run gets one group per replica, all slices each: on such a cluster, replica k runs
     next to store k (round robin), so replicas land on distinct nodes and read their own stores."""
     plant = order.plant
+    need = _per_task(plant)
+    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    for name, amount in need.items():
+        most = max((r.get(name, 0) for r in alive), default=0)
+        if amount > most:  # Ray would keep the task queued forever
+            each = "slice" if plant.replicas == 1 else "replica of a slice"
+            plural = "s" if name in ("CPU", "GPU") and amount != 1 else ""
+            raise CatsError(f"the Order asks for {amount:g} {name}{plural} per {each}; this Ray has {most:g}"
+                            + (" on any one node" if len(alive) > 1 else "") + "; nothing was run")
     if not nodes:
-        slots = max(1, int(ray.cluster_resources().get("CPU", 1) // plant.num_cpus))
+        slots = max(1, _fits(ray.cluster_resources(), need))
         return [Group(url, dict(plant.resources), slots, todo, [])] * plant.replicas
     if url not in {s.url for s in nodes}:
         raise CatsError(f"this driver's store ({url}) is none of the cluster's node stores "
                         f"({', '.join(s.resource for s in nodes)}), so their workers could not read the code: "
                         "run the driver on a node that advertises its store, with that store")
-    cpus = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")}
-    slots = {s.name: max(1, int(cpus.get(s.node, 1) // plant.num_cpus)) for s in nodes}
+    have = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n.get("Alive")}
+    slots = {s.name: max(1, _fits(have.get(s.node, {}), need)) for s in nodes}
     if plant.replicas > 1:
         homes = [nodes[k % len(nodes)] for k in range(plant.replicas)]
         placed.update({s.name: len(todo) * homes.count(s) for s in nodes})
@@ -307,6 +321,20 @@ def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: l
     return groups
 
 
+def _per_task(plant: Plant) -> dict[str, float]:
+    """What one task of a slice asks of a node: a replica a share of the Plant's GPUs and custom
+    resources, and of its CPUs no more than the Ray has (see `_dispatch_replicated`)."""
+    n = plant.replicas
+    need = {"CPU": plant.num_cpus if n == 1 else 0.0, "GPU": plant.num_gpus / n,
+            **{name: amount / n for name, amount in plant.resources.items()}}
+    return {name: amount for name, amount in need.items() if amount > 0}
+
+
+def _fits(have: dict[str, float], need: dict[str, float]) -> int:
+    """How many tasks asking `need` a node (or a whole Ray) holding `have` runs at once."""
+    return min((int(have.get(name, 0) // amount) for name, amount in need.items()), default=1)
+
+
 def _dispatch(ray: Any, order: Order, groups: list[Group], run_dir: Path, pieces: list[ingress.Piece],
               seeds: list[int], done: dict[int, dict[str, Any]], index: Index, order_cid: CID,
               progress: Progress | None) -> list[dict[str, Any]]:
@@ -314,7 +342,7 @@ def _dispatch(ray: Any, order: Order, groups: list[Group], run_dir: Path, pieces
     batch starts when it is submitted and its timeout counts running time, not time in Ray's queue."""
     plant = order.plant
     task = ray.remote(worker.run_batch)
-    options = {"num_cpus": plant.num_cpus, "max_retries": plant.retries,
+    options = {"num_cpus": plant.num_cpus, "num_gpus": plant.num_gpus, "max_retries": plant.retries,
                "runtime_env": {"pip": order.structure.requirements} if order.structure.requirements else None}
     function = order.function.model_dump(mode="json", exclude_none=True)
     batches: list[tuple[Group, list[int]]] = []
@@ -384,8 +412,8 @@ def _dispatch_replicated(ray: Any, order: Order, homes: list[Group], run_dir: Pa
     # a share of the CPUs one task would get, so N replicas fit wherever one task fits
     cpus = _fraction(min(plant.num_cpus, ray.cluster_resources().get("CPU", plant.num_cpus)) / n)
     options: dict[str, Any] = {
-        "num_cpus": cpus, "scheduling_strategy": "SPREAD", "max_restarts": plant.retries,
-        "max_task_retries": plant.retries,
+        "num_cpus": cpus, "num_gpus": _fraction(plant.num_gpus / n), "scheduling_strategy": "SPREAD",
+        "max_restarts": plant.retries, "max_task_retries": plant.retries,
         "runtime_env": {"pip": order.structure.requirements} if order.structure.requirements else None}
     replica = ray.remote(worker.Replica)
     function = order.function.model_dump(mode="json", exclude_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from itertools import groupby
 from typing import Any
 
 from cats.cas import dagcbor, dagpb, names, reader
@@ -25,7 +26,7 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
     store = open_store(store_url)
     with Importer(store if write else None, cid_version=1) as importer:
         if how == "directory":
-            entry = _directory(importer, parts)
+            entry = _directory(store, importer, parts)
             return {"output": str(entry.cid), "encoding": "unixfs-directory", "size": entry.size}
         if how == "list":
             links = [CID.parse(p["output"]) for p in parts]
@@ -44,7 +45,7 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
             fn = Function.model_validate(how)
             from cats.factory.worker import load
 
-            user_merge: Merge = load(store, fn)
+            user_merge: Merge = load(store, fn, "to merge the slices")
             value = user_merge([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
         data, encoding = results.encode(value)
         entry = importer.add_bytes(data)
@@ -70,19 +71,26 @@ def _common(parts: list[dict[str, Any]], allowed: tuple[str, ...]) -> str:
     return kinds.pop() if len(kinds) == 1 else "bytes"
 
 
-def _directory(importer: Importer, parts: list[dict[str, Any]]) -> Entry:
-    """Nested folders from slash-separated slice names, each output under its input's name."""
+def _directory(store: BlockStore, importer: Importer, parts: list[dict[str, Any]]) -> Entry:
+    """Nested folders from slash-separated slice names, each output under its input's name. Slices
+    of one name in a row, from one input, were cut from one file (`lines` over a folder): their
+    results are joined, in slice order, into that file's entry."""
     tree: dict[str, Any] = {}  # name -> sub-tree (dict) or output (Entry)
-    for p in parts:
-        *dirs, leaf = entry_name(p["name"], p["index"]).split("/")
+    for (path, _), run in groupby(parts, key=lambda p: (entry_name(p["name"], p["index"]), p["assembly"].get("input"))):
+        cut = list(run)
+        *dirs, leaf = path.split("/")
         node = tree
         for d in dirs:
             node = node.setdefault(d, {})
             if not isinstance(node, dict):
-                raise CatsError(f"slice name {p['name']!r} runs through a file")
+                raise CatsError(f"slice name {path!r} runs through a file")
         if leaf in node:
-            raise CatsError(f"two slices are named {p['name']!r}; the directory merge needs unique names")
-        node[leaf] = Entry(CID.parse(p["output"]), p["size"], p["tsize"])
+            raise CatsError(f"two slices are named {path!r}; the directory merge needs unique names")
+        if len(cut) == 1:
+            node[leaf] = Entry(CID.parse(cut[0]["output"]), cut[0]["size"], cut[0]["tsize"])
+        else:
+            _common(cut, ("bytes", "text"))
+            node[leaf] = importer.add_file(_Concat(store, cut))
 
     def build(node: dict[str, Any]) -> Entry:
         links, size = [], 0

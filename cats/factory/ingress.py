@@ -40,7 +40,8 @@ def split(order: Order, store: BlockStore) -> list[Piece]:
             found = files(store, item) if isinstance(item, CID) else [Slice(source=item, name=_basename(item))]
             pieces += ((s, {"input": i, "name": s.name}) for s in found)
         elif kind == "lines":
-            pieces += ((s, {"input": i, "offset": s.offset}) for s in lines(store, item, order.infra.chunk_bytes))
+            pieces += ((s, {"input": i, "offset": s.offset} | ({"name": s.name} if s.name else {}))
+                       for s in lines(store, item, order.infra.chunk_bytes))
         else:
             pieces += ((s, {"input": i, "row_group": s.row_group} | ({"name": s.name} if s.name else {}))
                        for s in row_groups(store, item))
@@ -91,16 +92,21 @@ def files(store: BlockStore, cid: CID, prefix: str = "") -> Iterator[Slice]:
 
 
 def lines(store: BlockStore, item: CID | Info, chunk: int) -> Iterator[Slice]:
-    """Byte ranges of about `chunk` bytes, each ending just after a newline (or at the end)."""
-    f = open_input(store, item)
-    size, origin = f.size, _origin(item)
-    start = 0
-    while start < size or start == 0:
-        end = _next_line_end(f, min(start + chunk, size) - 1) if start + chunk < size else size
-        yield Slice(**origin, offset=start, length=end - start)
-        if end >= size:
-            return
-        start = end
+    """Byte ranges of about `chunk` bytes, each ending just after a newline (or at the end), of a file
+    or of every file under a folder, named as the file."""
+    texts = files(store, item) if isinstance(item, CID) and reader.is_folder(store, item) else [None]
+    for text in texts:
+        part = item if text is None else text.cid
+        assert part is not None
+        f = open_input(store, part)
+        size, origin, name = f.size, _origin(part), None if text is None else text.name
+        start = 0
+        while start < size or start == 0:
+            end = _next_line_end(f, min(start + chunk, size) - 1) if start + chunk < size else size
+            yield Slice(**origin, name=name, offset=start, length=end - start)
+            if end >= size:
+                break
+            start = end
 
 
 def _next_line_end(f: RangeFile, pos: int) -> int:
@@ -137,7 +143,7 @@ def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
 def _user_split(fn: Function, inputs: list[CID | Info | View], store: BlockStore) -> list[Piece]:
     from cats.factory.worker import load
 
-    user_split: Split = load(store, fn)
+    user_split: Split = load(store, fn, "to split the Order's inputs")
     pieces: list[Piece] = []
     for item in user_split(inputs, store, **fn.params):
         piece, assembly = item if isinstance(item, tuple) else (item, {})

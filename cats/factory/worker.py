@@ -26,8 +26,8 @@ from cats.cas.importer import Importer
 from cats.cas.store import BlockStore, open_store
 from cats.config import home
 from cats.data import Cache
-from cats.errors import BlockNotFound, DataError, DataIntegrityError, IntegrityError
-from cats.factory import nested, results
+from cats.errors import BlockNotFound, DataError, DataIntegrityError, IntegrityError, ReentrantRun
+from cats.factory import guard, nested, results
 from cats.factory.egress import entry_name
 from cats.factory.ingress import open_input
 from cats.order.function import Function
@@ -51,8 +51,9 @@ def code_folder(store: BlockStore, code: CID) -> Path:
     return folder
 
 
-def load(store: BlockStore, fn: Function) -> Callable[..., Any]:
-    """Import the entry point from its code folder, never from whatever else shares its name."""
+def load(store: BlockStore, fn: Function, purpose: str) -> Callable[..., Any]:
+    """Import the entry point from its code folder, never from whatever else shares its name.
+    `purpose` (e.g. "to run slice 3 in a worker") tells a Factory run the import starts why it is refused."""
     assert fn.code is not None
     key = (str(fn.code), fn.entry)
     if key in _loaded:
@@ -67,7 +68,8 @@ def load(store: BlockStore, fn: Function) -> Callable[..., Any]:
         sys.path.remove(folder)
     sys.path.insert(0, folder)
     importlib.invalidate_caches()
-    obj: Any = importlib.import_module(fn.module)
+    with guard.importing(f"importing {fn.module} {purpose}"):
+        obj: Any = importlib.import_module(fn.module)
     for part in fn.qualname.split("."):
         obj = getattr(obj, part)
     _loaded[key] = obj
@@ -138,8 +140,9 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     attempt = _attempt(run_dir, batch)
     node = _node()
     out: list[dict[str, Any]] = []
+    more = f" and {len(items) - 1} more" if len(items) > 1 else ""
     try:
-        func = load(store, fn)
+        func = load(store, fn, f"to run slice {items[0][0]}{more} in a worker")
     except Exception as e:
         failure = _failure(e, f"loading {fn.entry} from {fn.code} failed:\n")
         return [{"index": i, **failure} for i, _, _ in items]
@@ -155,7 +158,8 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
                 kwargs = dict(fn.params)
                 if seed_kw:
                     kwargs["seed"] = seed
-                with nested.scope(store, index, None if store_outputs else (children or {}).get(index, [])) as scope:
+                with nested.scope(store, index, None if store_outputs else (children or {}).get(index, [])) as scope, \
+                        guard.running(f"running slice {index} of {fn.entry}"):
                     data, encoding = results.encode(func(arg, **kwargs))
                 entry = importer.add_bytes(data)
                 record = {"output": str(entry.cid), "encoding": encoding, "size": entry.size, "tsize": entry.tsize}
@@ -206,7 +210,10 @@ class Replica:
 
 
 def _failure(e: Exception, prefix: str = "") -> dict[str, Any]:
-    """The error record of a slice: the traceback, and for a missing or altered block its CID."""
+    """The error record of a slice: the traceback, and for a missing or altered block its CID. A run
+    started from user code needs no traceback: its message says where and what to do instead."""
+    if isinstance(e, ReentrantRun):
+        return {"error": str(e)}
     failure: dict[str, Any] = {"error": prefix + traceback.format_exc()}
     if isinstance(e, (IntegrityError, BlockNotFound)):
         failure |= {"kind": "integrity" if isinstance(e, IntegrityError) else "missing", "cid": str(e.cid)}

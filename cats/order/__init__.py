@@ -9,17 +9,18 @@ source that changes during the job fails it, naming the URI).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.fields import CIDField
 from cats.data import Info
 from cats.data.views import View
-from cats.errors import CatsError
+from cats.errors import CatsError, InvalidCID
 from cats.order.checks import Check
 from cats.order.function import Function
 from cats.order.infra import InfraFunction, Slice
@@ -28,10 +29,25 @@ from cats.plant import Plant
 
 __all__ = ["Order", "Function", "InfraFunction", "Slice", "Structure", "Plant", "Input", "Source", "label"]
 
-DataURI = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9+.-]*://")]
+_SCHEME = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+DataURI = Annotated[str, StringConstraints(pattern=_SCHEME)]
+
+
+def _cid_or_uri(value: Any) -> Any:
+    """A str input is a CID or a data URI; anything else in a str is a mistyped CID, not a path."""
+    if isinstance(value, str) and not re.match(_SCHEME, value):
+        try:
+            CID.parse(value)
+        except InvalidCID as e:
+            raise ValueError(f"{e}; an input given as str is a CID or a data URI (scheme://…), "
+                             "local files and folders are given as pathlib.Path") from None
+    return value
+
+
 # Sealed: a CID or a pinned URI (Info). Tried left to right, CIDField after Info: its serializer
 # would otherwise claim every member of the union.
-Input = Annotated[View | Info | DataURI | CIDField | Path, Field(union_mode="left_to_right")]
+Input = Annotated[View | Info | DataURI | CIDField | Path, Field(union_mode="left_to_right"),
+                  BeforeValidator(_cid_or_uri)]
 Source = Annotated[View | Info | CIDField, Field(union_mode="left_to_right")]
 
 
@@ -64,6 +80,13 @@ class Order(BaseModel):
     output_uri: DataURI | None = Field(
         default=None, description="workers write each slice's result under this URI prefix (named as the slice); "
                                   "the store keeps only references to them")
+
+    @model_validator(mode="after")
+    def _takes_fits_split(self) -> Order:
+        if self.function.takes == "table" and self.infra.split == "lines":
+            raise ValueError("the function takes='table' but split='lines' cuts byte ranges, not tables: "
+                             "split by 'row-groups' (or 'files', a whole Parquet file per slice)")
+        return self
 
     @model_validator(mode="after")
     def _merge_of_references(self) -> Order:

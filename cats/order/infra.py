@@ -1,11 +1,13 @@
 """InfraFunction: how inputs become slices (ingress) and result slices become outputs (egress).
 
 Built-in splits: `files` (one slice per file of a folder CID), `lines` (line-aligned byte ranges
-of a file), `row-groups` (one slice per Parquet row group, of a file or of every file in a folder).
-Built-in merges: `directory` (one entry per slice, named as its input), `concat` (bytes joined in
-slice order), `table` (Arrow tables concatenated), `list` (a DAG-CBOR list of the results). A
-Function in either place is the user's own split or merge: `Split` and `Merge` say what it is
-called with and must return.
+of a file, or of every file in a folder), `row-groups` (one slice per Parquet row group, of a file
+or of every file in a folder). Over a folder, slices are named as their file.
+Built-in merges: `directory` (one entry per slice, named as its input; the byte results of slices
+cut from one file are joined, in slice order, into its entry), `concat` (bytes joined in slice
+order), `table` (Arrow tables concatenated), `list` (a DAG-CBOR list of the results). A Function in
+either place is the user's own split or merge: `Split` and `Merge` say what it is called with and
+must return.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError, DataIntegrityError
 from cats.order import Order
+from cats.order.entry import check_entry
 from cats.order.environment import environment_lock
 from cats.order.function import Function
 from cats.order.infra import InfraFunction
@@ -32,7 +33,11 @@ def _seal_function(fn: Function, importer: Importer) -> Function:
 
 
 def seal(order: Order, store: BlockStore) -> Order:
-    """Add code, IaC and the environment lock to the store; return the Order with their CIDs."""
+    """Add code, IaC and the environment lock to the store; return the Order with their CIDs. Each
+    Function's entry is checked against its code first, so a mistyped name writes nothing."""
+    for fn in (order.function, order.infra.split, order.infra.merge):
+        if isinstance(fn, Function):
+            check_entry(fn, store)
     with Importer(store, cid_version=1) as importer:
         function = _seal_function(order.function, importer)
         infra = order.infra

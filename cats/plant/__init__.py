@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from cats.errors import CatsError
 
@@ -23,6 +31,7 @@ class Plant(BaseModel):
 
     address: str | None = Field(default=None, description="Ray address; None starts (or joins) a local Ray")
     num_cpus: Float = Field(default=1.0, gt=0, description="CPUs per slice task")
+    num_gpus: Float = Field(default=0.0, ge=0, description="GPUs per slice task (a fraction shares one)")
     resources: dict[str, Float] = Field(default_factory=dict, description="custom Ray resources per task")
     retries: int = Field(default=3, ge=0, description="retries of a task whose worker died")
     timeout_s: Float | None = Field(default=None, gt=0, description="limit per slice")
@@ -34,11 +43,22 @@ class Plant(BaseModel):
     locality: bool = Field(default=True, description="on a cluster whose nodes advertise their stores "
                            "(cats-store:<name>), run each slice next to a store holding its input")
 
+    @field_validator("resources")
+    @classmethod
+    def _custom_only(cls, resources: dict[str, float]) -> dict[str, float]:
+        for name, field in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+            if name in resources:
+                raise ValueError(f"{name}s are asked for with {field}={resources[name]:g}, "
+                                 f"not resources={{{name!r}: …}}")
+        return resources
+
     @model_serializer(mode="wrap")
     def _drop_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave the replication and locality fields out at their defaults, so every Order written before they
-        existed keeps its encoding, hence its CID and its memoized BOM."""
+        """Leave the GPU, replication and locality fields out at their defaults, so every Order written before
+        they existed keeps its encoding, hence its CID and its memoized BOM."""
         data = handler(self)
+        if not self.num_gpus:
+            data.pop("num_gpus", None)
         if self.replicas == 1:
             data.pop("replicas", None)
         if self.on_disagreement == "fail":

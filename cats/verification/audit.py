@@ -304,8 +304,8 @@ def _run_slices(store: BlockStore, order: Order, chosen: list[SliceRecord], quie
             for start in range(0, len(group.todo), size):
                 items = [(chosen[k].index, chosen[k].input.model_dump(mode="json", exclude_none=True), chosen[k].seed)
                          for k in group.todo[start:start + size]]
-                refs.append(task.options(num_cpus=order.plant.num_cpus, max_retries=order.plant.retries,
-                                         resources=group.resources or None).remote(
+                refs.append(task.options(num_cpus=order.plant.num_cpus, num_gpus=order.plant.num_gpus,
+                                         max_retries=order.plant.retries, resources=group.resources or None).remote(
                     group.url, function, run_dir, len(refs), items, False, order.output_uri,
                     peers=group.peers or None, children=children))
         return {r["index"]: r for batch in ray.get(refs) for r in batch}
