@@ -584,8 +584,9 @@ def test_cli_run(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa
 
     again = cli("run", order_file, cwd=tmp_path)
     assert again.code == 0, again.err
-    assert _last_line(again.out) == str(bom)
+    assert again.out == f"bom    {bom}\n"  # labelled; stdout carries nothing else
     assert "reused" in again.err
+    assert f"next: cats cat --decode {bom} · cats lineage {bom} · cats verify {bom}" in again.err
 
     as_json = cli("run", order_file, "--json", cwd=tmp_path)
     assert as_json.code == 0, as_json.err

@@ -4,6 +4,7 @@ Plant address the install cannot reach."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,6 +47,14 @@ def test_quickstart_on_the_embedded_ray(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Token authentication" not in proc.stderr and "token-auth" not in proc.stderr, proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
+    label, bom = proc.stdout.split()  # the result alone, labelled
+    assert label == "bom" and bom.startswith("bafyrei")
+    assert "done in" in proc.stderr and "3 of 3 slices run" in proc.stderr
+    assert f"next: cats cat --decode {bom} · cats lineage {bom} · cats verify {bom}" in proc.stderr
+    decoded = subprocess.run([sys.executable, "-m", "cats", "cat", "--decode", bom], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert decoded.returncode == 0, decoded.stderr
+    assert json.loads(decoded.stdout).keys() == {"README.txt", "readings"}  # the output folder, name -> CID
 
 
 def test_a_ray_client_address_without_the_ray_client_is_one_line(tmp_path: Path) -> None:

@@ -519,7 +519,9 @@ def test_what_slices_print_stays_off_stdout(ray_session: str, cli, cats_home: Pa
     assert plain.code == 0, plain.err
     lines = plain.out.splitlines()
     assert len(lines) == 1, plain.out[:2000]
-    bom = CID.parse(lines[0])
+    label, text = lines[0].split()
+    assert label == "bom"
+    bom = CID.parse(text)
 
     as_json = cli("run", order_file, "--json", "--force", cwd=tmp_path)
     assert as_json.code == 0, as_json.err
@@ -530,7 +532,8 @@ def test_what_slices_print_stays_off_stdout(ray_session: str, cli, cats_home: Pa
                     "--entry", "chatty", cwd=tmp_path)
     assert submitted.code == 0, submitted.err
     assert len(submitted.out.splitlines()) == 1, submitted.out[:2000]
-    CID.parse(submitted.out.strip())
+    assert submitted.out.split()[0] == "bom"
+    CID.parse(submitted.out.split()[1])
 
 
 def _input_cid(cats_home: Path, tmp_path: Path) -> CID:

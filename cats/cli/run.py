@@ -132,7 +132,9 @@ def _execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
         err.print(f"[yellow]replicas disagreed[/yellow] on {result.disagreed} of {result.slices} slices; "
                   f"the majority's outputs were kept and the BOM marks them (agreed: false)")
     err.print(f"order  {result.order}\noutput {result.output}")
-    print(result.bom, file=out, flush=True)
+    print(f"bom    {result.bom}", file=out, flush=True)
+    err.print(f"[dim]next: cats cat --decode {result.bom} · cats lineage {result.bom} · cats verify {result.bom}[/]",
+              soft_wrap=True)
 
 
 def run(
@@ -144,7 +146,7 @@ def run(
                                            help="Run on a deployed Plant: `terraform output -json` of terraform/ "
                                                 "(its Ray address; its IPFS node as the store)."),
 ) -> None:
-    """Run an Order on the Plant (the embedded local Ray by default); print its BOM CID last."""
+    """Run an Order on the Plant (the embedded local Ray by default); stdout gets its BOM CID (`bom CID`)."""
     _execute(lambda: _deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
 
 
