@@ -91,3 +91,45 @@ def test_lock_names_are_canonical_and_sorted() -> None:
     import pydantic
 
     assert lock["pydantic"] == pydantic.VERSION
+
+
+LOCK = textwrap.dedent("""
+    from cats.cas import dagcbor
+    from cats.cas.store import open_store
+    from cats.order.environment import environment_lock
+    store = open_store()
+    print(dagcbor.decode(store.get(environment_lock(store))).get("stray-pkg"))
+""")
+
+
+def test_the_cached_lock_follows_the_installation(tmp_path: Path) -> None:
+    """One home, one cache: a folder put on the path, a distribution upgraded in place in it and the
+    folder taken off again each give the lock a fresh scan would."""
+    extra = _stray_metadata(tmp_path / "extra")
+    env = {**os.environ, "CATS_HOME": str(tmp_path / "home")}
+    env.pop("PYTHONPATH", None)
+
+    def version(**changes: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", LOCK], capture_output=True, text=True, env={**env, **changes},
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert version() == "None"
+    assert version(PYTHONPATH=str(extra)) == "6.6.6"
+    metadata = extra / "stray_pkg-6.6.6.dist-info" / "METADATA"
+    metadata.write_text(metadata.read_text().replace("6.6.6", "7.0.0"))  # edited in place: no folder changes
+    os.utime(metadata, ns=(metadata.stat().st_atime_ns, metadata.stat().st_mtime_ns + 1_000_000_000))
+    assert version(PYTHONPATH=str(extra)) == "7.0.0"
+    assert version() == "None"
+    assert len(list((tmp_path / "home" / "cache" / "locks").iterdir())) == 2  # one per path setting, reused
+
+
+def test_site_customisation_that_prints_does_not_break_the_lock(tmp_path: Path) -> None:
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "sitecustomize.py").write_text("print('hello from sitecustomize')\n")
+    proc = subprocess.run([sys.executable, "-c", LOCK], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "CATS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(custom)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "None"
