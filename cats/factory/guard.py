@@ -3,8 +3,9 @@
 Workers import a Function's module to run its slices. An Order file that calls `cats.factory.run`
 at module level, not under `if __name__ == "__main__":`, would start a whole run in every worker
 importing it, each of whose workers would start another: the runs multiply until the machine gives
-out. So while user code is imported or a slice runs, a run in that process is refused at once, and
-the refusal fails the slice with the reason. A slice's own sub-Orders go through
+out; so would a verification re-executing slices there, or a submission to a node. So while user
+code is imported or a slice runs, any of those in that process is refused at once, and the refusal
+fails the slice with the reason. A slice's own sub-Orders go through
 `cats.factory.submit`, which runs them elsewhere.
 """
 
@@ -47,8 +48,10 @@ def running(doing: str) -> Iterator[None]:
         yield
 
 
-def check() -> None:
-    """Raise ReentrantRun if this process is inside user code the Factory is loading or running."""
+def check(call: str = "cats.factory.run") -> None:
+    """Raise ReentrantRun if this process is inside user code the Factory is loading or running:
+    `call` (a run, a verification that re-executes, a submission to a node) would start Ray tasks
+    that import the same code again."""
     if _inside is not None:
         doing, advice = _inside
-        raise ReentrantRun(f"cats.factory.run called while {doing}: {advice}")
+        raise ReentrantRun(f"{call} called while {doing}: {advice}")

@@ -759,8 +759,10 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
     """Seal the Order here, push it (code, lock, IaC, CID inputs) to the node at url, have the node run it,
     wait for the result and pull the BOM's lineage and envelope back. CatsError if the run fails."""
     from cats.cas.store import open_store
+    from cats.factory import guard
     from cats.order.seal import seal
 
+    guard.check("cats.submit")
     started = time.perf_counter()
     store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
     sealed = seal(order, store)
