@@ -200,6 +200,10 @@ def test_names_that_are_not_utf8(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert res.out.strip() == f"saved {want['src/' + sub]} to sub\\xff"
     assert os.listdir(os.path.join(os.fsencode(tmp_path), b"sub\xff")) == [b"\xff\xfe"]
     cli("cat", f"{root}/{sub}/nope{fffe}").error_line("no entry 'nope\\xff\\xfe' in", f"{root}/sub\\xff")
+    res = cli("cat", "--decode", root)  # the folder as name -> CID, names shown as ls shows them
+    assert res.code == 0, res.err
+    assert json.loads(res.out) == {"caf\\xe9": {"/": want[f"src/{caf}"]}, "sub\\xff": {"/": want[f"src/{sub}"]},
+                                   "été": {"/": want["src/été"]}}
 
 
 def test_export_import_round_trip(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001

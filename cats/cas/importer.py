@@ -182,14 +182,16 @@ class Importer:
         links: list[dagpb.Link] = []
         size = 0
         try:
-            children = sorted(os.scandir(folder), key=lambda e: names.encode(e.name))
+            # named by their bytes on disk, whatever the locale's file system encoding
+            children = sorted((os.fsencode(e.name), e) for e in os.scandir(folder))
         except OSError as e:
             raise CatsError(f"cannot read folder {folder}: {e.strerror}") from None
-        for child in children:
-            if (child.name.startswith(".") and not self.hidden) or (self.ignore and self.ignore(child.name)):
+        for raw, child in children:
+            name = names.decode(raw)
+            if (name.startswith(".") and not self.hidden) or (self.ignore and self.ignore(name)):
                 continue
-            check_name(child.name, rel)
-            child_rel = f"{rel}/{child.name}"
+            check_name(name, rel)
+            child_rel = f"{rel}/{name}"
             if child.is_symlink():
                 entry = self._symlink(Path(child.path))
                 yield Added(child_rel, entry.cid, 0, "symlink", entry.tsize)
@@ -199,7 +201,7 @@ class Importer:
                 with open(child.path, "rb") as f:
                     entry = self.add_file(f)
                 yield Added(child_rel, entry.cid, entry.size, "file", entry.tsize)
-            links.append(dagpb.Link(entry.cid, child.name, entry.tsize))
+            links.append(dagpb.Link(entry.cid, name, entry.tsize))
             size += entry.size
         node = self.directory(links, size)
         yield Added(rel, node.cid, size, "dir", node.tsize)
@@ -216,14 +218,15 @@ class Importer:
     def add_wrapped(self, path: str | os.PathLike[str]) -> Entry:
         """Add a file or folder inside a folder of its own, keeping its name (`ipfs add -w`)."""
         *_, top = self.add_path(path)
-        return self.directory([dagpb.Link(top.cid, Path(path).name, top.tsize)], top.size)
+        name = names.decode(os.fsencode(Path(path).name))
+        return self.directory([dagpb.Link(top.cid, name, top.tsize)], top.size)
 
     def _shard_node(self, links: list[dagpb.Link], data: bytes) -> dagpb.Link:
         node = self._node(links, data)
         return dagpb.Link(node.cid, None, node.tsize)
 
     def _symlink(self, link: Path) -> Entry:
-        target = names.encode(os.readlink(link))
+        target = os.fsencode(os.readlink(link))
         return self._node([], unixfs.encode(unixfs.Kind.SYMLINK, target))
 
 
@@ -310,4 +313,4 @@ def _read_chunk(stream: BinaryIO) -> bytes | memoryview:
 def check_name(name: str, where: str) -> None:
     """Refuse entry names that would escape their folder when written back to disk."""
     if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise UnsafePath(f"unsafe entry name {name!r} in {where}")
+        raise UnsafePath(f"unsafe entry name '{names.display(name)}' in {where}")

@@ -11,15 +11,32 @@ rather than taken from the locale, so a CID never depends on it.
 
 from __future__ import annotations
 
+import re
+
 from cats.errors import EncodeError
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def encode(name: str) -> bytes:
-    """The bytes a name is stored and hashed as."""
+    """The bytes a name is stored and hashed as. Only the str `decode` gives for some bytes is a name:
+    escapes that would stand for a valid UTF-8 sequence (two strs, one byte string) are refused."""
     try:
-        return name.encode("utf-8", "surrogateescape")
+        raw = name.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raise EncodeError(f"name {name!r} holds a lone surrogate that stands for no byte") from None
+    if raw.decode("utf-8", "surrogateescape") != name:
+        raise EncodeError(f"name {name!r} escapes bytes that are valid UTF-8: it is not a name read from bytes")
+    return raw
+
+
+def is_text(name: str) -> bool:
+    """Whether the name is UTF-8 text (it holds no escaped byte), as DAG-CBOR strings must be."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def decode(raw: bytes) -> str:
@@ -27,5 +44,7 @@ def decode(raw: bytes) -> str:
 
 
 def display(name: str) -> str:
-    """For people: the name as text, each byte that is not UTF-8 written as a `\\xNN` escape."""
-    return encode(name).decode("utf-8", "backslashreplace")
+    """For people: the name as text, each byte that is not UTF-8 and each control character (a NUL,
+    a newline) written as a `\\xNN` escape, so a name always prints on one line as what it is."""
+    text = encode(name).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -262,7 +262,7 @@ def _write(store: BlockStore, cid: CID, path: Path, top: Path) -> None:
                 f.write(chunk)
     elif info.kind == "symlink":
         _, fs = _pb(store, cid)
-        target = names.decode(fs.data or b"")
+        target = os.fsdecode(fs.data or b"")  # the bytes it holds, whatever the locale
         resolved = os.path.normpath(os.path.join(path.parent, target))
         if os.path.isabs(target) or not (resolved + os.sep).startswith(str(top) + os.sep):
             raise UnsafePath(f"symlink {cid} points outside the destination: {target!r}")
@@ -271,4 +271,4 @@ def _write(store: BlockStore, cid: CID, path: Path, top: Path) -> None:
         node, fs = _pb(store, cid)
         path.mkdir()
         for name, child, _ in _entries(store, cid, node, fs):
-            _write(store, child, path / name, top)
+            _write(store, child, path / os.fsdecode(names.encode(name)), top)

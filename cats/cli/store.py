@@ -149,6 +149,10 @@ def _printable(value: Any) -> bytes:
         return b"".join(_json(row) + b"\n" for row in value.to_pylist())
     if kind == "numpy":
         return _json(value.tolist()) + b"\n"
+    if isinstance(value, dict):  # a folder's names may not be UTF-8: shown as `cats ls` shows them
+        from cats.cas import names
+
+        value = {names.display(k): v for k, v in value.items()}
     return dagjson.encode(value) + b"\n"
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from cats import data
-from cats.cas import reader
+from cats.cas import names, reader
 from cats.cas.cid import CID
 from cats.cas.reader import RangeFile
 from cats.cas.store import BlockStore
@@ -29,9 +29,20 @@ Piece = tuple[Slice, dict[str, Any]]
 
 
 def split(order: Order, store: BlockStore) -> list[Piece]:
+    """The Order's slices, each with its assembly record. A slice's name goes into the BOM as
+    DAG-CBOR text, so a file name that is not UTF-8 is refused here, before anything runs."""
     kind = order.infra.split
-    if isinstance(kind, Function):
-        return _user_split(kind, order.sources, store)
+    pieces = _user_split(kind, order.sources, store) if isinstance(kind, Function) else \
+        _built_in(order, kind, store)
+    for piece, assembly in pieces:
+        if piece.name is not None and not names.is_text(piece.name):
+            where = label(order.sources[assembly["input"]]) if "input" in assembly else piece.origin
+            raise CatsError(f"file {names.display(piece.name)} in input {where} has a name that is not UTF-8, "
+                            "which a BOM cannot record as a slice name: rename it; nothing was run")
+    return pieces
+
+
+def _built_in(order: Order, kind: str, store: BlockStore) -> list[Piece]:
     pieces: list[Piece] = []
     for i, item in enumerate(order.sources):
         if isinstance(item, View):
