@@ -121,19 +121,33 @@ def test_order_file_with_unknown_entries(cli, cats_home: Path, tmp_path: Path) -
 
 
 def test_entries_that_exist_are_accepted(tmp_path: Path) -> None:
-    job = jobs.module(tmp_path, "mk_fine_job", JOB + """
-    from os.path import *
-    """)
-    dynamic = jobs.module(tmp_path, "mk_dynamic_job", """
-        def __getattr__(name):
-            return len
-    """)
-    for entry in ("count", "later", "Model.predict", "Derived.predict", "Derived.anything", "dump", "alias"):
-        seal(Order(function=Function(entry=f"mk_fine_job:{entry}", source=job), inputs=[CID.hash(b"x")]),
+    job = jobs.module(tmp_path, "mk_fine_job", JOB)
+
+    def sealed(module: Path, name: str) -> None:
+        seal(Order(function=Function(entry=f"{module.stem}:{name}", source=module), inputs=[CID.hash(b"x")]),
              MemoryStore())
-    # a star import or a module __getattr__ may define anything: the worker decides
-    seal(Order(function=Function(entry="mk_fine_job:join", source=job), inputs=[CID.hash(b"x")]), MemoryStore())
-    seal(Order(function=Function(entry="mk_dynamic_job:whatever", source=dynamic), inputs=[CID.hash(b"x")]),
+
+    for entry in ("count", "later", "Model.predict", "Derived.predict", "Derived.anything", "dump", "alias"):
+        sealed(job, entry)
+    with pytest.raises(CatsError, match="has no 'missing'"):  # the same module, parsed: a missing name is seen
+        sealed(job, "missing")
+    # names bound where a parse cannot follow (or through a walrus at module level): the worker decides
+    for k, body in enumerate([
+        "from os.path import *",
+        "def __getattr__(name):\n    return len",
+        "if (shout := len):\n    pass",
+        "for n in ['shout']:\n    locals()[n] = len",
+        "import sys as _sys\nsetattr(_sys.modules[__name__], 'shout', len)",
+        "from sys import modules\nmodules[__name__].shout = len",
+        "import builtins\nbuiltins.exec('def shout(x):\\n    return x')",
+    ]):
+        sealed(jobs.module(tmp_path, f"mk_dynamic_job_{k}", body + "\n"), "shout")
+    # a module the code holds compiled only
+    package = tmp_path / "mk_compiled"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helper.abi3.so").write_bytes(b"\x7fELF")
+    seal(Order(function=Function(entry="mk_compiled.helper:shout", source=package), inputs=[CID.hash(b"x")]),
          MemoryStore())
 
 
@@ -220,6 +234,44 @@ def _files_of(store: LocalStore, cid: CID, prefix: str = "") -> list[tuple[str, 
         path = f"{prefix}{name}"
         found += _files_of(store, child, path + "/") if reader.is_folder(store, child) else [(path, child)]
     return found
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_before_anything_runs(cli, cats_home: Path,  # noqa: ANN001
+                                                                      tmp_path: Path) -> None:
+    folder = tmp_path / "latin"
+    folder.mkdir()
+    (folder / os.fsdecode(b"caf\xe9.txt")).write_bytes(b"one\n")
+    (folder / "plain.txt").write_bytes(b"two\n")
+    cid = cli("add", "-r", "-q", folder).out.strip()
+    job = jobs.module(tmp_path, "mk_latin_job", """
+        def up(path):
+            return path.read_bytes().upper()
+    """)
+    started = time.monotonic()
+    cli("submit", "-f", job, "-c", cid, "--entry", "up").error_line("file caf\\xe9.txt", cid, "not UTF-8",
+                                                                      "nothing was run")
+    assert time.monotonic() - started < 30  # refused on the driver, not after the slices ran
+    assert not (cats_home / "runs").exists()
+
+
+def test_the_directory_merge_joins_only_what_lines_cut_from_one_file() -> None:
+    from cats.factory import egress
+
+    store = MemoryStore()
+    with Importer(store, cid_version=1) as importer:
+        cids = [importer.add_bytes(text) for text in (b"A\n", b"B\n")]
+
+    def parts(assemblies: list[dict[str, object]]) -> list[dict[str, object]]:
+        return [{"index": i, "name": "out", "output": str(c.cid), "encoding": "bytes", "size": c.size,
+                 "tsize": c.tsize, "assembly": a} for i, (c, a) in enumerate(zip(cids, assemblies, strict=True))]
+
+    with Importer(store, cid_version=1) as importer:
+        joined = egress._directory(store, importer, parts([{"input": 0, "offset": 0, "name": "out"},
+                                                           {"input": 0, "offset": 2, "name": "out"}]))
+        assert [(n, b"".join(reader.read(store, c))) for n, c, _ in reader.entries(store, joined.cid)] == \
+            [("out", b"A\nB\n")]
+        with pytest.raises(CatsError, match="two slices are named 'out'"):  # a user split's two slices of one name
+            egress._directory(store, importer, parts([{}, {}]))
 
 
 def test_lines_of_one_file_keep_their_slices(tmp_path: Path) -> None:
@@ -361,6 +413,34 @@ def test_run_inside_a_slice_is_refused(ray_session: str, cats_home: Path, tmp_pa
     assert "cats.factory.submit" in message
 
 
+@pytest.mark.slow
+def test_verify_and_submit_inside_a_slice_are_refused(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
+    """Re-executing slices or sending an Order to a node starts work that imports the same code again."""
+    src = jobs.module(tmp_path, "mk_verify_in_slice", """
+        import cats
+
+        def echo(path):
+            return path.read_bytes()
+
+        def check(path, bom, store):
+            return str(cats.verify(bom, store=cats.open_store(store)).verified)
+
+        def send(path):
+            order = cats.Order(function=cats.Function.of(echo, takes="path"), inputs=[path])
+            return str(cats.submit(order, to="http://127.0.0.1:9").bom)
+    """)
+    store = jobs.home_store(cats_home)
+    inputs = jobs.add(store, jobs.folder(tmp_path, FILES))
+    first = factory.run(Order(function=Function(entry="mk_verify_in_slice:echo", source=src, takes="path"),
+                              inputs=[inputs]))
+    for entry, params, call in [("check", {"bom": str(first.bom), "store": store.url}, "cats.verify"),
+                                ("send", {}, "cats.submit")]:
+        with pytest.raises(CatsError) as failed:
+            factory.run(Order(function=Function(entry=f"mk_verify_in_slice:{entry}", source=src, takes="path",
+                                                params=params), inputs=[inputs]))
+        assert f"{call} called while running slice 0 of mk_verify_in_slice:{entry}" in str(failed.value)
+
+
 # -- 4. GPUs ---------------------------------------------------------------------------------------
 def test_plant_num_gpus() -> None:
     assert Plant().model_dump() == {"address": None, "num_cpus": 1.0, "resources": {}, "retries": 3,
@@ -390,30 +470,49 @@ def test_gpu_resource_in_an_order_file(cli, cats_home: Path, tmp_path: Path) -> 
     _nothing_written(cats_home)
 
 
-@pytest.mark.slow
-def test_more_than_the_ray_has(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
-                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAY_ADDRESS", ray_session)
-    jobs.folder(tmp_path, FILES)
-    for name, plant, culprit in [("mk_gpus", "Plant(num_gpus=1)", "asks for 1 GPU per slice; this Ray has 0"),
-                                 ("mk_cpus", "Plant(num_cpus=64)", "asks for 64 CPUs per slice; this Ray has 2"),
-                                 ("mk_custom", "Plant(resources={'tpu': 2})", "asks for 2 tpu per slice; "
-                                                                             "this Ray has 0"),
-                                 ("mk_shared", "Plant(num_gpus=1, replicas=2)",
-                                  "asks for 0.5 GPUs per replica of a slice; this Ray has 0")]:
-        order_file = _order_file(tmp_path, name, f"""
-            from pathlib import Path
-            from cats.order import Function, Order, Plant
+MORE_SCRIPT = """
+    import sys, time
+    from pathlib import Path
 
-            def f(data):
-                return data
+    import ray
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, logging_level="WARNING")
 
-            order = Order(function=Function.of(f), inputs=[Path(__file__).parent / "inputs"], plant={plant})
-        """)
+    import cats
+    from mk_more_job import f
+
+    for plant in [cats.Plant(num_gpus=1), cats.Plant(num_cpus=64), cats.Plant(resources={"tpu": 2}),
+                  cats.Plant(num_gpus=1, replicas=2)]:
         started = time.monotonic()
-        cli("run", order_file, cwd=tmp_path).error_line(culprit)
-        assert time.monotonic() - started < 60
-        assert not (cats_home / "runs").exists() or not list((cats_home / "runs").iterdir())
+        try:
+            cats.run(cats.Order(function=cats.Function.of(f), inputs=[Path(sys.argv[1])], plant=plant))
+        except cats.CatsError as e:
+            print(f"{time.monotonic() - started:.1f} {e}")
+"""
+
+
+@pytest.mark.slow
+def test_more_than_the_embedded_ray_has(cats_home: Path, tmp_path: Path) -> None:
+    """On the embedded Ray (this machine, which nothing grows) a task that cannot fit would wait forever."""
+    jobs.module(tmp_path, "mk_more_job", """
+        def f(data):
+            return data
+    """)
+    script = tmp_path / "more.py"
+    script.write_text(textwrap.dedent(MORE_SCRIPT))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, str(script), str(jobs.folder(tmp_path, FILES))], capture_output=True,
+                          text=True, cwd=tmp_path, env={**env, "PYTHONPATH": f"{tmp_path}:{env.get('PYTHONPATH', '')}"},
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    for line, culprit in zip(lines, ["asks for 1 GPU per slice; this Ray has 0",
+                                     "asks for 64 CPUs per slice; this Ray has 2",
+                                     "asks for 2 tpu per slice; this Ray has 0",
+                                     "asks for 0.5 GPUs per replica of a slice; this Ray has 0"], strict=True):
+        seconds, message = line.split(" ", 1)
+        assert culprit in message and "nothing was run" in message, line
+        assert float(seconds) < 30, line
+    assert not (cats_home / "runs").exists() or not list((cats_home / "runs").iterdir())
 
 
 GPU_SCRIPT = """

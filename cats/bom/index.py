@@ -26,12 +26,22 @@ CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
 class Index:
     def __init__(self, path: str | Path) -> None:
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # No fsync per commit (the Factory commits once per finished batch: 20 ms each on a plain disk):
-        # in WAL mode a commit still survives the process being killed; a power loss can lose the last
-        # few, which only means a resumed run executes those slices again.
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        # Processes that open a new index at once race to turn it to WAL and create its tables; the first
+        # takes a lock SQLite does not wait for there, so the others retry, within the same timeout.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # No fsync per commit (the Factory commits once per finished batch: 20 ms each on a plain
+                # disk): in WAL mode a commit still survives the process being killed; a power loss can
+                # lose the last few, which only means a resumed run executes those slices again.
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self.db.close()

@@ -15,6 +15,7 @@ import typer
 
 from cats.errors import CatsError
 
+JSON_HELP = "Print one JSON object (bom, output, …): the only line on stdout."
 REPLICAS_HELP = ("Run each slice on N distinct workers; a majority of identical outputs decides "
                  "(overrides the Order's Plant).")
 
@@ -103,21 +104,29 @@ def _result_only_on_stdout() -> TextIO:
     """From now on this process's stdout is its stderr; the real stdout, returned, carries the result
     alone. What slices print reaches the driver through Ray, late and in no order with the result;
     what user code on the driver prints (a split), or a program it starts, would land there too."""
-    sys.stdout.flush()
-    result = os.fdopen(os.dup(1), "w")
+    try:
+        result = os.fdopen(os.dup(1), "w")
+    except OSError:
+        raise CatsError("stdout is closed: the result would have nowhere to go") from None
+    if sys.stdout is not None:
+        sys.stdout.flush()
     os.dup2(2, 1)
     return result
 
 
-def _execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
+def execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
     """Run the Order `make` builds (or loads from its file); the result goes to stdout, and everything
-    else, from the moment `make` starts, to stderr."""
+    else, from the moment `make` starts, to stderr. An Order `make` cannot build is one line."""
+    from pydantic import ValidationError
     from rich.console import Console
 
     from cats import factory
 
     out = _result_only_on_stdout()
-    order = make()
+    try:
+        order = make()
+    except ValidationError as e:
+        raise CatsError(_invalid(e)) from None
     err = Console(stderr=True)
     with slice_progress(err, hidden=as_json) as progress:
         result = factory.run(order, force=force, quiet=as_json, progress=progress)
@@ -139,7 +148,7 @@ def _execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
 
 def run(
     order_file: Path = typer.Argument(..., metavar="ORDER.py", help="A Python file defining `order`."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     force: bool = typer.Option(False, "--force", help="Run even if this exact Order already has a BOM."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help=REPLICAS_HELP),
     deployment: Path | None = typer.Option(None, "--deployment", metavar="OUTPUTS.json",
@@ -147,7 +156,7 @@ def run(
                                                 "(its Ray address; its IPFS node as the store)."),
 ) -> None:
     """Run an Order on the Plant (the embedded local Ray by default); stdout gets its BOM CID (`bom CID`)."""
-    _execute(lambda: _deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
+    execute(lambda: _deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
 
 
 def submit(
@@ -156,14 +165,13 @@ def submit(
                             "(s3://, http(s)://, file://, ipfs://; one slice, read by the worker itself)."),
     entry: str = typer.Option(..., "--entry", help="Function name in FILE: f(path) -> bytes or any encodable value."),
     requirements: Path | None = typer.Option(None, "-r", "--requirements", help="pip requirements for the workers."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     force: bool = typer.Option(False, "--force", help="Run even if this exact job already has a BOM."),
     replicas: int | None = typer.Option(None, "--replicas", min=1, help=REPLICAS_HELP),
     output_uri: str | None = typer.Option(None, "-o", "--output-uri",
                                           help="Write each result under this URI prefix; the store keeps references."),
 ) -> None:
     """Run FILE's entry on each file of a folder CID; the output folder has one entry per input file."""
-    from cats.cas.cid import CID
     from cats.order import Function, Order, Structure
 
     if not file.is_file():
@@ -174,10 +182,13 @@ def submit(
             raise CatsError(f"--requirements {requirements} does not exist")
         reqs = [line.strip() for line in requirements.read_text().splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
-    source = cid if "://" in cid else CID.parse(cid)
-    order = Order(function=Function(entry=f"{file.stem}:{entry}", source=file, takes="path"), inputs=[source],
-                  structure=Structure(requirements=reqs), name=f"submit {file.name}:{entry}", output_uri=output_uri)
-    _execute(lambda: _replicated(order, replicas), as_json, force)
+
+    def make() -> Order:  # the input is a CID or a data URI, as the Order's inputs tell them apart
+        return _replicated(Order(function=Function(entry=f"{file.stem}:{entry}", source=file, takes="path"),
+                                 inputs=[cid], structure=Structure(requirements=reqs),
+                                 name=f"submit {file.name}:{entry}", output_uri=output_uri), replicas)
+
+    execute(make, as_json, force)
 
 
 def register(app: typer.Typer) -> None:

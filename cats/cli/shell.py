@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cats.cli.run import _execute
+from cats.cli.run import JSON_HELP, execute
 from cats.errors import CatsError
 
 
@@ -15,7 +15,7 @@ def exec_(
     timeout: float = typer.Option(60.0, "--timeout", min=0.001, help="Seconds per file before the command "
                                   "(its whole process group) is killed."),
     memory: int | None = typer.Option(None, "--memory", min=1, help="Address-space limit of the command, in MB."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, output, …) as the last line."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     force: bool = typer.Option(False, "--force", help="Run even if this exact job already has a BOM."),
 ) -> None:
     """Run a shell command on each file of a folder CID; the output folder has one entry per input file."""
@@ -24,7 +24,7 @@ def exec_(
 
     if not command.strip():
         raise CatsError("--command is empty")
-    _execute(lambda: shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory), as_json, force)
+    execute(lambda: shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory), as_json, force)
 
 
 def register(app: typer.Typer) -> None:

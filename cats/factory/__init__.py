@@ -40,7 +40,7 @@ from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.seal import seal
-from cats.plant import Plant, cluster, connect
+from cats.plant import Plant, cluster, connect, embedded
 from cats.plant.cluster import ClusterStore
 
 # Batches per CPU when the Plant does not fix the batch size: enough to balance uneven slices,
@@ -285,7 +285,8 @@ def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: l
     alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     for name, amount in need.items():
         most = max((r.get(name, 0) for r in alive), default=0)
-        if amount > most:  # Ray would keep the task queued forever
+        # on the embedded Ray, Ray would keep the task queued forever; a cluster may grow to fit it
+        if amount > most and embedded(plant):
             each = "slice" if plant.replicas == 1 else "replica of a slice"
             plural = "s" if name in ("CPU", "GPU") and amount != 1 else ""
             raise CatsError(f"the Order asks for {amount:g} {name}{plural} per {each}; this Ray has {most:g}"

@@ -73,10 +73,17 @@ def _common(parts: list[dict[str, Any]], allowed: tuple[str, ...]) -> str:
 
 def _directory(store: BlockStore, importer: Importer, parts: list[dict[str, Any]]) -> Entry:
     """Nested folders from slash-separated slice names, each output under its input's name. Slices
-    of one name in a row, from one input, were cut from one file (`lines` over a folder): their
-    results are joined, in slice order, into that file's entry."""
+    of one name in a row that `lines` cut from one file of one input (over a folder) have their
+    results joined, in slice order, into that file's entry; any other two slices of one name are an
+    error, as before."""
+
+    def cut_from(p: dict[str, Any]) -> tuple[str, Any]:
+        a = p["assembly"]
+        return entry_name(p["name"], p["index"]), (a["input"], "lines") if "offset" in a and "input" in a \
+            else p["index"]
+
     tree: dict[str, Any] = {}  # name -> sub-tree (dict) or output (Entry)
-    for (path, _), run in groupby(parts, key=lambda p: (entry_name(p["name"], p["index"]), p["assembly"].get("input"))):
+    for (path, _), run in groupby(parts, key=cut_from):
         cut = list(run)
         *dirs, leaf = path.split("/")
         node = tree

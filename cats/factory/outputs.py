@@ -21,7 +21,7 @@ from cats.cas.importer import Importer
 from cats.cas.store import BlockStore, open_store
 from cats.config import home
 from cats.data import Info
-from cats.errors import CatsError, DecodeError, IntegrityError
+from cats.errors import BlockNotFound, CatsError, DecodeError, IntegrityError
 from cats.factory import results
 
 
@@ -40,7 +40,9 @@ def read(cid: CID | str, *, store: BlockStore | None = None) -> Any:
       entry name -> CID; any other file: its bytes.
 
     Errors are CatsErrors naming the CID: a block missing from the store, bytes that do not decode
-    as recorded. numpy and pyarrow are imported only to decode their encodings.
+    as recorded. The same bytes returned as different kinds (a str, and bytes) are one CID; the
+    index keeps the encoding of the latest run that made them. numpy and pyarrow are imported only
+    to decode their encodings.
     """
     cid = CID.parse(cid)
     store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
@@ -75,7 +77,10 @@ def _recorded(store: BlockStore, cid: CID) -> str | None:
             return index.encoding(str(cid))
     finally:
         index.close()
-    made = load_bom(store, CID.parse(bom))
+    try:
+        made = load_bom(store, CID.parse(bom))
+    except BlockNotFound:  # the index is this node's; `store` may be another one, without that BOM
+        return None
     return made.output_encoding if cid in made.outputs else None
 
 

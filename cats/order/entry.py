@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib.machinery
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import PurePosixPath
 
 from cats.cas import reader
@@ -20,7 +21,8 @@ from cats.cas.store import BlockStore
 from cats.errors import BlockNotFound, CatsError, PathNotFound
 from cats.order.function import Function
 
-_DYNAMIC_CALLS = ("globals", "vars", "exec")
+# Calls that can bind module names a parse does not see (also reached as builtins.exec and the like).
+_DYNAMIC_CALLS = ("globals", "vars", "locals", "exec", "setattr", "__import__")
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
@@ -42,8 +44,8 @@ def check_entry(fn: Function, store: BlockStore) -> None:
         return
     source = fn.source if fn.code is None else None
     if found is None:
-        if _installed(fn.module.partition(".")[0]):
-            return  # not in the code; the worker imports it from the environment
+        if _installed(fn.module.partition(".")[0]) or _compiled(read, folder):
+            return  # not in the code, or not as source: the worker imports it
         hint = f"its module is {source.stem!r}" if source is not None and source.is_file() else \
             f"it has neither {folder}.py nor {folder}/__init__.py"
         raise CatsError(f"{source if source is not None else f'code {fn.code}'} holds no module {fn.module!r} "
@@ -58,6 +60,13 @@ def check_entry(fn: Function, store: BlockStore) -> None:
         _find(tree, fn.qualname.split("."), where, fn.entry)
     except _Unknown:
         return
+
+
+def _compiled(read: Callable[[str], bytes | None], folder: str) -> bool:
+    """Whether the code holds the module in a form a parse cannot read (bytecode, an extension)."""
+    suffixes = [s for s in importlib.machinery.all_suffixes() if s != ".py"]
+    return any(read(rel) is not None
+               for suffix in suffixes for rel in (f"{folder}{suffix}", f"{folder}/__init__{suffix}"))
 
 
 def _installed(name: str) -> bool:
@@ -106,12 +115,11 @@ def _reader(fn: Function, store: BlockStore) -> Callable[[str], bytes | None] | 
 
 def _find(tree: ast.Module, qualname: list[str], where: str, entry: str) -> None:
     """Walk `qualname` down the module's (then a class's) bindings; CatsError at the first part missing."""
-    if any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DYNAMIC_CALLS
-           or isinstance(node, ast.Attribute) and node.attr == "modules" and isinstance(node.value, ast.Name)
-           and node.value.id == "sys" for node in ast.walk(tree)):
+    if any(_dynamic(node) for node in ast.walk(tree)):
         raise _Unknown
     names = _bindings(tree.body)
     names.update({name: tree for node in ast.walk(tree) if isinstance(node, ast.Global) for name in node.names})
+    names.update({node.target.id: tree for node in _module_level(tree) if isinstance(node, ast.NamedExpr)})
     if "__getattr__" in names:
         raise _Unknown
     for k, part in enumerate(qualname):
@@ -127,6 +135,30 @@ def _find(tree: ast.Module, qualname: list[str], where: str, entry: str) -> None
         names = _bindings(node.body)
         if (node.bases or node.keywords or node.decorator_list) and qualname[k + 1] not in names:
             raise _Unknown  # inherited, or added by a decorator or metaclass
+
+
+def _dynamic(node: ast.AST) -> bool:
+    """A call or a name through which code may bind module names out of a parse's sight: `exec`,
+    `setattr`, `globals()` and their kind, and any `modules` (as in `sys.modules[__name__]`)."""
+    if isinstance(node, ast.Call):
+        func = node.func
+        return (func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute)
+                else None) in _DYNAMIC_CALLS
+    if isinstance(node, ast.Attribute):
+        return node.attr == "modules"
+    if isinstance(node, ast.ImportFrom):
+        return any(alias.name == "modules" for alias in node.names)
+    return False
+
+
+def _module_level(tree: ast.Module) -> Iterator[ast.AST]:
+    """Every node run in the module's own scope: not inside a function, lambda or class body."""
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        yield node
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            todo.extend(ast.iter_child_nodes(node))
 
 
 def _bindings(body: list[ast.stmt]) -> dict[str, ast.AST]:

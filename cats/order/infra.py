@@ -99,7 +99,8 @@ class Split(Protocol):
 
 class Merge(Protocol):
     """A user's merge, `InfraFunction(merge=Function.of(my_merge))`: called as
-    `my_merge(parts, **params)` once per run, after every slice has finished, in a Ray task.
+    `my_merge(parts, **params)` once per run, after every slice has finished (in a Ray task, or on the
+    driver where the results are all in its store).
 
     - `parts`: one `(value, assembly)` pair per slice, in slice order. The value is the slice's
       result as the Function returned it, decoded from the store: bytes, str, a pyarrow Table (for

@@ -68,6 +68,14 @@ class Plant(BaseModel):
         return data
 
 
+def embedded(plant: Plant) -> bool:
+    """Whether the Plant runs on the embedded local Ray (no address in the Plant or in RAY_ADDRESS):
+    this machine, whose size no autoscaler changes."""
+    import os
+
+    return not (plant.address or os.environ.get("RAY_ADDRESS"))
+
+
 def connect(plant: Plant, quiet: bool = False) -> Any:
     """Join the Plant's Ray, starting the embedded local one when none is running; returns `ray`."""
     import logging
@@ -84,7 +92,7 @@ def connect(plant: Plant, quiet: bool = False) -> Any:
         except ImportError:
             raise CatsError(f"the Plant's address {address} is a Ray Client address, which needs the Ray Client: "
                             "pip install 'ray[client]'") from None
-    if not address:
+    if embedded(plant):
         # The embedded Ray keeps Ray's default for a new local cluster (token authentication on);
         # only Ray's notice about that default is silenced, as nobody running an Order chose it.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
