@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,8 @@ class Chain:
 def chain(cats_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Chain]:
     """A -> B -> C: each BOM's input is its parent's output; recorded at t = 100, 200, 300."""
     clock = iter([100.0, 200.0, 300.0, 400.0, 500.0])
-    monkeypatch.setattr("cats.bom.index.time", SimpleNamespace(time=lambda: next(clock)))
+    monkeypatch.setattr("cats.bom.index.time", SimpleNamespace(time=lambda: next(clock), monotonic=time.monotonic,
+                                                               sleep=time.sleep))
     store = LocalStore(cats_home / "blocks")
     index = Index(cats_home / "index.sqlite")
     boms: dict[str, BOM] = {}
