@@ -415,10 +415,10 @@ def test_cat_decode_prints_dag_cbor_as_dag_json(cli, tmp_path: Path, cats_home: 
     leaf = CID.hash(b"a leaf", RAW)
     store.put(leaf, b"a leaf")
     cid = put_cbor(store, {"name": "olá", "n": -3, "ratio": 0.25, "ok": True, "none": None,
-                           "raw": b"\x00\xffcats", "link": leaf, "nested": [1, [leaf]]})
+                           "raw": b"\x00\xffcats", "link": leaf, "nested": [1, [leaf]], "two\nlines": 2})
     res = cli("cat", "--decode", cid)
     assert res.code == 0, res.err
-    assert json.loads(res.out) == {"name": "olá", "n": -3, "ratio": 0.25, "ok": True, "none": None,
+    assert json.loads(res.out) == {"name": "olá", "n": -3, "ratio": 0.25, "ok": True, "none": None, "two\nlines": 2,
                                    "raw": {"/": {"bytes": base64.b64encode(b"\x00\xffcats").decode().rstrip("=")}},
                                    "link": {"/": str(leaf)}, "nested": [1, [{"/": str(leaf)}]]}
     cli("cat", cid).error_line(str(cid), "dag-cbor")  # without --decode: no UnixFS file, no bytes to write

@@ -37,10 +37,9 @@ def _named(key: str, name: str) -> dict[str, str]:
     JSON string can hold), those exact bytes in standard base64 under `<key>_base64`."""
     from cats.cas import names
 
-    shown = names.display(name)
-    if shown == name:
+    if names.is_text(name):
         return {key: name}
-    return {key: shown, f"{key}_base64": base64.b64encode(names.encode(name)).decode()}
+    return {key: names.display(name), f"{key}_base64": base64.b64encode(names.encode(name)).decode()}
 
 
 def add(
@@ -149,10 +148,10 @@ def _printable(value: Any) -> bytes:
         return b"".join(_json(row) + b"\n" for row in value.to_pylist())
     if kind == "numpy":
         return _json(value.tolist()) + b"\n"
-    if isinstance(value, dict):  # a folder's names may not be UTF-8: shown as `cats ls` shows them
+    if isinstance(value, dict):  # a folder's names may not be UTF-8 (DAG-JSON holds text): shown as `cats ls` does
         from cats.cas import names
 
-        value = {names.display(k): v for k, v in value.items()}
+        value = {k if names.is_text(k) else names.display(k): v for k, v in value.items()}
     return dagjson.encode(value) + b"\n"
 
 
