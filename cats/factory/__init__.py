@@ -282,11 +282,11 @@ def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: l
     next to store k (round robin), so replicas land on distinct nodes and read their own stores."""
     plant = order.plant
     need = _per_task(plant)
-    alive = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    for name, amount in need.items():
-        most = max((r.get(name, 0) for r in alive), default=0)
-        # on the embedded Ray, Ray would keep the task queued forever; a cluster may grow to fit it
-        if amount > most and embedded(plant):
+    alive = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n.get("Alive")}
+    # on the embedded Ray, a task that fits no node would wait in Ray's queue forever; a cluster may grow to fit it
+    for name, amount in need.items() if embedded(plant) else ():
+        most = max((r.get(name, 0) for r in alive.values()), default=0)
+        if amount > most:
             each = "slice" if plant.replicas == 1 else "replica of a slice"
             plural = "s" if name in ("CPU", "GPU") and amount != 1 else ""
             raise CatsError(f"the Order asks for {amount:g} {name}{plural} per {each}; this Ray has {most:g}"
@@ -298,8 +298,7 @@ def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: l
         raise CatsError(f"this driver's store ({url}) is none of the cluster's node stores "
                         f"({', '.join(s.resource for s in nodes)}), so their workers could not read the code: "
                         "run the driver on a node that advertises its store, with that store")
-    have = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n.get("Alive")}
-    slots = {s.name: max(1, _fits(have.get(s.node, {}), need)) for s in nodes}
+    slots = {s.name: max(1, _fits(alive.get(s.node, {}), need)) for s in nodes}
     if plant.replicas > 1:
         homes = [nodes[k % len(nodes)] for k in range(plant.replicas)]
         placed.update({s.name: len(todo) * homes.count(s) for s in nodes})
@@ -323,8 +322,9 @@ def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: l
 
 
 def _per_task(plant: Plant) -> dict[str, float]:
-    """What one task of a slice asks of a node: a replica a share of the Plant's GPUs and custom
-    resources, and of its CPUs no more than the Ray has (see `_dispatch_replicated`)."""
+    """What one task of a slice asks of a node: the Plant's CPUs, GPUs and custom resources; a replica
+    a 1/N share of the GPUs and custom resources, and no CPUs here, since it asks at most what the Ray
+    has (see `_dispatch_replicated`)."""
     n = plant.replicas
     need = {"CPU": plant.num_cpus if n == 1 else 0.0, "GPU": plant.num_gpus / n,
             **{name: amount / n for name, amount in plant.resources.items()}}
