@@ -15,7 +15,7 @@ import pytest
 from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.cas.store.local import LocalStore
-from cats.order.environment import installed_distributions
+from cats.order.environment import _scan
 
 # Seals the Order file argv[1] into the home's store and prints its CID and lock as JSON.
 # argv[2] says what the interpreter does first: import Ray, put a folder of stray package
@@ -85,7 +85,8 @@ def test_same_order_same_cid_however_the_process_started(tmp_path: Path) -> None
 
 
 def test_lock_names_are_canonical_and_sorted() -> None:
-    lock = installed_distributions()
+    lock, path = _scan()
+    assert path and all(Path(p).is_absolute() for p in path)
     assert list(lock) == sorted(lock)
     assert all(name == name.lower() and "_" not in name and "." not in name for name in lock), lock
     import pydantic

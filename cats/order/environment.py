@@ -62,12 +62,6 @@ def _scan() -> tuple[dict[str, str], list[str]]:
     return dict(sorted(lock.items())), found["path"]
 
 
-def installed_distributions() -> dict[str, str]:
-    """name -> version of every distribution the interpreter finds on its own path, first one
-    winning as at import time; sorted by name."""
-    return _scan()[0]
-
-
 def _stamp(path: list[str]) -> str:
     """Changes whenever a distribution is installed, upgraded or removed in a folder of `path`: the
     folders' times, and those of the metadata (and .pth files) they hold."""
