@@ -6,11 +6,12 @@ without its BOM at hand), and finished slices of unfinished runs (resume).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from cats._sqlite import connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (order_cid TEXT PRIMARY KEY, bom TEXT NOT NULL, output TEXT NOT NULL,
@@ -25,23 +26,10 @@ CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
 
 class Index:
     def __init__(self, path: str | Path) -> None:
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        # Processes that open a new index at once race to turn it to WAL and create its tables; the first
-        # takes a lock SQLite does not wait for there, so the others retry, within the same timeout.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                # No fsync per commit (the Factory commits once per finished batch: 20 ms each on a plain
-                # disk): in WAL mode a commit still survives the process being killed; a power loss can
-                # lose the last few, which only means a resumed run executes those slices again.
-                self.db.execute("PRAGMA synchronous=NORMAL")
-                self.db.executescript(_SCHEMA)
-                break
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        # No fsync per commit (the Factory commits once per finished batch: 20 ms each on a plain disk): in
+        # WAL mode a commit still survives the process being killed; a power loss can lose the last few,
+        # which only means a resumed run executes those slices again.
+        self.db = connect(path, _SCHEMA)
 
     def close(self) -> None:
         self.db.close()

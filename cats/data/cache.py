@@ -220,13 +220,12 @@ class Cache:
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None or self._db_pid != os.getpid():  # a connection must not cross a fork
-            import sqlite3
+            from cats._sqlite import connect
 
-            db = sqlite3.connect(self.root / "metrics.sqlite", timeout=30, isolation_level=None,
-                                 check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # counters, not data: a power cut may lose the last few
-            db.execute("CREATE TABLE IF NOT EXISTS metrics (name TEXT PRIMARY KEY, value REAL NOT NULL)")
+            # counters, not data: synchronous=NORMAL, so a power cut may lose the last few
+            db = connect(self.root / "metrics.sqlite",
+                         "CREATE TABLE IF NOT EXISTS metrics (name TEXT PRIMARY KEY, value REAL NOT NULL)",
+                         check_same_thread=False)
             self._db, self._db_pid = db, os.getpid()
         return self._db
 

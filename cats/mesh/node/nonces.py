@@ -6,10 +6,11 @@ alone refuses the request, so the row can go. Expired rows are swept now and the
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from cats._sqlite import connect
 
 _SWEEP_EVERY_S = 60.0
 
@@ -17,12 +18,9 @@ _SWEEP_EVERY_S = 60.0
 class Nonces:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = connect(path, "CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires REAL NOT NULL)",
+                           check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, expires REAL NOT NULL)")
         self._swept = 0.0
 
     def seen(self, nonce: str, expires: float) -> bool:

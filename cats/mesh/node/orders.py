@@ -23,7 +23,6 @@ import os
 import queue
 import secrets
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cats._sqlite import connect
 from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.cas.dag import walk
@@ -148,11 +148,8 @@ class OrderRow:
 
 class OrderTable:
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = connect(path, _SCHEMA, pragmas=(), check_same_thread=False)
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(_SCHEMA)
 
     def create(self, order: str, submitter: str) -> OrderRow:
         with self._lock:
