@@ -128,6 +128,15 @@ class RayCluster:
         return Result(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
                       proc.stdout)
 
+    def logs(self, pattern: str, tail: int = 40) -> str:
+        """The last lines of the head's Ray logs matching `pattern` (e.g. the Ray Client's servers'), for a
+        failure message: Ray reports what went wrong there, not to the driver."""
+        out = []
+        for log in sorted((self.temp / "session_latest" / "logs").glob(pattern)):
+            lines = log.read_text(errors="replace").splitlines()[-tail:]
+            out.append(f"--- {log.name}\n" + "\n".join(lines))
+        return "\n".join(out) or f"(no Ray log matches {pattern})"
+
     def stop(self) -> None:
         """Stop every node (workers first, the head last); no process of the cluster survives."""
         for node in reversed(self.nodes):

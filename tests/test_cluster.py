@@ -11,6 +11,7 @@ import hashlib
 import json
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -164,7 +165,13 @@ def test_a_plant_names_the_cluster(cluster: RayCluster, dataset, tmp_path: Path,
     address = cluster.client_address if how == "ray://" else cluster.address
     order = _order(tmp_path, [root], name=f"digest_at_{how.strip(':/')}", address=address)
     result = cluster.run(cluster.nodes[0].home, "run", str(order), "--json", RAY_ADDRESS=None)
-    assert result.code == 0, result.err
+    if result.code != 0 and "Starting Ray client server failed" in result.err:
+        # Ray's client proxy starts one server process per client; when that process does not come up (seen
+        # once on a loaded CI machine), the reason is only in its log: show it, and try once more.
+        warnings.warn(f"the Ray Client server did not start; retrying once:\n{cluster.logs('ray_client_server*')}",
+                      stacklevel=1)
+        result = cluster.run(cluster.nodes[0].home, "run", str(order), "--json", RAY_ADDRESS=None)
+    assert result.code == 0, result.err + "\n" + cluster.logs("ray_client_server*")
     bom = load_bom(cluster.nodes[0].store, CID.parse(json.loads(result.out)["bom"]))
     assert bom.invoice.moved is not None and bom.invoice.moved.placed == {"a": FILES // 2, "b": FILES // 2}
     assert len(bom.invoice.nodes) == 2
