@@ -64,6 +64,7 @@ class NodeProc:
     base: Path
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None  # the folder the node is started in
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     did: str = ""
@@ -82,7 +83,7 @@ class NodeProc:
         env.pop("CATS_STORE", None)
         with open(self.base / "node.err", "ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "cats", "node", "start", "--port", "0", *self.args],
-                                         stdout=subprocess.PIPE, stderr=err, env=env)
+                                         stdout=subprocess.PIPE, stderr=err, env=env, cwd=self.cwd)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline().decode() if ready else ""
@@ -334,7 +335,8 @@ def test_writes_need_a_trusted_fresh_untampered_signature(served: Served) -> Non
     assert replayed.status_code == 401 and "replay" in detail(replayed)
 
     tampered = body[:-1] + b"!"
-    forged = httpx.post(node.url + "/blocks", content=tampered, headers=sign_request(peer, node.did, "POST", "/blocks", body))
+    forged = httpx.post(node.url + "/blocks", content=tampered,
+                        headers=sign_request(peer, node.did, "POST", "/blocks", body))
     assert forged.status_code == 401 and "digest" in detail(forged).lower()
     elsewhere = httpx.post(node.url + f"/pins/{served.folder}", headers=sign_request(peer, node.did, "POST", "/blocks"))
     assert elsewhere.status_code == 401
