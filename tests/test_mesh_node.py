@@ -65,6 +65,7 @@ class NodeProc:
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None  # the folder the node is started in
+    python: tuple[str, ...] = ()  # interpreter options, before -m cats
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     did: str = ""
@@ -82,7 +83,8 @@ class NodeProc:
         env = {**os.environ, "CATS_HOME": str(self.home), **self.env}
         env.pop("CATS_STORE", None)
         with open(self.base / "node.err", "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cats", "node", "start", "--port", "0", *self.args],
+            self.proc = subprocess.Popen([sys.executable, *self.python, "-m", "cats", "node", "start", "--port", "0",
+                                          *self.args],
                                          stdout=subprocess.PIPE, stderr=err, env=env, cwd=self.cwd)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)

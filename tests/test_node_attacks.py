@@ -397,7 +397,8 @@ def test_a_non_finite_or_unparseable_date_is_a_401_saying_so(nodes: Nodes, date:
 def test_orders_import_nothing_from_the_nodes_working_folder(tmp_path: Path, ray_session: str, cats_home: Path) -> None:
     """The node is started in a folder holding a module the Order's code imports, one named like the Order's
     entry module and one shadowing a standard module (colorsys) the code imports; each would leave a trace if
-    imported. The Order runs on the node (submitted by the client): none is imported, and the real ones are."""
+    imported. The Order runs on the node (submitted by the client): none is imported by the run or its Ray
+    workers, and the real ones are."""
     helper = f"nodecwd_helper_{uuid.uuid4().hex[:8]}"
     entry = f"nodecwd_job_{uuid.uuid4().hex[:8]}"
     cwd = tmp_path / "started-here"
@@ -418,7 +419,9 @@ def test_orders_import_nothing_from_the_nodes_working_folder(tmp_path: Path, ray
                 found = b"absent"
             return repr(colorsys.rgb_to_hsv(1.0, 0.0, 0.0)).encode() + b" " + found
     """)
-    node = NodeProc(tmp_path / "node", env={"RAY_ADDRESS": ray_session}, cwd=cwd)
+    # -P: started as the `cats` command starts it, without its working folder on its own path (which
+    # `python -m` would put first, before any of CATs' code could take it off)
+    node = NodeProc(tmp_path / "node", env={"RAY_ADDRESS": ray_session}, cwd=cwd, python=("-P",))
     node.base.mkdir()
     me = Identity.load()
     Trust(node.home / "trust.json").add(me.did)

@@ -6,8 +6,6 @@ FastAPI and uvicorn are imported inside the command, so `cats --help` stays fast
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from typing import Any
 
 import typer
@@ -26,10 +24,6 @@ def start(
     """Run the node in the foreground (state in CATS_HOME; its own in CATS_HOME/node/) until Ctrl-C or SIGTERM."""
     from cats.mesh.node.app import create_app, log
     from cats.web import listen, run, state_dir, url_of
-
-    # `python -m cats` put the folder it was started in first on the path: a node imports nothing from there
-    if sys.path and sys.path[0] in ("", os.getcwd()):
-        del sys.path[0]
 
     folder = state_dir("node")
     sock = listen(host, port)
