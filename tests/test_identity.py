@@ -107,27 +107,45 @@ class _Nonces:
 
 
 def test_signed_requests(me: Identity, tmp_path: Path) -> None:
+    node = Identity.load(tmp_path / "node").did  # the node the requests are meant for
     body = b'{"order": "bafy..."}'
-    headers = sign_request(me, "POST", "/orders?x=1", body)
+    headers = sign_request(me, node, "POST", "/orders?x=1", body)
     nonces = _Nonces()
-    assert verify_request(headers, "POST", "/orders?x=1", body, seen=nonces.seen) == me.did
+    signed = verify_request(headers, "POST", "/orders?x=1", node=node, seen=nonces.seen)
+    assert signed.did == me.did
+    check = signed.body()
+    check.update(body[:5])
+    check.update(body[5:])
+    check.done()  # the body streamed in pieces is the one signed
 
     def rejected(why: str, h: dict[str, str] = headers, method: str = "POST", path: str = "/orders?x=1",
-                 payload: bytes = body, **kw: float) -> None:
+                 at: str = node, **kw: float) -> None:
         with pytest.raises(RequestRejected, match=why) as caught:
-            verify_request(h, method, path, payload, seen=_Nonces().seen, **kw)  # type: ignore[arg-type]
+            verify_request(h, method, path, node=at, seen=_Nonces().seen, **kw)  # type: ignore[arg-type]
         assert caught.value.status == 401
 
     with pytest.raises(RequestRejected, match="replayed"):
-        verify_request(headers, "POST", "/orders?x=1", body, seen=nonces.seen)
-    rejected("body does not match", payload=body + b" ")
+        verify_request(headers, "POST", "/orders?x=1", node=node, seen=nonces.seen)
+    altered = signed.body()
+    altered.update(body + b" ")
+    with pytest.raises(RequestRejected, match="body does not match") as caught:
+        altered.done()
+    assert caught.value.status == 401
     rejected("signature is not", path="/orders?x=2")
     rejected("signature is not", method="PUT")
     rejected("outside the 300 s window", now=float(headers["X-Cats-Date"]) + 301)
     rejected("missing x-cats-signature", h={k: v for k, v in headers.items() if k != "X-Cats-Signature"})
+    rejected("missing x-cats-node", h={k: v for k, v in headers.items() if k != "X-Cats-Node"})
     other = Identity.load(tmp_path / "other")
     rejected("signature is not", h={**headers, "X-Cats-Key": other.did})  # someone else's name on it
     rejected("bad signature", h={**headers, "X-Cats-Signature": "***"})
+    # meant for another node: refused there, whether or not the header is changed to name it
+    rejected(f"signed for node '{node}', not this node \\({other.did}\\)", at=other.did)
+    rejected("signature is not", h={**headers, "X-Cats-Node": other.did}, at=other.did)
+    for date in ("nan", "NaN", "inf", "-inf", "1e9", "-1", "", "1_700_000_000", " 1700000000", "0x10"):
+        rejected("invalid X-Cats-Date", h={**headers, "X-Cats-Date": date})
+    rejected("malformed X-Cats-Digest", h={**headers, "X-Cats-Digest": "md5=abc"})
+    rejected("malformed X-Cats-Nonce", h={**headers, "X-Cats-Nonce": "x"})
 
 
 def test_envelopes_countersign_and_drop_forgeries(me: Identity, tmp_path: Path) -> None:

@@ -64,6 +64,8 @@ class NodeProc:
     base: Path
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None  # the folder the node is started in
+    python: tuple[str, ...] = ()  # interpreter options, before -m cats
     proc: subprocess.Popen[bytes] | None = None
     url: str = ""
     did: str = ""
@@ -81,8 +83,9 @@ class NodeProc:
         env = {**os.environ, "CATS_HOME": str(self.home), **self.env}
         env.pop("CATS_STORE", None)
         with open(self.base / "node.err", "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cats", "node", "start", "--port", "0", *self.args],
-                                         stdout=subprocess.PIPE, stderr=err, env=env)
+            self.proc = subprocess.Popen([sys.executable, *self.python, "-m", "cats", "node", "start", "--port", "0",
+                                          *self.args],
+                                         stdout=subprocess.PIPE, stderr=err, env=env, cwd=self.cwd)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         line = self.proc.stdout.readline().decode() if ready else ""
@@ -109,7 +112,7 @@ class NodeProc:
         """A request, signed by `who` over exactly this method, path (with query) and body."""
         sent = dict(headers or {})
         if who is not None:
-            sent.update(sign_request(who, method, path, body))
+            sent.update(sign_request(who, self.did, method, path, body))
         return httpx.request(method, self.url + path, content=body or None, headers=sent, timeout=60)
 
     def get(self, path: str, **kw: object) -> httpx.Response:
@@ -327,20 +330,21 @@ def test_writes_need_a_trusted_fresh_untampered_signature(served: Served) -> Non
     untrusted = node.request("POST", "/blocks", who=served.outsider, body=body)
     assert untrusted.status_code == 403 and served.outsider.did in detail(untrusted)
 
-    headers = sign_request(peer, "POST", "/blocks", body)
+    headers = sign_request(peer, node.did, "POST", "/blocks", body)
     first = httpx.post(node.url + "/blocks", content=body, headers=headers)
     assert first.status_code == 200, first.text
     replayed = httpx.post(node.url + "/blocks", content=body, headers=headers)
     assert replayed.status_code == 401 and "replay" in detail(replayed)
 
     tampered = body[:-1] + b"!"
-    forged = httpx.post(node.url + "/blocks", content=tampered, headers=sign_request(peer, "POST", "/blocks", body))
+    forged = httpx.post(node.url + "/blocks", content=tampered,
+                        headers=sign_request(peer, node.did, "POST", "/blocks", body))
     assert forged.status_code == 401 and "digest" in detail(forged).lower()
-    elsewhere = httpx.post(node.url + f"/pins/{served.folder}", headers=sign_request(peer, "POST", "/blocks"))
+    elsewhere = httpx.post(node.url + f"/pins/{served.folder}", headers=sign_request(peer, node.did, "POST", "/blocks"))
     assert elsewhere.status_code == 401
 
     with mock.patch.object(signed_requests.time, "time", return_value=time.time() - 3600):
-        stale = sign_request(peer, "POST", "/blocks", body)
+        stale = sign_request(peer, node.did, "POST", "/blocks", body)
     old = httpx.post(node.url + "/blocks", content=body, headers=stale)
     assert old.status_code == 401 and "window" in detail(old)
 
@@ -411,8 +415,10 @@ def test_oversize_body_refused_before_it_is_read(served: Served) -> None:
     answer = _oversize(node, declared, b"")
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"CATS_NODE_MAX_BODY" in answer
-    # chunked, no length: refused once the bytes received pass the limit, before the body ends
-    chunked = b"POST /blocks HTTP/1.1\r\nHost: node\r\nTransfer-Encoding: chunked\r\n\r\n"
+    # chunked, no length, from the trusted peer (unsigned, it is refused before any byte is read): refused once
+    # the bytes received pass the limit, before the body ends
+    signature = "".join(f"{k}: {v}\r\n" for k, v in sign_request(served.peer, node.did, "POST", "/blocks").items())
+    chunked = f"POST /blocks HTTP/1.1\r\nHost: node\r\nTransfer-Encoding: chunked\r\n{signature}\r\n".encode()
     pieces = [b"y" * (1 << 20)] * (MAX_BODY >> 20) + [b"z"]  # one byte more than the limit, no last chunk
     answer = _oversize(node, chunked, b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces))
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
@@ -497,7 +503,7 @@ def test_private_node_reads_need_a_trusted_signature(tmp_path: Path) -> None:
         assert ident.status_code == 200 and ident.json()["private"] is True
         read = node.get(f"/ipfs/{cid}?format=raw", who=peer)
         assert read.status_code == 200 and read.content == block
-        spec = node.get("/openapi.json").json()
+        spec = node.get("/openapi.json", who=peer).json()
         assert spec["paths"]["/ipfs/{cid}"]["get"]["security"] == [{"CatsSignature": []}]
     finally:
         node.stop(signal.SIGINT)
@@ -542,7 +548,7 @@ def test_order_runs_and_everything_survives_a_restart(tmp_path: Path, ray_sessio
         pushed = node.request("POST", "/blocks", who=peer, body=body, headers={"Content-Type": CAR_TYPE})
         assert pushed.status_code == 200, pushed.text
         submit_body = json.dumps({"order": str(order_cid)}).encode()
-        submit_headers = sign_request(peer, "POST", "/orders", submit_body)
+        submit_headers = sign_request(peer, node.did, "POST", "/orders", submit_body)
         accepted = httpx.post(node.url + "/orders", content=submit_body, headers=submit_headers)
         assert accepted.status_code == 202, accepted.text
         job = accepted.json()["id"]
@@ -602,7 +608,7 @@ def signing_proxy(node: NodeProc, who: Identity) -> Iterator[str]:
                        if k.lower() not in ("host", "content-length", "connection", "accept-encoding")
                        and not k.lower().startswith("x-cats-")}
             request = client.build_request(self.command, node.url + self.path, content=body, headers=headers)
-            request.headers.update(sign_request(who, self.command, request.url.raw_path.decode(), body))
+            request.headers.update(sign_request(who, node.did, self.command, request.url.raw_path.decode(), body))
             response = client.send(request)
             self.send_response(response.status_code)
             for name, value in response.headers.multi_items():

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from cats.cas import dagcbor, varint
+from cats.cas import dagcbor, multihash, varint
 from cats.cas.cid import CID
 from cats.cas.dag import walk
 from cats.cas.store import BlockStore
@@ -21,6 +21,7 @@ from cats.errors import CarError, CatsError
 
 # A section larger than this is not a block any IPFS implementation would write (kubo caps at 2 MiB).
 MAX_BLOCK = 4 << 20
+MAX_IDENTITY = 128  # bytes an identity CID may carry inline (IPFS refuses longer ones)
 
 
 def header(roots: list[CID]) -> bytes:
@@ -81,6 +82,16 @@ def read_header(stream: BinaryIO) -> list[CID]:
     return roots
 
 
+def _inline(cid: CID, where: str) -> bool:
+    """Whether cid is an identity CID, whose block is in the CID and so is never stored."""
+    if cid.hashfn != multihash.IDENTITY:
+        return False
+    if len(cid.digest) > MAX_IDENTITY:
+        raise CarError(f"CAR identity CID {where} holds {len(cid.digest)} bytes inline, more than the "
+                       f"{MAX_IDENTITY} an identity CID may; nothing imported")
+    return True
+
+
 def import_car(store: BlockStore, stream: BinaryIO) -> tuple[list[CID], int]:
     """Verify and stage every block, then copy them in. Returns the roots and the block count."""
     roots = read_header(stream)
@@ -104,11 +115,16 @@ def import_car(store: BlockStore, stream: BinaryIO) -> tuple[list[CID], int]:
             except CatsError as e:
                 raise CarError(f"CAR section at byte {offset} has a malformed CID: {e}") from None
             block = memoryview(section)[start:]
-            if not cid.verify(block):
+            try:
+                matches = cid.verify(block)
+            except CatsError as e:  # a hash function this reader does not know
+                raise CarError(f"CAR block {cid} at byte {offset}: {e}; nothing imported") from None
+            if not matches:
                 raise CarError(f"CAR block {cid} at byte {offset} does not match its CID; nothing imported")
-            staging.put(cid, block)
             count += 1
-        absent = [r for r in roots if not staging.has(r) and not store.has(r)]
+            if not _inline(cid, f"at byte {offset}"):
+                staging.put(cid, block)
+        absent = [r for r in roots if not _inline(r, "in the header") and not staging.has(r) and not store.has(r)]
         if absent:
             raise CarError(f"CAR root {absent[0]} is not in the file; nothing imported")
         for cid in staging:

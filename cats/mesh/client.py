@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -53,14 +54,21 @@ _Connection = http.client.HTTPConnection
 
 class Node:
     """One node's HTTP API. Writes are signed with `identity`; reads are signed too once the node asks
-    (a private node answers unsigned reads with 401 or 403)."""
+    (a private node answers unsigned reads with 401 or 403).
 
-    def __init__(self, url: str, identity: Identity | None = None, *, timeout: float = 60.0) -> None:
+    A signature names the node it is for (so that node cannot replay it elsewhere): `did` when given
+    (a trusted peer's, say), else the DID the node gives itself: GET /id on a public node, the 401's
+    challenge on a private one. A node that is not who `did` says refuses the signature (401).
+    """
+
+    def __init__(self, url: str, identity: Identity | None = None, *, did: str | None = None,
+                 timeout: float = 60.0) -> None:
         if not url.startswith(("http://", "https://")):
             raise MeshError(f"node URL {url!r} must start with http:// or https://", url=url)
         self.url = url.rstrip("/")
         self.identity = identity
         self.timeout = timeout
+        self._did = did
         self._sign_reads = False
         self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
                                   follow_redirects=False, headers={"User-Agent": "cats-mesh"})
@@ -82,8 +90,29 @@ class Node:
 
             if self.identity is None:
                 raise MeshError(f"{method} {self.url}{path} must be signed: no identity given", url=self.url)
-            request.headers.update(sign_request(self.identity, method, request.url.raw_path.decode(), body))
+            request.headers.update(sign_request(self.identity, self.did, method, request.url.raw_path.decode(), body))
         return request
+
+    @property
+    def did(self) -> str:
+        """The DID of the node at this URL, which signed requests are made for."""
+        if self._did is None:
+            self._did = self._announced_did()
+        return self._did
+
+    def _announced_did(self) -> str:
+        """The DID the node gives itself: in GET /id, or, where that must be signed, in the 401's challenge."""
+        response = self._transport(self._http.build_request("GET", "/id"), stream=False)
+        if response.status_code == 200:
+            with contextlib.suppress(ValueError, AttributeError):
+                if isinstance(did := response.json().get("did"), str):
+                    return did
+        elif response.status_code == 401:
+            challenge = response.headers.get("www-authenticate", "")
+            if found := re.search(r'\bnode="(did:key:[1-9A-HJ-NP-Za-km-z]+)"', challenge):
+                return found.group(1)
+        raise MeshError(f"node at {self.url} does not say which DID it is (GET /id answered {response.status_code}), "
+                        "so no request can be signed for it", url=self.url)
 
     def _send(self, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None,
               sign: bool | None = None, stream: bool = False) -> httpx.Response:
@@ -470,7 +499,8 @@ def from_peers(store: BlockStore, peers: Iterable[Peer], identity: Identity) -> 
         errors = []
         for peer in (p for p in peers if p.url):
             try:
-                pull(store, ancestor, peer.url, identity)
+                with Node(peer.url, identity, did=peer.did) as node:  # signed, if at all, for the peer trusted
+                    pull(store, ancestor, peer.url, identity, node=node)
                 return None
             except CatsError as e:  # a peer that lacks it or is down: try the next
                 errors.append(f"{peer.url}: {e}")

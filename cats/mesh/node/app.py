@@ -1,9 +1,12 @@
 """The CAT Node's HTTP API (FastAPI), and `serve`, which runs it on uvicorn in the foreground.
 
-Reads are open by default, as on an IPFS gateway (with `private=True` each needs a signed request
-from a trusted peer: unsigned 401, untrusted 403). Writes always do. A signed request is checked by
-`cats.identity.requests.verify_request` against the method, the path with its query and the body;
-its nonce is recorded in SQLite until its window closes, so a replay is refused, restarts included.
+Reads are open by default, as on an IPFS gateway (with `private=True` every request, the API's own
+description included, needs a signed request from a trusted peer: unsigned 401, untrusted 403).
+Writes always do. The signature is checked before any route runs and before a byte of the body is
+read (`_Gate`): `cats.identity.requests.verify_request` checks it against the method, the path with
+its query and this node's DID (a request signed for another node is refused); its nonce is recorded
+in SQLite until its window closes, so a replay is refused, restarts included. The body is then read
+up to the route's limit and checked against the signed digest as it arrives.
 
     GET  /id                          {did, version, private}
     GET  /ipfs/{cid}?format=raw       one block (application/vnd.ipld.raw)
@@ -25,9 +28,14 @@ through the store, which checks it against its CID. The root is checked before t
 connection is closed without the final chunk, so a client sees an incomplete transfer and never a
 CAR that merely looks complete. Clients check every block against its CID anyway.
 
-Bodies larger than `CATS_NODE_MAX_BODY` bytes (256 MiB by default) are refused with 413 as soon as
-Content-Length (or the bytes received so far) says so. A body is held in memory while its signature
-is checked, which is what the limit bounds.
+Bodies larger than their route takes (`CATS_NODE_MAX_BODY` bytes, 256 MiB by default, for a CAR; 1 MiB
+for JSON; none for a pin) are refused with 413 as soon as Content-Length (or the bytes received so far)
+says so. A body is held in memory until its digest is checked, which is what the limits bound.
+
+An identity CID carries its block inline (as IPFS reads it): GET /ipfs serves those bytes, a CAR may
+carry such a block (it is checked, not stored), and the routes that look a BOM, a pin or an Order up
+refuse one with 400. No answer names a file of this machine: an unexpected failure is logged and
+answered 500 with nothing of its message.
 """
 
 from __future__ import annotations
@@ -47,16 +55,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
-from starlette.types import Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cats import __version__
 from cats.bom import BOM
 from cats.bom import load as load_bom
 from cats.bom.index import Index
 from cats.bom.signatures import Envelope, Signatures
-from cats.cas import car
+from cats.cas import car, multihash
 from cats.cas.cid import CID
-from cats.cas.dag import walk
+from cats.cas.dag import links, walk
 from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.local import LocalStore
@@ -64,7 +72,7 @@ from cats.config import home
 from cats.data.resolvers import env_number
 from cats.errors import BlockNotFound, CarError, CatsError, IntegrityError
 from cats.identity import Identity
-from cats.identity.requests import RequestRejected, verify_request
+from cats.identity.requests import HEADERS, RequestRejected, Signed, verify_request
 from cats.identity.trust import Trust
 from cats.mesh.node import models as m
 from cats.mesh.node.nonces import Nonces
@@ -79,8 +87,8 @@ CAR_TYPE = f"{CAR}; version=1; order=dfs; dups=n"  # parents first, each block o
 DEFAULT_MAX_BODY = 256 << 20
 CHUNK = 256 << 10  # bytes of CAR sections gathered before they are sent
 _IMMUTABLE = {"Cache-Control": "public, max-age=29030400, immutable", "X-Content-Type-Options": "nosniff"}
-_CHALLENGE = {"WWW-Authenticate": 'CatsSignature headers="x-cats-key x-cats-date x-cats-nonce x-cats-digest '
-                                  'x-cats-signature"'}
+JSON_MAX_BODY = 1 << 20  # an envelope or an order request is a few KiB
+_NO_BODY = ("GET", "HEAD")  # methods whose body is never read
 
 _WHY = {
     400: "Malformed CID, CAR or envelope; a block that does not match its CID; a block an Order needs is missing",
@@ -88,15 +96,16 @@ _WHY = {
     403: "A valid signature from a DID this node does not trust (or not the order's submitter)",
     404: "Not on this node",
     406: "Neither format=raw nor format=car (nor the Accept header) asked for",
-    413: "The body is larger than CATS_NODE_MAX_BODY",
+    413: "The body is larger than the route takes (CATS_NODE_MAX_BODY for a CAR, 1 MiB for JSON, none for a pin)",
     422: "Malformed request, or a block that is not what the route serves (a BOM, an Order)",
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _SIGNATURE = APIKeyHeader(
     name="X-Cats-Signature", scheme_name="CatsSignature", auto_error=False,
     description="A signed request (`cats.identity.requests.sign_request`): X-Cats-Key (the signer's did:key), "
-                "X-Cats-Date, X-Cats-Nonce, X-Cats-Digest (sha-256 of the body) and X-Cats-Signature (Ed25519 over "
-                "method, path with query, date, nonce, digest and DID), from a DID on the node's trust list.")
+                "X-Cats-Node (this node's did:key, as GET /id or a 401's WWW-Authenticate names it), X-Cats-Date, "
+                "X-Cats-Nonce, X-Cats-Digest (sha-256 of the body) and X-Cats-Signature (Ed25519 over method, path "
+                "with query, node, date, nonce, digest and signer), from a DID on the node's trust list.")
 
 
 def _errors(*codes: int, page: bool = False) -> dict[int | str, dict[str, Any]]:
@@ -125,14 +134,32 @@ def max_body() -> int:
 
 
 def _cid(text: str) -> CID:
+    """The CID in a path or body; 400 if malformed, or an identity CID holding more than IPFS allows inline."""
     try:
-        return CID.parse(text)
+        cid = CID.parse(text)
+        inline = cid.hashfn == multihash.IDENTITY and len(cid.digest)
     except (CatsError, ValueError) as e:
-        raise HTTPException(400, f"{text!r} is not a CID: {e}") from None
+        raise HTTPException(400, f"{text[:200]!r} is not a CID: {e}") from None
+    if inline > car.MAX_IDENTITY:
+        raise HTTPException(400, f"identity CID {text[:80]}… holds {inline} bytes inline, more than the "
+                                 f"{car.MAX_IDENTITY} an identity CID may")
+    return cid
+
+
+def _stored_cid(text: str) -> CID:
+    """The CID of something this node looks up (a BOM, a pin, an Order): 400 for an identity CID, which
+    names bytes it carries itself, never a stored block."""
+    cid = _cid(text)
+    if cid.hashfn == multihash.IDENTITY:
+        raise HTTPException(400, f"{cid} is an identity CID (its bytes are in the CID): there is nothing to look "
+                                 "up here")
+    return cid
 
 
 @dataclass(frozen=True)
-class Signed:
+class Received:
+    """A signed request's body, once it matched the signed digest."""
+
     did: str
     body: bytes
 
@@ -184,10 +211,9 @@ def _car(store: BlockStore, root: CID, first: bytes, whole: bool) -> Iterator[by
     """A CARv1 with one root: the root block (read already), then, if whole, the rest of its DAG."""
     pending = bytearray(car.header([root]) + car.section(root, first))
     if whole:
-        blocks = walk(store, root)
+        seen = {root.to_v1()}  # the root is sent already, and read already: an identity root is in no store
         try:
-            next(blocks)  # the root, sent already
-            for cid in blocks:
+            for cid in (cid for child in links(root, first) for cid in walk(store, child, seen=seen)):
                 # not re-hashed here: every block was checked when it came in, and clients check each one
                 pending += car.section(cid, store.get(cid, verify=False))
                 if len(pending) >= CHUNK:
@@ -202,54 +228,102 @@ def _car(store: BlockStore, root: CID, first: bytes, whole: bool) -> Iterator[by
     yield bytes(pending)
 
 
-def _authenticate(request: Request, body: bytes) -> str:
-    """The trusted DID that signed this request; 401 or 403 otherwise."""
-    node: NodeState = request.app.state.node
+def _challenge(node: NodeState) -> dict[str, str]:
+    """The 401's WWW-Authenticate: how to sign, and for which node (its DID is public: it signs its BOMs)."""
+    return {"WWW-Authenticate": f'CatsSignature node="{node.identity.did}", headers="{" ".join(HEADERS)}"'}
+
+
+def _authenticate(request: Request, node: NodeState) -> Signed:
+    """Who signed this request, from its headers alone; 401 if the signature does not hold, 403 if the
+    signer is not trusted."""
     path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
     if query := request.scope.get("query_string", b""):
         path += "?" + query.decode("latin-1")
     try:
-        did = verify_request(request.headers, request.method, path, body, seen=node.nonces.seen)
+        signed = verify_request(request.headers, request.method, path, node=node.identity.did,
+                                seen=node.nonces.seen)
+        if request.method in _NO_BODY:
+            signed.body().done()  # such a body is never read: only an empty one may be signed
     except RequestRejected as e:
-        raise HTTPException(e.status, str(e), headers=_CHALLENGE) from None
-    if did not in node.trust:
-        raise HTTPException(403, f"{did} is not trusted by this node (its operator adds it with "
-                                 f"`cats mesh trust add {did}`)")
-    return did
+        raise HTTPException(e.status, str(e), headers=_challenge(node)) from None
+    if signed.did not in node.trust:
+        raise HTTPException(403, f"{signed.did} is not trusted by this node (its operator adds it with "
+                                 f"`cats mesh trust add {signed.did}`)")
+    return signed
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed the node's limit."""
-    limit = request.app.state.node.max_body
-    length = request.headers.get("content-length")
-    if length is not None and length.strip().isdigit() and int(length) > limit:
-        raise HTTPException(413, f"the body of {int(length)} bytes is larger than this node takes "
-                                 f"(CATS_NODE_MAX_BODY={limit}); send it in smaller parts")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the body is larger than this node takes (CATS_NODE_MAX_BODY={limit}); "
-                                     "send it in smaller parts")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _declared(request: Request, limit: int, why: str) -> None:
+    """413 if Content-Length says the body exceeds limit (before any of it is read)."""
+    length = request.headers.get("content-length", "").strip()
+    if length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"the body of {int(length)} bytes is larger than {why}; send it in smaller parts")
 
 
-async def _writer(request: Request) -> Signed:
-    body = await _read_body(request)
-    return Signed(await run_in_threadpool(_authenticate, request, body), body)
+class _Gate:
+    """Decides who sends a request before any route runs or any of its body is read: a body larger than
+    the node takes is refused (413), then a signature is required of every write, of every request to a
+    private node, and checked wherever one is given (401, 403). The signer is left in the request's state."""
+
+    def __init__(self, app: ASGIApp, node: NodeState) -> None:
+        self.app, self.node = app, node
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        try:
+            _declared(request, self.node.max_body, f"this node takes (CATS_NODE_MAX_BODY={self.node.max_body})")
+            needed = (self.node.private or request.method not in _NO_BODY
+                      or any(h in request.headers for h in HEADERS))
+            signed = await run_in_threadpool(_authenticate, request, self.node) if needed else None
+        except HTTPException as e:
+            await JSONResponse({"detail": e.detail}, e.status_code, headers=e.headers)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["signed"] = signed
+        await self.app(scope, receive, send)
 
 
-async def _signed_get(request: Request) -> str:
-    return await run_in_threadpool(_authenticate, request, b"")
+def _signer(request: Request) -> Signed:
+    """The request's signer (`_Gate` checked it); 401 where a route needs one and none was given."""
+    signed: Signed | None = request.state.signed
+    if signed is None:
+        raise HTTPException(401, f"unsigned request: missing {', '.join(HEADERS)}",
+                            headers=_challenge(request.app.state.node))
+    return signed
 
 
-async def _reader(request: Request) -> str | None:
-    private = request.app.state.node.private
-    return await run_in_threadpool(_authenticate, request, b"") if private else None
+def _body(limit: int | None) -> Callable[[Request], Any]:
+    """A dependency: the signer and the body, read up to `limit` bytes (None: the node's CATS_NODE_MAX_BODY)
+    and refused (401) unless it is the body that was signed."""
+
+    async def received(request: Request) -> Received:
+        signed = _signer(request)
+        node: NodeState = request.app.state.node
+        cap = node.max_body if limit is None else min(limit, node.max_body)
+        why = (f"this node takes (CATS_NODE_MAX_BODY={cap})" if limit is None
+               else f"{request.method} {request.url.path} takes ({cap} bytes)")
+        _declared(request, cap, why)
+        check, chunks, size = signed.body(), [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise HTTPException(413, f"the body is larger than {why}; send it in smaller parts")
+            check.update(chunk)
+            chunks.append(chunk)
+        try:
+            check.done()
+        except RequestRejected as e:
+            raise HTTPException(e.status, str(e), headers=_challenge(node)) from None
+        return Received(signed.did, b"".join(chunks))
+
+    return received
 
 
-Writer = Annotated[Signed, Depends(_writer)]
+Car = Annotated[Received, Depends(_body(None))]
+Json = Annotated[Received, Depends(_body(JSON_MAX_BODY))]
+Bodiless = Annotated[Received, Depends(_body(0))]
+Signer = Annotated[Signed, Depends(_signer)]
 CidPath = Annotated[str, PathParam(description="a CID: CIDv0 (Qm…) or CIDv1 in any multibase",
                                    examples=["bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"])]
 
@@ -282,13 +356,16 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     json_errors(app)
 
+    app.add_middleware(_Gate, node=node)
+
     @app.exception_handler(Exception)
     async def _failed(request: Request, error: Exception) -> JSONResponse:
+        # the message may name files of this machine: it goes to the node's log, not to the client
         log.error("%s %s failed", request.method, request.url.path, exc_info=error)
-        return JSONResponse({"detail": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+        return JSONResponse({"detail": "internal error; the node's log has the details"}, status_code=500)
 
     signed = [Security(_SIGNATURE)]
-    reads = [Depends(_reader), *(signed if private else [])]
+    reads = signed if private else []  # the gate checks them; this documents it
     read_errors = (401, 403) if private else ()
 
     @app.get("/id", response_model=m.NodeId, dependencies=reads, responses=_errors(*read_errors),
@@ -320,7 +397,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             raise HTTPException(400, f"dag-scope={scope!r} is not served: ask for dag-scope=all (the default) or "
                                      "dag-scope=block")
         try:
-            block = node.store.get(parsed)
+            block = parsed.digest if parsed.hashfn == multihash.IDENTITY else node.store.get(parsed)
         except BlockNotFound:
             raise HTTPException(404, f"block {parsed} is not on this node") from None
         except IntegrityError as e:
@@ -348,7 +425,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                         **_errors(400, *read_errors, 404, 422)},
              summary="The signatures over a BOM")
     def signatures(cid: CidPath) -> JSONResponse:
-        parsed = _cid(cid)
+        parsed = _stored_cid(cid)
         envelope = node.signatures.get(parsed)
         if envelope is None:
             raise HTTPException(404, f"no signatures over BOM {parsed} on this node")
@@ -382,7 +459,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                                                             "every block is checked against its CID, all or nothing",
                                              "content": {CAR: _BINARY, "application/octet-stream": _BINARY}}},
               summary="Store the blocks of a CAR")
-    def blocks(signer: Writer) -> m.Imported:
+    def blocks(signer: Car) -> m.Imported:
         try:
             roots, count = car.import_car(node.store, io.BytesIO(signer.body))
         except CarError as e:
@@ -393,8 +470,8 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
     @app.post("/pins/{cid}", response_model=m.Pinned, dependencies=signed,
               responses=_errors(400, 401, 403, 404, 413, 422),
               summary="Pin a DAG that is all here")
-    def pin(cid: CidPath, signer: Writer) -> m.Pinned:
-        parsed = _cid(cid)
+    def pin(cid: CidPath, signer: Bodiless) -> m.Pinned:
+        parsed = _stored_cid(cid)
         try:
             count = node.pins.add(node.store, parsed)
         except BlockNotFound as e:
@@ -413,8 +490,8 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
               openapi_extra=_json_body(Envelope, "A DSSE envelope over the BOM's CID; its valid signatures are "
                                                  "kept, forged ones dropped"),
               summary="Add signatures (countersign) a BOM")
-    def countersign(cid: CidPath, signer: Writer) -> JSONResponse:
-        parsed = _cid(cid)
+    def countersign(cid: CidPath, signer: Json) -> JSONResponse:
+        parsed = _stored_cid(cid)
         try:
             envelope = Envelope.model_validate_json(signer.body)
         except ValidationError as e:
@@ -433,7 +510,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
               dependencies=signed, responses=_errors(400, 401, 403, 413, 422),
               openapi_extra=_json_body(m.OrderRequest, "The CID of a sealed Order whose blocks were pushed"),
               summary="Run an Order on this node")
-    def submit(signer: Writer) -> m.OrderStatus:
+    def submit(signer: Json) -> m.OrderStatus:
         try:
             text = json.loads(signer.body)
         except (ValueError, UnicodeDecodeError) as e:
@@ -442,7 +519,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             request = m.OrderRequest.model_validate(text)
         except ValidationError as e:
             raise HTTPException(422, f"invalid request: {_first_error(e)}") from None
-        cid = _cid(request.order)
+        cid = _stored_cid(request.order)
         try:
             check_present(node.store, cid, load_order(node.store, cid))
         except OrderRejected as e:
@@ -456,11 +533,11 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
              dependencies=signed, responses=_errors(401, 403, 404, 422),
              summary="An order's status, for its submitter")
     def order_status(id: Annotated[str, PathParam(description="the id POST /orders answered")],
-                     did: Annotated[str, Depends(_signed_get)]) -> m.OrderStatus:
+                     signer: Signer) -> m.OrderStatus:
         row = node.orders.get(id)
         if row is None:
             raise HTTPException(404, f"no order {id} on this node")
-        if row.submitter != did:
+        if row.submitter != signer.did:
             raise HTTPException(403, f"order {id} was submitted by {row.submitter}; only its submitter follows it")
         return _status(row)
 
@@ -504,7 +581,7 @@ def _reading_bom(bom: CID) -> Iterator[None]:
 
 def _bom_here(store: BlockStore, text: str) -> CID:
     """The CID, if its block is here (whatever its codec): 400 malformed, 404 absent."""
-    cid = _cid(text)
+    cid = _stored_cid(text)
     if not store.has(cid):
         raise HTTPException(404, f"BOM {cid} is not on this node")
     return cid

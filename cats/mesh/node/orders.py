@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.cas.dag import walk
 from cats.cas.store import BlockStore
+from cats.config import home
 from cats.errors import BlockNotFound, CatsError
 
 if TYPE_CHECKING:
@@ -212,14 +214,22 @@ class Runner:
         self.folder.mkdir(parents=True, exist_ok=True)
         result, log_path = self.folder / f"{job}.json", self.folder / f"{job}.log"
         result.unlink(missing_ok=True)
+        # The run starts in an empty folder of its own and with -P, so neither the child nor the Ray
+        # workers it drives (Ray puts its driver's working folder on their path) import anything from
+        # the folder the node was started in; paths it is given are absolute for the same reason.
+        cwd = self.folder / f"{job}.cwd"
+        cwd.mkdir(exist_ok=True)
+        env = {**os.environ, "CATS_HOME": str(home().resolve())}
         with open(log_path, "wb") as out, self._lock:
             # its own session: a Ctrl-C at the node's terminal reaches the node, which then stops the run itself
-            self._child = subprocess.Popen([sys.executable, "-m", "cats.mesh.node.runner", order,
-                                            str(self.store_root), str(result)],
-                                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+            self._child = subprocess.Popen([sys.executable, "-P", "-m", "cats.mesh.node.runner", order,
+                                            str(self.store_root.resolve()), str(result.resolve())],
+                                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, env=env,
+                                           start_new_session=True)
         code = self._child.wait()
         with self._lock:
             self._child = None
+        shutil.rmtree(cwd, ignore_errors=True)
         try:
             answer = json.loads(result.read_text())
         except (OSError, ValueError):

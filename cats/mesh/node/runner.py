@@ -1,6 +1,6 @@
 """One Order run by the Factory in a process of its own, for the node's worker thread.
 
-    python -m cats.mesh.node.runner ORDER_CID STORE_DIR RESULT.json
+    python -P -m cats.mesh.node.runner ORDER_CID STORE_DIR RESULT.json     # in an empty folder of its own
 
 The Order block (sealed, admitted by the node) is read from the on-disk store in STORE_DIR and run with
 `cats.factory.run` on the embedded local Ray, or on RAY_ADDRESS's; its BOM is signed with CATS_HOME's
