@@ -17,6 +17,10 @@ def verify(
 ) -> None:
     """Verify a BOM from the store alone; the report names every mismatch and its reason.
 
+    Every signature kept for the BOM must hold: one that does not (forged, another key, another
+    CID, a malformed envelope) is a signature-invalid failure naming its signer; an unsigned BOM
+    is reported as unsigned, not as a failure.
+
     With --recursive, ancestors missing here are pulled from trusted peers' nodes (`cats mesh trust
     add DID --url URL`); one whose code or data cannot be read here is accepted on the signature of
     a trusted peer (or this node), and the report says so.

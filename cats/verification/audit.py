@@ -43,7 +43,8 @@ def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fracti
     """Verify a BOM (and with `recursive` its ancestors and its sub-Orders' BOMs). A linked BOM
     missing here is asked of `fetch(cid)` (e.g. a pull from the peers' nodes; it returns an error text
     or None); one whose code or data cannot be read here is accepted on a signature by one of the
-    `trusted` DIDs, and its report says so (mode "signature")."""
+    `trusted` DIDs, and its report says so (mode "signature"). Every signature kept for a BOM is
+    checked in every mode: one that does not hold fails it (signature-invalid)."""
     report = Report(bom=str(bom_cid), verified=False, mode="integrity" if integrity else "reexecute")
     _check_signatures(bom_cid, report, trusted)
     try:
