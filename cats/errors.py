@@ -114,6 +114,15 @@ class DataServiceError(CatsError):
         self.status = status
 
 
+class EnvelopeError(CatsError):
+    """A signature envelope that cannot be read (not JSON, a field missing or of the wrong type, too
+    large). `claimed` lists the key ids it still names, so a report can say whose signatures fell."""
+
+    def __init__(self, message: str, claimed: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.claimed = claimed or []
+
+
 class SliceFailed(CatsError):
     """A slice raised, or its replicas disagreed; the message names the slices and carries the
     remote traceback, or which replica said what."""

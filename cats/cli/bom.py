@@ -106,12 +106,12 @@ def show(
 
     store = _store()
     bom = open_bom(store, cid)
-    envelope = Signatures().get(CID.parse(cid))
-    signers = envelope.signers() if envelope else []
+    signers, bad = Signatures().check(CID.parse(cid))
     if as_json:
         data: dict[str, Any] = bom.model_dump(mode="json")
         data["slice_records"] = [r.model_dump(mode="json") for r in records(store, bom)]
         data["signers"] = signers
+        data["bad_signatures"] = [b.model_dump() for b in bad]
         _print_json(data)
         return
     env, inv = bom.structure, bom.invoice
@@ -140,6 +140,7 @@ def show(
         ("nodes", inv.nodes or ["-"]),
         ("cats", [inv.cats_version]),
         ("signed by", signers or ["-"]),
+        *([("signature-invalid", [f"{b.signer}: {b.reason}" if b.signer else b.reason for b in bad])] if bad else []),
     ]
     for key, values in rows:
         for i, value in enumerate(values):

@@ -17,6 +17,10 @@ def verify(
 ) -> None:
     """Verify a BOM from the store alone; the report names every mismatch and its reason.
 
+    Every signature kept for the BOM must hold: one that does not (forged, another key, another
+    CID, a malformed envelope) is a signature-invalid failure naming its signer; an unsigned BOM
+    is reported as unsigned, not as a failure.
+
     With --recursive, ancestors missing here are pulled from trusted peers' nodes (`cats mesh trust
     add DID --url URL`); one whose code or data cannot be read here is accepted on the signature of
     a trusted peer (or this node), and the report says so.
@@ -42,6 +46,7 @@ def report_console():  # noqa: ANN201 - rich.console.Console, imported lazily
 
 def print_report(report, depth: int = 0, role: str = "", out=None) -> None:  # noqa: ANN001 - Report, rich Console
     from rich.table import Table
+    from rich.text import Text
 
     console = out or report_console()
     title = f"{'  ' * depth}{role}{'[green]VERIFIED' if report.verified else '[red]NOT VERIFIED'}[/] {report.bom}"
@@ -58,13 +63,18 @@ def print_report(report, depth: int = 0, role: str = "", out=None) -> None:  # n
         console.print(f"{'  ' * depth}{report.blocks_checked} blocks checked")
     if report.signers:
         console.print(f"{'  ' * depth}signed by {', '.join(report.signers)}")
+    if report.signature == "unsigned":
+        console.print(f"{'  ' * depth}[dim]unsigned: no signature over this BOM is kept here[/]")
+    elif report.signature == "invalid":  # each one is a signature-invalid row of the table below
+        console.print(f"{'  ' * depth}[red]{len(report.bad_signatures)} signature(s) kept for this BOM do not hold[/]")
     if report.mode == "signature":
         console.print(f"{'  ' * depth}[yellow]not re-executed here[/] ({len(report.unchecked)} parts unreadable, "
                       f"e.g. {report.unchecked[0].detail}); accepted on a trusted signature")
     if report.problems:
         table = Table("reason", "slice", "CID", "detail", show_lines=False)
         for p in report.problems:
-            table.add_row(p.reason, "" if p.slice is None else str(p.slice), p.cid or "", p.detail)
+            # as plain text: a detail quotes what it found (an envelope's field, a path), which may hold "[...]"
+            table.add_row(p.reason, "" if p.slice is None else str(p.slice), Text(p.cid or ""), Text(p.detail))
         console.print(table)
     for check in report.checks:
         verdict = "[green]passed[/]" if check["passed"] else "[red]FAILED[/]"

@@ -30,7 +30,7 @@ from cats.cas import car, dagcbor, varint
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import links
 from cats.cas.store import BlockStore
-from cats.errors import CatsError, MeshError, StreamCut
+from cats.errors import CatsError, EnvelopeError, MeshError, StreamCut
 
 if TYPE_CHECKING:
     from cats.bom.signatures import Envelope, Signatures
@@ -247,10 +247,9 @@ class Node:
                 return None
             raise
         try:
-            return Envelope.model_validate_json(response.content)
-        except ValueError as e:
-            raise MeshError(f"node at {self.url} sent an envelope for {cid} that is not DSSE: "
-                            f"{str(e).splitlines()[0]}", url=self.url) from None
+            return Envelope.parse(response.content, f"node at {self.url} sent an envelope for {cid} that is not DSSE")
+        except EnvelopeError as e:
+            raise MeshError(str(e), url=self.url) from None
 
     # -- write side (signed)
     def put_blocks(self, car: bytes) -> dict[str, Any]:

@@ -43,10 +43,10 @@ def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fracti
     """Verify a BOM (and with `recursive` its ancestors and its sub-Orders' BOMs). A linked BOM
     missing here is asked of `fetch(cid)` (e.g. a pull from the peers' nodes; it returns an error text
     or None); one whose code or data cannot be read here is accepted on a signature by one of the
-    `trusted` DIDs, and its report says so (mode "signature")."""
+    `trusted` DIDs, and its report says so (mode "signature"). Every signature kept for a BOM is
+    checked in every mode: one that does not hold fails it (signature-invalid)."""
     report = Report(bom=str(bom_cid), verified=False, mode="integrity" if integrity else "reexecute")
-    envelope = Signatures().get(bom_cid)
-    report.signers = envelope.signers() if envelope else []
+    _check_signatures(bom_cid, report, trusted)
     try:
         bom, order = _load(store, bom_cid, report)
         report.name = bom.name
@@ -85,6 +85,14 @@ def _on_signature(store: BlockStore, cid: CID, report: Report, trusted: Collecti
                                          "slices": []})
     accepted.verified = all(r.verified for r in (*accepted.ancestors, *accepted.children))
     return accepted
+
+
+def _check_signatures(bom_cid: CID, report: Report, known: Collection[str]) -> None:
+    """Every signature kept for the BOM must hold: one that does not fails the verdict, naming its
+    claimed signer and why. No signature at all is not a failure (the report says "unsigned")."""
+    report.signers, report.bad_signatures = Signatures().check(bom_cid, known)
+    for bad in report.bad_signatures:
+        _problem(report, "signature-invalid", f"{bad.signer}: {bad.reason}" if bad.signer else bad.reason, bom_cid)
 
 
 def _problem(report: Report, reason: Reason, detail: str, cid: object = None, slice: int | None = None) -> None:

@@ -18,7 +18,6 @@ import networkx as nx
 
 from cats.bom import lineage, records
 from cats.bom.index import Index
-from cats.bom.signatures import Signatures
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 
@@ -31,7 +30,6 @@ def lineage_page(store: BlockStore, cid: CID | str, index: Index | None = None) 
     from cats.verification.audit import verify
 
     g = lineage.graph(store, cid, index)
-    signatures = Signatures()
     for node, attrs in g.nodes(data=True):
         if attrs["missing"]:
             attrs["state"], attrs["detail"] = "missing", attrs["error"] or "not in this store"
@@ -40,9 +38,8 @@ def lineage_page(store: BlockStore, cid: CID | str, index: Index | None = None) 
         bom = lineage.open_bom(store, node)
         attrs["records"] = [(r.input.name or r.input.origin, str(r.output))
                             for r in islice(records(store, bom), _SLICES_SHOWN)]
-        envelope = signatures.get(CID.parse(node))
-        attrs["signers"] = envelope.signers() if envelope else []
-        report = verify(store, CID.parse(node), integrity=True)
+        report = verify(store, CID.parse(node), integrity=True)  # signatures are checked there too
+        attrs["signers"] = report.signers
         attrs["state"] = "intact" if report.verified else "altered"
         attrs["detail"] = "; ".join(f"{p.reason}: {p.detail}" for p in report.problems[:3]) or \
             f"{report.blocks_checked} blocks present and matching their CIDs"

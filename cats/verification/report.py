@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+
+from cats.bom.signatures import BadSignature
 
 # Each kind of failure has its own reason, so a reader can tell tampering from non-determinism.
 Reason = Literal[
@@ -16,6 +18,7 @@ Reason = Literal[
     "reexecution-failed",  # the function raised on re-execution though the run recorded a result
     "check-failed",        # a validator of the Order rejected the output
     "child-differs",       # a re-executed slice submitted other sub-Orders than its record attributes to it
+    "signature-invalid",   # a signature kept for the BOM does not hold (forged, another key, another CID, malformed)
 ]
 
 
@@ -71,6 +74,8 @@ class Report(BaseModel):
     mode: Literal["reexecute", "integrity", "signature"]
     name: str | None = None
     signers: list[str] = Field(default_factory=list, description="DIDs whose signatures on this BOM verify")
+    bad_signatures: list[BadSignature] = Field(
+        default_factory=list, description="signatures kept for this BOM that do not hold: claimed signer, reason")
     unchecked: list[Problem] = Field(
         default_factory=list, description="in signature mode: what re-execution could not reach here")
     sample: Sample | None = None
@@ -81,3 +86,9 @@ class Report(BaseModel):
     ancestors: list[Report] = Field(default_factory=list)
     children: list[Report] = Field(default_factory=list, description="the sub-Orders' BOMs, with --recursive")
     blocks_checked: int = 0
+
+    @computed_field
+    @property
+    def signature(self) -> Literal["signed", "unsigned", "invalid"]:
+        """"unsigned": no signature is kept for it here (not a failure); "invalid": one kept does not hold."""
+        return "invalid" if self.bad_signatures else "signed" if self.signers else "unsigned"
