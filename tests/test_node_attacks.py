@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from test_mesh_node import NodeProc, detail, parse_car, raw_car
 
 import cats
+from cats.bom.signatures import sign
 from cats.cas import dagcbor, multihash, reader, varint
 from cats.cas.cid import CID, DAG_CBOR, DAG_PB, RAW
 from cats.cas.store.local import LocalStore
@@ -438,3 +439,22 @@ def test_orders_import_nothing_from_the_nodes_working_folder(tmp_path: Path, ray
     results = {name: b"".join(reader.read(store, cid)) for name, cid, _ in reader.entries(store,
                                                                                           CID.parse(done.output))}
     assert results == {"a.txt": b"(0.0, 1.0, 1.0) absent"}
+
+
+def test_a_broken_envelope_kept_on_the_node_is_a_409_naming_no_file(nodes: Nodes) -> None:
+    """The node's own signature file for a BOM is garbage: reading or countersigning it says so, names
+    the BOM and not the file, and adds nothing."""
+    node, peer = nodes.public, nodes.peer
+    bom = CID.hash(f"a bom {uuid.uuid4()}".encode(), DAG_CBOR)
+    kept = node.home / "signatures" / f"{bom.to_v1()}.json"
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_text('{"payload": 7, "signatures": "')
+    read = httpx.get(f"{node.url}/bom/{bom}/signatures")
+    assert read.status_code == 409 and str(bom) in detail(read)
+    _no_server_path(node, read)
+    body = sign(peer, bom).model_dump_json().encode()
+    added = httpx.post(f"{node.url}/bom/{bom}/signatures", content=body,
+                       headers=sign_request(peer, node.did, "POST", f"/bom/{bom}/signatures", body))
+    assert added.status_code == 409 and "nothing was added" in detail(added)
+    _no_server_path(node, added)
+    assert kept.read_text() == '{"payload": 7, "signatures": "'

@@ -179,4 +179,4 @@ def keep_signatures(records: Iterable[dict[str, Any]]) -> None:
     signatures = Signatures()
     for record in records:
         for envelope in record.get("signatures", ()):
-            signatures.add(Envelope.model_validate(envelope))
+            signatures.add(Envelope.parse(envelope, "the signature a slice brought back for its child"))

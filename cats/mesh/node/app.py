@@ -70,7 +70,7 @@ from cats.cas.store import BlockStore, open_store
 from cats.cas.store.local import LocalStore
 from cats.config import home
 from cats.data.resolvers import env_number
-from cats.errors import BlockNotFound, CarError, CatsError, IntegrityError
+from cats.errors import BlockNotFound, CarError, CatsError, EnvelopeError, IntegrityError
 from cats.identity import Identity
 from cats.identity.requests import HEADERS, RequestRejected, Signed, verify_request
 from cats.identity.trust import Trust
@@ -96,6 +96,7 @@ _WHY = {
     403: "A valid signature from a DID this node does not trust (or not the order's submitter)",
     404: "Not on this node",
     406: "Neither format=raw nor format=car (nor the Accept header) asked for",
+    409: "The signatures this node keeps for the BOM cannot be read (its operator must look at them)",
     413: "The body is larger than the route takes (CATS_NODE_MAX_BODY for a CAR, 1 MiB for JSON, none for a pin)",
     422: "Malformed request, or a block that is not what the route serves (a BOM, an Order)",
 }
@@ -422,11 +423,15 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     @app.get("/bom/{cid}/signatures", dependencies=reads,
              responses={200: {"model": Envelope, "description": "The DSSE envelope of every signature kept"},
-                        **_errors(400, *read_errors, 404, 422)},
+                        **_errors(400, *read_errors, 404, 409, 422)},
              summary="The signatures over a BOM")
     def signatures(cid: CidPath) -> JSONResponse:
         parsed = _stored_cid(cid)
-        envelope = node.signatures.get(parsed)
+        try:
+            envelope = node.signatures.get(parsed)
+        except EnvelopeError as e:  # its message names the node's file: the log has it, the caller need not
+            log.warning("%s", e)
+            raise HTTPException(409, f"the signatures kept for BOM {parsed} on this node cannot be read") from None
         if envelope is None:
             raise HTTPException(404, f"no signatures over BOM {parsed} on this node")
         return JSONResponse(envelope.model_dump())
@@ -486,7 +491,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     @app.post("/bom/{cid}/signatures", dependencies=signed,
               responses={200: {"model": Envelope, "description": "The envelope with every signature now kept"},
-                         **_errors(400, 401, 403, 413, 422)},
+                         **_errors(400, 401, 403, 409, 413, 422)},
               openapi_extra=_json_body(Envelope, "A DSSE envelope over the BOM's CID; its valid signatures are "
                                                  "kept, forged ones dropped"),
               summary="Add signatures (countersign) a BOM")
@@ -501,6 +506,10 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             if over.to_v1() != parsed.to_v1():
                 raise HTTPException(400, f"the envelope is over {over}, not {parsed}")
             merged = node.signatures.add(envelope)
+        except EnvelopeError as e:
+            log.warning("%s", e)
+            raise HTTPException(409, f"the signatures kept for BOM {parsed} on this node cannot be read; "
+                                     "nothing was added") from None
         except CatsError as e:
             raise HTTPException(400, str(e)) from None
         log.info("%s added signatures over %s: %s", signer.did, parsed, ", ".join(merged.signers()))
