@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -63,20 +64,25 @@ def add(
 
     store = None if only_hash else _store()
     total = _size_of(path) if sys.stderr.isatty() and not quiet and not as_json else 0
-    with _progress(total) as advance, Importer(store, cid_version, hashfn, hidden=hidden,
-                                                progress=advance) as importer:
+    with _lease(store), _progress(total) as advance, Importer(store, cid_version, hashfn, hidden=hidden,
+                                                              progress=advance) as importer:
         entries = []
         for added in importer.add_path(path, recursive=recursive):
             entries.append(added)
             if not quiet and not as_json:
                 typer.echo(f"added {added.cid} {names.display(added.path)}")
-    root = entries[-1]
-    if pin and store is not None:
-        _pins().add(store, root.cid)
+        root = entries[-1]
+        if pin and store is not None:
+            _pins().add(store, root.cid)
     if quiet:
         typer.echo(str(root.cid))
     elif as_json:
         _print_json([{**_named("path", e.path), "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries])
+
+
+def _lease(store: BlockStore | None) -> contextlib.AbstractContextManager[None]:
+    """A writer's lease on store until the root is pinned, so a gc running beside spares every block."""
+    return contextlib.nullcontext() if store is None else store.lease()
 
 
 def _size_of(path: Path) -> int:
@@ -243,13 +249,14 @@ def import_(
     from cats.cas import car
 
     store = _store()
-    with open(path, "rb") as f:
-        roots, count = car.import_car(store, f)
-    pins = _pins() if pin else None
-    for root in roots:
-        if pins is not None:
-            pins.add(store, root)
-        typer.echo(f"imported {root}")
+    with store.lease():
+        with open(path, "rb") as f:
+            roots, count = car.import_car(store, f)
+        pins = _pins() if pin else None
+        for root in roots:
+            if pins is not None:
+                pins.add(store, root)
+            typer.echo(f"imported {root}")
     typer.echo(f"{count} blocks")
 
 
