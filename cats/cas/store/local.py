@@ -16,6 +16,7 @@ import fcntl
 import itertools
 import os
 import random
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -240,5 +241,8 @@ class LocalStore(BlockStore):
                 (self.root / key[-3:-1]).mkdir(exist_ok=True)
                 with contextlib.suppress(FileExistsError, FileNotFoundError):
                     os.link(entry.path, self.root / key[-3:-1] / key)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
+            if entry.is_dir(follow_symlinks=False):  # a scratch store (repair's re-import)
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
