@@ -194,3 +194,53 @@ def _block_bytes(car: Path, cid: CID) -> bytes:
         data = source(cid)
     assert data is not None
     return data
+
+
+# -- staging -------------------------------------------------------------------------------------
+def _staging_size(pid: int, folder: Path) -> int | None:
+    """The size of the import's staging file (open, unnamed, in folder), or None before it exists."""
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith(str(folder) + "/"):
+                return os.stat(f"/proc/{pid}/fd/{fd}").st_size
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the import's open files in /proc")
+def test_killed_import_leaves_no_staging_and_stages_at_most_the_car(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"".join(i.to_bytes(8, "little") + os.urandom(4088) for i in range(24 << 8)))  # 24 MiB
+    assert cli("add", "-q", "--no-pin", data).code == 0
+    root = CID.parse(cli("add", "-q", "-n", data).out.strip())
+    car = tmp_path / "data.car"
+    assert cli("export", str(root), "-o", car).code == 0
+    assert cli("gc").code == 0  # the store is empty again: the import has everything to stage
+    store = LocalStore(cats_home / "blocks")
+    assert list(store) == []
+
+    env = {**os.environ, "CATS_HOME": str(cats_home)}
+    importing = subprocess.Popen([sys.executable, "-m", "cats", "import", str(car)], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen = 0
+    deadline = time.monotonic() + 60
+    while importing.poll() is None and time.monotonic() < deadline:
+        size = _staging_size(importing.pid, store.root / ".tmp")
+        if size is not None:
+            seen = max(seen, size)
+            assert size <= car.stat().st_size  # one copy of each block, nothing more
+            if size > car.stat().st_size // 4:
+                break
+        time.sleep(0.002)
+    importing.send_signal(signal.SIGKILL)
+    importing.wait()
+    assert seen > 0, "the import was not caught staging"
+    assert list((store.root / ".tmp").iterdir()) == []  # the staging file had no name: gone with its process
+    assert list(store) == []  # all or nothing
+    assert cli("gc").code == 0
+    assert [p for p in store.root.rglob("*") if p.is_file()] == []
+    finished = cli("import", car)
+    assert finished.code == 0, finished.err
+    assert sum(1 for _ in walk(store, root)) == len(list(store))
