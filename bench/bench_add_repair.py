@@ -2,7 +2,7 @@
 ref (default main) of the same repository, on the same file, runs interleaved.
 
 Two adds each: a fresh one (every block written) and a re-add of the same file (every block already
-stored: put compares the size and a 4 KiB sample, then refreshes the block's time, where the baseline
+stored: put compares the size, then refreshes the block's time, where the baseline
 only looked for the file). hashlib.sha256 over the file gives the scale. Target: at most 5% slower.
 
     python bench/bench_add_repair.py [--size-mib 1024] [--baseline main] [--repeat 3]

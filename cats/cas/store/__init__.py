@@ -1,9 +1,10 @@
 """Block stores: one small interface, implementations chosen by URL scheme (as fsspec does).
 
 Every store repairs and collects the same way:
-- `put` of bytes the caller hashed replaces a stored block its cheap check finds bad (a store that
-  keeps a size compares it), and refreshes the block's time when it keeps it; `restore` replaces one
-  unconditionally after verifying the bytes; `check` tells a good block from a missing or corrupt one.
+- `put` of bytes the caller hashed replaces a stored block its cheap check finds bad (the local store
+  compares the size, and optionally a sample of the bytes), and refreshes the block's time when it
+  keeps it; `restore` replaces one unconditionally after verifying the bytes; `check` tells a good
+  block from a missing or corrupt one.
 - gc and writers share a protocol (`lease`, `gc_cutoff`, `discard`): see `BlockStore.lease`.
 
 `open_store()` with no argument gives the embedded default, the on-disk store in `CATS_HOME`, or the
