@@ -1,13 +1,15 @@
 """CAR v1: a DAG's blocks in one file, for moving lineage between stores and machines.
 
 Import is all-or-nothing: every block is read and checked against its CID into a staging
-store first; only a CAR that parses to the end, whose blocks all verify and whose roots are
-present, is copied into the target store.
+file first; only a CAR that parses to the end, whose blocks all verify and whose roots are
+present, is copied into the target store. The staging file is one unnamed file in the store's own
+temporary area (it vanishes with the process, however that ends) holding each block once: its
+disk use is at most the CAR's size.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 import tempfile
 from collections.abc import Iterable
 from typing import BinaryIO
@@ -16,7 +18,6 @@ from cats.cas import dagcbor, multihash, varint
 from cats.cas.cid import CID
 from cats.cas.dag import walk
 from cats.cas.store import BlockStore
-from cats.cas.store.local import LocalStore
 from cats.errors import CarError, CatsError
 
 # A section larger than this is not a block any IPFS implementation would write (kubo caps at 2 MiB).
@@ -93,11 +94,12 @@ def _inline(cid: CID, where: str) -> bool:
 
 
 def import_car(store: BlockStore, stream: BinaryIO) -> tuple[list[CID], int]:
-    """Verify and stage every block, then copy them in. Returns the roots and the block count."""
+    """Verify and stage every block, then copy them in (under a writer's lease, so a gc beside it
+    spares them). Returns the roots and the block count."""
     roots = read_header(stream)
-    staging_dir = tempfile.mkdtemp(prefix="cats-car-")
-    try:
-        staging = LocalStore(staging_dir)
+    with tempfile.TemporaryFile(prefix="car.", dir=store.temp_dir()) as staging:
+        staged: dict[CID, tuple[CID, int, int]] = {}  # CIDv1 -> (CID as the CAR names it, offset, size)
+        end = 0
         count = 0
         while True:
             offset = stream.tell() if stream.seekable() else -1
@@ -122,13 +124,16 @@ def import_car(store: BlockStore, stream: BinaryIO) -> tuple[list[CID], int]:
             if not matches:
                 raise CarError(f"CAR block {cid} at byte {offset} does not match its CID; nothing imported")
             count += 1
-            if not _inline(cid, f"at byte {offset}"):
-                staging.put(cid, block)
-        absent = [r for r in roots if not _inline(r, "in the header") and not staging.has(r) and not store.has(r)]
+            if not _inline(cid, f"at byte {offset}") and cid.to_v1() not in staged:
+                staging.write(block)
+                staged[cid.to_v1()] = (cid, end, len(block))
+                end += len(block)
+        absent = [r for r in roots if not _inline(r, "in the header") and r.to_v1() not in staged
+                  and not store.has(r)]
         if absent:
             raise CarError(f"CAR root {absent[0]} is not in the file; nothing imported")
-        for cid in staging:
-            store.put(cid, staging.get(cid, verify=False))
+        staging.flush()
+        with store.lease():
+            for cid, at, size in staged.values():
+                store.put(cid, os.pread(staging.fileno(), size, at))
         return roots, count
-    finally:
-        shutil.rmtree(staging_dir, ignore_errors=True)

@@ -1,8 +1,10 @@
 """Pins and garbage collection: pinned DAGs stay; unpinned, unreachable blocks can be removed.
 
 Pins are files named by CID in `<home>/pins`, so adding one is an atomic create that many
-processes can do at once. Blocks written after a gc starts are spared, so a gc running beside
-writers (Ray workers filling the store) never removes a block a DAG in progress still needs.
+processes can do at once. gc spares blocks written or refreshed after it started or after the oldest
+live writer's lease began, so a gc running beside writers (`cats add`, an Order's Ray workers) never
+removes a block a DAG in progress still needs: the protocol and why it is safe are in
+`BlockStore.lease`.
 
 A store with pins and a gc of its own (`PinningStore`: an IPFS daemon) gets every pin too, since its
 gc may run at any time, and CATs' gc there is the store's: it may hold others' pinned data.
@@ -58,7 +60,8 @@ class Pins:
 
 
 def gc(store: BlockStore, pins: Pins) -> list[CID]:
-    """Remove every block not reachable from a pin and older than this call; return what went.
+    """Remove every block not reachable from a pin and older than this call and every live writer's
+    lease; return what went.
 
     A store with its own gc runs it, once every pin is pinned there too (pins made while another
     store was in use, or unpinned there by someone else would otherwise go)."""
@@ -69,16 +72,11 @@ def gc(store: BlockStore, pins: Pins) -> list[CID]:
             except CatsError as e:
                 raise CatsError(f"pinned DAG {root} could not be pinned in {store} ({e}); gc removed nothing") from None
         return store.collect()
-    started = time.time() - _CLOCK_SLACK
+    cutoff = store.gc_cutoff(time.time() - _CLOCK_SLACK)  # leases first, then pins: see BlockStore.lease
     keep: set[CID] = set()
     for root in pins:
         try:
             keep.update(c.to_v1() for c in walk(store, root))
         except BlockNotFound as e:
             raise CatsError(f"pinned DAG {root} is incomplete ({e}); gc removed nothing") from None
-    removed = []
-    for cid in store:
-        if cid not in keep and store.mtime(cid) < started:
-            store.delete(cid)
-            removed.append(cid)
-    return removed
+    return [cid for cid in store if cid not in keep and store.discard(cid, cutoff)]

@@ -218,10 +218,10 @@ def pull(
 
     root = _cid(cid)
     store = open_store()
-    with _PullBar(not as_json) as progress:
+    with store.lease(), _PullBar(not as_json) as progress:
         report = run(store, root, url, _identity(), progress=progress)
-    if pin:
-        Pins(home() / "pins").add(store, root)
+        if pin:
+            Pins(home() / "pins").add(store, root)
     if as_json:
         _print_json({**report.summary(), "pinned": pin})
         return

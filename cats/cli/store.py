@@ -1,8 +1,9 @@
-"""Content-store commands: add, cat, get, ls, export, import, pin, gc."""
+"""Content-store commands: add, cat, get, ls, export, import, pin, gc, repair."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sys
@@ -63,20 +64,25 @@ def add(
 
     store = None if only_hash else _store()
     total = _size_of(path) if sys.stderr.isatty() and not quiet and not as_json else 0
-    with _progress(total) as advance, Importer(store, cid_version, hashfn, hidden=hidden,
-                                                progress=advance) as importer:
+    with _lease(store), _progress(total) as advance, Importer(store, cid_version, hashfn, hidden=hidden,
+                                                              progress=advance) as importer:
         entries = []
         for added in importer.add_path(path, recursive=recursive):
             entries.append(added)
             if not quiet and not as_json:
                 typer.echo(f"added {added.cid} {names.display(added.path)}")
-    root = entries[-1]
-    if pin and store is not None:
-        _pins().add(store, root.cid)
+        root = entries[-1]
+        if pin and store is not None:
+            _pins().add(store, root.cid)
     if quiet:
         typer.echo(str(root.cid))
     elif as_json:
         _print_json([{**_named("path", e.path), "cid": str(e.cid), "size": e.size, "kind": e.kind} for e in entries])
+
+
+def _lease(store: BlockStore | None) -> contextlib.AbstractContextManager[None]:
+    """A writer's lease on store until the root is pinned, so a gc running beside spares every block."""
+    return contextlib.nullcontext() if store is None else store.lease()
 
 
 def _size_of(path: Path) -> int:
@@ -243,13 +249,14 @@ def import_(
     from cats.cas import car
 
     store = _store()
-    with open(path, "rb") as f:
-        roots, count = car.import_car(store, f)
-    pins = _pins() if pin else None
-    for root in roots:
-        if pins is not None:
-            pins.add(store, root)
-        typer.echo(f"imported {root}")
+    with store.lease():
+        with open(path, "rb") as f:
+            roots, count = car.import_car(store, f)
+        pins = _pins() if pin else None
+        for root in roots:
+            if pins is not None:
+                pins.add(store, root)
+            typer.echo(f"imported {root}")
     typer.echo(f"{count} blocks")
 
 
@@ -300,6 +307,52 @@ def gc(as_json: bool = typer.Option(False, "--json")) -> None:
         typer.echo(f"removed {len(removed)} blocks")
 
 
+def repair(
+    cids: list[str] = typer.Argument(None, metavar="[CID...]",
+                                     help="Check these DAGs (default: every pinned DAG and every stored block)."),
+    cars: list[Path] = typer.Option([], "--car", exists=True, dir_okay=False, help="A CAR file holding good copies."),
+    paths: list[Path] = typer.Option([], "--from", help="A file or folder to import again for good copies "
+                                     "(with --cid-version, --hash, -H as it was added)."),
+    peers: list[str] = typer.Option([], "--peer", help="A trusted node's URL to fetch good copies from."),
+    cid_version: int = typer.Option(1, "--cid-version", min=0, max=1, help="How --from was added: CID version."),
+    hashfn: str = typer.Option("sha2-256", "--hash", help="How --from was added: multihash function."),
+    hidden: bool = typer.Option(False, "-H", "--hidden", help="How --from was added: with dot files."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check blocks against their CIDs and restore bad or missing ones from CARs, files or peers.
+
+    Every block a source gives is hashed against its CID before it is written. Exits 1 if any block
+    is still bad or missing."""
+    from cats.cas.repair import car_source, path_source
+    from cats.cas.repair import repair as run
+
+    store = _store()
+    roots = [CID.parse(c) for c in cids or []]
+    with contextlib.ExitStack() as stack, store.lease():
+        sources = [(f"car {p}", stack.enter_context(car_source(p))) for p in cars]
+        sources += [(f"from {p}", stack.enter_context(path_source(store, p, cid_version, hashfn, hidden)))
+                    for p in paths]
+        if peers:
+            from cats.identity import Identity
+            from cats.mesh.client import Node
+
+            identity = Identity.load()
+            sources += [(f"peer {url}", stack.enter_context(Node(url, identity)).block) for url in peers]
+        report = run(store, roots or list(_pins()), sources, every_block=not roots)
+    if as_json:
+        _print_json(report.summary())
+    else:
+        for cid, state in report.bad.items():
+            how = report.repaired.get(cid)
+            typer.echo(f"{state} {cid}: " + (f"repaired ({how})" if how else "still bad"))
+        typer.echo(f"checked {report.checked} blocks: {len(report.bad)} bad, {len(report.repaired)} repaired, "
+                   f"{len(report.still_bad)} still bad")
+    if report.still_bad:
+        more = f" and {len(report.still_bad) - 1} more" if len(report.still_bad) > 1 else ""
+        raise CatsError(f"block {report.still_bad[0]}{more} still bad or missing: give a --car, --from or --peer "
+                        "that holds it")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(add)
     app.command()(cat)
@@ -309,3 +362,4 @@ def register(app: typer.Typer) -> None:
     app.command("import")(import_)
     app.add_typer(pin_app, name="pin")
     app.command()(gc)
+    app.command()(repair)

@@ -113,7 +113,8 @@ def run(order: Order, *, store: BlockStore | None = None, force: bool = False, q
                 sum(r.agreed is False for r in bom_records(store, load_bom(store, bom)))
             return Run(bom, output, order_cid, reused=True, duration_s=time.time() - started,
                        replicas=replicas, disagreed=disagreed)
-        return _execute(sealed, order_cid, store, url, index, force, quiet, progress, started)
+        with store.lease():  # until the BOM is pinned: a gc meanwhile spares what the run writes
+            return _execute(sealed, order_cid, store, url, index, force, quiet, progress, started)
     finally:
         index.close()
 

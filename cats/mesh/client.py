@@ -548,10 +548,9 @@ class _Writer:
     def _put(self, cid: CID, block: bytes | memoryview, verified: bool) -> bool:
         if not verified and not cid.verify(block):
             raise _Mismatch(cid)
-        if self.store.has(cid):
-            return False
-        self.store.put(cid, block)
-        return True
+        here = self.store.has(cid)
+        self.store.put(cid, block)  # here already: put keeps it only if it matches, and refreshes it for gc
+        return not here
 
     def _collect(self) -> None:
         future, size = self.pending.popleft()

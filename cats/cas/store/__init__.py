@@ -1,5 +1,12 @@
 """Block stores: one small interface, implementations chosen by URL scheme (as fsspec does).
 
+Every store repairs and collects the same way:
+- `put` of bytes the caller hashed replaces a stored block its cheap check finds bad (the local store
+  compares the size, and optionally a sample of the bytes), and refreshes the block's time when it
+  keeps it; `restore` replaces one unconditionally after verifying the bytes; `check` tells a good
+  block from a missing or corrupt one.
+- gc and writers share a protocol (`lease`, `gc_cutoff`, `discard`): see `BlockStore.lease`.
+
 `open_store()` with no argument gives the embedded default, the on-disk store in `CATS_HOME`, or the
 IPFS daemon `CATS_IPFS_API` names. Other stores register a scheme in `SCHEMES` (`ipfs+http://` is
 the daemon store).
@@ -7,9 +14,11 @@ the daemon store).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from typing import Literal
 from urllib.parse import urlsplit
 
 from cats.cas.cid import CID
@@ -29,7 +38,11 @@ class BlockStore(ABC):
 
     @abstractmethod
     def put(self, cid: CID, data: bytes | memoryview) -> None:
-        """Store data under cid. The caller vouches that data hashes to cid (it just computed it)."""
+        """Store data under cid. The caller vouches that data hashes to cid (it just computed it).
+
+        A block already stored is kept only if the store's cheap check finds it matches (at least its
+        size), and then its time is refreshed, as if written now (gc's protocol relies on it); one that
+        does not match is replaced, so adding good bytes again repairs a corrupted block."""
 
     @abstractmethod
     def delete(self, cid: CID) -> None: ...
@@ -54,9 +67,63 @@ class BlockStore(ABC):
             raise IntegrityError(f"block {cid} does not match its bytes; not stored", cid)
         self.put(cid, data)
 
+    def restore(self, cid: CID, data: bytes | memoryview) -> None:
+        """Replace the stored block with data, whatever is stored now, once data is checked against cid:
+        what repair writes (bytes from elsewhere, never trusted)."""
+        if not cid.verify(data):
+            raise IntegrityError(f"block {cid} does not match its bytes; not stored", cid)
+        self.delete(cid)
+        self.put(cid, data)
+
+    def check(self, cid: CID) -> Literal["ok", "missing", "corrupt"]:
+        """Whether the stored block is there and hashes to its CID (it is read in full)."""
+        try:
+            data = self._get_unverified(cid)
+        except BlockNotFound:
+            return "missing"
+        return "ok" if cid.verify(data) else "corrupt"
+
     def mtime(self, cid: CID) -> float:
-        """When the block was last written (0 where a store does not track it); gc spares new blocks."""
+        """When the block was last written or refreshed by `put` (0 where a store does not track it)."""
         return 0.0
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        """Hold a writer's lease while writing a DAG and until its root is pinned: gc removes no block
+        written or refreshed since the lease began.
+
+        Why that is safe (`cats.cas.pins.gc` is the collector): gc notes its own start S, then reads the
+        live leases and takes the cutoff C = min(S, start of the oldest), then reads the pins, and
+        removes only blocks that no pin reaches and whose time is before C, each by `discard`.
+        A block a writer relies on was put (written, or refreshed by a de-duplicated `put`) under its
+        lease, so its time is at or after the lease's start. If gc saw the lease, that start is >= C;
+        if the lease became visible after gc read the leases, the put came later still, after S >= C.
+        Either way the block's time is >= C and gc keeps it; once the writer pins its root and ends
+        its lease, the pin keeps the DAG (gc reads pins after leases, so it sees one or the other).
+        `discard` makes the time check and the removal one step with respect to `put`'s refresh, so
+        a refresh landing between them is not lost. Leases end with their process: a crashed
+        writer's lease does not hold gc back.
+
+        Stores with no gc of their own beyond `pins.gc` and no other process sharing them need not
+        track leases: the default holds none."""
+        yield
+
+    def gc_cutoff(self, started: float) -> float:
+        """The time before which gc may remove blocks: started, or the start of the oldest live lease."""
+        return started
+
+    def discard(self, cid: CID, older_than: float) -> bool:
+        """Remove the block if its time is before older_than; True if removed. A store shared with other
+        writers does both at once with respect to `put`'s refresh (see `lease`)."""
+        if self.mtime(cid) >= older_than:
+            return False
+        self.delete(cid)
+        return True
+
+    def temp_dir(self) -> str | None:
+        """Where to stage bytes bound for this store (its own disk, cleaned when it opens); None: the
+        system's temporary folder."""
+        return None
 
 
 class PinningStore(BlockStore):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ class MemoryStore(BlockStore):
     def __init__(self) -> None:
         self._blocks: dict[bytes, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
+        self._leases: dict[int, float] = {}
+        self._lease_ids = iter(range(1 << 62))
 
     @classmethod
     def named(cls, name: str) -> MemoryStore:
@@ -55,3 +58,27 @@ class MemoryStore(BlockStore):
     def mtime(self, cid: CID) -> float:
         entry = self._blocks.get(self._key(cid))
         return entry[1] if entry else 0.0
+
+    # -- gc's protocol (see BlockStore.lease): every writer is in this process ----------------------
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[None]:
+        with self._lock:
+            lease = next(self._lease_ids)
+            self._leases[lease] = time.time()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._leases[lease]
+
+    def gc_cutoff(self, started: float) -> float:
+        with self._lock:
+            return min([started, *self._leases.values()])
+
+    def discard(self, cid: CID, older_than: float) -> bool:
+        with self._lock:  # put takes it too: the check and the removal are one step
+            entry = self._blocks.get(self._key(cid))
+            if entry is None or entry[1] >= older_than:
+                return False
+            del self._blocks[self._key(cid)]
+            return True
