@@ -88,7 +88,7 @@ class Service:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.base / "serve.out", "ab") as out, open(self.base / "serve.err", "ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "cats", "data", "serve", "--port", str(self.port)],
-                                        stdout=out, stderr=err, env=self.env())
+                                        stdout=out, stderr=err, env=self.env(), cwd=self.base)  # CATS_HOME in it
         deadline = time.monotonic() + 20
         while True:
             try:

@@ -85,7 +85,9 @@ class Hosts:
         return ", ".join([*sorted(self.names), *map(str, self.networks)]) or "none"
 
     def allows(self, host: str, ip: IPAddress) -> bool:
-        return host in self.names or any(ip.version == net.version and ip in net for net in self.networks)
+        """Whether the operator allows `host` by name, or `ip` (or the IPv4 address it maps) by network."""
+        forms = [ip, *([ip.ipv4_mapped] if isinstance(ip, IPv6Address) and ip.ipv4_mapped else [])]
+        return host in self.names or any(a.version == n.version and a in n for a in forms for n in self.networks)
 
     def addresses(self, host: str, port: int) -> list[str]:
         """The addresses `host` resolves to (once) that a connection may go to; DataForbidden if none.
