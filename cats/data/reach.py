@@ -16,6 +16,8 @@ Paths are checked on real paths (symlinks and `..` resolved), and again on the f
 opened, so a symlink swapped in between the check and the open gains nothing. Hosts are checked
 on the addresses they resolve to, at connect time, and the connection goes to the address that
 was checked (`Hosts.addresses`), so neither a second DNS answer nor a redirect escapes the check.
+An s3:// URI names a bucket and a key only: the endpoint is the operator's (`CATS_S3_ENDPOINT`, or
+AWS's), so no caller picks a host there, and the service trusts it as configured.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ class Hosts:
             else:
                 refused.append(f"{text} is {why}")
         if not allowed:
-            raise DataForbidden(f"refusing to connect to {host} on behalf of a caller: {', '.join(refused)}; "
+            raise DataForbidden(f"refusing to connect to {host} on behalf of a caller: "
+                                f"{', '.join(dict.fromkeys(refused))}; "
                                 f"the data service connects there only if {_ALLOW_HINT} lists it")
         return list(dict.fromkeys(allowed))
 

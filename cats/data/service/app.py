@@ -58,7 +58,8 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 _WHY = {
     401: "No bearer token, or one that names no principal",
-    403: "Not the owner (or a reader); a forged, altered, expired or foreign signature; or the source refused",
+    403: "Not the owner (or a reader); a forged, altered, expired or foreign signature; a source outside what "
+         "the service may read (CATS_DATA_ROOTS, CATS_HOME, special addresses, unpinned CIDs); or the source refused",
     404: "No such dataset, or the source has no such object",
     410: "The dataset's TTL has passed",
     413: "The read is larger than CATS_DATA_MAX_FETCH",
