@@ -75,11 +75,14 @@ class _CheckedBackend(httpcore.SyncBackend):
 
 
 class _CheckedTransport(httpx.HTTPTransport):
-    """httpx's transport over a pool whose every connection goes through `_CheckedBackend`."""
+    """httpx's transport (its request and error mapping) over a pool whose every connection goes
+    through `_CheckedBackend`. httpx takes no network backend of its own, so its pool is replaced;
+    the limits are httpx's defaults."""
 
     def __init__(self, hosts: Hosts) -> None:
         super().__init__(trust_env=False)
-        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
+        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(), max_connections=100,
+                                             max_keepalive_connections=20, keepalive_expiry=5.0,
                                              network_backend=_CheckedBackend(hosts))
 
 
@@ -87,12 +90,11 @@ class _CheckedTransport(httpx.HTTPTransport):
 def _client(seconds: float, hosts: Hosts | None) -> httpx.Client:
     """One connection pool per timeout setting and host guard, shared by the process.
 
-    Identity encoding keeps ranges byte-exact.
+    Identity encoding keeps ranges byte-exact. A guarded client ignores environment proxies.
     """
-    if hosts is None:
-        return httpx.Client(timeout=seconds, follow_redirects=True, headers={"Accept-Encoding": "identity"})
+    transport = None if hosts is None else _CheckedTransport(hosts)
     return httpx.Client(timeout=seconds, follow_redirects=True, headers={"Accept-Encoding": "identity"},
-                        transport=_CheckedTransport(hosts), trust_env=False)
+                        transport=transport, trust_env=hosts is None)
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
