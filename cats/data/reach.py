@@ -177,8 +177,12 @@ class Reach:
         try:
             where = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            now, held = os.stat(real, follow_symlinks=False), os.fstat(fd)
-            if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            held = os.fstat(fd)
+            try:
+                now = os.stat(real, follow_symlinks=False)
+            except OSError:
+                now = None
+            if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
                 raise DataForbidden(f"{uri} changed while it was being opened", uri) from None
             return
         self.path(uri, where)
