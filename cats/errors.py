@@ -75,7 +75,8 @@ class DataNotFound(DataError):
 
 
 class DataForbidden(DataError):
-    """The source refuses access (HTTP 401/403), or a file:// path lies outside the configured roots."""
+    """The source refuses access (HTTP 401/403), or the reader's Reach refuses the URI (cats.data.reach):
+    a file:// path outside the roots or inside CATS_HOME, a special address, an unpinned CID."""
 
 
 class DataTimeout(DataError):

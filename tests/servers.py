@@ -48,6 +48,7 @@ class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     etags: dict[str, str] = field(default_factory=dict)  # made once per put, as a real server keeps them
     fail: dict[str, int] = field(default_factory=dict)
+    redirects: dict[str, str] = field(default_factory=dict)  # path -> Location of a 302
     ignore_range: bool = False
     delay: float = 0.0
     log: list[Served] = field(default_factory=list)
@@ -75,6 +76,10 @@ def _handler(state: FileServer) -> type[BaseHTTPRequestHandler]:
             state.log.append(served)
             if state.delay:
                 state.stopping.wait(state.delay)
+            if self.path in state.redirects:
+                served.status = 302
+                self._reply(served, b"", {"Location": state.redirects[self.path]})
+                return
             if self.path in state.fail:
                 served.status = state.fail[self.path]
                 self._reply(served, b"failure\n", {})
@@ -132,12 +137,16 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 @contextmanager
-def serving() -> Iterator[FileServer]:
-    """A FileServer on a free loopback port for the duration of the block (tests and benchmarks)."""
+def serving(host: str = "127.0.0.1") -> Iterator[FileServer]:
+    """A FileServer on a free loopback port (of `host`: 127.0.0.1 or ::1) for the duration of the block."""
     state = FileServer()
-    server = _Server(("127.0.0.1", 0), _handler(state))
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    server = (_Server6 if ":" in host else _Server)((host, 0), _handler(state))
+    state.url = f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:

@@ -190,7 +190,7 @@ def test_source_without_version_is_never_cached(cache: Cache, monkeypatch: pytes
         def _fetch(self, uri: str, offset: int, n: int) -> tuple[bytes, str | None]:
             return super()._fetch(uri, offset, n)[0], None
 
-    monkeypatch.setitem(data.SCHEMES, "nover", lambda uri: NoVersion())
+    monkeypatch.setitem(data.SCHEMES, "nover", lambda uri, reach: NoVersion())
     data.write("mem://nv/k", b"1234")
     assert cache.read("nover://nv/k") == b"1234"
     data.write("mem://nv/k", b"5678")

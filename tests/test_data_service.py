@@ -69,9 +69,10 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self, **extra: str) -> dict[str, str]:
+        """The operator's settings: a data root, and the loopback sources of these tests allowed."""
         return {**os.environ, "CATS_HOME": str(self.home), "CATS_DATA_ROOTS": str(self.roots),
-                "CATS_DATA_MAX_FETCH": str(SERVICE_MAX_FETCH), "CATS_DATA_TIMEOUT": "1", "CATS_DATA_RETRIES": "0",
-                **extra}
+                "CATS_DATA_ALLOW_HOSTS": "127.0.0.1", "CATS_DATA_MAX_FETCH": str(SERVICE_MAX_FETCH),
+                "CATS_DATA_TIMEOUT": "1", "CATS_DATA_RETRIES": "0", **extra}
 
     def add_principals(self, *names: str) -> None:
         folder = self.home / "dataservice"
@@ -87,7 +88,7 @@ class Service:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.base / "serve.out", "ab") as out, open(self.base / "serve.err", "ab") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "cats", "data", "serve", "--port", str(self.port)],
-                                        stdout=out, stderr=err, env=self.env())
+                                        stdout=out, stderr=err, env=self.env(), cwd=self.base)  # CATS_HOME in it
         deadline = time.monotonic() + 20
         while True:
             try:

@@ -322,7 +322,7 @@ class _Alias(MemResolver):
 
 
 def test_register_a_scheme(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(data.SCHEMES, "test-alias", lambda uri: _Alias())
+    monkeypatch.setitem(data.SCHEMES, "test-alias", lambda uri, reach: _Alias())
     data.write("mem://alias/k", b"aliased")
     assert data.read("test-alias://alias/k", 2) == b"iased"
     assert isinstance(data.resolve("test-alias://x/y"), _Alias)

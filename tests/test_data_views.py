@@ -443,7 +443,7 @@ def test_view_made_by_hand_without_a_version_reads_unpinned(monkeypatch: pytest.
         def stat(self, uri: str) -> Info:
             return Info(uri, super().stat(uri).size, None)
 
-    monkeypatch.setitem(data.SCHEMES, "mem", lambda uri: NoVersion())
+    monkeypatch.setitem(data.SCHEMES, "mem", lambda uri, reach: NoVersion())
     with pytest.raises(DataError, match="cannot be pinned"):  # view() insists on a version token
         view(uri)
 

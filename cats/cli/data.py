@@ -42,24 +42,36 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8470, "--port", min=0, max=65535, help="Port (0: any free one, printed)."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level: debug, info, warning, error."),
+    allow_host: list[str] | None = typer.Option(
+        None, "--allow-host", help="A host name, IP address or network (10.0.0.0/8) the service may fetch from "
+                                   "although it is loopback, private or link-local (repeatable; adds to "
+                                   "CATS_DATA_ALLOW_HOSTS)."),
 ) -> None:
-    """Run the Data Service in the foreground (state in CATS_HOME/dataservice/) until Ctrl-C or SIGTERM."""
-    from cats.data.resolvers.file import roots
+    """Run the Data Service in the foreground (state in CATS_HOME/dataservice/) until Ctrl-C or SIGTERM.
+
+    It reads file:// only inside CATS_DATA_ROOTS (nothing while unset) and never inside CATS_HOME; it
+    fetches from no loopback, private or link-local address unless allowed; ipfs:// only pinned DAGs.
+    """
+    from cats.data.reach import Reach
     from cats.data.service.app import create_app
     from cats.web import listen, run, state_dir, url_of
 
     folder = state_dir("dataservice")
+    reach = Reach.service(allow_hosts=allow_host)
     sock = listen(host, port)
 
     def ready(app: Any) -> None:
         typer.echo(f"cats data service listening on {url_of(sock)}", err=False)
-        typer.echo(f"state in {folder}; file:// URIs are read inside {os.pathsep.join(roots())}", err=True)
+        where = f"inside {os.pathsep.join(reach.roots)}" if reach.roots else "nowhere (set CATS_DATA_ROOTS)"
+        typer.echo(f"state in {folder}; file:// URIs are read {where}, never inside CATS_HOME", err=True)
+        typer.echo(f"special addresses (loopback, private, link-local, ...) it may fetch from: {reach.hosts}",
+                   err=True)
         if not app.state.db.principals():
             typer.echo("no principals yet: add one with `cats data token add NAME`", err=True)
         if host not in ("127.0.0.1", "::1", "localhost"):
             typer.echo("warning: plain HTTP beyond loopback sends tokens in clear; put TLS in front", err=True)
 
-    run(create_app(folder), sock, log_level=log_level, ready=ready)
+    run(create_app(folder, reach), sock, log_level=log_level, ready=ready)
     typer.echo("cats data service stopped", err=True)
 
 

@@ -6,7 +6,9 @@
     info = pin(uri); read(uri, expect=info)           -> DataIntegrityError if the source changed
 
 Schemes: mem://, file:// (inside `CATS_DATA_ROOTS`), http(s)://, s3://, ipfs://. Others register
-a factory with `register`; factories are imported lazily, so boto3 loads only for s3://.
+a factory with `register`; factories are imported lazily, so boto3 loads only for s3://. Every
+resolver is confined to a `Reach` (cats.data.reach): a user's own by default, the Data Service's
+stricter one when it reads for a caller.
 """
 
 from __future__ import annotations
@@ -14,47 +16,55 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cats.data.cache import Cache
+from cats.data.reach import Reach
 from cats.data.resolvers import Info, RangeFile, Resolver
 from cats.data.uri import parse
 from cats.errors import DataError, UnsupportedScheme
 
-__all__ = ["Cache", "Info", "RangeFile", "Resolver", "open", "pin", "read", "register", "resolve", "stat", "write"]
+__all__ = ["Cache", "Info", "RangeFile", "Reach", "Resolver", "open", "pin", "read", "register", "resolve", "stat",
+           "write"]
 
-SCHEMES: dict[str, Callable[[str], Resolver]] = {}
+SCHEMES: dict[str, Callable[[str, Reach], Resolver]] = {}
 
 
-def register(scheme: str, factory: Callable[[str], Resolver]) -> None:
-    """Make `factory(uri)` the resolver for `scheme://` URIs (replacing any before it)."""
+def register(scheme: str, factory: Callable[[str, Reach], Resolver]) -> None:
+    """Make `factory(uri, reach)` the resolver for `scheme://` URIs (replacing any before it)."""
     SCHEMES[scheme.lower()] = factory
 
 
-def resolve(uri: str) -> Resolver:
-    """The resolver for the URI's scheme; UnsupportedScheme if none, MalformedURI if it is no URI."""
+def resolve(uri: str, reach: Reach | None = None) -> Resolver:
+    """The resolver for the URI's scheme, confined to `reach` (default: `Reach.local()`, a user's own process).
+
+    UnsupportedScheme if no resolver takes the scheme, MalformedURI if it is no URI.
+    """
     scheme = parse(uri).scheme
     if scheme not in SCHEMES:
         raise UnsupportedScheme(f"no resolver for {scheme}:// (in {uri}); supported: "
                                 f"{', '.join(s + '://' for s in sorted(SCHEMES))}", uri)
-    return SCHEMES[scheme](uri)
+    return SCHEMES[scheme](uri, reach or Reach.local())
 
 
-def stat(uri: str) -> Info:
-    return resolve(uri).stat(uri)
+def stat(uri: str, reach: Reach | None = None) -> Info:
+    return resolve(uri, reach).stat(uri)
 
 
 def read(uri: str, offset: int = 0, length: int | None = None, expect: Info | None = None,
-         cache: Cache | None = None) -> bytes:
+         cache: Cache | None = None, reach: Reach | None = None) -> bytes:
     """Bytes [offset, offset+length) of the URI (to the end if length is None), fetched by range.
 
-    With `cache`, a range read before at the same version is served from local disk (see cats.data.cache).
+    With `cache`, a range read before at the same version is served from local disk (see cats.data.cache),
+    which reads as a user's own process does.
     """
     if cache is not None:
+        if reach is not None:
+            raise ValueError("a cached read is a user's own read: pass cache or reach, not both")
         return cache.read(uri, offset, length, expect)
-    return resolve(uri).read(uri, offset, length, expect)
+    return resolve(uri, reach).read(uri, offset, length, expect)
 
 
-def open(uri: str, expect: Info | None = None) -> RangeFile:
+def open(uri: str, expect: Info | None = None, reach: Reach | None = None) -> RangeFile:
     """A seekable read-only binary file over range reads (named like fsspec's; shadows the builtin here only)."""
-    return resolve(uri).open(uri, expect)
+    return resolve(uri, reach).open(uri, expect)
 
 
 def write(uri: str, data: bytes) -> Info:
@@ -70,37 +80,37 @@ def pin(uri: str) -> Info:
     return info
 
 
-def _mem(uri: str) -> Resolver:
+def _mem(uri: str, reach: Reach) -> Resolver:
     from cats.data.resolvers.mem import MemResolver
 
     return MemResolver()
 
 
-def _file(uri: str) -> Resolver:
+def _file(uri: str, reach: Reach) -> Resolver:
     from cats.data.resolvers.file import FileResolver
 
-    return FileResolver()
+    return FileResolver(reach)
 
 
-def _http(uri: str) -> Resolver:
+def _http(uri: str, reach: Reach) -> Resolver:
     from cats.data.resolvers.http import HTTPResolver
 
-    return HTTPResolver()
+    return HTTPResolver(reach)
 
 
-def _s3(uri: str) -> Resolver:
+def _s3(uri: str, reach: Reach) -> Resolver:
     from cats.data.resolvers.s3 import S3Resolver
 
     return S3Resolver()
 
 
-def _ipfs(uri: str) -> Resolver:
+def _ipfs(uri: str, reach: Reach) -> Resolver:
     from cats.data.resolvers.ipfs import IPFSResolver
 
-    return IPFSResolver()
+    return IPFSResolver(reach)
 
 
-def _not_yet(uri: str) -> Resolver:
+def _not_yet(uri: str, reach: Reach) -> Resolver:
     scheme = parse(uri).scheme
     raise UnsupportedScheme(f"{scheme}:// is not supported yet (in {uri})", uri)
 

@@ -1,6 +1,8 @@
-"""`file:///abs/path`, confined to the folders in `CATS_DATA_ROOTS` (default: the working directory).
+"""`file:///abs/path`, confined to the roots of the reader's `Reach` (cats.data.reach).
 
-Containment is checked on the real path (symlinks and `..` resolved), so neither escapes a root.
+The path is checked on its real path (symlinks and `..` resolved) before opening, opened without
+following a final symlink, and the opened file's own path is checked again, so a symlink swapped in
+between gains nothing. FIFOs and devices are opened without blocking and then refused as not regular.
 """
 
 from __future__ import annotations
@@ -10,40 +12,42 @@ import tempfile
 from stat import S_ISREG
 from urllib.parse import unquote
 
+from cats.data.reach import Reach
 from cats.data.resolvers import Info, Resolver
 from cats.data.uri import parse
 from cats.errors import DataError, DataForbidden, DataNotFound, MalformedURI
 
-
-def roots() -> list[str]:
-    """The real paths of the allowed roots, read from the environment on each use."""
-    text = os.environ.get("CATS_DATA_ROOTS") or os.getcwd()
-    return [os.path.realpath(p) for p in text.split(os.pathsep) if p]
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class FileResolver(Resolver):
+    def __init__(self, reach: Reach) -> None:
+        self.reach = reach
+
     def _path(self, uri: str) -> str:
-        """The real local path the URI names, refused unless it lies inside a root."""
+        """The real local path the URI names, refused unless the reach allows it."""
         parts = parse(uri)
         path = unquote(parts.path)
         if parts.authority not in ("", "localhost") or not path.startswith("/") or "\0" in path:
             raise MalformedURI(f"{uri!r} is malformed: expected file:///absolute/path on this machine", uri)
-        real = os.path.realpath(path)
-        allowed = roots()
-        if not any(os.path.commonpath([real, root]) == root for root in allowed):
-            raise DataForbidden(f"{uri} lies outside the data roots ({os.pathsep.join(allowed)}); "
-                                "set CATS_DATA_ROOTS to allow it", uri)
-        return real
+        return self.reach.path(uri, path)
 
     def _open(self, uri: str) -> int:
+        real = self._path(uri)
         try:
-            return os.open(self._path(uri), os.O_RDONLY)
+            fd = os.open(real, _READ)
         except FileNotFoundError:
             raise DataNotFound(f"{uri} not found", uri) from None
         except PermissionError:
             raise DataForbidden(f"{uri}: permission denied", uri) from None
-        except OSError as e:
+        except OSError as e:  # ELOOP: the last component became a symlink after the check
             raise DataError(f"cannot open {uri}: {e.strerror}", uri) from None
+        try:
+            self.reach.opened(uri, fd, real)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     @staticmethod
     def _info(uri: str, fd: int) -> Info:

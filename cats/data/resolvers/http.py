@@ -6,6 +6,12 @@ A server that ignores Range and answers 200 is read only as far as needed, then 
 Requests to the Data Service's own origin (`CATS_DATA_SERVICE`, as scheme, host and port) carry
 `Authorization: Bearer $CATS_DATA_TOKEN`, so its signed URLs read like any other; no other host sees
 the token (and httpx drops it on a redirect to another origin).
+
+A reader whose `Reach` guards hosts (the Data Service, reading for a caller) connects through
+`_CheckedBackend`: each new connection, redirects included, resolves the host once, keeps only the
+addresses the reach allows, and connects to one of those very addresses (TLS still checks the
+certificate for the host name). Environment proxies are ignored there, since a proxy would connect
+where the check cannot see.
 """
 
 from __future__ import annotations
@@ -14,11 +20,14 @@ import functools
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import httpcore
 import httpx
 
+from cats.data.reach import Hosts, Reach
 from cats.data.resolvers import Info, Resolver, env_number, max_fetch
 from cats.data.uri import parse
 from cats.errors import (
@@ -43,10 +52,49 @@ def retries() -> int:
     return int(env_number("CATS_DATA_RETRIES", 3))
 
 
+class _CheckedBackend(httpcore.SyncBackend):
+    """Connects only to addresses `hosts` allows, to the very address it checked (no second DNS answer)."""
+
+    def __init__(self, hosts: Hosts) -> None:
+        self.hosts = hosts
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        try:
+            addresses = self.hosts.addresses(host, port)
+        except OSError as e:  # the name does not resolve: unreachable, like a refused connection
+            raise httpcore.ConnectError(f"cannot resolve {host}: {e}") from None
+        failure: httpcore.ConnectError | None = None
+        for address in addresses:
+            try:
+                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as e:
+                failure = e
+        assert failure is not None
+        raise failure
+
+
+class _CheckedTransport(httpx.HTTPTransport):
+    """httpx's transport (its request and error mapping) over a pool whose every connection goes
+    through `_CheckedBackend`. httpx takes no network backend of its own, so its pool is replaced;
+    the limits are httpx's defaults."""
+
+    def __init__(self, hosts: Hosts) -> None:
+        super().__init__(trust_env=False)
+        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(), max_connections=100,
+                                             max_keepalive_connections=20, keepalive_expiry=5.0,
+                                             network_backend=_CheckedBackend(hosts))
+
+
 @functools.lru_cache(maxsize=8)
-def _client(seconds: float) -> httpx.Client:
-    """One connection pool per timeout setting, shared by the process. Identity encoding keeps ranges byte-exact."""
-    return httpx.Client(timeout=seconds, follow_redirects=True, headers={"Accept-Encoding": "identity"})
+def _client(seconds: float, hosts: Hosts | None) -> httpx.Client:
+    """One connection pool per timeout setting and host guard, shared by the process.
+
+    Identity encoding keeps ranges byte-exact. A guarded client ignores environment proxies.
+    """
+    transport = None if hosts is None else _CheckedTransport(hosts)
+    return httpx.Client(timeout=seconds, follow_redirects=True, headers={"Accept-Encoding": "identity"},
+                        transport=transport, trust_env=hosts is None)
 
 
 def _origin(url: str) -> tuple[str, str, int] | None:
@@ -121,13 +169,16 @@ def _upto(response: httpx.Response, n: int) -> bytes:
 
 
 class HTTPResolver(Resolver):
+    def __init__(self, reach: Reach) -> None:
+        self.hosts = reach.hosts
+
     @contextmanager
     def _get(self, uri: str, first: int, last: int) -> Iterator[httpx.Response]:
         """A streamed GET of bytes first..last, retried on connection errors and 5xx; HTTP errors typed."""
         if not parse(uri).authority:
             raise MalformedURI(f"{uri!r} is malformed: expected {parse(uri).scheme}://host/path", uri)
         seconds, attempts = timeout(), retries() + 1
-        client = _client(seconds)
+        client = _client(seconds, self.hosts)
         failure, timed_out = "", False
         for attempt in range(attempts):
             if attempt:
@@ -138,6 +189,8 @@ class HTTPResolver(Resolver):
                 response = client.send(request, stream=True)
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
                 raise MalformedURI(f"{uri!r} is malformed: {e}", uri) from None
+            except DataForbidden as e:  # the host guard refused the address (of the URI or of a redirect)
+                raise DataForbidden(f"{uri}: {e}", uri) from None
             except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
                 raise DataTimeout(f"{uri} did not answer within {seconds:g} s (CATS_DATA_TIMEOUT)", uri) from None
             except httpx.TransportError as e:  # connection refused, reset, connect timeout: worth retrying

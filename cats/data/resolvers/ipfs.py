@@ -1,4 +1,7 @@
-"""`ipfs://CID[/path]` from the local block store (`CATS_STORE` or `CATS_HOME`'s), by verified range reads."""
+"""`ipfs://CID[/path]` from the local block store (`CATS_STORE` or `CATS_HOME`'s), by verified range reads.
+
+The reader's `Reach` decides which root CIDs it may read (the Data Service: pinned DAGs only).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from contextlib import contextmanager
 from cats.cas import reader
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, open_store
+from cats.data.reach import Reach
 from cats.data.resolvers import Info, Resolver
 from cats.errors import (
     BlockNotFound,
@@ -32,7 +36,8 @@ def _mapped(uri: str) -> Iterator[None]:
 
 
 class IPFSResolver(Resolver):
-    def __init__(self) -> None:
+    def __init__(self, reach: Reach) -> None:
+        self.reach = reach
         self.store: BlockStore = open_store()
 
     def _file(self, uri: str) -> tuple[CID, int]:
@@ -41,6 +46,7 @@ class IPFSResolver(Resolver):
             root, path = reader.split_path(uri)
         except InvalidCID as e:
             raise MalformedURI(f"{uri!r} is malformed: expected ipfs://CID[/path] ({e})", uri) from None
+        self.reach.ipfs(uri, root)
         with _mapped(uri):
             cid = reader.resolve(self.store, root, path)
             item = reader.stat(self.store, cid)

@@ -16,5 +16,6 @@ is fetched; it never computes on them. Modules, one concern each:
     client.py   an httpx client for the CLI (`CATS_DATA_SERVICE`, `CATS_DATA_TOKEN`)
     probe.py    metadata the client computes cheaply before registering (format, npy/Parquet headers, sha256)
 
-Everything lives in `CATS_HOME/dataservice/`, so a restart loses nothing.
+Everything lives in `CATS_HOME/dataservice/`, so a restart loses nothing. Sources are read within
+`cats.data.reach.Reach.service()`: what the operator shares, never the node's own state.
 """

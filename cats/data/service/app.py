@@ -7,6 +7,10 @@ bytes of the dataset's URI through `cats.data` (one `Range: bytes=a-b` answered 
 Content-Range, ETag = the source's version), so the project's own http resolver reads them by range.
 Reads larger than `CATS_DATA_MAX_FETCH` are refused (413); the source's errors map to
 404/403/502/504 naming the URI.
+
+Every read goes through the service's `Reach` (cats.data.reach), never a user's own: no file://
+until the operator sets `CATS_DATA_ROOTS`, never `CATS_HOME`, no special network address unless
+allow-listed, ipfs:// only under pinned DAGs. Refusals answer 403 naming the URI and the setting.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cats import __version__, data
+from cats.data.reach import Reach
 from cats.data.resolvers import Info, max_fetch
 from cats.data.service import models as m
 from cats.data.service import signing
@@ -53,7 +58,8 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 _WHY = {
     401: "No bearer token, or one that names no principal",
-    403: "Not the owner (or a reader); a forged, altered, expired or foreign signature; or the source refused",
+    403: "Not the owner (or a reader); a forged, altered, expired or foreign signature; a source outside what "
+         "the service may read (CATS_DATA_ROOTS, CATS_HOME, special addresses, unpinned CIDs); or the source refused",
     404: "No such dataset, or the source has no such object",
     410: "The dataset's TTL has passed",
     413: "The read is larger than CATS_DATA_MAX_FETCH",
@@ -100,14 +106,14 @@ class _Access:
                            self.bytes if error is None else 0, detail))
 
 
-def _check_uri(uri: str) -> None:
+def _check_uri(uri: str, reach: Reach) -> None:
     """422 unless the URI parses and some resolver takes its scheme."""
     try:
         parts = parse(uri)
         if parts.scheme in _NO_SHARED_STATE:
             raise HTTPException(422, f"cannot register {uri}: {parts.scheme}:// lives in one process's memory, "
                                      "so the data service could never read it")
-        data.resolve(uri)
+        data.resolve(uri, reach)
     except DataError as e:
         raise HTTPException(422, f"cannot register {uri}: {e}") from None
     if parts.scheme in _NEEDS_AUTHORITY and not parts.authority:
@@ -150,8 +156,10 @@ def _range(header: str | None, size: int, etag: dict[str, str]) -> tuple[int, in
     return start, end, True
 
 
-def create_app(folder: Path) -> FastAPI:
-    """The application over the state in `folder` (made by `cats.data.service.state_dir()` normally)."""
+def create_app(folder: Path, reach: Reach | None = None) -> FastAPI:
+    """The application over the state in `folder` (`CATS_HOME/dataservice/` normally), reading sources
+    within `reach` (default: `Reach.service()`, configured by the environment)."""
+    reach = reach or Reach.service()
     db = ServiceDB(folder / "state.sqlite")
     key = signing.load_key(folder)
 
@@ -213,7 +221,7 @@ def create_app(folder: Path) -> FastAPI:
             owner = who(access, creds)
             uris = [body.uri, *body.replicas]
             for uri in uris:
-                _check_uri(uri)
+                _check_uri(uri, reach)
             readers = sorted(set(body.readers) - {owner})
             unknown = sorted(set(readers) - db.known(readers))
             if unknown:
@@ -301,7 +309,7 @@ def create_app(folder: Path) -> FastAPI:
                 raise HTTPException(403, f"dataset {handle}: {sub} may no longer read it")
             live(row)
             try:
-                info = data.stat(uri)
+                info = data.stat(uri, reach)
             except DataError as e:
                 raise _source_error(handle, e) from None
             etag = {} if info.version is None else {"ETag": _etag(info.version)}
@@ -312,14 +320,15 @@ def create_app(folder: Path) -> FastAPI:
                                          f"exceeds CATS_DATA_MAX_FETCH={limit}; read it by ranges")
             pinned = info if info.version is not None else None
             try:
-                first = data.read(uri, start, min(CHUNK, end - start), expect=pinned) if end > start else b""
+                first = data.read(uri, start, min(CHUNK, end - start), expect=pinned, reach=reach) \
+                    if end > start else b""
             except DataError as e:
                 raise _source_error(handle, e) from None
             headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start), **etag}
             if partial:
                 headers["Content-Range"] = f"bytes {start}-{end - 1}/{info.size}"
             access.status, access.bytes = (206 if partial else 200), end - start
-            body = _stream(db, access, uri, pinned, first, start, end)
+            body = _stream(db, access, uri, reach, pinned, first, start, end)
             return StreamingResponse(body, status_code=access.status, headers=headers,
                                      media_type="application/octet-stream")
 
@@ -334,7 +343,7 @@ def _etag(version: str) -> str:
     return version if version.startswith(('"', 'W/"')) else '"' + version.replace('"', "") + '"'
 
 
-def _stream(db: ServiceDB, access: _Access, uri: str, pinned: Info | None, first: bytes, start: int,
+def _stream(db: ServiceDB, access: _Access, uri: str, reach: Reach, pinned: Info | None, first: bytes, start: int,
             end: int) -> Iterator[bytes]:
     """The first chunk (read before answering, so source errors still get their status), then the rest.
 
@@ -345,7 +354,7 @@ def _stream(db: ServiceDB, access: _Access, uri: str, pinned: Info | None, first
     pos = start + len(first)
     while pos < end:
         try:
-            chunk = data.read(uri, pos, min(CHUNK, end - pos), expect=pinned)
+            chunk = data.read(uri, pos, min(CHUNK, end - pos), expect=pinned, reach=reach)
             if not chunk:
                 raise DataError(f"{uri} ended at byte {pos}, before the {end} its size promised", uri)
         except DataError as e:
