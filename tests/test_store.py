@@ -280,3 +280,18 @@ def test_open_store_unknown_scheme_names_the_url() -> None:
     with pytest.raises(CatsError) as e:
         open_store(url)
     assert url in str(e.value)
+
+
+def test_identity_cids_carry_their_block(store: BlockStore, tmp_path: Path) -> None:
+    """As in IPFS, a block under an identity CID is the CID's own digest: every store has it, none keeps
+    it, and a folder linking one (as `ipfs add --inline` makes) reads and extracts like any other."""
+    from cats.cas import multihash, reader
+
+    small = CID.hash(b"inline me", RAW, hashfn=multihash.IDENTITY)
+    assert store.has(small) and store.get(small) == b"inline me"
+    assert small.to_v1() not in set(store)
+    folder = dagpb.encode([dagpb.Link(small, "small.txt", 0)], unixfs.encode(unixfs.Kind.DIRECTORY))
+    root = CID.hash(folder, DAG_PB)
+    store.put(root, folder)
+    assert b"".join(reader.read(store, reader.resolve(store, root, "small.txt"))) == b"inline me"
+    assert (reader.get(store, root, tmp_path / "out") / "small.txt").read_bytes() == b"inline me"

@@ -137,7 +137,7 @@ class ClusterStore(BlockStore):
             self._peers = self._peers()
         return self._peers
 
-    def has(self, cid: CID) -> bool:
+    def _has(self, cid: CID) -> bool:
         if self.local.has(cid):
             return True
         try:

@@ -80,7 +80,7 @@ class CountingStore(BlockStore):
         self._cached = 0
         self._limit = cache_bytes
 
-    def has(self, cid: CID) -> bool:
+    def _has(self, cid: CID) -> bool:
         return self.inner.has(cid)
 
     def put(self, cid: CID, data: bytes | memoryview) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Literal
 from urllib.parse import urlsplit
 
+from cats.cas import multihash
 from cats.cas.cid import CID
 from cats.errors import BlockNotFound, CatsError, IntegrityError
 
@@ -33,8 +34,12 @@ class BlockStore(ABC):
         """A URL another process opens this same store with (`open_store(url)`); None: this process only."""
         return None
 
+    def has(self, cid: CID) -> bool:
+        """Whether the block is here; an identity CID carries its block, so it always is (as in IPFS)."""
+        return cid.hashfn == multihash.IDENTITY or self._has(cid)
+
     @abstractmethod
-    def has(self, cid: CID) -> bool: ...
+    def _has(self, cid: CID) -> bool: ...
 
     @abstractmethod
     def put(self, cid: CID, data: bytes | memoryview) -> None:
@@ -56,6 +61,8 @@ class BlockStore(ABC):
         """The stored bytes, or BlockNotFound."""
 
     def get(self, cid: CID, verify: bool = True) -> bytes:
+        if cid.hashfn == multihash.IDENTITY:  # never stored: the bytes are in the CID
+            return bytes(cid.digest)
         data = self._get_unverified(cid)
         if verify and not cid.verify(data):
             raise IntegrityError(f"block {cid} is corrupted: its bytes do not hash to its CID", cid)

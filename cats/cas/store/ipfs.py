@@ -101,7 +101,7 @@ class IPFSStore(PinningStore):
                          f"{_message(response)}")
 
     # -- BlockStore -----------------------------------------------------------------------
-    def has(self, cid: CID) -> bool:
+    def _has(self, cid: CID) -> bool:
         r = self._call("block/stat", {"arg": str(cid), "offline": "true", "timeout": LOOKUP_TIMEOUT})
         if r.status_code == 200:
             return True

@@ -78,7 +78,7 @@ class LocalStore(BlockStore):
         key = _key(cid)
         return self.root / key[-3:-1] / key
 
-    def has(self, cid: CID) -> bool:
+    def _has(self, cid: CID) -> bool:
         return self.path(cid).exists()
 
     def put(self, cid: CID, data: bytes | memoryview) -> None:

@@ -32,7 +32,7 @@ class MemoryStore(BlockStore):
     def _key(cid: CID) -> bytes:
         return bytes(cid.to_v1())
 
-    def has(self, cid: CID) -> bool:
+    def _has(self, cid: CID) -> bool:
         return self._key(cid) in self._blocks
 
     def put(self, cid: CID, data: bytes | memoryview) -> None:
