@@ -12,7 +12,7 @@ class Forwarding(BlockStore):
     def __init__(self, inner: BlockStore) -> None:
         self.inner = inner
 
-    def has(self, cid: CID) -> bool:
+    def _has(self, cid: CID) -> bool:
         return self.inner.has(cid)
 
     def put(self, cid: CID, data: bytes | memoryview) -> None:
