@@ -319,8 +319,8 @@ def _node(store: BlockStore, cid: CID) -> _Node:
 def _check_links(root: _Node, cid: CID, allow_outside: bool) -> list[str]:
     """Refuse the tree if a symlink resolves outside it, unless allowed: then say which, one line each."""
     outside = []
-    for where, folder, name, link in _links(root, cid):
-        shown = f"symlink '{'/'.join(names.display(p) for p in [*where, name])}' in {folder}" if name \
+    for where, name, link in _links(root):
+        shown = f"symlink '{'/'.join(names.display(p) for p in [*where, name])}' in {cid}" if name \
             else f"symlink {cid}"
         target = names.display(link.target)
         if link.target == "" or "\0" in link.target:
@@ -334,17 +334,17 @@ def _check_links(root: _Node, cid: CID, allow_outside: bool) -> list[str]:
     return outside
 
 
-def _links(root: _Node, cid: CID) -> Iterator[tuple[list[str], CID, str, _Node]]:
-    """Every symlink of the tree: its folder's path from the root, that folder's CID, its name, its node.
-    A tree that is one symlink yields it with no name; its folder is the one dest goes in."""
+def _links(root: _Node) -> Iterator[tuple[list[str], str, _Node]]:
+    """Every symlink of the tree: its folder's path from the root, its name, its node. A tree that is
+    one symlink yields it with no name; its folder is the one dest goes in."""
     if root.kind == "symlink":
-        yield [], cid, "", root
+        yield [], "", root
     stack: list[tuple[list[str], _Node]] = [([], root)]
     while stack:
         where, folder = stack.pop()
         for name, child in folder.children.items():
             if child.kind == "symlink":
-                yield where, folder.cid, name, child
+                yield where, name, child
             elif child.kind == "dir":
                 stack.append(([*where, name], child))
 
@@ -409,7 +409,7 @@ def _lay_out(store: BlockStore, root: _Node, at: int) -> None:
     finally:
         for fd, _, _ in stack:
             os.close(fd)
-    for where, _, name, link in _links(root, root.cid):
+    for where, name, link in _links(root):
         fd = at
         try:
             for part in ["out", *where]:
