@@ -48,7 +48,8 @@ class CarError(CatsError, ValueError):
 
 
 class UnsafePath(CatsError, ValueError):
-    """A directory entry name that would escape its directory (`..`, `/`, empty, NUL)."""
+    """A folder entry name that would escape its folder (`..`, `/`, empty, NUL) or that the folder holds twice,
+    or a symlink that would lead outside the tree being written."""
 
 
 class PathNotFound(CatsError, KeyError):

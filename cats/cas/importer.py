@@ -26,7 +26,7 @@ from typing import BinaryIO
 from cats.cas import dagpb, hamt, multihash, names, unixfs, varint
 from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.store import BlockStore
-from cats.errors import CatsError, UnsafePath
+from cats.errors import CatsError
 
 CHUNK_SIZE = 262_144
 MAX_LINKS = 174
@@ -190,7 +190,6 @@ class Importer:
             name = names.decode(raw)
             if (name.startswith(".") and not self.hidden) or (self.ignore and self.ignore(name)):
                 continue
-            check_name(name, rel)
             child_rel = f"{rel}/{name}"
             if child.is_symlink():
                 entry = self._symlink(Path(child.path))
@@ -203,12 +202,18 @@ class Importer:
                 yield Added(child_rel, entry.cid, entry.size, "file", entry.tsize)
             links.append(dagpb.Link(entry.cid, name, entry.tsize))
             size += entry.size
-        node = self.directory(links, size)
+        node = self.directory(links, size, where=f"folder {rel}")
         yield Added(rel, node.cid, size, "dir", node.tsize)
         return node
 
-    def directory(self, links: list[dagpb.Link], size: int = 0) -> Entry:
-        """A folder of already-stored entries (links named, sorted by name), sharded as kubo would."""
+    def directory(self, links: list[dagpb.Link], size: int = 0, where: str = "the folder being built") -> Entry:
+        """A folder of already-stored entries (links named, sorted by name), sharded as kubo would. Every
+        name is checked here, where all of them enter a folder: a file system gives none that is unsafe
+        or twice in one folder, but names from elsewhere (slice names, a wrapped path) might.
+        `where` names the folder in the error."""
+        seen: set[str] = set()
+        for link in links:
+            names.check(link.name or "", where, seen)
         if hamt.estimated_size(links) > self.shard_threshold:
             top = hamt.build(links, self._shard_node)
             return Entry(top.cid, size, top.tsize or 0)
@@ -219,7 +224,7 @@ class Importer:
         """Add a file or folder inside a folder of its own, keeping its name (`ipfs add -w`)."""
         *_, top = self.add_path(path)
         name = names.decode(os.fsencode(Path(path).name))
-        return self.directory([dagpb.Link(top.cid, name, top.tsize)], top.size)
+        return self.directory([dagpb.Link(top.cid, name, top.tsize)], top.size, where=f"the folder wrapping {path}")
 
     def _shard_node(self, links: list[dagpb.Link], data: bytes) -> dagpb.Link:
         node = self._node(links, data)
@@ -309,8 +314,3 @@ def _read_chunk(stream: BinaryIO) -> bytes | memoryview:
         got += n
     return view[:got] if got < CHUNK_SIZE else buf
 
-
-def check_name(name: str, where: str) -> None:
-    """Refuse entry names that would escape their folder when written back to disk."""
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise UnsafePath(f"unsafe entry name '{names.display(name)}' in {where}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from cats.errors import EncodeError
+from cats.errors import EncodeError, UnsafePath
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -48,3 +48,14 @@ def display(name: str) -> str:
     a newline) written as a `\\xNN` escape, so a name always prints on one line as what it is."""
     text = encode(name).decode("utf-8", "backslashreplace")
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def check(name: str, where: str, seen: set[str]) -> None:
+    """Refuse a name that is not one entry of its folder once on disk: empty, `.`, `..`, holding `/` or NUL
+    (it would land elsewhere than in its folder), or one `seen` already holds (two entries, one path:
+    the later one would be written over, or through, the earlier). Adds the name to `seen`."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise UnsafePath(f"unsafe entry name '{display(name)}' in {where}")
+    if name in seen:
+        raise UnsafePath(f"duplicate entry name '{display(name)}' in {where}")
+    seen.add(name)

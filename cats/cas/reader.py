@@ -10,13 +10,13 @@ import io
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from cats.cas import dagpb, names, unixfs
 from cats.cas.cid import CID, DAG_PB, RAW
-from cats.cas.importer import check_name
 from cats.cas.store import BlockStore
 from cats.errors import CatsError, DecodeError, PathNotFound, UnknownCodec, UnsafePath
 
@@ -76,24 +76,34 @@ def stat(store: BlockStore, cid: CID) -> Item:
 
 
 def _entries(store: BlockStore, cid: CID, node: dagpb.Node, fs: unixfs.Data) -> Iterator[tuple[str, CID, int]]:
-    """(name, cid, tsize) of a folder's entries, flattening HAMT shards."""
+    """(name, cid, tsize) of a folder's entries, flattening HAMT shards. Each name is checked as it is
+    decoded (`names.check`), across all the shards of one folder, so no caller meets an unsafe or a
+    duplicate name."""
+    seen: set[str] = set()
     if fs.kind == unixfs.Kind.DIRECTORY:
         for link in node.links:
             name = link.name or ""
-            check_name(name, f"folder {cid}")
+            names.check(name, f"folder {cid}", seen)
             yield name, link.cid, link.tsize or 0
     elif fs.kind == unixfs.Kind.HAMT_SHARD:
-        width = len(f"{(fs.fanout or _HAMT_DEFAULT_FANOUT) - 1:X}")
-        for link in node.links:
-            name = link.name or ""
-            if len(name) == width:  # a sub-shard
-                sub, sub_fs = _pb(store, link.cid)
-                yield from _entries(store, link.cid, sub, sub_fs)
-            else:
-                check_name(name[width:], f"folder {cid}")
-                yield name[width:], link.cid, link.tsize or 0
+        yield from _shard_entries(store, cid, node, fs, f"folder {cid}", seen)
     else:
         raise CatsError(f"{cid} is a {_kind_name(fs.kind)}, not a folder")
+
+
+def _shard_entries(store: BlockStore, cid: CID, node: dagpb.Node, fs: unixfs.Data, where: str,
+                   seen: set[str]) -> Iterator[tuple[str, CID, int]]:
+    width = len(f"{(fs.fanout or _HAMT_DEFAULT_FANOUT) - 1:X}")
+    for link in node.links:
+        name = link.name or ""
+        if len(name) == width:  # a sub-shard
+            sub, sub_fs = _pb(store, link.cid)
+            if sub_fs.kind != unixfs.Kind.HAMT_SHARD:
+                raise DecodeError(f"{link.cid} is a {_kind_name(sub_fs.kind)} where {cid} links a sub-shard")
+            yield from _shard_entries(store, link.cid, sub, sub_fs, where, seen)
+        else:
+            names.check(name[width:], where, seen)
+            yield name[width:], link.cid, link.tsize or 0
 
 
 def entries(store: BlockStore, cid: CID) -> list[tuple[str, CID, int]]:
@@ -238,37 +248,198 @@ class FileReader(RangeFile):
         super().__init__(stat(store, cid).size, lambda offset, n: b"".join(read(store, cid, offset, n)), str(cid))
 
 
-def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str]) -> Path:
-    """Write a file or folder tree to dest. Built beside dest and renamed in, so a failure leaves nothing."""
+# -- get: a tree to disk -----------------------------------------------------------------------
+# Nothing is written through a link: every folder is entered by a descriptor opened with O_NOFOLLOW,
+# every file created with O_EXCL|O_NOFOLLOW, and the tree's symlinks are made last, once each has been
+# resolved, through the tree's other symlinks as they will be on disk, to a place inside it.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_HOPS = 40  # symlinks followed in one resolution, as Linux's MAXSYMLINKS: past it, a loop
+
+
+@dataclass(slots=True)
+class _Node:
+    """One entry of a tree about to be written: a folder's children, a file's CID, or a symlink's target."""
+
+    cid: CID
+    kind: str  # "dir", "file" or "symlink"
+    target: str = ""
+    children: dict[str, _Node] = field(default_factory=dict)
+
+
+def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str], *, allow_outside_links: bool = False) -> Path:
+    """Write a file or folder tree to dest, which must not exist yet. Refused, with nothing written, when a
+    symlink of the tree would resolve outside it (absolute, or climbing out, maybe through other links of
+    the tree) unless `allow_outside_links`, which writes such links as they are, with a warning each.
+    Built in a folder beside dest and renamed in whole, so a failure (or an interrupt) leaves nothing."""
     dest = Path(dest)
     if dest.exists() or dest.is_symlink():
         raise CatsError(f"{dest} already exists; choose another -o destination")
+    tree = _plan(store, cid)
+    outside = _check_links(tree, cid, allow_outside_links)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        out = staging / "out"
-        _write(store, cid, out, out)
-        os.replace(out, dest)
+        at = os.open(staging, _DIR_FLAGS)
+        try:
+            _lay_out(store, tree, at)
+        finally:
+            os.close(at)
+        os.replace(staging / "out", dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    for message in outside:
+        warnings.warn(message, stacklevel=2)
     return dest
 
 
-def _write(store: BlockStore, cid: CID, path: Path, top: Path) -> None:
-    info = stat(store, cid)
-    if info.kind == "file":
-        with open(path, "wb") as f:
-            for chunk in read(store, cid):
-                f.write(chunk)
-    elif info.kind == "symlink":
-        _, fs = _pb(store, cid)
-        target = os.fsdecode(fs.data or b"")  # the bytes it holds, whatever the locale
-        resolved = os.path.normpath(os.path.join(path.parent, target))
-        if os.path.isabs(target) or not (resolved + os.sep).startswith(str(top) + os.sep):
-            raise UnsafePath(f"symlink {cid} points outside the destination: {target!r}")
-        os.symlink(target, path)
-    else:
-        node, fs = _pb(store, cid)
-        path.mkdir()
-        for name, child, _ in _entries(store, cid, node, fs):
-            _write(store, child, path / os.fsdecode(names.encode(name)), top)
+def _plan(store: BlockStore, cid: CID) -> _Node:
+    """The whole tree's shape from its folder and entry blocks, file contents left unread; every name is
+    checked as its folder is decoded."""
+    root = _node(store, cid)
+    folders = [root] if root.kind == "dir" else []
+    while folders:
+        folder = folders.pop()
+        node, fs = _pb(store, folder.cid)
+        for name, child, _ in _entries(store, folder.cid, node, fs):
+            folder.children[name] = entry = _node(store, child)
+            if entry.kind == "dir":
+                folders.append(entry)
+    return root
+
+
+def _node(store: BlockStore, cid: CID) -> _Node:
+    if cid.codec == RAW:
+        return _Node(cid, "file")
+    _, fs = _pb(store, cid)
+    kind = _kind_name(fs.kind)
+    return _Node(cid, kind, names.decode(fs.data or b"") if kind == "symlink" else "")
+
+
+def _check_links(root: _Node, cid: CID, allow_outside: bool) -> list[str]:
+    """Refuse the tree if a symlink resolves outside it, unless allowed: then say which, one line each."""
+    outside = []
+    for where, name, link in _links(root):
+        shown = f"symlink '{'/'.join(names.display(p) for p in [*where, name])}' in {cid}" if name \
+            else f"symlink {cid}"
+        target = names.display(link.target)
+        if link.target == "" or "\0" in link.target:
+            raise UnsafePath(f"{shown} has an unusable target '{target}'")
+        if root.kind == "dir" and _lands(root, where, link.target) is not None:
+            continue
+        message = f"{shown} points outside the destination: '{target}'"
+        if not allow_outside:
+            raise UnsafePath(message)
+        outside.append(message)
+    return outside
+
+
+def _links(root: _Node) -> Iterator[tuple[list[str], str, _Node]]:
+    """Every symlink of the tree: its folder's path from the root, its name, its node. A tree that is
+    one symlink yields it with no name; its folder is the one dest goes in."""
+    if root.kind == "symlink":
+        yield [], "", root
+    stack: list[tuple[list[str], _Node]] = [([], root)]
+    while stack:
+        where, folder = stack.pop()
+        for name, child in folder.children.items():
+            if child.kind == "symlink":
+                yield where, name, child
+            elif child.kind == "dir":
+                stack.append(([*where, name], child))
+
+
+def _lands(root: _Node, where: list[str], target: str) -> list[str] | None:
+    """Where a symlink in the folder `where` leads: its path from the root, resolved as the kernel will,
+    through the tree's own symlinks; None when that is outside (absolute, `..` above the root, or a loop).
+    Past a name the tree lacks, or through a file, the rest is taken by its text alone, as realpath does:
+    a link is never trusted on the strength of something that is not there."""
+    if target.startswith("/"):
+        return None
+    here = list(where)
+    pending = list(reversed(target.split("/")))
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not here:
+                return None
+            here.pop()
+            continue
+        entry = _find(root, [*here, part])
+        if entry is not None and entry.kind == "symlink":
+            hops += 1
+            if hops > _MAX_HOPS or entry.target.startswith("/"):
+                return None
+            pending.extend(reversed(entry.target.split("/")))
+            continue
+        here.append(part)
+    return here
+
+
+def _find(root: _Node, path: list[str]) -> _Node | None:
+    node: _Node | None = root
+    for part in path:
+        node = node.children.get(part) if node is not None and node.kind == "dir" else None
+    return node
+
+
+def _lay_out(store: BlockStore, root: _Node, at: int) -> None:
+    """Write the tree as `out` in the folder open as `at`: folders and files first, symlinks last."""
+    _make(store, root, "out", at, str(root.cid))
+    if root.kind != "dir":
+        return
+    top = _open_dir(at, "out")
+    stack: list[tuple[int, Iterator[tuple[str, _Node]], str]] = [(top, iter(root.children.items()), "")]
+    try:
+        while stack:
+            fd, items, where = stack[-1]
+            for name, child in items:
+                shown = f"{where}{names.display(name)}"
+                if child.kind == "symlink":
+                    continue
+                _make(store, child, name, fd, shown)
+                if child.kind == "dir":
+                    stack.append((_open_dir(fd, name, shown), iter(child.children.items()), shown + "/"))
+                    break
+            else:
+                os.close(stack.pop()[0])
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    for where, name, link in _links(root):
+        fd = at
+        try:
+            for part in ["out", *where]:
+                fd, parent = _open_dir(fd, part), fd
+                if parent != at:
+                    os.close(parent)
+            _make(store, link, name, fd, "/".join(names.display(p) for p in [*where, name]))
+        finally:
+            if fd != at:
+                os.close(fd)
+
+
+def _open_dir(at: int, name: str, shown: str = "") -> int:
+    try:
+        return os.open(names.encode(name), _DIR_FLAGS, dir_fd=at)
+    except OSError as e:
+        raise CatsError(f"cannot open folder '{shown or name}' being written: {e.strerror}") from None
+
+
+def _make(store: BlockStore, node: _Node, name: str, at: int, shown: str) -> None:
+    """Create one entry in the folder open as `at`, never following a link that stands in its place."""
+    raw = names.encode(name)
+    try:
+        if node.kind == "dir":
+            os.mkdir(raw, 0o777, dir_fd=at)
+        elif node.kind == "symlink":
+            os.symlink(names.encode(node.target), raw, dir_fd=at)
+        else:
+            with open(os.open(raw, _FILE_FLAGS, 0o666, dir_fd=at), "wb") as f:
+                for chunk in read(store, node.cid):
+                    f.write(chunk)
+    except OSError as e:
+        raise CatsError(f"cannot write '{shown}' ({node.cid}): {e.strerror}") from None

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -189,15 +190,23 @@ def get(
     target: str = typer.Argument(..., metavar="CID[/PATH]"),
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="Destination (default: the CID or last path part)."),
+    allow_outside_links: bool = typer.Option(False, "--allow-outside-links",
+                                             help="Write symlinks that point outside the destination (each with "
+                                                  "a warning) instead of refusing the tree."),
 ) -> None:
-    """Write a file or folder tree to disk; nothing is left behind if it fails."""
+    """Write a file or folder tree to disk; nothing is left behind if it fails. A tree whose symlinks
+    would lead outside the destination is refused unless --allow-outside-links."""
     from cats.cas import names, reader
 
     store = _store()
     root, path = reader.split_path(target)
     cid = reader.resolve(store, root, path)
     dest = output or Path(path.rsplit("/", 1)[-1] if path else str(root))
-    reader.get(store, cid, dest)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader.get(store, cid, dest, allow_outside_links=allow_outside_links)
+    for warning in caught:
+        typer.echo(f"warning: {warning.message}", err=True)
     typer.echo(f"saved {cid} to {names.display(str(dest))}")
 
 

@@ -38,16 +38,19 @@ _loaded: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
 def code_folder(store: BlockStore, code: CID) -> Path:
-    """The code DAG as files in `CATS_HOME/code/<cid>`, fetched once per machine."""
+    """The code DAG as files in `CATS_HOME/code/<cid>`, fetched once per machine, by `reader.get`: code
+    whose symlinks lead outside its folder, or whose names are unsafe, is refused and leaves nothing."""
     folder = home() / "code" / str(code)
     if not folder.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder.parent)) / "code"
-        reader.get(store, code, staging)
-        # another worker on this machine may have got there first: same CID, same files
-        with contextlib.suppress(OSError):
-            os.replace(staging, folder)
-        shutil.rmtree(staging.parent, ignore_errors=True)
+        try:
+            reader.get(store, code, staging)
+            # another worker on this machine may have got there first: same CID, same files
+            with contextlib.suppress(OSError):
+                os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging.parent, ignore_errors=True)
     return folder
 
 
