@@ -8,6 +8,7 @@ private node, the restart and the Order submitted over HTTP get nodes of their o
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -36,7 +37,7 @@ import pytest
 
 from cats import factory
 from cats.bom import load as load_bom
-from cats.bom.signatures import Envelope, Signature, sign
+from cats.bom.signatures import PAYLOAD_TYPE, Envelope, Signature, pae, sign
 from cats.cas import car, dagcbor, reader, varint
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import links, put_cbor, walk
@@ -449,6 +450,15 @@ def test_countersignatures_merge_and_forgeries_are_refused(served: Served) -> No
     over_other = sign(peer, served.output).model_dump_json().encode()
     elsewhere = node.request("POST", f"/bom/{bom}/signatures", who=peer, body=over_other)
     assert elsewhere.status_code == 400 and str(served.output) in detail(elsewhere)
+    # the peer's genuine signature over another spelling of the same CID: kept beside the node's, it
+    # would sign other bytes than the envelope's payload, so it is refused and the envelope stays whole
+    text = str(bom).upper().encode()
+    sig = base64.b64encode(peer.sign(pae(PAYLOAD_TYPE, text))).decode()
+    upper = Envelope(payload=base64.b64encode(text).decode(), signatures=[Signature(keyid=peer.did, sig=sig)])
+    respelled = node.request("POST", f"/bom/{bom}/signatures", who=peer,
+                             body=upper.model_dump_json().encode())
+    assert respelled.status_code == 400 and "canonical" in detail(respelled)
+    assert Envelope.model_validate(node.get(f"/bom/{bom}/signatures").json()).check(bom) == ([node.did, peer.did], [])
     for junk in (b"{not json", b'{"payload": 3}', b"[]"):
         malformed = node.request("POST", f"/bom/{bom}/signatures", who=peer, body=junk)
         assert malformed.status_code == 400, malformed.text

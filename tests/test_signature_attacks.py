@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cats import factory
-from cats.bom.signatures import Signatures, sign
+from cats.bom.signatures import PAYLOAD_TYPE, Signatures, pae, sign
 from cats.cas.cid import CID
 from cats.cas.dag import put_cbor
 from cats.cas.store.local import LocalStore
@@ -166,8 +166,17 @@ def _payload_type(s: Signed) -> tuple[dict[str, Any], str, str]:
     return env, s.did, "payloadType is 'application/vnd.in-toto+json'"
 
 
+def _another_spelling(s: Signed) -> tuple[dict[str, Any], str, str]:
+    """A genuine signature over the BOM's CID spelled another way (base32 upper case, the same CID): kept
+    beside the canonical ones it would sign other bytes, so only the canonical text counts."""
+    text = str(s.bom).upper().encode()
+    env = {"payloadType": PAYLOAD_TYPE, "payload": _b64(text),
+           "signatures": [{"keyid": s.other.did, "sig": _b64(s.other.sign(pae(PAYLOAD_TYPE, text)))}]}
+    return env, s.other.did, "sign its canonical text"
+
+
 TAMPERING = [_flip_byte, _other_key_id, _altered_payload, _valid_over_another_cid, _other_keys_signature,
-             _unknown_algorithm, _payload_type]
+             _unknown_algorithm, _payload_type, _another_spelling]
 
 
 @pytest.mark.parametrize("tamper", TAMPERING, ids=lambda f: f.__name__.strip("_"))

@@ -95,9 +95,14 @@ class Envelope(BaseModel):
         if self.payloadType != PAYLOAD_TYPE:
             raise CatsError(f"envelope payloadType is {self.payloadType!r}, not {PAYLOAD_TYPE!r}")
         try:
-            return CID.parse(base64.b64decode(self.payload, validate=True).decode())
+            text = base64.b64decode(self.payload, validate=True).decode()
+            cid = CID.parse(text)
         except (ValueError, UnicodeDecodeError) as e:
             raise CatsError(f"envelope payload is not a BOM CID: {str(e).splitlines()[0][:200]}") from None
+        # One spelling per BOM: signatures over one CID all sign the same bytes, so they merge into one envelope
+        if text != str(cid):
+            raise CatsError(f"envelope payload spells BOM {cid} as {text[:80]!r}; sign its canonical text")
+        return cid
 
     def valid(self, signature: Signature) -> bool:
         return self._fault(signature) is None
