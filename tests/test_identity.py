@@ -200,3 +200,22 @@ def test_the_factory_signs_its_boms(ray_session: str, cats_home: Path, tmp_path:
     assert shown.code == 0, shown.err
     assert json.loads(shown.out)["signers"] == [Identity.load().did]
     assert f"signed by    {Identity.load().did}" in cli("bom", "show", str(run.bom)).out
+
+
+def test_trust_is_decided_after_the_signature_and_before_the_nonce(me: Identity, tmp_path: Path) -> None:
+    """A forged request is a 401 whatever the trust list says (it learns nothing of it); a genuine one from
+    an untrusted DID is a 403 that records no nonce (anyone can make a did:key: it must cost no row)."""
+    node = Identity.load(tmp_path / "node").did
+    stranger = Identity.load(tmp_path / "stranger")
+    headers = sign_request(stranger, node, "GET", "/id", b"")
+    nonces = _Nonces()
+    with pytest.raises(RequestRejected, match="not trusted") as caught:
+        verify_request(headers, "GET", "/id", node=node, seen=nonces.seen, trusted={me.did})
+    assert caught.value.status == 403 and nonces.kept == set()
+    forged = {**headers, "X-Cats-Signature": sign_request(me, node, "GET", "/id", b"")["X-Cats-Signature"]}
+    with pytest.raises(RequestRejected, match="signature is not") as caught:
+        verify_request(forged, "GET", "/id", node=node, seen=nonces.seen, trusted={me.did})
+    assert caught.value.status == 401 and nonces.kept == set()
+    accepted = verify_request(headers, "GET", "/id", node=node, seen=nonces.seen, trusted={stranger.did})
+    assert accepted.did == stranger.did
+    assert len(nonces.kept) == 1

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -458,3 +459,28 @@ def test_a_broken_envelope_kept_on_the_node_is_a_409_naming_no_file(nodes: Nodes
     assert added.status_code == 409 and "nothing was added" in detail(added)
     _no_server_path(node, added)
     assert kept.read_text() == '{"payload": 7, "signatures": "'
+
+
+def test_a_root_that_does_not_decode_is_a_422_before_the_car_starts(nodes: Nodes) -> None:
+    """The root of a CAR is read and decoded before the answer starts: one whose bytes are not its codec
+    (an identity CID of garbage here; a stored block alike) is a one-line 422, not a 200 cut short."""
+    bad = CID.hash(b"\xff\xff\xff", DAG_CBOR, hashfn=multihash.IDENTITY)
+    answer = httpx.get(f"{nodes.public.url}/ipfs/{bad}?format=car")
+    assert answer.status_code == 422 and str(bad) in detail(answer) and "dag-scope=block" in detail(answer)
+    assert httpx.get(f"{nodes.public.url}/ipfs/{bad}?format=car&dag-scope=block").status_code == 200
+
+
+def test_an_untrusted_signer_costs_the_node_no_nonce(nodes: Nodes) -> None:
+    """Anyone can make a did:key: its genuine signed requests are 403 and leave no row in the nonce table,
+    and a request forged in a trusted peer's name stays a 401 (the trust list is not probed that way)."""
+    node, outsider = nodes.public, nodes.outsider
+    table = next(node.home.rglob("nonces.sqlite"))
+    count = "SELECT count(*) FROM nonces"
+    before = sqlite3.connect(table).execute(count).fetchone()[0]
+    for _ in range(20):
+        refused = node.get("/id", who=outsider)
+        assert refused.status_code == 403 and "not trusted" in detail(refused)
+    assert sqlite3.connect(table).execute(count).fetchone()[0] == before
+    forged = sign_request(outsider, node.did, "GET", "/id", b"")
+    forged["X-Cats-Key"] = nodes.peer.did
+    assert httpx.get(f"{node.url}/id", headers=forged).status_code == 401

@@ -22,7 +22,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 
 from cats.errors import CatsError
@@ -85,13 +85,16 @@ class Signed:
 
 
 def verify_request(headers: Mapping[str, str], method: str, path: str, *, node: str,
-                   seen: Callable[[str, float], bool], now: float | None = None,
-                   window_s: float = WINDOW_S) -> Signed:
+                   seen: Callable[[str, float], bool], trusted: Container[str] | None = None,
+                   now: float | None = None, window_s: float = WINDOW_S) -> Signed:
     """Who signed this request for `node` (this server's DID); RequestRejected(401, why) if it is
-    unsigned, malformed, stale, meant for another node, forged or replayed.
+    unsigned, malformed, stale, meant for another node, forged or replayed, and RequestRejected(403)
+    if `trusted` is given and the signer is not in it.
 
     `seen(nonce, expires)` records a nonce and says whether it was recorded before (the server keeps
-    them until `expires`, after which the date check alone refuses the request).
+    them until `expires`, after which the date check alone refuses the request). Trust is decided after
+    the signature (a forger learns nothing of the trust list) and before the nonce is recorded (anyone can
+    make a did:key: an untrusted one must not cost the server a row).
     """
     lower = {k.lower(): v for k, v in headers.items()}
     missing = [h for h in HEADERS if h not in lower]
@@ -120,6 +123,9 @@ def verify_request(headers: Mapping[str, str], method: str, path: str, *, node: 
         raise RequestRejected(401, f"bad signature: {str(e)[:200]}") from None
     if not valid:
         raise RequestRejected(401, f"the signature is not {did}'s over {method.upper()} {path[:200]}")
+    if trusted is not None and did not in trusted:
+        raise RequestRejected(403, f"{did} is not trusted by this node (its operator adds it with "
+                                   f"`cats mesh trust add {did}`)")
     if seen(nonce, signed_at + window_s):
         raise RequestRejected(401, "replayed request: this nonce was used already")
     return Signed(did, digest)

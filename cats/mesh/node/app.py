@@ -208,13 +208,14 @@ class _CarResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _car(store: BlockStore, root: CID, first: bytes, whole: bool) -> Iterator[bytes]:
-    """A CARv1 with one root: the root block (read already), then, if whole, the rest of its DAG."""
+def _car(store: BlockStore, root: CID, first: bytes, children: list[CID] | None) -> Iterator[bytes]:
+    """A CARv1 with one root: the root block (read already), then, given its children (decoded before
+    the answer starts, so a root that does not decode is a 4xx, not a cut stream), the rest of its DAG."""
     pending = bytearray(car.header([root]) + car.section(root, first))
-    if whole:
-        seen = {root.to_v1()}  # the root is sent already, and read already: an identity root is in no store
+    if children is not None:
+        seen = {root.to_v1()}  # the root is sent already
         try:
-            for cid in (cid for child in links(root, first) for cid in walk(store, child, seen=seen)):
+            for cid in (cid for child in children for cid in walk(store, child, seen=seen)):
                 # not re-hashed here: every block was checked when it came in, and clients check each one
                 pending += car.section(cid, store.get(cid, verify=False))
                 if len(pending) >= CHUNK:
@@ -242,14 +243,11 @@ def _authenticate(request: Request, node: NodeState) -> Signed:
         path += "?" + query.decode("latin-1")
     try:
         signed = verify_request(request.headers, request.method, path, node=node.identity.did,
-                                seen=node.nonces.seen)
+                                seen=node.nonces.seen, trusted=node.trust)
         if request.method in _NO_BODY:
             signed.body().done()  # such a body is never read: only an empty one may be signed
     except RequestRejected as e:
-        raise HTTPException(e.status, str(e), headers=_challenge(node)) from None
-    if signed.did not in node.trust:
-        raise HTTPException(403, f"{signed.did} is not trusted by this node (its operator adds it with "
-                                 f"`cats mesh trust add {signed.did}`)")
+        raise HTTPException(e.status, str(e), headers=_challenge(node) if e.status == 401 else None) from None
     return signed
 
 
@@ -398,7 +396,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             raise HTTPException(400, f"dag-scope={scope!r} is not served: ask for dag-scope=all (the default) or "
                                      "dag-scope=block")
         try:
-            block = parsed.digest if parsed.hashfn == multihash.IDENTITY else node.store.get(parsed)
+            block = node.store.get(parsed)
         except BlockNotFound:
             raise HTTPException(404, f"block {parsed} is not on this node") from None
         except IntegrityError as e:
@@ -407,7 +405,12 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             return Response(block, media_type=RAW, headers={"ETag": f'"{parsed}.raw"', **_IMMUTABLE})
         whole = scope == "all"
         etag = f'"{parsed}.car"' if whole else f'"{parsed}.block.car"'
-        return _CarResponse(_car(node.store, parsed, block, whole), media_type=CAR_TYPE,
+        try:
+            children = links(parsed, block) if whole else None
+        except CatsError as e:
+            raise HTTPException(422, f"block {parsed} does not decode, so its DAG cannot be walked ({e}); ask for "
+                                     "dag-scope=block") from None
+        return _CarResponse(_car(node.store, parsed, block, children), media_type=CAR_TYPE,
                             headers={"ETag": etag, **_IMMUTABLE})
 
     @app.get("/bom/{cid}", dependencies=reads,
