@@ -9,6 +9,7 @@ the CLI rounds run the real `cats add` and `cats gc` as separate processes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from cats.cas import importer as importer_module
-from cats.cas.cid import CID
+from cats.cas.cid import CID, RAW
 from cats.cas.dag import walk
 from cats.cas.importer import Importer
 from cats.cas.pins import Pins, gc
@@ -172,3 +173,37 @@ def test_cli_add_beside_gc(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_add_beside_gc_many(tmp_path: Path) -> None:
     _cli_rounds(tmp_path, 50)
+
+
+def _plant(leases: Path, what: str) -> int | None:
+    """Something in the leases folder the store did not make; returns a descriptor to close, if one."""
+    if what == "fifo":
+        os.mkfifo(leases / "planted")
+    elif what == "folder":
+        (leases / "planted").mkdir()
+    elif what == "symlink":
+        (leases / "planted").symlink_to("/dev/zero")
+    else:  # a held lease whose text is not a time ("nan" would make min() ignore it)
+        fd = os.open(leases / "planted", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, what.encode())
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+    return None
+
+
+@pytest.mark.parametrize("what", ["fifo", "folder", "symlink", "not a time", "nan", "inf"])
+def test_gc_stops_in_one_line_at_a_lease_it_did_not_make(cli, cats_home: Path, what: str) -> None:  # noqa: ANN001
+    """gc never hangs on, follows, or guesses around a planted lease: one line naming it, nothing removed."""
+    store = LocalStore(cats_home / "blocks")
+    loose = CID.hash(b"unpinned, old", RAW)
+    store.put(loose, b"unpinned, old")
+    _age(store)
+    leases = cats_home / "blocks" / ".leases"
+    leases.mkdir(exist_ok=True)
+    fd = _plant(leases, what)
+    try:
+        cli("gc").error_line(str(leases / "planted"))
+    finally:
+        if fd is not None:
+            os.close(fd)
+    assert store.has(loose)

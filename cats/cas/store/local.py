@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import math
 import os
 import random
+import secrets
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, missing
-from cats.errors import IntegrityError
+from cats.errors import CatsError, IntegrityError
 
 _counter = itertools.count()
 # File systems stamp mtimes from a coarse kernel clock, up to a tick (<= 10 ms on Linux) behind
@@ -173,7 +176,8 @@ class LocalStore(BlockStore):
     @contextlib.contextmanager
     def lease(self) -> Iterator[None]:
         """A file holding the lease's start, locked before it is visible and removed when the lease ends."""
-        tmp = self._leases / f".{os.getpid()}.{threading.get_ident()}.{next(_counter)}"
+        # a name no later process reuses: gc must never unlink a live lease for a dead one of the same name
+        tmp = self._leases / f".{os.getpid()}.{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -196,16 +200,19 @@ class LocalStore(BlockStore):
         for entry in os.scandir(self._leases):
             if entry.name.startswith("."):
                 continue
-            try:
-                fd = os.open(entry.path, os.O_RDONLY)
+            try:  # never blocks (a FIFO) nor follows a link: a lease is a plain file the store made
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:  # ended meanwhile
                 continue
+            except OSError as e:
+                raise CatsError(f"{entry.path} is not a lease this store made ({e.strerror}); remove it") from None
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise CatsError(f"{entry.path} is not a lease this store made (not a file); remove it")
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                 except BlockingIOError:  # held: a live writer
-                    text = os.pread(fd, 64, 0).decode()
-                    cutoff = min(cutoff, float(text)) if text else cutoff
+                    cutoff = min(cutoff, _lease_start(entry.path, os.pread(fd, 64, 0)))
                     continue
                 with contextlib.suppress(FileNotFoundError):  # nobody holds it: its writer is gone
                     os.unlink(entry.path)
@@ -251,3 +258,15 @@ class LocalStore(BlockStore):
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
+
+
+def _lease_start(path: str, text: bytes) -> float:
+    """A held lease's start. One that does not hold a time stops gc (guessing could lose a writer's blocks)."""
+    try:
+        start = float(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        start = math.nan
+    if not math.isfinite(start):
+        raise CatsError(f"lease {path} is held but holds no start time ({text[:20]!r}); gc stops rather than "
+                        "guess: end its writer, or remove it")
+    return start
