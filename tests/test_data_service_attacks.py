@@ -28,6 +28,7 @@ from cats.cas.importer import Importer
 from cats.cas.pins import Pins
 from cats.cas.store.local import LocalStore
 from cats.data.reach import Reach
+from cats.data.resolvers.file import FileResolver
 from cats.errors import DataForbidden
 
 SECRET = b"the node's private key"
@@ -280,3 +281,21 @@ def test_ipfs_serves_pinned_dags_only(bare: Operated) -> None:
     assert SECRET not in response.content
     response = bare.attempt(f"ipfs://{published}", "bob")
     assert response.status_code == 200 and response.content == b"published data"
+
+
+def test_a_hard_link_to_a_cats_home_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hard link inside a root has a real path of its own there: the file's identity gives it away. A
+    hard-linked data file that is not CATS_HOME's still reads."""
+    home, root = tmp_path / "home", tmp_path / "shared"
+    (home / "identity").mkdir(parents=True)
+    root.mkdir()
+    (home / "identity" / "key").write_bytes(b"private key")
+    os.link(home / "identity" / "key", root / "innocent.csv")
+    (root / "data.csv").write_bytes(b"a,b\n")
+    os.link(root / "data.csv", root / "copy.csv")
+    monkeypatch.setenv("CATS_HOME", str(home))
+    monkeypatch.setenv("CATS_DATA_ROOTS", str(root))
+    resolver = FileResolver(Reach.service())
+    with pytest.raises(DataForbidden, match="hard link"):
+        resolver.read(f"file://{root}/innocent.csv")
+    assert resolver.read(f"file://{root}/copy.csv") == b"a,b\n"

@@ -22,6 +22,7 @@ AWS's), so no caller picks a host there, and the service trusts it as configured
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -115,6 +116,20 @@ class Hosts:
         return list(dict.fromkeys(allowed))
 
 
+def _files(folder: str) -> set[tuple[int, int]]:
+    """(device, inode) of every file under folder but its block store and worker cache: the keys, the
+    trust list, the databases. Blocks and cached entries are data, and may be millions."""
+    found = set()
+    for top, dirs, names in os.walk(folder):
+        if top == folder:
+            dirs[:] = [d for d in dirs if d not in ("blocks", "cache")]
+        for name in names:
+            with contextlib.suppress(OSError):
+                st = os.stat(os.path.join(top, name), follow_symlinks=False)
+                found.add((st.st_dev, st.st_ino))
+    return found
+
+
 def _under(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
@@ -174,18 +189,23 @@ class Reach:
         Linux names an open file's real path in /proc/self/fd; elsewhere the open file must be the one
         now at `real` (same device and inode), which a later swap cannot change for this descriptor.
         """
+        held = os.fstat(fd)
         try:
             where = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            held = os.fstat(fd)
             try:
                 now = os.stat(real, follow_symlinks=False)
             except OSError:
                 now = None
             if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
                 raise DataForbidden(f"{uri} changed while it was being opened", uri) from None
-            return
-        self.path(uri, where)
+        else:
+            self.path(uri, where)
+        # A hard link has a path of its own inside the root: only the file's identity can tell it is a
+        # hidden one. Looked for only when the file has other names, which data files rarely do.
+        if held.st_nlink > 1 and any((held.st_dev, held.st_ino) in _files(folder) for folder in self.hidden):
+            raise DataForbidden(f"{uri} is another name (a hard link) of a file inside CATS_HOME, which the data "
+                                "service never serves", uri)
 
     def ipfs(self, uri: str, root: CID) -> None:
         """Refuse a DAG not pinned here, when reading for someone else.
