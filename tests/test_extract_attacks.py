@@ -272,19 +272,20 @@ def test_an_interrupt_leaves_nothing(scene: Scene) -> None:
     scene.nothing_left()
 
 
-def test_sealed_code_with_an_outside_link_is_refused_for_workers(store: BlockStore, cats_home: Path,
-                                                                 tmp_path: Path) -> None:
-    """Sealing keeps a code folder's symlinks as symlinks; laying the code out for a worker (what every
-    worker does before importing it) goes through `get`, so a link out of the code is refused there,
-    and the code cache keeps nothing of it."""
+def test_code_with_an_outside_link_is_refused_at_sealing_and_on_workers(store: BlockStore, cats_home: Path,
+                                                                         tmp_path: Path) -> None:
+    """A code folder's symlinks stay symlinks; one leading out of the code is refused when the Order is
+    sealed (before anything runs), and code made elsewhere (a peer's Order) is refused again where every
+    worker lays it out (through `get`), the code cache keeping nothing of it."""
     src = tmp_path / "proj"
     src.mkdir()
     (src / "job.py").write_text("def run(x):\n    return x\n")
     (tmp_path / "secret.txt").write_text("not for workers")
     os.symlink("../../secret.txt", src / "secret")
-    order = seal(Order(function=Function(entry="proj.job:run", source=src), inputs=[build(store, _file())]), store)
-    code = order.function.code
-    assert code is not None
+    with pytest.raises(UnsafePath, match=r"function proj.job:run's code .* symlink 'proj/secret' in \S+ points out"):
+        seal(Order(function=Function(entry="proj.job:run", source=src), inputs=[build(store, _file())]), store)
+    with Importer(store, cid_version=1) as importer:
+        code = importer.add_wrapped(src).cid
     with pytest.raises(UnsafePath, match=r"symlink 'proj/secret' in \S+ points outside the destination"):
         worker.code_folder(store, code)
     assert os.listdir(cats_home / "code") == []

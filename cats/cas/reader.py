@@ -293,6 +293,12 @@ def get(store: BlockStore, cid: CID, dest: str | os.PathLike[str], *, allow_outs
     return dest
 
 
+def check_tree(store: BlockStore, cid: CID) -> None:
+    """Refuse (UnsafePath) a tree `get` would refuse, writing nothing: sealing an Order's code checks it so,
+    since every worker lays that code out with `get`."""
+    _check_links(_plan(store, cid), cid, allow_outside=False)
+
+
 def _plan(store: BlockStore, cid: CID) -> _Node:
     """The whole tree's shape from its folder and entry blocks, file contents left unread; every name is
     checked as its folder is decoded."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from cats import data
+from cats.cas import reader
 from cats.cas.cid import CID
 from cats.cas.importer import Importer
 from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
-from cats.errors import CatsError, DataIntegrityError
+from cats.errors import CatsError, DataIntegrityError, UnsafePath
 from cats.order import Order
 from cats.order.entry import check_entry
 from cats.order.environment import environment_lock
@@ -54,6 +55,12 @@ def seal(order: Order, store: BlockStore) -> Order:
         if structure.iac_path is not None:
             structure = structure.model_copy(update={"iac": _add_iac(store, structure.iac_path), "iac_path": None})
         inputs = [_add_input(importer, i) for i in order.inputs]
+    for fn in (function, infra.split, infra.merge):
+        if isinstance(fn, Function) and fn.code is not None:
+            try:
+                reader.check_tree(store, fn.code)
+            except UnsafePath as e:
+                raise UnsafePath(f"function {fn.entry}'s code cannot be laid out for workers: {e}") from None
     return order.model_copy(update={"function": function, "infra": infra, "structure": structure,
                                     "inputs": inputs})
 
