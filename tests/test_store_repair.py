@@ -247,3 +247,41 @@ def test_killed_import_leaves_no_staging_and_stages_at_most_the_car(cli, cats_ho
     finished = cli("import", car)
     assert finished.code == 0, finished.err
     assert sum(1 for _ in walk(store, root)) == len(list(store))
+
+
+def test_repair_from_peers_takes_only_matching_bytes(cli, added, tmp_path: Path, http_server) -> None:  # noqa: ANN001
+    """A lying peer (a server answering as a node, with other bytes) repairs nothing; a real node holding
+    the DAG restores the corrupt and the missing block."""
+    from test_mesh_node import NodeProc
+
+    _, root, store = added
+    blocks = list(walk(store, root))
+    node = NodeProc(tmp_path / "peer")
+    node.base.mkdir()
+    node.home.mkdir()
+    theirs = LocalStore(node.home / "blocks")
+    for cid in blocks:
+        theirs.put(cid, store.get(cid))
+    leaf = next(c for c in blocks if c.codec == 0x55 and len(store.get(c)) == 262_144)
+    _corrupt(store, leaf, b"\0" * 262_144)
+    gone = next(c for c in blocks if c != root and c != leaf)
+    store.delete(gone)
+
+    http_server.put("/id", json.dumps({"did": "did:key:z6MkliarliarliarliarliarliarliarliarliarliarliarLIAR"}).encode())
+    for cid in (leaf, gone):
+        http_server.put(f"/ipfs/{cid}?format=raw", b"\0" * 262_144)
+    lied = cli("repair", str(root), "--peer", http_server.url, "--json")
+    assert lied.code == 1 and json.loads(lied.out)["repaired"] == {}
+    asked = {served.path for served in http_server.log}
+    assert f"/ipfs/{gone}?format=raw" in asked  # it was asked, and not believed
+    assert store.check(leaf) == "corrupt" and store.check(gone) == "missing"
+
+    node.start()
+    try:
+        fixed = cli("repair", str(root), "--peer", node.url)
+    finally:
+        node.stop()
+    assert fixed.code == 0, fixed.err
+    assert f"corrupt {leaf}: repaired (peer {node.url})" in fixed.out
+    assert f"missing {gone}: repaired (peer {node.url})" in fixed.out
+    assert all(store.check(c) == "ok" for c in blocks)
