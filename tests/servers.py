@@ -164,10 +164,18 @@ def http_server() -> Iterator[FileServer]:
         yield state
 
 
+# Ports Ray's components take by default (dashboard, its agent, GCS, Ray Client, ...): a port handed to one
+# of our servers or to `ray start --ray-client-server-port` must not be one of them, or Ray refuses to start.
+_RAY_DEFAULTS = {6379, 8076, 8265, 10001, 44217, 44227, 52365, 52366}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _RAY_DEFAULTS:
+            return port
 
 
 @pytest.fixture(scope="session")

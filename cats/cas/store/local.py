@@ -65,10 +65,9 @@ class LocalStore(BlockStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self.sync = sync
         self.sample = sample
+        # made on first write, so opening a store to read it writes nothing
         self._tmp = self.root / ".tmp"
         self._leases = self.root / ".leases"
-        self._tmp.mkdir(exist_ok=True)
-        self._leases.mkdir(exist_ok=True)
         self._shards: set[str] = set()
         self._lock = threading.Lock()
         self._clean()
@@ -130,7 +129,7 @@ class LocalStore(BlockStore):
             with self._lock:
                 self._shards.add(shard)
         tmp = self._tmp / f"{os.getpid()}.{threading.get_ident()}.{next(_counter)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        fd = _create(tmp, 0o444)
         try:
             view = memoryview(data)
             while view:
@@ -170,6 +169,7 @@ class LocalStore(BlockStore):
             return 0.0
 
     def temp_dir(self) -> str:
+        self._tmp.mkdir(exist_ok=True)
         return str(self._tmp)
 
     # -- gc's protocol (see BlockStore.lease) ---------------------------------------------------
@@ -178,7 +178,7 @@ class LocalStore(BlockStore):
         """A file holding the lease's start, locked before it is visible and removed when the lease ends."""
         # a name no later process reuses: gc must never unlink a live lease for a dead one of the same name
         tmp = self._leases / f".{os.getpid()}.{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = _create(tmp, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, repr(time.time() - CLOCK_SLACK).encode())
@@ -197,6 +197,8 @@ class LocalStore(BlockStore):
     def gc_cutoff(self, started: float) -> float:
         """Also removes the leases of dead writers: their lock is free."""
         cutoff = started
+        if not self._leases.is_dir():
+            return cutoff
         for entry in os.scandir(self._leases):
             if entry.name.startswith("."):
                 continue
@@ -228,7 +230,7 @@ class LocalStore(BlockStore):
         try:
             if final.stat().st_mtime >= older_than:
                 return False
-            aside = self._tmp / f"{os.getpid()}.gc.{_key(cid)}"
+            aside = Path(self.temp_dir()) / f"{os.getpid()}.gc.{_key(cid)}"
             os.rename(final, aside)
         except FileNotFoundError:
             return False
@@ -244,6 +246,8 @@ class LocalStore(BlockStore):
     def _clean(self) -> None:
         """Remove temporary files that dead writers left behind. A block a killed gc had moved aside goes
         back (it may have been refreshed just before): the next gc decides again."""
+        if not self._tmp.is_dir():
+            return
         for entry in os.scandir(self._tmp):
             pid, _, rest = entry.name.partition(".")
             if not pid.isdigit() or _alive(int(pid)):
@@ -258,6 +262,15 @@ class LocalStore(BlockStore):
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
+
+
+def _create(path: Path, mode: int) -> int:
+    """A new file in one of the store's own folders, the folder made on first use."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileNotFoundError:
+        path.parent.mkdir(exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
 
 
 def _lease_start(path: str, text: bytes) -> float:
