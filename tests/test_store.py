@@ -238,7 +238,8 @@ def test_parallel_writers(tmp_path: Path) -> None:
     for cid, data in expected.items():
         assert store.get(cid) == data  # verified read
     leftovers = [p for p in root.rglob(".*") if p not in (root / ".tmp", root / ".leases")]
-    leftovers += [*(root / ".tmp").iterdir(), *(root / ".leases").iterdir()]  # no temporary file, no lease
+    leftovers += [p for folder in (root / ".tmp", root / ".leases") if folder.exists()
+                  for p in folder.iterdir()]  # no temporary file, no lease
     assert leftovers == []
 
 
