@@ -24,10 +24,10 @@ from pathlib import Path
 from common import machine, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import serving  # noqa: E402 - the tests' loopback server, reused
-from xxhash import xxh3_128_digest  # noqa: E402
+from servers import serving  # the tests' loopback server, reused
+from xxhash import xxh3_128_digest
 
-from cats import data  # noqa: E402
+from cats import data
 
 TARGETS = {"pinned_hit_speedup": 20.0}
 

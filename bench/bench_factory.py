@@ -37,7 +37,7 @@ def make_inputs(folder: Path, n: int) -> None:
         (folder / f"f{i:05d}.txt").write_bytes(f"slice {i} ".encode() * 8)
 
 
-def plain_ray(ray, paths: list[str], ms: float) -> float:  # noqa: ANN001
+def plain_ray(ray, paths: list[str], ms: float) -> float:
     """The baseline: one Ray task per file, reading it from disk, returning the result."""
     import bench_job
 

@@ -325,7 +325,7 @@ def main() -> None:
             import ray
 
             ray.shutdown()
-        except Exception:  # noqa: BLE001 - best effort at exit
+        except Exception:  # best effort at exit
             pass
         shutil.rmtree(work, ignore_errors=True)
 

@@ -69,7 +69,7 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    payloadType: str = Field(default=PAYLOAD_TYPE, max_length=_TOKEN_MAX)  # noqa: N815 - DSSE's own field names
+    payloadType: str = Field(default=PAYLOAD_TYPE, max_length=_TOKEN_MAX)  # DSSE's own field names
     payload: str = Field(description="base64 of the BOM CID's text")
     signatures: list[Signature] = Field(default_factory=list)
 

@@ -567,7 +567,7 @@ class _Writer:
         while self.pending:
             try:
                 self._collect()
-            except BaseException as e:  # noqa: BLE001 - re-raised below, once the rest are written
+            except BaseException as e:  # re-raised below, once the rest are written
                 error = error or e
         if error is not None:
             raise error
