@@ -223,7 +223,8 @@ class Signatures:
         try:
             envelope = self.get(bom)
         except EnvelopeError as e:
-            return [], [BadSignature(signer=s, reason=str(e)) for s in e.claimed or [None]]
+            signers: list[str | None] = [*e.claimed] or [None]
+            return [], [BadSignature(signer=s, reason=str(e)) for s in signers]
         return envelope.check(bom, known) if envelope is not None else ([], [])
 
     def add(self, envelope: Envelope) -> Envelope:

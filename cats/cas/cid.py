@@ -7,6 +7,7 @@ block, so construction must stay a few microseconds.
 from __future__ import annotations
 
 from cats.cas import multibase, multihash, varint
+from cats.cas.multihash import SHA2_256
 from cats.errors import CatsError, InvalidCID, UnknownCodec
 
 RAW = 0x55
@@ -34,6 +35,8 @@ class CID:
     version: int
     codec: int
     multihash: bytes
+    _bytes: bytes | None  # the binary and text forms, made on first use
+    _str: str | None
 
     def __init__(self, version: int, codec: int, mh: bytes) -> None:
         if version == 0:
@@ -55,7 +58,7 @@ class CID:
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def hash(cls, data: bytes | memoryview, codec: int = RAW, version: int = 1,
-             hashfn: int = multihash.SHA2_256) -> CID:
+             hashfn: int = SHA2_256) -> CID:
         """The CID of a block with the given bytes."""
         return cls(version, codec, multihash.digest(data, hashfn))
 

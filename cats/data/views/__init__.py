@@ -132,7 +132,7 @@ class View(BaseModel):
         return shape[0]
 
     @property
-    def schema(self) -> pa.Schema:  # type: ignore[override]
+    def schema(self) -> pa.Schema:
         """The result's Arrow schema (tables)."""
         plan = self._resolve()[1]
         if plan.schema is None:
