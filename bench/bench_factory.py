@@ -1,6 +1,6 @@
 """Benchmark the Factory against a plain Ray script doing the same work over the same files.
 
-Both run in this process on the same Ray. Targets (issue #3):
+Both run in this process on the same Ray. Targets:
   1,000 slices of 10 ms work     -> whole-run time ratio cats / plain Ray <= 1.10
   10,000 trivial slices          -> cats slices/s >= 0.5 x plain Ray tasks/s
   memoized re-run of an Order    -> < 0.5 s end to end (in-process call, and the `cats run` command)

@@ -1,4 +1,4 @@
-"""Benchmark lazy views (issue #5) over a ~1 GB Parquet file served by loopback HTTP: bytes and time.
+"""Benchmark lazy views over a ~1 GB Parquet file served by loopback HTTP: bytes and time.
 
 A Parquet file of `--size-mb` (default 1024) is generated in a temp dir with pyarrow: ten float64 and
 int64 columns, row groups of 128Ki rows, each group's values drawn from its own seed so any group

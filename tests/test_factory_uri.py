@@ -1,4 +1,4 @@
-"""Orders over data URIs (issue #5): inputs pinned at job start, workers reading their own ranges
+"""Orders over data URIs: inputs pinned at job start, workers reading their own ranges
 through their cache, results written straight to a URI, verification of both.
 
 Sources are real: the loopback HTTP server of `servers.py`, moto's S3 server and file:// inside the

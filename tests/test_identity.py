@@ -1,4 +1,4 @@
-"""Node identity (did:key), trust lists, signed requests and DSSE envelopes over BOM CIDs (issue #6)."""
+"""Node identity (did:key), trust lists, signed requests and DSSE envelopes over BOM CIDs."""
 
 from __future__ import annotations
 

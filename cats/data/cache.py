@@ -1,4 +1,4 @@
-"""A worker-local, on-disk cache of range reads (issue #5), shared safely by the processes of one machine.
+"""A worker-local, on-disk cache of range reads, shared safely by the processes of one machine.
 
     cache = Cache(max_bytes=1 << 30, max_age_s=3600)
     cache.read("https://host/t.parquet", offset=4, length=1 << 20, expect=info)  # served from disk next time

@@ -1,4 +1,4 @@
-"""Lazy views over referenced datasets (issue #5): slices, windows, columns, transposes, reshapes and
+"""Lazy views over referenced datasets: slices, windows, columns, transposes, reshapes and
 safe casts of a Parquet, Arrow IPC or .npy file named by a data URI, that read only the byte ranges
 they need.
 
