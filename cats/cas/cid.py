@@ -17,14 +17,6 @@ DAG_JSON = 0x0129
 LIBP2P_KEY = 0x72
 
 CODEC_NAMES = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor", DAG_JSON: "dag-json", LIBP2P_KEY: "libp2p-key"}
-CODECS = {name: code for code, name in CODEC_NAMES.items()}
-
-
-def codec_of(name: str) -> int:
-    try:
-        return CODECS[name]
-    except KeyError:
-        raise UnknownCodec(f"unknown codec {name!r}; known: {', '.join(CODECS)}") from None
 
 
 class CID:
