@@ -23,7 +23,6 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -74,7 +73,7 @@ class Envelope(BaseModel):
     signatures: list[Signature] = Field(default_factory=list)
 
     @classmethod
-    def parse(cls, raw: bytes | str | Any, where: str) -> Envelope:  # noqa: ANN401 - JSON text or decoded JSON
+    def parse(cls, raw: object, where: str) -> Envelope:
         """An envelope from JSON text (or already decoded JSON); anything else is an EnvelopeError
         starting with `where` and naming the first field at fault."""
         data = raw
