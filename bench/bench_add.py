@@ -1,7 +1,7 @@
 """Benchmark `cats add` against hashlib.sha256 over the same file, in the same run.
 
 sha256 over the file is the physical limit of a sha2-256 content address, so every rate is
-reported as a ratio to it. Targets (issue #2): only-hash >= 0.7, add-to-store >= 0.5,
+reported as a ratio to it. Targets: only-hash >= 0.7, add-to-store >= 0.5,
 `cats --version` < 0.3 s, peak RSS < 200 MB whatever the file size.
 
     python bench/bench_add.py [--size-mib 1024] [--json bench/results/add.json]

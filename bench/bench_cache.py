@@ -2,7 +2,7 @@
 
 The same 1 MiB range is read N times straight from a loopback HTTP server (tests/servers.py, real
 sockets, real Range handling) and N times from a warm cache. Loopback is the cheapest remote a
-cache can ever stand in for, so the ratio here is a floor. Target (issue #5): a pinned hit (no
+cache can ever stand in for, so the ratio here is a floor. Target: a pinned hit (no
 request at all, digest-verified) >= 20x faster than the uncached fetch. An unpinned hit, which asks
 the source for its version first, is reported for scale but has no target.
 
@@ -24,10 +24,10 @@ from pathlib import Path
 from common import machine, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import serving  # noqa: E402 - the tests' loopback server, reused
-from xxhash import xxh3_128_digest  # noqa: E402
+from servers import serving  # the tests' loopback server, reused
+from xxhash import xxh3_128_digest
 
-from cats import data  # noqa: E402
+from cats import data
 
 TARGETS = {"pinned_hit_speedup": 20.0}
 

@@ -1,7 +1,7 @@
 """Benchmark `cats demo`: the whole command from a fresh home, again (reused), `--mesh`, and each
 scenario's Order against plain Python doing the same work over the same files in one process.
 
-Target (issue #8): `cats demo` finishes in under two minutes here, from a fresh home. The
+Target: `cats demo` finishes in under two minutes here, from a fresh home. The
 command runs on the embedded default (its own local Ray: RAY_ADDRESS is removed).
 
     python bench/bench_demo.py [--json bench/results/demo.json]

@@ -1,6 +1,6 @@
 """Benchmark the Factory against a plain Ray script doing the same work over the same files.
 
-Both run in this process on the same Ray. Targets (issue #3):
+Both run in this process on the same Ray. Targets:
   1,000 slices of 10 ms work     -> whole-run time ratio cats / plain Ray <= 1.10
   10,000 trivial slices          -> cats slices/s >= 0.5 x plain Ray tasks/s
   memoized re-run of an Order    -> < 0.5 s end to end (in-process call, and the `cats run` command)
@@ -37,7 +37,7 @@ def make_inputs(folder: Path, n: int) -> None:
         (folder / f"f{i:05d}.txt").write_bytes(f"slice {i} ".encode() * 8)
 
 
-def plain_ray(ray, paths: list[str], ms: float) -> float:  # noqa: ANN001
+def plain_ray(ray, paths: list[str], ms: float) -> float:
     """The baseline: one Ray task per file, reading it from disk, returning the result."""
     import bench_job
 

@@ -9,7 +9,7 @@ folder, every block hashed against its CID and written to its own file.
 Baseline: one file of exactly the DAG's total block bytes, served by `python -m http.server` and
 streamed to a file by httpx and by http.client (the better of the two is the baseline), and by
 curl for scale. Runs are interleaved; before each, the previous output of its kind is removed and
-os.sync() writes back dirty pages, so every run starts from the same state. Target (issue #6):
+os.sync() writes back dirty pages, so every run starts from the same state. Target:
 pull throughput >= 0.5x the baseline.
 
     python bench/bench_pull.py [--mib 200] [--files 8] [--repeat 5] [--json bench/results/pull.json]
@@ -325,7 +325,7 @@ def main() -> None:
             import ray
 
             ray.shutdown()
-        except Exception:  # noqa: BLE001 - best effort at exit
+        except Exception:  # best effort at exit
             pass
         shutil.rmtree(work, ignore_errors=True)
 

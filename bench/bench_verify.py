@@ -1,6 +1,6 @@
 """Benchmark sampled verification against the run it checks, on the same Ray in the same script.
 
-Target (issue #4): verifying a 1% sample of a 1,000-slice job costs <= 3% of the original run
+Target: verifying a 1% sample of a 1,000-slice job costs <= 3% of the original run
 (Ray start-up excluded: Ray is started before either is timed).
 
     python bench/bench_verify.py [--slices 1000] [--fraction 0.01] [--json bench/results/verify.json]

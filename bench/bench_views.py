@@ -1,4 +1,4 @@
-"""Benchmark lazy views (issue #5) over a ~1 GB Parquet file served by loopback HTTP: bytes and time.
+"""Benchmark lazy views over a ~1 GB Parquet file served by loopback HTTP: bytes and time.
 
 A Parquet file of `--size-mb` (default 1024) is generated in a temp dir with pyarrow: ten float64 and
 int64 columns, row groups of 128Ki rows, each group's values drawn from its own seed so any group
@@ -37,14 +37,14 @@ from pathlib import Path
 from common import machine, save
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import servers  # noqa: E402 - the tests' loopback server, reused
+import httpx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import servers  # the tests' loopback server, reused
 
-from cats import data  # noqa: E402
-from cats.data.views import Meter, forget, view  # noqa: E402
+from cats import data
+from cats.data.views import Meter, forget, view
 
 GROUP_ROWS = 128 * 1024
 FLOATS = [f"f{i}" for i in range(5)]

@@ -182,7 +182,7 @@ def test_index_keeps_slice_encodings(tmp_path: Path) -> None:
 # -- cats.read and `cats cat --decode` over real runs -----------------------------------------------
 @pytest.mark.slow
 def test_read_results_by_their_recorded_encodings(ray_session: str, cats_home: Path, tmp_path: Path,
-                                                  cli) -> None:  # noqa: ANN001
+                                                  cli) -> None:
     import numpy as np
     import pyarrow as pa
 
@@ -255,7 +255,7 @@ def test_read_results_by_their_recorded_encodings(ray_session: str, cats_home: P
 
 # -- the README's split and merge, run as written --------------------------------------------------
 @pytest.mark.slow
-def test_readme_split_and_merge_example(ray_session: str, cats_home: Path, cli, capsys) -> None:  # noqa: ANN001
+def test_readme_split_and_merge_example(ray_session: str, cats_home: Path, cli, capsys) -> None:
     example = ROOT / "demo" / "paragraphs.py"
     texts = {path.name: path.read_bytes() for path in (ROOT / "demo" / "texts").iterdir()}
     expected = {name: [len(p.split()) for p in text.split(b"\n\n")] for name, text in texts.items()}

@@ -46,20 +46,20 @@ def _run_in(home: Path, *args: object) -> subprocess.CompletedProcess[bytes]:
 
 
 
-def _add(cli, path: Path, *extra: str) -> str:  # noqa: ANN001
+def _add(cli, path: Path, *extra: str) -> str:
     res = cli("add", "-r", "--quiet", *extra, path)
     assert res.code == 0, res.err
     return res.out.strip()
 
 
 # -- basics -----------------------------------------------------------------------------------
-def test_version(cli) -> None:  # noqa: ANN001
+def test_version(cli) -> None:
     res = cli("--version")
     assert res.code == 0
     assert res.out.strip() == f"cats {__version__}"
 
 
-def test_add_prints_every_entry_root_last(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_add_prints_every_entry_root_last(cli, tmp_path: Path, cats_home: Path) -> None:
     src = _tree(tmp_path / "src")
     res = cli("add", "-r", src)
     assert res.code == 0, res.err
@@ -77,13 +77,13 @@ def test_add_prints_every_entry_root_last(cli, tmp_path: Path, cats_home: Path) 
     assert quiet.out == f"{root}\n"
 
 
-def test_add_a_folder_needs_r(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_add_a_folder_needs_r(cli, tmp_path: Path) -> None:
     src = _tree(tmp_path / "src")
     res = cli("add", src)
     res.error_line(str(src))
 
 
-def test_only_hash_writes_nothing(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_only_hash_writes_nothing(cli, tmp_path: Path, cats_home: Path) -> None:
     src = _tree(tmp_path / "src")
     res = cli("add", "-r", "--only-hash", src)
     assert res.code == 0, res.err
@@ -95,7 +95,7 @@ def test_only_hash_writes_nothing(cli, tmp_path: Path, cats_home: Path) -> None:
     assert len(_files(cats_home / "blocks")) > 3
 
 
-def test_cid_version_0(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cid_version_0(cli, tmp_path: Path) -> None:
     src = _tree(tmp_path / "src")
     root = _add(cli, src, "--cid-version", "0")
     assert root.startswith("Qm") and len(root) == 46
@@ -104,7 +104,7 @@ def test_cid_version_0(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert res.code == 0 and res.stdout_bytes == b"encore\n"
 
 
-def test_add_a_single_file(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_add_a_single_file(cli, tmp_path: Path) -> None:
     f = tmp_path / "one.txt"
     f.write_bytes(b"just one file")
     res = cli("add", f)
@@ -114,7 +114,7 @@ def test_add_a_single_file(cli, tmp_path: Path) -> None:  # noqa: ANN001
 
 # -- reading ----------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_cat_paths_and_ranges(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cat_paths_and_ranges(cli, tmp_path: Path) -> None:
     src = _tree(tmp_path / "src")
     root = _add(cli, src)
     big = (src / "sub" / "big.bin").read_bytes()
@@ -132,7 +132,7 @@ def test_cat_paths_and_ranges(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert res.stdout_bytes == big[-1000:]
 
 
-def test_get(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_get(cli, tmp_path: Path) -> None:
     src = _tree(tmp_path / "src")
     root = _add(cli, src)
     dest = tmp_path / "out" / "copy"
@@ -150,7 +150,7 @@ def test_get(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert res.code == 0 and one.read_text(encoding="utf-8") == "encore\n"
 
 
-def test_ls(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_ls(cli, tmp_path: Path) -> None:
     src = _tree(tmp_path / "src")
     root = _add(cli, src)
     want = dict(_expected(src))
@@ -169,7 +169,7 @@ def test_ls(cli, tmp_path: Path) -> None:  # noqa: ANN001
     assert items[1]["size"] > 0
 
 
-def test_names_that_are_not_utf8(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_names_that_are_not_utf8(cli, tmp_path: Path) -> None:
     """Names whose bytes are not UTF-8 are added, listed and written back: shown with \\xNN escapes for those
     bytes, given exactly in base64 under --json, and restored byte for byte by get."""
     caf, sub, fffe = os.fsdecode(b"caf\xe9"), os.fsdecode(b"sub\xff"), os.fsdecode(b"\xff\xfe")
@@ -206,7 +206,7 @@ def test_names_that_are_not_utf8(cli, tmp_path: Path) -> None:  # noqa: ANN001
                                    "été": {"/": want["src/été"]}}
 
 
-def test_export_import_round_trip(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_export_import_round_trip(cli, tmp_path: Path, cats_home: Path) -> None:
     src = _tree(tmp_path / "src")
     root = _add(cli, src)
     out = tmp_path / "dag.car"
@@ -228,7 +228,7 @@ def test_export_import_round_trip(cli, tmp_path: Path, cats_home: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pin_rm_and_gc(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_pin_rm_and_gc(cli, tmp_path: Path, cats_home: Path) -> None:
     keep = _add(cli, _tree(tmp_path / "keep"))
     other = tmp_path / "other"
     other.mkdir()
@@ -258,7 +258,7 @@ def test_pin_rm_and_gc(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: A
     assert cli("gc").out.strip() == "removed 0 blocks"
 
 
-def test_pin_add(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_pin_add(cli, tmp_path: Path) -> None:
     f = tmp_path / "f.txt"
     f.write_bytes(b"pin me later")
     cid = _add(cli, f, "--no-pin")
@@ -269,13 +269,13 @@ def test_pin_add(cli, tmp_path: Path) -> None:  # noqa: ANN001
 
 
 # -- bad input: one line on stderr naming the culprit, exit 1 ---------------------------------
-def test_malformed_cid(cli) -> None:  # noqa: ANN001
+def test_malformed_cid(cli) -> None:
     res = cli("cat", "notacid")
     res.error_line("notacid")
     assert res.out == ""
 
 
-def test_a_cid_with_padding_bits_set_is_refused_by_every_command(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_cid_with_padding_bits_set_is_refused_by_every_command(cli, tmp_path: Path) -> None:
     """The last base32 character of a 36-byte CIDv1 carries 2 unused bits: setting them writes the same bytes
     as another text. Every command refuses it rather than reading the object under a second name."""
     root = _add(cli, _tree(tmp_path / "src"))
@@ -292,21 +292,21 @@ def test_a_cid_with_padding_bits_set_is_refused_by_every_command(cli, tmp_path: 
     assert cli("cat", f"{root}/hello.txt").out == "hello, cats\n"
 
 
-def test_unknown_codec(cli) -> None:  # noqa: ANN001
+def test_unknown_codec(cli) -> None:
     cid = CID(1, 0x78, multihash.digest(b"a git object"))  # git-raw
     res = cli("cat", str(cid))
     res.error_line(str(cid))
     assert res.stdout_bytes == b""
 
 
-def test_missing_block(cli) -> None:  # noqa: ANN001
+def test_missing_block(cli) -> None:
     cid = str(CID.hash(b"never added", RAW))
     res = cli("cat", cid)
     res.error_line(cid)
     assert res.stdout_bytes == b""
 
 
-def test_corrupted_block(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_corrupted_block(cli, tmp_path: Path, cats_home: Path) -> None:
     src = _tree(tmp_path / "src")
     root = _add(cli, src)
     leaf = CID.hash((src / "hello.txt").read_bytes(), RAW)
@@ -334,7 +334,7 @@ def _car_bytes(tmp_path: Path) -> tuple[bytes, CID, MemoryStore]:
     return path.read_bytes(), root, store
 
 
-def test_truncated_car(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_truncated_car(cli, tmp_path: Path, cats_home: Path) -> None:
     data, root, _ = _car_bytes(tmp_path)
     bad = tmp_path / "truncated.car"
     bad.write_bytes(data[:len(data) // 2])
@@ -345,7 +345,7 @@ def test_truncated_car(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: A
     assert _files(cats_home / "pins") == []
 
 
-def test_forged_car(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_forged_car(cli, tmp_path: Path, cats_home: Path) -> None:
     data, root, store = _car_bytes(tmp_path)
     victim = CID.hash(b"hello, cats\n", RAW)
     assert store.has(victim) and data.count(b"hello, cats\n") == 1
@@ -357,7 +357,7 @@ def test_forged_car(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN0
     assert _files(cats_home / "pins") == []
 
 
-def test_get_into_an_existing_destination(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_get_into_an_existing_destination(cli, tmp_path: Path) -> None:
     root = _add(cli, _tree(tmp_path / "src"))
     dest = tmp_path / "taken"
     dest.mkdir()
@@ -368,7 +368,7 @@ def test_get_into_an_existing_destination(cli, tmp_path: Path) -> None:  # noqa:
     assert (dest / "mine.txt").read_bytes() == b"keep"
 
 
-def test_dot_dot_entry(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_dot_dot_entry(cli, tmp_path: Path, cats_home: Path) -> None:
     store = LocalStore(cats_home / "blocks")
     payload = b"would land beside the destination"
     file_cid = CID.hash(payload, RAW)
@@ -387,7 +387,7 @@ def test_dot_dot_entry(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: A
     res.error_line("'..'")
 
 
-def test_get_a_missing_block_leaves_nothing(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_get_a_missing_block_leaves_nothing(cli, tmp_path: Path, cats_home: Path) -> None:
     src = _tree(tmp_path / "src")
     root = _add(cli, src)
     leaf = CID.hash(b"encore\n", RAW)
@@ -399,14 +399,14 @@ def test_get_a_missing_block_leaves_nothing(cli, tmp_path: Path, cats_home: Path
     assert os.listdir(work) == []
 
 
-def test_path_not_found(cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_path_not_found(cli, tmp_path: Path) -> None:
     root = _add(cli, _tree(tmp_path / "src"))
     res = cli("cat", f"{root}/sub/nope.txt")
     res.error_line("nope.txt")
 
 
 # -- cat --decode -----------------------------------------------------------------------------
-def test_cat_decode_prints_dag_cbor_as_dag_json(cli, tmp_path: Path, cats_home: Path) -> None:  # noqa: ANN001
+def test_cat_decode_prints_dag_cbor_as_dag_json(cli, tmp_path: Path, cats_home: Path) -> None:
     import base64
 
     from cats.cas.dag import put_cbor
@@ -436,7 +436,7 @@ def _entries(cats_home: Path, root: str) -> dict[str, CID]:
     return {name: c for name, c, _ in reader.entries(LocalStore(cats_home / "blocks"), CID.parse(root))}
 
 
-def test_cat_decode_bad_input(cli, cats_home: Path) -> None:  # noqa: ANN001
+def test_cat_decode_bad_input(cli, cats_home: Path) -> None:
     from cats.cas.dag import put_cbor
 
     cid = str(put_cbor(LocalStore(cats_home / "blocks"), [1, 2]))

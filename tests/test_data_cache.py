@@ -1,4 +1,4 @@
-"""The worker-local range cache (issue #5), against a real loopback HTTP server and mem://."""
+"""The worker-local range cache, against a real loopback HTTP server and mem://."""
 
 from __future__ import annotations
 

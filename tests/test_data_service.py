@@ -553,7 +553,7 @@ def test_openapi_lists_every_route_with_its_models(service: Service) -> None:
     assert "HTTPValidationError" not in schemas  # every error, validation included, is an ErrorBody
 
 
-def test_stats_json_after_a_cached_read(service: Service, http_server: FileServer, cli) -> None:  # noqa: F811, ANN001
+def test_stats_json_after_a_cached_read(service: Service, http_server: FileServer, cli) -> None:
     signed = service.sign(service.register(http_server.put("/c.bin", _bytes(3000))))
     cache = data.Cache()  # CATS_HOME/cache/data of this test, which `cli` shares
     assert data.read(signed, 100, 1000, cache=cache) == data.read(signed, 100, 1000, cache=cache)

@@ -1,4 +1,4 @@
-"""Lazy views (issue #5) over real Parquet, Arrow IPC and .npy files, through mem://, file:// and a real
+"""Lazy views over real Parquet, Arrow IPC and .npy files, through mem://, file:// and a real
 loopback HTTP server whose log of bytes sent proves what each view fetched.
 
 Every result is compared with pyarrow, pandas or numpy computing the same thing on the whole data.

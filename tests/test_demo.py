@@ -165,7 +165,7 @@ def _assert_stats(rows: list[dict], shards: Path) -> None:
 
 # -- the command ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_cats_demo_prints_real_figures(ray_session: str, cli, cats_home: Path,  # noqa: ANN001
+def test_cats_demo_prints_real_figures(ray_session: str, cli, cats_home: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     res = cli("demo", "--json")
@@ -212,7 +212,7 @@ def test_cats_demo_prints_real_figures(ray_session: str, cli, cats_home: Path,  
         assert text in shown.out, text
 
 
-def test_cats_demo_names_what_is_wrong(cli) -> None:  # noqa: ANN001
+def test_cats_demo_names_what_is_wrong(cli) -> None:
     cli("demo", "thumbnail").error_line("no demo scenario thumbnail", "thumbnails, sensor-logs, column-stats")
     cli("demo", "--mesh", "thumbnails").error_line("--mesh", "scenario names")
 
@@ -239,7 +239,7 @@ def _processes_with(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_cats_demo_mesh_verifies_back_into_the_other_organization(ray_session: str, cli,  # noqa: ANN001
+def test_cats_demo_mesh_verifies_back_into_the_other_organization(ray_session: str, cli,
                                                                    cats_home: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)

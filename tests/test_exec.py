@@ -42,7 +42,7 @@ def _live(word: str) -> list[int]:
     return found
 
 
-def test_a_grep_sed_filter_per_file_with_its_tools_in_the_bom(ray_session: str, cli, cats_home: Path,  # noqa: ANN001
+def test_a_grep_sed_filter_per_file_with_its_tools_in_the_bom(ray_session: str, cli, cats_home: Path,
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     folder = jobs.folder(tmp_path, {"a.log": b"ok 1\nerror: disk\nok 2\n", "b.log": b"error: net\nerror: cpu\n",

@@ -141,7 +141,7 @@ ATTACKS: dict[str, tuple[Tree, str]] = {
 @pytest.mark.parametrize("attack", ["nul", "duplicate files", "link then file of its name",
                                     "chain hidden in a subfolder", "link to a sibling link that points out",
                                     "hamt duplicate"])
-def test_attack_refused_by_cats_get(cli, cats_home: Path, scene: Scene, attack: str) -> None:  # noqa: ANN001
+def test_attack_refused_by_cats_get(cli, cats_home: Path, scene: Scene, attack: str) -> None:
     tree, culprit = ATTACKS[attack]
     root = build(LocalStore(cats_home / "blocks"), tree)
     res = cli("get", root, "-o", scene.dest)
@@ -195,7 +195,7 @@ def test_wrapping_a_path_named_dot_dot_is_refused(store: BlockStore, tmp_path: P
         imp.add_wrapped(tmp_path / "inner" / "..")
 
 
-def test_allow_outside_links_writes_them_with_a_warning(cli, cats_home: Path, scene: Scene) -> None:  # noqa: ANN001
+def test_allow_outside_links_writes_them_with_a_warning(cli, cats_home: Path, scene: Scene) -> None:
     tree: Tree = ("dir", [("f", _file(b"kept")), ("x", ("link", ".")), ("y", ("link", "x/x/../../a/b")),
                           ("z", ("link", "/etc"))])
     root = build(LocalStore(cats_home / "blocks"), tree)

@@ -559,7 +559,7 @@ def _last_line(text: str) -> str:
 
 
 @pytest.mark.slow
-def test_cli_run(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_cli_run(ray_session: str, cli, cats_home: Path, tmp_path: Path,
                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     store = jobs.home_store(cats_home)
@@ -594,7 +594,7 @@ def test_cli_run(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa
 
 
 @pytest.mark.slow
-def test_cli_submit(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_cli_submit(ray_session: str, cli, cats_home: Path, tmp_path: Path,
                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     store = jobs.home_store(cats_home)
@@ -620,7 +620,7 @@ def test_cli_submit(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # n
 
 
 
-def test_cli_bad_inputs(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_bad_inputs(cli, cats_home: Path, tmp_path: Path) -> None:
     no_order = tmp_path / "fx_no_order.py"
     no_order.write_text("x = 1\n")
     cli("run", no_order).error_line("fx_no_order.py", "order")

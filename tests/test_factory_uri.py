@@ -1,4 +1,4 @@
-"""Orders over data URIs (issue #5): inputs pinned at job start, workers reading their own ranges
+"""Orders over data URIs: inputs pinned at job start, workers reading their own ranges
 through their cache, results written straight to a URI, verification of both.
 
 Sources are real: the loopback HTTP server of `servers.py`, moto's S3 server and file:// inside the
@@ -202,7 +202,7 @@ def test_bad_uri_inputs_fail_clearly(env: WorkerEnv, tmp_path: Path, http_server
     assert not out.exists()
 
 
-def test_cli_submit_a_uri_with_output_uri(ray_session: str, env: WorkerEnv, cli, cats_home: Path,  # noqa: ANN001
+def test_cli_submit_a_uri_with_output_uri(ray_session: str, env: WorkerEnv, cli, cats_home: Path,
                                           tmp_path: Path, http_server: FileServer,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)

@@ -18,7 +18,7 @@ from cats.cli import command
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _commands(cmd, path: tuple[str, ...] = ()):  # noqa: ANN001, ANN202 - click commands
+def _commands(cmd, path: tuple[str, ...] = ()):  # click commands
     yield path
     for name, sub in getattr(cmd, "commands", {}).items():
         yield from _commands(sub, (*path, name))

@@ -77,7 +77,7 @@ def _round(tmp: Path, data: Path, prestored: bool) -> None:
             while not done.is_set() or not collections:
                 gc(LocalStore(tmp / "blocks"), pins)  # its own handle, as another process has
                 collections += 1
-        except BaseException as e:  # noqa: BLE001 - reported by the test
+        except BaseException as e:  # reported by the test
             errors.append(e)
 
     collector = threading.Thread(target=collect)
@@ -192,7 +192,7 @@ def _plant(leases: Path, what: str) -> int | None:
 
 
 @pytest.mark.parametrize("what", ["fifo", "folder", "symlink", "not a time", "nan", "inf"])
-def test_gc_stops_in_one_line_at_a_lease_it_did_not_make(cli, cats_home: Path, what: str) -> None:  # noqa: ANN001
+def test_gc_stops_in_one_line_at_a_lease_it_did_not_make(cli, cats_home: Path, what: str) -> None:
     """gc never hangs on, follows, or guesses around a planted lease: one line naming it, nothing removed."""
     store = LocalStore(cats_home / "blocks")
     loose = CID.hash(b"unpinned, old", RAW)

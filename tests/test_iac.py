@@ -326,7 +326,7 @@ def _order_file(folder: Path, name: str, inputs: str) -> Path:
     return path
 
 
-def test_cli_run_with_bad_deployment_outputs(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_run_with_bad_deployment_outputs(cli, cats_home: Path, tmp_path: Path) -> None:
     order_file = _order_file(tmp_path, "fx_iac_cli", str(CID.hash(b"x", 0x55)))
     cli("run", order_file, "--deployment", tmp_path / "nowhere.json").error_line("nowhere.json", "no such file")
     bad = tmp_path / "plain.json"
@@ -338,8 +338,8 @@ def test_cli_run_with_bad_deployment_outputs(cli, cats_home: Path, tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_cli_run_on_a_deployment(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
-                                 ipfs_api: str) -> None:  # noqa: F811
+def test_cli_run_on_a_deployment(ray_session: str, cli, cats_home: Path, tmp_path: Path,
+                                 ipfs_api: str) -> None:
     """The outputs of a deployment point `cats run` at its Ray and its IPFS node: here this session's
     Ray and a real daemon stand in for the deployed ones (and no RAY_ADDRESS or CATS_IPFS_API is set)."""
     daemon = IPFSStore(ipfs_api)

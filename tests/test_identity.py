@@ -1,4 +1,4 @@
-"""Node identity (did:key), trust lists, signed requests and DSSE envelopes over BOM CIDs (issue #6)."""
+"""Node identity (did:key), trust lists, signed requests and DSSE envelopes over BOM CIDs."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def test_concurrent_countersignatures_are_all_kept(tmp_path: Path) -> None:
     assert sorted(store.get(bom).signers()) == sorted(s.did for s in signers)  # type: ignore[union-attr]
 
 
-def test_the_factory_signs_its_boms(ray_session: str, cats_home: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+def test_the_factory_signs_its_boms(ray_session: str, cats_home: Path, tmp_path: Path, cli) -> None:
     src = jobs.module(tmp_path, "fid_sign", "def f(data):\n    return data[::-1]\n")
     run = factory.run(Order(function=Function(entry="fid_sign:f", source=src),
                             inputs=[jobs.folder(tmp_path, {"a.txt": b"abc"})]))

@@ -295,7 +295,7 @@ def test_pin_of_an_incomplete_dag_names_the_missing_block(ipfs_api: str, tmp_pat
     ipfs.close()
 
 
-def test_cli_pins_and_gc_on_the_daemon(cli, ipfs: IPFSStore, ipfs_api: str, tmp_path: Path,  # noqa: ANN001
+def test_cli_pins_and_gc_on_the_daemon(cli, ipfs: IPFSStore, ipfs_api: str, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CATS_IPFS_API", ipfs_api)
     f = tmp_path / "f.bin"

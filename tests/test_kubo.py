@@ -58,7 +58,7 @@ def _kubo_added(kubo: Kubo, path: Path, *flags: str) -> dict[bytes, str]:  # noq
     return out
 
 
-def _cats_added(cli, path: Path, *flags: str) -> dict[bytes, str]:  # noqa: ANN001
+def _cats_added(cli, path: Path, *flags: str) -> dict[bytes, str]:
     """`cats add -r --json` as path bytes -> CID; path_base64 carries the exact bytes of names that are not UTF-8."""
     res = cli("add", "-r", "--json", *flags, path.name, cwd=path.parent)
     assert res.code == 0, res.err
@@ -83,7 +83,7 @@ def _kind(store: LocalStore, cid: CID) -> unixfs.Kind:
 
 
 @pytest.mark.parametrize("flags", [["--cid-version=1", "--raw-leaves"], []], ids=["cidv1", "cidv0"])
-def test_names_that_are_not_utf8_get_kubos_cids(kubo: Kubo, cli, tmp_path: Path, flags: list[str]) -> None:  # noqa: ANN001, F811
+def test_names_that_are_not_utf8_get_kubos_cids(kubo: Kubo, cli, tmp_path: Path, flags: list[str]) -> None:  # noqa: F811
     src = _make(tmp_path / "src", TREE)
     theirs = _kubo_added(kubo, src, *flags)
     ours = _cats_added(cli, src, *([] if flags else ["--cid-version", "0"]))
@@ -92,7 +92,7 @@ def test_names_that_are_not_utf8_get_kubos_cids(kubo: Kubo, cli, tmp_path: Path,
     assert CID.parse(ours[b"src"]).version == (1 if flags else 0)
 
 
-def test_a_sharded_folder_of_names_that_are_not_utf8_gets_kubos_cid(kubo: Kubo, cli, cats_home: Path,  # noqa: ANN001, F811
+def test_a_sharded_folder_of_names_that_are_not_utf8_gets_kubos_cid(kubo: Kubo, cli, cats_home: Path,  # noqa: F811
                                                                     tmp_path: Path) -> None:
     """2,100 links of ~140 bytes pass kubo's 256 KiB sharding threshold; the HAMT places each entry by the
     murmur3 of its name bytes, so a name read as any other bytes would land in another bucket."""
@@ -111,7 +111,7 @@ def test_a_sharded_folder_of_names_that_are_not_utf8_gets_kubos_cid(kubo: Kubo, 
     assert _read_tree(out) == tree
 
 
-def test_kubo_and_cats_read_each_others_folders(kubo: Kubo, cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001, F811
+def test_kubo_and_cats_read_each_others_folders(kubo: Kubo, cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: F811
     src = _make(tmp_path / "src", TREE)
     # kubo adds the folder and exports its DAG; cats, which never saw the folder, imports and reads it
     root = kubo.text("add", "-r", "-Q", "--cid-version=1", "--raw-leaves", src)

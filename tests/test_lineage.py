@@ -249,7 +249,7 @@ def test_tree_nests_parents_with_inputs_and_outputs(chain: Chain) -> None:
 
 
 # -- the CLI -------------------------------------------------------------------------------------------
-def test_cli_lineage_json(chain: Chain, cli) -> None:  # noqa: ANN001
+def test_cli_lineage_json(chain: Chain, cli) -> None:
     res = cli("lineage", chain.c, "--format", "json")
     assert res.code == 0, res.err
     doc = json.loads(res.out)
@@ -257,7 +257,7 @@ def test_cli_lineage_json(chain: Chain, cli) -> None:  # noqa: ANN001
     assert {(e["parent"], e["child"]) for e in doc["edges"]} == {(chain.a, chain.b), (chain.b, chain.c)}
 
 
-def test_cli_lineage_of_the_first_run_finds_descendants(chain: Chain, cli) -> None:  # noqa: ANN001
+def test_cli_lineage_of_the_first_run_finds_descendants(chain: Chain, cli) -> None:
     res = cli("lineage", chain.a, "-f", "dot")
     assert res.code == 0, res.err
     lines = _dot_lines(res.out)
@@ -267,7 +267,7 @@ def test_cli_lineage_of_the_first_run_finds_descendants(chain: Chain, cli) -> No
     assert f"  n_{chain.b} --> n_{chain.c}" in res.out.splitlines()
 
 
-def test_cli_lineage_tree_is_the_default_and_never_wraps_cids(chain: Chain, cli) -> None:  # noqa: ANN001
+def test_cli_lineage_tree_is_the_default_and_never_wraps_cids(chain: Chain, cli) -> None:
     res = cli("lineage", chain.b)
     assert res.code == 0, res.err
     lines = res.out.splitlines()
@@ -277,7 +277,7 @@ def test_cli_lineage_tree_is_the_default_and_never_wraps_cids(chain: Chain, cli)
     assert "derived" in res.out
 
 
-def test_cli_bom_show_json_round_trips(chain: Chain, cli) -> None:  # noqa: ANN001
+def test_cli_bom_show_json_round_trips(chain: Chain, cli) -> None:
     res = cli("bom", "show", chain.c, "--json")
     assert res.code == 0, res.err
     data = json.loads(res.out)
@@ -292,7 +292,7 @@ def test_cli_bom_show_json_round_trips(chain: Chain, cli) -> None:  # noqa: ANN0
     assert len(slice_records) == 1 and slice_records[0]["node"] == "node-1"
 
 
-def test_cli_bom_show_lists_every_field(chain: Chain, cli) -> None:  # noqa: ANN001
+def test_cli_bom_show_lists_every_field(chain: Chain, cli) -> None:
     res = cli("bom", "show", chain.b)
     assert res.code == 0, res.err
     bom = chain.boms[chain.b]
@@ -305,7 +305,7 @@ def test_cli_bom_show_lists_every_field(chain: Chain, cli) -> None:  # noqa: ANN
     assert fields["started"] == "2024-05-01T12:01:00.000+00:00"
 
 
-def test_cli_log_lists_runs_newest_first(chain: Chain, cli) -> None:  # noqa: ANN001
+def test_cli_log_lists_runs_newest_first(chain: Chain, cli) -> None:
     res = cli("log", "--json")
     assert res.code == 0, res.err
     runs = json.loads(res.out)
@@ -319,7 +319,7 @@ def test_cli_log_lists_runs_newest_first(chain: Chain, cli) -> None:  # noqa: AN
     assert len(lines) == 2 and chain.c in lines[0] and chain.b in lines[1] and "gamma" in lines[0]
 
 
-def test_cli_log_before_any_run_is_empty(cli) -> None:  # noqa: ANN001
+def test_cli_log_before_any_run_is_empty(cli) -> None:
     res = cli("log", "--json")
     assert res.code == 0, res.err
     assert json.loads(res.out) == []
@@ -327,7 +327,7 @@ def test_cli_log_before_any_run_is_empty(cli) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("command", [["lineage"], ["bom", "show"]])
 @pytest.mark.parametrize("kind", ["malformed", "raw", "unknown", "not-a-bom"])
-def test_cli_bad_cids_fail_with_one_line(chain: Chain, cli, command: list[str], kind: str) -> None:  # noqa: ANN001
+def test_cli_bad_cids_fail_with_one_line(chain: Chain, cli, command: list[str], kind: str) -> None:
     if kind == "malformed":
         target = "bafy-not-a-cid"
     elif kind == "raw":

@@ -397,7 +397,7 @@ def test_a_node_killed_mid_pull_loses_nothing_and_the_pull_resumes(mesh: Mesh) -
     here = b.store
     killed = threading.Event()
 
-    def kill_a_third_of_the_way(report) -> None:  # noqa: ANN001 - a PullReport
+    def kill_a_third_of_the_way(report) -> None:  # a PullReport
         if not killed.is_set() and report.fetched_bytes > BIG // 3:
             killed.set()
             a.kill()

@@ -1,4 +1,4 @@
-"""Cross-organization lineage over real nodes (issue #6): org B's Order consumes org A's output; B's
+"""Cross-organization lineage over real nodes: org B's Order consumes org A's output; B's
 `cats verify --recursive` fetches A's BOM from A's node, re-executes A's part where A's code and
 data are readable, and otherwise accepts it on A's signature — and the report says which."""
 

@@ -687,7 +687,7 @@ def test_fifty_concurrent_car_pulls_while_id_answers(served: Served) -> None:
                     parts.append(part)
                     time.sleep(0.005)
                 data: bytes | BaseException = b"".join(parts)
-        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as e:  # reported by the assertion below
             data = e
         with lock:
             results.append(data)

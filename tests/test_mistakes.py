@@ -79,7 +79,7 @@ def _blocks(home: Path) -> int:
 
 
 # -- 1. entry names --------------------------------------------------------------------------------
-def test_submit_an_entry_the_file_does_not_define(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_submit_an_entry_the_file_does_not_define(cli, cats_home: Path, tmp_path: Path) -> None:
     store = jobs.home_store(cats_home)
     inputs = jobs.add(store, jobs.folder(tmp_path, FILES))
     job = jobs.module(tmp_path, "mk_submit_job", JOB)
@@ -95,7 +95,7 @@ def test_submit_an_entry_the_file_does_not_define(cli, cats_home: Path, tmp_path
     assert "count" in far and "later" in far  # what it does define
 
 
-def test_order_file_with_unknown_entries(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_order_file_with_unknown_entries(cli, cats_home: Path, tmp_path: Path) -> None:
     job = jobs.module(tmp_path, "mk_order_job", JOB)
     for entry, split, merge, culprits in [
         ("mk_order_job:Model.predcit", "files", "directory", ("'Model.predcit'", "did you mean 'Model.predict'?")),
@@ -236,7 +236,7 @@ def _files_of(store: LocalStore, cid: CID, prefix: str = "") -> list[tuple[str, 
     return found
 
 
-def test_a_file_name_that_is_not_utf8_is_refused_before_anything_runs(cli, cats_home: Path,  # noqa: ANN001
+def test_a_file_name_that_is_not_utf8_is_refused_before_anything_runs(cli, cats_home: Path,
                                                                       tmp_path: Path) -> None:
     folder = tmp_path / "latin"
     folder.mkdir()
@@ -287,7 +287,7 @@ def test_lines_of_one_file_keep_their_slices(tmp_path: Path) -> None:
         for o, n in [(0, 54), (54, 55), (109, 56), (165, 35)]]
 
 
-def test_split_that_does_not_fit_the_input(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_split_that_does_not_fit_the_input(cli, cats_home: Path, tmp_path: Path) -> None:
     store = jobs.home_store(cats_home)
     (tmp_path / "plain.txt").write_bytes(b"not parquet\n")
     cid = jobs.add(store, tmp_path / "plain.txt")
@@ -366,7 +366,7 @@ def test_run_at_import_fails_in_the_worker(ray_session: str, cats_home: Path, tm
 
 
 @pytest.mark.slow
-def test_run_at_import_of_the_order_file(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_run_at_import_of_the_order_file(ray_session: str, cli, cats_home: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     jobs.folder(tmp_path, FILES)
@@ -456,7 +456,7 @@ def test_plant_num_gpus() -> None:
         Plant(num_gpus=-1)
 
 
-def test_gpu_resource_in_an_order_file(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_gpu_resource_in_an_order_file(cli, cats_home: Path, tmp_path: Path) -> None:
     order_file = _order_file(tmp_path, "mk_gpu_resource", """
         from cats.order import Function, Order, Plant
 
@@ -564,7 +564,7 @@ def test_num_gpus_reaches_ray(tmp_path: Path) -> None:
 
 
 # -- 5. malformed CID strings among the inputs ----------------------------------------------------
-def test_malformed_cid_input(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_malformed_cid_input(cli, cats_home: Path, tmp_path: Path) -> None:
     fn = Function(entry="m:f", code=CID.hash(b"c"))
     with pytest.raises(ValidationError, match=r"malformed CID 'bafyXXXbad'.*pathlib\.Path"):
         Order(function=fn, inputs=["bafyXXXbad"])
@@ -590,7 +590,7 @@ def test_malformed_cid_input(cli, cats_home: Path, tmp_path: Path) -> None:  # n
 
 # -- 6. stdout carries the result alone ------------------------------------------------------------
 @pytest.mark.slow
-def test_what_slices_print_stays_off_stdout(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_what_slices_print_stays_off_stdout(ray_session: str, cli, cats_home: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     jobs.folder(tmp_path, FILES)

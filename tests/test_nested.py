@@ -91,7 +91,7 @@ def _tamper(store: LocalStore, cid: CID) -> None:
 
 # -- 1. attribution, memoization, verification and lineage ------------------------------------------
 @pytest.mark.slow
-def test_children_are_attributed_to_their_slices(ray_session: str, cli, cats_home: Path,  # noqa: ANN001
+def test_children_are_attributed_to_their_slices(ray_session: str, cli, cats_home: Path,
                                                  tmp_path: Path) -> None:
     src = _parent_module(tmp_path, "nx_attr")
     store = jobs.home_store(cats_home)
@@ -367,7 +367,7 @@ def test_boms_without_children_keep_their_cids() -> None:
     assert "children" not in bom.model_dump(mode="json")
 
 
-def test_children_in_the_bom_lineage_and_listings(cats_home: Path, cli) -> None:  # noqa: ANN001
+def test_children_in_the_bom_lineage_and_listings(cats_home: Path, cli) -> None:
     store = jobs.home_store(cats_home)
     child = _hand_bom(store, "kid")
     child_cid = put_cbor(store, child.model_dump(exclude_none=True))

@@ -43,7 +43,7 @@ def _without_empty_facets(value: object) -> object:
 
 
 @pytest.fixture
-def run(ray_session: str, cats_home: Path, tmp_path: Path):  # noqa: ANN201 - (result, store)
+def run(ray_session: str, cats_home: Path, tmp_path: Path):  # (result, store)
     """One small Order (upper-case each file of a folder) run on the session's Ray."""
     src = jobs.module(tmp_path, "fx_provenance_upper", """
         def shout(data):
@@ -57,7 +57,7 @@ def run(ray_session: str, cats_home: Path, tmp_path: Path):  # noqa: ANN201 - (r
 
 
 @pytest.mark.slow
-def test_in_toto(run, cli, tmp_path: Path) -> None:  # noqa: ANN001
+def test_in_toto(run, cli, tmp_path: Path) -> None:
     result, store = run
     bom = load_bom(store, result.bom)
     out = tmp_path / "att.json"
@@ -111,7 +111,7 @@ def test_in_toto(run, cli, tmp_path: Path) -> None:  # noqa: ANN001
 
 
 @pytest.mark.slow
-def test_openlineage(run, cli) -> None:  # noqa: ANN001
+def test_openlineage(run, cli) -> None:
     result, store = run
     bom = load_bom(store, result.bom)
     r = cli("export-provenance", str(result.bom), "--format", "openlineage")
@@ -135,7 +135,7 @@ def test_openlineage(run, cli) -> None:  # noqa: ANN001
     assert complete["eventTime"][:19] == bom.invoice.finished[:19]
 
 
-def test_errors(cli, cats_home: Path) -> None:  # noqa: ANN001
+def test_errors(cli, cats_home: Path) -> None:
     unknown = "bafyreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
     for fmt in ("in-toto", "openlineage"):
         cli("export-provenance", unknown, "-f", fmt).error_line(unknown)

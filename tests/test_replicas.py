@@ -239,7 +239,7 @@ def test_two_replicas_have_no_majority(ray_session: str, cats_home: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_cli_replicas(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_cli_replicas(ray_session: str, cli, cats_home: Path, tmp_path: Path,
                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     store = jobs.home_store(cats_home)

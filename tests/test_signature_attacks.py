@@ -94,7 +94,7 @@ def _no_traceback(*texts: str) -> None:
 
 
 # -- the untouched envelope, and none at all -------------------------------------------------------
-def test_the_untampered_signature_verifies(signed: Signed, home: Path, cli, ray_session: str,  # noqa: ANN001
+def test_the_untampered_signature_verifies(signed: Signed, home: Path, cli, ray_session: str,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     res = cli("verify", str(signed.bom), "--json")  # re-executes: signatures are checked in every mode
@@ -108,7 +108,7 @@ def test_the_untampered_signature_verifies(signed: Signed, home: Path, cli, ray_
     assert f"signed by {signed.did}" in text.out and "signature-invalid" not in text.out
 
 
-def test_unsigned_passes_and_says_so(signed: Signed, home: Path, cli) -> None:  # noqa: ANN001
+def test_unsigned_passes_and_says_so(signed: Signed, home: Path, cli) -> None:
     signed.envelope_path(home).unlink()
     res = cli("verify", str(signed.bom), "--integrity", "--json")
     assert res.code == 0, (res.out, res.err)
@@ -180,7 +180,7 @@ TAMPERING = [_flip_byte, _other_key_id, _altered_payload, _valid_over_another_ci
 
 
 @pytest.mark.parametrize("tamper", TAMPERING, ids=lambda f: f.__name__.strip("_"))
-def test_tampered_signature_fails_naming_signer_and_reason(tamper, signed: Signed, home: Path, cli) -> None:  # noqa: ANN001
+def test_tampered_signature_fails_naming_signer_and_reason(tamper, signed: Signed, home: Path, cli) -> None:
     envelope, signer, reason = tamper(signed)
     _write(signed, home, envelope)
 
@@ -203,7 +203,7 @@ def test_tampered_signature_fails_naming_signer_and_reason(tamper, signed: Signe
     assert "unsigned" not in text.out
 
 
-def test_a_forged_countersignature_fails_though_the_first_holds(signed: Signed, home: Path, cli) -> None:  # noqa: ANN001
+def test_a_forged_countersignature_fails_though_the_first_holds(signed: Signed, home: Path, cli) -> None:
     env = signed.envelope()
     forged = {"keyid": signed.other.did, "sig": env["signatures"][0]["sig"]}
     env["signatures"].append(forged)
@@ -214,7 +214,7 @@ def test_a_forged_countersignature_fails_though_the_first_holds(signed: Signed, 
     assert [b["signer"] for b in data["bad_signatures"]] == [signed.other.did]
 
 
-def test_no_signature_left_in_the_envelope_is_not_unsigned(signed: Signed, home: Path, cli) -> None:  # noqa: ANN001
+def test_no_signature_left_in_the_envelope_is_not_unsigned(signed: Signed, home: Path, cli) -> None:
     env = signed.envelope()
     env["signatures"] = []
     _write(signed, home, env)
@@ -230,7 +230,7 @@ def _malformed(s: Signed) -> list[tuple[str, bytes, str | None, str]]:
     """(name, file bytes, claimed signer or None, what the message must name)."""
     good = json.dumps(s.envelope())
 
-    def edited(change: Any) -> bytes:  # noqa: ANN401 - a function of the decoded envelope
+    def edited(change: Any) -> bytes:  # a function of the decoded envelope
         env = s.envelope()
         change(env)
         return json.dumps(env).encode()
@@ -255,7 +255,7 @@ def _malformed(s: Signed) -> list[tuple[str, bytes, str | None, str]]:
 @pytest.mark.parametrize("case", range(10), ids=["truncated", "sig-not-a-string", "no-payload",
                                                  "signatures-not-a-list", "sig-not-base64", "huge-sig",
                                                  "keyid-with-newline", "deeply-nested", "oversized", "not-utf8"])
-def test_malformed_envelope_is_one_line_never_a_traceback(case: int, signed: Signed, home: Path, cli) -> None:  # noqa: ANN001
+def test_malformed_envelope_is_one_line_never_a_traceback(case: int, signed: Signed, home: Path, cli) -> None:
     name, data, signer, names = _malformed(signed)[case]
     _write(signed, home, data)
     path = str(signed.envelope_path(home))
@@ -299,7 +299,7 @@ def _mutations(draw: st.DrawFn) -> list[tuple[str, list[Any], Any]]:
     return draw(st.lists(edits, min_size=1, max_size=3))
 
 
-def _apply(envelope: dict[str, Any], edits: list[tuple[str, list[Any], Any]]) -> Any:  # noqa: ANN401
+def _apply(envelope: dict[str, Any], edits: list[tuple[str, list[Any], Any]]) -> Any:
     doc: Any = copy.deepcopy(envelope)
     for kind, path, value in edits:
         parent = doc

@@ -12,25 +12,25 @@ from cats.bom.index import Index
 from cats.data.cache import Cache
 
 
-def _open_index(path: str, start) -> None:  # noqa: ANN001 - a multiprocessing Event
+def _open_index(path: str, start) -> None:  # a multiprocessing Event
     start.wait()
     try:
         Index(path).close()
-    except Exception:  # noqa: BLE001 - the exit code carries the failure to the parent
+    except Exception:  # the exit code carries the failure to the parent
         sys.exit(1)
 
 
-def _open_cache(root: str, start) -> None:  # noqa: ANN001
+def _open_cache(root: str, start) -> None:
     start.wait()
     try:
         cache = Cache(Path(root))
         cache._count(hits=1)
         cache.close()
-    except Exception:  # noqa: BLE001
+    except Exception:
         sys.exit(1)
 
 
-def _race(target, paths: list[str]) -> int:  # noqa: ANN001
+def _race(target, paths: list[str]) -> int:
     """Open each fresh path from 8 processes released together; how many rounds had a failure."""
     ctx = multiprocessing.get_context("fork")
     failed = 0

@@ -64,7 +64,7 @@ def test_put_keeps_a_good_block_and_refreshes_its_time(tmp_path: Path) -> None:
     assert store.mtime(cid) > time.time() - 60
 
 
-def test_restore_refuses_bytes_that_do_not_match(store) -> None:  # noqa: ANN001 - the memory/local fixture
+def test_restore_refuses_bytes_that_do_not_match(store) -> None:  # the memory/local fixture
     data = b"good bytes"
     cid = CID.hash(data)
     store.put(cid, data)
@@ -123,7 +123,7 @@ def test_open_removes_dead_writers_temporary_files_and_puts_back_a_block_gc_move
 
 # -- cats repair ---------------------------------------------------------------------------------
 @pytest.fixture
-def added(cli, cats_home: Path, tmp_path: Path) -> tuple[Path, CID, LocalStore]:  # noqa: ANN001
+def added(cli, cats_home: Path, tmp_path: Path) -> tuple[Path, CID, LocalStore]:
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.bin").write_bytes(os.urandom(700_000))
@@ -133,7 +133,7 @@ def added(cli, cats_home: Path, tmp_path: Path) -> tuple[Path, CID, LocalStore]:
     return src, CID.parse(result.out.strip()), LocalStore(cats_home / "blocks")
 
 
-def test_repair_from_files_restores_corrupt_and_missing_blocks(cli, added) -> None:  # noqa: ANN001
+def test_repair_from_files_restores_corrupt_and_missing_blocks(cli, added) -> None:
     src, root, store = added
     blocks = list(walk(store, root))
     leaf = next(c for c in blocks if c.codec == 0x55 and len(store.get(c)) == 262_144)
@@ -156,7 +156,7 @@ def test_repair_from_files_restores_corrupt_and_missing_blocks(cli, added) -> No
     assert list((store.root / ".tmp").iterdir()) == []  # the re-import's scratch store is gone
 
 
-def test_repair_from_files_added_otherwise_finds_nothing(cli, added, tmp_path: Path) -> None:  # noqa: ANN001
+def test_repair_from_files_added_otherwise_finds_nothing(cli, added, tmp_path: Path) -> None:
     src, root, store = added
     leaf = next(c for c in walk(store, root) if c.codec == 0x55)
     store.delete(leaf)
@@ -165,7 +165,7 @@ def test_repair_from_files_added_otherwise_finds_nothing(cli, added, tmp_path: P
     assert store.check(leaf) == "missing"
 
 
-def test_repair_from_a_car_uses_only_blocks_that_match(cli, added, tmp_path: Path) -> None:  # noqa: ANN001
+def test_repair_from_a_car_uses_only_blocks_that_match(cli, added, tmp_path: Path) -> None:
     _, root, store = added
     good = tmp_path / "good.car"
     assert cli("export", str(root), "-o", good).code == 0
@@ -213,7 +213,7 @@ def _staging_size(pid: int, folder: Path) -> int | None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the import's open files in /proc")
-def test_killed_import_leaves_no_staging_and_stages_at_most_the_car(cli, cats_home: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_killed_import_leaves_no_staging_and_stages_at_most_the_car(cli, cats_home: Path, tmp_path: Path) -> None:
     data = tmp_path / "data.bin"
     data.write_bytes(b"".join(i.to_bytes(8, "little") + os.urandom(4088) for i in range(24 << 8)))  # 24 MiB
     assert cli("add", "-q", "--no-pin", data).code == 0
@@ -249,7 +249,7 @@ def test_killed_import_leaves_no_staging_and_stages_at_most_the_car(cli, cats_ho
     assert sum(1 for _ in walk(store, root)) == len(list(store))
 
 
-def test_repair_from_peers_takes_only_matching_bytes(cli, added, tmp_path: Path, http_server) -> None:  # noqa: ANN001
+def test_repair_from_peers_takes_only_matching_bytes(cli, added, tmp_path: Path, http_server) -> None:
     """A lying peer (a server answering as a node, with other bytes) repairs nothing; a real node holding
     the DAG restores the corrupt and the missing block."""
     from test_mesh_node import NodeProc

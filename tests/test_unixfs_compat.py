@@ -109,7 +109,7 @@ def test_hidden_files_included_on_request(tmp_path: Path) -> None:
 
 
 # kubo's own sharding vectors (test/sharness/t0260-sharding.sh): the CIDs kubo printed.
-def numbered_files(folder: Path, n: int, name) -> Path:  # noqa: ANN001
+def numbered_files(folder: Path, n: int, name) -> Path:
     folder.mkdir()
     for i in range(1, n + 1):
         (folder / name(i)).write_bytes(f"{i}\n".encode())

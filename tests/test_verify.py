@@ -94,7 +94,7 @@ def base(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 # -- 1. a deterministic job verifies ---------------------------------------------------------------
 @pytest.mark.slow
-def test_deterministic_job_verifies(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_deterministic_job_verifies(ray_session: str, cli, cats_home: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     src = jobs.module(tmp_path, "vf_det", DETERMINISTIC)
@@ -134,7 +134,7 @@ def test_deterministic_job_verifies(ray_session: str, cli, cats_home: Path, tmp_
 
 # -- 2. non-deterministic code is caught, slice by slice -------------------------------------------
 @pytest.mark.slow
-def test_random_job_fails_naming_slices(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_random_job_fails_naming_slices(ray_session: str, cli, cats_home: Path, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     src = jobs.module(tmp_path, "vf_random", """
@@ -296,7 +296,7 @@ def test_choose_is_seeded_and_validated() -> None:
 
 
 @pytest.mark.slow
-def test_sampled_audit(ray_session: str, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_sampled_audit(ray_session: str, cli, cats_home: Path, tmp_path: Path,
                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_ADDRESS", ray_session)
     src = jobs.module(tmp_path, "vf_sample", DETERMINISTIC)
@@ -387,7 +387,7 @@ def test_recursive_chain(ray_session: str, cats_home: Path, tmp_path: Path) -> N
 
 # -- 6. integrity only: no Ray ---------------------------------------------------------------------
 @pytest.mark.slow
-def test_integrity_needs_no_ray(base: Base, cli, cats_home: Path, tmp_path: Path,  # noqa: ANN001
+def test_integrity_needs_no_ray(base: Base, cli, cats_home: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     def no_ray(*args: object, **kwargs: object) -> None:
         raise AssertionError("an integrity check must not touch Ray")

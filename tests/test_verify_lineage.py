@@ -1,4 +1,4 @@
-"""Recursive verification across what this node can and cannot read (issue #6): an ancestor is
+"""Recursive verification across what this node can and cannot read: an ancestor is
 re-executed where its code and data are here, fetched when its BOM is not, and otherwise accepted
 on a trusted signature — and the report says which."""
 

@@ -23,7 +23,6 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -69,12 +68,12 @@ class Envelope(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    payloadType: str = Field(default=PAYLOAD_TYPE, max_length=_TOKEN_MAX)  # noqa: N815 - DSSE's own field names
+    payloadType: str = Field(default=PAYLOAD_TYPE, max_length=_TOKEN_MAX)  # DSSE's own field names
     payload: str = Field(description="base64 of the BOM CID's text")
     signatures: list[Signature] = Field(default_factory=list)
 
     @classmethod
-    def parse(cls, raw: bytes | str | Any, where: str) -> Envelope:  # noqa: ANN401 - JSON text or decoded JSON
+    def parse(cls, raw: object, where: str) -> Envelope:
         """An envelope from JSON text (or already decoded JSON); anything else is an EnvelopeError
         starting with `where` and naming the first field at fault."""
         data = raw
@@ -223,7 +222,8 @@ class Signatures:
         try:
             envelope = self.get(bom)
         except EnvelopeError as e:
-            return [], [BadSignature(signer=s, reason=str(e)) for s in e.claimed or [None]]
+            signers: list[str | None] = [*e.claimed] or [None]
+            return [], [BadSignature(signer=s, reason=str(e)) for s in signers]
         return envelope.check(bom, known) if envelope is not None else ([], [])
 
     def add(self, envelope: Envelope) -> Envelope:

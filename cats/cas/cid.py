@@ -7,6 +7,7 @@ block, so construction must stay a few microseconds.
 from __future__ import annotations
 
 from cats.cas import multibase, multihash, varint
+from cats.cas.multihash import SHA2_256
 from cats.errors import CatsError, InvalidCID, UnknownCodec
 
 RAW = 0x55
@@ -16,14 +17,6 @@ DAG_JSON = 0x0129
 LIBP2P_KEY = 0x72
 
 CODEC_NAMES = {RAW: "raw", DAG_PB: "dag-pb", DAG_CBOR: "dag-cbor", DAG_JSON: "dag-json", LIBP2P_KEY: "libp2p-key"}
-CODECS = {name: code for code, name in CODEC_NAMES.items()}
-
-
-def codec_of(name: str) -> int:
-    try:
-        return CODECS[name]
-    except KeyError:
-        raise UnknownCodec(f"unknown codec {name!r}; known: {', '.join(CODECS)}") from None
 
 
 class CID:
@@ -34,6 +27,8 @@ class CID:
     version: int
     codec: int
     multihash: bytes
+    _bytes: bytes | None  # the binary and text forms, made on first use
+    _str: str | None
 
     def __init__(self, version: int, codec: int, mh: bytes) -> None:
         if version == 0:
@@ -55,7 +50,7 @@ class CID:
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def hash(cls, data: bytes | memoryview, codec: int = RAW, version: int = 1,
-             hashfn: int = multihash.SHA2_256) -> CID:
+             hashfn: int = SHA2_256) -> CID:
         """The CID of a block with the given bytes."""
         return cls(version, codec, multihash.digest(data, hashfn))
 

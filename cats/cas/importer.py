@@ -293,7 +293,7 @@ def _regular_file(stream: BinaryIO) -> tuple[int | None, int]:
     return None, 0
 
 
-def _read_chunks(stream: BinaryIO, first: bytes | memoryview) -> Iterator[bytes | memoryview]:
+def _read_chunks(stream: BinaryIO, first: memoryview) -> Iterator[memoryview]:
     chunk = first
     while chunk:
         yield chunk
@@ -302,7 +302,7 @@ def _read_chunks(stream: BinaryIO, first: bytes | memoryview) -> Iterator[bytes 
         chunk = _read_chunk(stream)
 
 
-def _read_chunk(stream: BinaryIO) -> bytes | memoryview:
+def _read_chunk(stream: BinaryIO) -> memoryview:
     """Read exactly CHUNK_SIZE bytes unless the stream ends first (pipes return short reads)."""
     buf = bytearray(CHUNK_SIZE)
     view = memoryview(buf)
@@ -312,5 +312,5 @@ def _read_chunk(stream: BinaryIO) -> bytes | memoryview:
         if not n:
             break
         got += n
-    return view[:got] if got < CHUNK_SIZE else buf
+    return view[:got]
 

@@ -60,7 +60,7 @@ def wrap(code: int, raw_digest: bytes) -> bytes:
     return varint.encode(code) + varint.encode(len(raw_digest)) + raw_digest
 
 
-def decode(mh: bytes, offset: int = 0) -> tuple[int, bytes, int]:
+def decode(mh: bytes | memoryview, offset: int = 0) -> tuple[int, bytes, int]:
     """Return (function code, digest, offset after the multihash)."""
     code, i = varint.decode(mh, offset)
     length, i = varint.decode(mh, i)

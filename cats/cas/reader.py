@@ -415,14 +415,14 @@ def _lay_out(store: BlockStore, root: _Node, at: int) -> None:
     finally:
         for fd, _, _ in stack:
             os.close(fd)
-    for where, name, link in _links(root):
+    for folders, name, link in _links(root):
         fd = at
         try:
-            for part in ["out", *where]:
+            for part in ["out", *folders]:
                 fd, parent = _open_dir(fd, part), fd
                 if parent != at:
                     os.close(parent)
-            _make(store, link, name, fd, "/".join(names.display(p) for p in [*where, name]))
+            _make(store, link, name, fd, "/".join(names.display(p) for p in [*folders, name]))
         finally:
             if fd != at:
                 os.close(fd)

@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -19,12 +19,16 @@ from cats.cas.store import BlockStore, open_store
 from cats.config import home
 from cats.order import label as input_label
 
+if TYPE_CHECKING:  # imported lazily to keep start-up light
+    from cats.bom import BOM
+    from cats.bom.index import Index
+
 
 def _store() -> BlockStore:
     return open_store()
 
 
-def _index():  # noqa: ANN202 - Index is imported lazily to keep start-up light
+def _index() -> Index | None:
     """The run index, or None before the first run (reading must not create it)."""
     from cats.bom.index import Index
 
@@ -147,7 +151,7 @@ def show(
             typer.echo(f"{key if i == 0 else '':<13}{value}")
 
 
-def _children(store: BlockStore, bom: Any) -> list[str]:  # noqa: ANN401 - cats.bom.BOM, imported lazily
+def _children(store: BlockStore, bom: BOM) -> list[str]:
     """One line per sub-Order: the slice that submitted it, its BOM, and who ran it how."""
     from cats.bom import records
 

@@ -10,9 +10,14 @@ import json
 import os
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:  # imported lazily to keep start-up light
+    from rich.console import Console
+
+    from cats.data.service.client import Client
 
 data_app = typer.Typer(help="Datasets by URI: the Data Service, its client, and the worker data cache.",
                        no_args_is_help=True)
@@ -24,14 +29,14 @@ def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
-def _console():  # noqa: ANN202 - rich is imported lazily
+def _console() -> Console:
     from rich.console import Console
 
     console = Console()
     return console if console.is_terminal else Console(width=1 << 16)  # piped: never wrap a URI
 
 
-def _client():  # noqa: ANN202 - the client pulls in httpx and pydantic
+def _client() -> Client:
     from cats.data.service.client import Client
 
     return Client()

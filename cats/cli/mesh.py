@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:  # imported lazily to keep start-up light
+    from rich.console import Console
+
+    from cats.cas.cid import CID
+    from cats.identity import Identity
+    from cats.mesh.client import PullReport
 
 mesh_app = typer.Typer(help="Other CAT Nodes: whom to trust, and pulling, pushing and running Orders there.",
                        no_args_is_help=True)
@@ -25,7 +33,7 @@ def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
-def _err():  # noqa: ANN202 - rich is imported lazily
+def _err() -> Console:
     from rich.console import Console
 
     console = Console(stderr=True, emoji=False)  # a DID holds ":key:", which rich would draw as an emoji
@@ -40,7 +48,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def _cid(text: str):  # noqa: ANN202 - cats.cas.cid.CID
+def _cid(text: str) -> CID:
     from cats.cas.cid import CID
 
     return CID.parse(text)
@@ -177,13 +185,13 @@ class _PullBar:
                                 console=_err(), transient=True)
             self.task = self.bar.add_task("pull", total=None, blocks=0, skipped=0)
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self) -> Callable[[PullReport], None] | None:
         if self.bar is None:
             return None
         self.bar.start()
         return self.update
 
-    def update(self, report: Any) -> None:
+    def update(self, report: PullReport) -> None:
         assert self.bar is not None
         self.bar.update(self.task, completed=report.fetched_bytes, blocks=report.fetched_blocks,
                         skipped=report.skipped_blocks)
@@ -193,7 +201,7 @@ class _PullBar:
             self.bar.stop()
 
 
-def _identity():  # noqa: ANN202 - cats.identity.Identity
+def _identity() -> Identity:
     from cats.identity import Identity
 
     return Identity.load()

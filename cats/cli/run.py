@@ -9,18 +9,24 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import typer
 
 from cats.errors import CatsError
+
+if TYPE_CHECKING:  # imported lazily to keep start-up light
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from cats.order import Order
 
 JSON_HELP = "Print one JSON object (bom, output, …): the only line on stdout."
 REPLICAS_HELP = ("Run each slice on N distinct workers; a majority of identical outputs decides "
                  "(overrides the Order's Plant).")
 
 
-def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, imported lazily
+def _load_order(path: Path) -> Order:
     """Import ORDER.py as a module named after its file (workers import it the same way). A run it
     starts while imported is refused (it would run twice), and the Order's own checks come back as
     one line naming the field."""
@@ -54,7 +60,7 @@ def _load_order(path: Path):  # noqa: ANN202 - returns cats.order.Order, importe
     return order
 
 
-def _invalid(e) -> str:  # noqa: ANN001 - a pydantic ValidationError, imported lazily
+def _invalid(e: ValidationError) -> str:
     """A model's validation error in one line: the model, the field's path and why, for the first problem."""
     first = e.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
@@ -63,14 +69,14 @@ def _invalid(e) -> str:  # noqa: ANN001 - a pydantic ValidationError, imported l
     return " ".join(f"{e.title} {where}: {why}{more}".split())
 
 
-def _replicated(order, replicas: int | None):  # noqa: ANN001, ANN202 - cats.order.Order, imported lazily
+def _replicated(order: Order, replicas: int | None) -> Order:
     """The Order with its Plant's replica count overridden (a different Order, so its own BOM)."""
     if replicas is None:
         return order
     return order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": replicas})})
 
 
-def _deployed(order, deployment: Path | None):  # noqa: ANN001, ANN202 - cats.order.Order, imported lazily
+def _deployed(order: Order, deployment: Path | None) -> Order:
     """The Order on a deployment's Ray, with this process storing blocks in its IPFS node (a
     different Plant, so a different Order and BOM: where it ran is part of its lineage)."""
     if deployment is None:
@@ -83,7 +89,7 @@ def _deployed(order, deployment: Path | None):  # noqa: ANN001, ANN202 - cats.or
 
 
 @contextlib.contextmanager
-def slice_progress(console, hidden: bool = False) -> Iterator[Callable[[int, int], None]]:  # noqa: ANN001 - rich Console
+def slice_progress(console: Console, hidden: bool = False) -> Iterator[Callable[[int, int], None]]:
     """A transient bar of finished slices (with their rate); yields the Factory's progress callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TimeElapsedColumn
 

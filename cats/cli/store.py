@@ -9,8 +9,9 @@ import os
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -19,12 +20,17 @@ from cats.cas.store import BlockStore, PinningStore, open_store
 from cats.config import home
 from cats.errors import CatsError
 
+if TYPE_CHECKING:  # imported lazily to keep start-up light
+    from rich.progress import Progress
+
+    from cats.cas.pins import Pins
+
 
 def _store() -> BlockStore:
     return open_store()
 
 
-def _pins():  # noqa: ANN202 - Pins is imported lazily to keep start-up light
+def _pins() -> Pins:
     from cats.cas.pins import Pins
 
     return Pins(home() / "pins")
@@ -97,17 +103,17 @@ class _progress:
 
     def __init__(self, total: int) -> None:
         self.total = total
-        self.bar = None
+        self.bar: Progress | None = None
 
-    def __enter__(self):  # noqa: ANN204
+    def __enter__(self) -> Callable[[int], None] | None:
         if self.total < 64 << 20:
             return None
         from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-        self.bar = Progress("adding", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
-        self.bar.start()
-        task = self.bar.add_task("add", total=self.total)
-        return lambda n: self.bar.advance(task, n)
+        bar = self.bar = Progress("adding", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+        bar.start()
+        task = bar.add_task("add", total=self.total)
+        return lambda n: bar.advance(task, n)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:  # imported lazily to keep start-up light
+    from rich.console import Console
+
+    from cats.verification.report import Report
 
 
 def verify(
@@ -36,7 +43,7 @@ def verify(
     raise typer.Exit(0 if report.verified else 1)
 
 
-def report_console():  # noqa: ANN201 - rich.console.Console, imported lazily
+def report_console() -> Console:
     """stdout for reports: no emoji (a DID holds ":key:"), and never a CID wrapped when piped."""
     from rich.console import Console
 
@@ -44,7 +51,7 @@ def report_console():  # noqa: ANN201 - rich.console.Console, imported lazily
     return out if out.is_terminal else Console(emoji=False, width=1 << 12)
 
 
-def print_report(report, depth: int = 0, role: str = "", out=None) -> None:  # noqa: ANN001 - Report, rich Console
+def print_report(report: Report, depth: int = 0, role: str = "", out: Console | None = None) -> None:
     from rich.table import Table
     from rich.text import Text
 

@@ -1,4 +1,4 @@
-"""A worker-local, on-disk cache of range reads (issue #5), shared safely by the processes of one machine.
+"""A worker-local, on-disk cache of range reads, shared safely by the processes of one machine.
 
     cache = Cache(max_bytes=1 << 30, max_age_s=3600)
     cache.read("https://host/t.parquet", offset=4, length=1 << 20, expect=info)  # served from disk next time
@@ -33,7 +33,7 @@ import os
 import threading
 import time
 import weakref
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -90,8 +90,9 @@ class Cache:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._db_pid = 0
-        self.counts: Counter[str] = Counter()  # this Cache's own counters since it was made
-        self._pending: Counter[str] = Counter()  # counted here, not yet added to metrics.sqlite
+        # counts and bytes are ints, seconds floats
+        self.counts: defaultdict[str, float] = defaultdict(int)  # this Cache's own counters since it was made
+        self._pending: defaultdict[str, float] = defaultdict(int)  # counted here, not yet added to metrics.sqlite
         self._flushed = time.monotonic()
         _open_caches.add(self)
 
@@ -117,10 +118,10 @@ class Cache:
             self._count(errors=1)
             raise
         path = self._path(uri, offset, length, expect.version)
-        data = self._load(path)
-        if data is not None:
-            self._count(hits=1, bytes_out=len(data))
-            return data
+        cached = self._load(path)
+        if cached is not None:
+            self._count(hits=1, bytes_out=len(cached))
+            return cached
         try:
             data, seconds = self._fetch(resolver, uri, offset, length, expect)
         except Exception:

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cats.bom import BOM
 from cats.cas import reader
 from cats.cas.store import BlockStore
 from cats.order import Function, InfraFunction, Order
 
+if TYPE_CHECKING:  # workers import it when they run a function
+    import pyarrow as pa
+
 STATS = ("count", "mean", "std", "min", "max", "mode")
 
 
-def partial(table) -> list[dict[str, Any]]:  # noqa: ANN001 - a pyarrow.Table (one row group)
+def partial(table: pa.Table) -> list[dict[str, Any]]:
     """Per numeric column, in table order: count, mean, m2 (sum of squared deviations), min, max,
     and the distinct values with their counts."""
     import numpy as np
@@ -56,7 +59,7 @@ def _fold(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "min": min(a["min"], b["min"]), "max": max(a["max"], b["max"])}
 
 
-def combine(parts: list[tuple[list[dict[str, Any]], dict[str, Any]]]):  # noqa: ANN201 - a pyarrow.Table
+def combine(parts: list[tuple[list[dict[str, Any]], dict[str, Any]]]) -> pa.Table:
     """One row per column: the statistics of all row groups together, folded in slice order."""
     import pyarrow as pa
 

@@ -180,8 +180,8 @@ def run(base: Path, hours: int = HOURS, force: bool = False, say: Callable[[str]
 
         with b.acting():
             say(f"{b.name}: pulling {a.name}'s cleaned logs and their lineage from its node, {a.url}")
-            store, me = open_store(), Identity.load()
-            pulled = pull(store, clean.bom, a.url, me)
+            store = open_store()
+            pulled = pull(store, clean.bom, a.url, Identity.load())
             say(f"{b.name}: the rows within 10 km of Lisbon, built on {a.name}'s cleaned logs")
             built = factory.run(sensor_logs.order(clean.output, name="org-b: rows within 10 km of Lisbon"),
                                 force=force, quiet=True, progress=progress)

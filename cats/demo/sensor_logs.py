@@ -18,13 +18,17 @@ import io
 import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cats.bom import BOM
 from cats.cas import reader
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 from cats.order import Function, InfraFunction, Order
+
+if TYPE_CHECKING:  # workers import them when they run a function
+    import numpy as np
+    import pyarrow as pa
 
 LISBON = (38.736946, -9.142685)
 RADIUS_KM = 10.0
@@ -34,7 +38,7 @@ COLUMNS = ("datetime", "sensor", "latitude", "longitude", "temperature_c", "pres
 PER_HOUR = 12  # a reading every five minutes
 
 
-def _read(data: bytes):  # noqa: ANN202 - pyarrow.Table
+def _read(data: bytes) -> pa.Table:
     import pyarrow as pa
     from pyarrow import csv
 
@@ -42,7 +46,7 @@ def _read(data: bytes):  # noqa: ANN202 - pyarrow.Table
     return csv.read_csv(io.BytesIO(data), convert_options=csv.ConvertOptions(column_types=types))
 
 
-def distance_km(lat, lon, lat0: float, lon0: float):  # noqa: ANN001, ANN201 - numpy arrays in and out
+def distance_km(lat: np.ndarray, lon: np.ndarray, lat0: float, lon0: float) -> np.ndarray:
     """Great-circle distance (haversine) from (lat0, lon0), in km."""
     import numpy as np
 
@@ -52,7 +56,7 @@ def distance_km(lat, lon, lat0: float, lon0: float):  # noqa: ANN001, ANN201 - n
     return 2 * EARTH_KM * np.arcsin(np.sqrt(a))
 
 
-def near(data: bytes, lat: float = LISBON[0], lon: float = LISBON[1], km: float = RADIUS_KM):  # noqa: ANN201
+def near(data: bytes, lat: float = LISBON[0], lon: float = LISBON[1], km: float = RADIUS_KM) -> pa.Table:
     """The rows of one hourly log taken within `km` of (lat, lon), with their distance."""
     import pyarrow as pa
 
@@ -74,7 +78,7 @@ def clean(data: bytes) -> bytes:
     return "".join([header, *(line for line, keep in zip(lines, ok.to_pylist(), strict=True) if keep)]).encode()
 
 
-def _sensors(rng) -> list[tuple[str, float, float]]:  # noqa: ANN001 - numpy Generator
+def _sensors(rng: np.random.Generator) -> list[tuple[str, float, float]]:
     """Fixed stations (id, latitude, longitude): 12 within 9.5 km of Lisbon, 8 at 10.5-30 km, 28 across Portugal."""
     out = []
 
@@ -106,12 +110,12 @@ def _hour(hour: int, stations: list[tuple[str, float, float]], seed: int) -> byt
     rng = np.random.default_rng([seed, hour])
     ids, lats, lons, times = [], [], [], []
     for m in range(PER_HOUR):
-        t = hour + m / PER_HOUR
-        for sensor, lat, lon in [*stations, *((f"viatura-{k + 1}", *_vehicle(k, t)) for k in range(4))]:
+        at = hour + m / PER_HOUR
+        for sensor, y, x in [*stations, *((f"viatura-{k + 1}", *_vehicle(k, at)) for k in range(4))]:
             ids.append(sensor)
-            lats.append(lat)
-            lons.append(lon)
-            times.append(t)
+            lats.append(y)
+            lons.append(x)
+            times.append(at)
     n = len(ids)
     lat, lon, t = np.array(lats), np.array(lons), np.array(times)
     temp = 14 + 5 * np.sin(2 * np.pi * (t % 24 - 9) / 24) - 1.1 * (lat - 38.7) + rng.normal(0, 0.6, n)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cats.bom import BOM
 from cats.cas import reader
 from cats.cas.store import BlockStore
 from cats.order import Function, InfraFunction, Order
+
+if TYPE_CHECKING:  # Pillow is in the demo extra, imported when used
+    import PIL.Image
 
 # Sample images scikit-image keeps in its wheel (skimage.data functions that never download).
 SOURCES = ("astronaut", "brick", "camera", "cell", "chelsea", "coffee", "coins", "grass", "gravel",
@@ -38,14 +41,14 @@ def thumbnail(data: bytes, size: int = 256) -> bytes:
     return out.getvalue()
 
 
-def _sources() -> list:  # noqa: ANN202 - PIL images, imported lazily
+def _sources() -> list[PIL.Image.Image]:
     import skimage.data
     from PIL import Image
 
     return [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in SOURCES]
 
 
-def _photo(sources: list, seed: int) -> bytes:  # noqa: ANN001
+def _photo(sources: list[PIL.Image.Image], seed: int) -> bytes:
     import numpy as np
     from PIL import Image
 

@@ -1,4 +1,4 @@
-"""The mesh of CAT Nodes (issue #6): nodes that serve their blocks and BOMs over HTTP and run Orders
+"""The mesh of CAT Nodes: nodes that serve their blocks and BOMs over HTTP and run Orders
 for the peers they trust.
 
     cats node start                       # this machine as a node: cats.mesh.node (FastAPI on uvicorn)

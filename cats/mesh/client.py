@@ -496,13 +496,15 @@ def from_peers(store: BlockStore, peers: Iterable[Peer], identity: Identity) -> 
 
     def fetch(ancestor: CID) -> str | None:
         errors = []
-        for peer in (p for p in peers if p.url):
+        for peer in peers:
+            if not (url := peer.url):
+                continue
             try:
-                with Node(peer.url, identity, did=peer.did) as node:  # signed, if at all, for the peer trusted
-                    pull(store, ancestor, peer.url, identity, node=node)
+                with Node(url, identity, did=peer.did) as node:  # signed, if at all, for the peer trusted
+                    pull(store, ancestor, url, identity, node=node)
                 return None
             except CatsError as e:  # a peer that lacks it or is down: try the next
-                errors.append(f"{peer.url}: {e}")
+                errors.append(f"{url}: {e}")
         return "; ".join(errors) or "no trusted peer has a node URL (cats mesh trust add DID --url URL)"
 
     return fetch
@@ -567,7 +569,7 @@ class _Writer:
         while self.pending:
             try:
                 self._collect()
-            except BaseException as e:  # noqa: BLE001 - re-raised below, once the rest are written
+            except BaseException as e:  # re-raised below, once the rest are written
                 error = error or e
         if error is not None:
             raise error
@@ -592,6 +594,7 @@ def _fetch_subtree(node: Node, root: CID, report: PullReport, writer: _Writer, a
     report.requests += 1
     cut = None
     wanted = {root.to_v1()}  # a block is taken only if the root or a block before it links it
+    block: bytes | memoryview  # a view into the stream, or a copy of one to check
     try:
         with node.car(root) as sections:
             for cid, block in sections:

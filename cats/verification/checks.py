@@ -122,7 +122,7 @@ def _counting(store: BlockStore) -> CountingStore:
 def _read_into(store: BlockStore, cid: CID, offset: int, length: int) -> np.ndarray:
     """Bytes [offset, offset+length) of a file as one uint8 array, copied once (np.empty: no zeroing pass)."""
     buf = np.empty(length, np.uint8)
-    view = memoryview(buf)
+    view = buf.data  # the array's own buffer, writable
     pos = 0
     for chunk in reader.read(store, cid, offset, length):
         view[pos:pos + len(chunk)] = chunk

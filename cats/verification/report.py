@@ -87,7 +87,7 @@ class Report(BaseModel):
     children: list[Report] = Field(default_factory=list, description="the sub-Orders' BOMs, with --recursive")
     blocks_checked: int = 0
 
-    @computed_field
+    @computed_field  # type: ignore[prop-decorator]  # mypy reads no decorator over a property; pydantic's way
     @property
     def signature(self) -> Literal["signed", "unsigned", "invalid"]:
         """"unsigned": no signature is kept for it here (not a failure); "invalid": one kept does not hold."""

@@ -65,10 +65,10 @@ def api_url(address: str) -> str:
         address = address[len("ipfs+"):]
     if "://" not in address:
         address = "http://" + address
-    parts = urlsplit(address)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    url = urlsplit(address)
+    if url.scheme not in ("http", "https") or not url.netloc:
         raise CatsError(f"cannot read IPFS API address {address!r} (expected http://HOST:PORT)")
-    return f"{parts.scheme}://{parts.netloc}"
+    return f"{url.scheme}://{url.netloc}"
 
 
 class IPFSStore(PinningStore):

@@ -1,4 +1,4 @@
-"""The Data Service (issue #5): a small HTTP registry of datasets named by URI, with signed, expiring reads.
+"""The Data Service: a small HTTP registry of datasets named by URI, with signed, expiring reads.
 
     cats data token add alice            # a principal and its bearer token, written offline
     cats data serve                      # FastAPI on uvicorn, state in CATS_HOME/dataservice/

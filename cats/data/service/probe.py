@@ -112,7 +112,8 @@ def _dtype_name(descr: object) -> str:
     try:
         from numpy.lib.format import descr_to_dtype
 
-        dtype = descr_to_dtype(descr)
+        # numpy's stub admits only list descrs; the function takes any (a str such as '<f8' most often)
+        dtype = descr_to_dtype(descr)  # type: ignore[arg-type]
     except Exception:  # an unusual descr, or no numpy: still worth recording as written
         return str(descr)
     if dtype.names:

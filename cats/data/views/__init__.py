@@ -1,4 +1,4 @@
-"""Lazy views over referenced datasets (issue #5): slices, windows, columns, transposes, reshapes and
+"""Lazy views over referenced datasets: slices, windows, columns, transposes, reshapes and
 safe casts of a Parquet, Arrow IPC or .npy file named by a data URI, that read only the byte ranges
 they need.
 
@@ -132,7 +132,7 @@ class View(BaseModel):
         return shape[0]
 
     @property
-    def schema(self) -> pa.Schema:  # type: ignore[override]
+    def schema(self) -> pa.Schema:
         """The result's Arrow schema (tables)."""
         plan = self._resolve()[1]
         if plan.schema is None:

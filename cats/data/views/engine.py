@@ -6,7 +6,7 @@ numpy nor pyarrow; only reading one does.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -38,11 +38,12 @@ def resolve(view: View, cache: Cache | None = None, meter: Meter | None = None) 
 
 def byte_ranges(view: View) -> list[tuple[int, int]]:
     src, plan = resolve(view)
-    if isinstance(src, _parquet.ParquetSource):
-        ranges = src.ranges(src.groups(plan.rows), plan.columns) if len(plan.rows) else []
-        return coalesce(ranges, GAP_EXACT)
-    if isinstance(src, _arrow.ArrowSource):
-        return coalesce(src.ranges(src.blocks(plan.rows)) if len(plan.rows) else [], GAP_EXACT)
+    if isinstance(src, _parquet.ParquetSource | _arrow.ArrowSource):
+        rows, names = plan.rows, plan.columns
+        assert rows is not None and names is not None  # plan_table names both
+        if isinstance(src, _parquet.ParquetSource):
+            return coalesce(src.ranges(src.groups(rows), names) if len(rows) else [], GAP_EXACT)
+        return coalesce(src.ranges(src.blocks(rows)) if len(rows) else [], GAP_EXACT)
     return coalesce(src.ranges(plan.rows, plan.columns), _npy.GAP)
 
 
@@ -116,7 +117,7 @@ def _apply(a: np.ndarray, op: Any) -> np.ndarray:
     if isinstance(op, Window):
         return a[op.start:op.stop:op.step]
     if isinstance(op, Columns):
-        return a[:, op.names]
+        return a[:, cast(list[int], op.names)]  # an array's columns are positions (plan_array refuses names)
     if isinstance(op, Transpose):
         return a.T
     if isinstance(op, Reshape):

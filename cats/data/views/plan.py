@@ -244,7 +244,7 @@ def plan_array(view: View, shape: tuple[int, ...], dtype: np.dtype, c_order: boo
             current = cols if cols is not None else list(range(before_shape[1]))
             cols = [current[k] for k in _positions(at, op, None, len(current))]
         else:
-            casts.append(op.dtype)  # type: ignore[attr-defined]
+            casts.append(op.dtype)
     plan = Plan(rows, cols, shape, casts, tail, dtype=dtype)
     if c_order and rows is not None and cols is None and rows.step == 1 and tail and isinstance(tail[0], Reshape):
         _narrow(view, plan, inner)

@@ -1,4 +1,4 @@
-"""The CAT Node (issue #6, node side): this machine's store, BOMs and Factory, served over HTTP.
+"""The CAT Node: this machine's store, BOMs and Factory, served over HTTP.
 
     cats node start [--host H] [--port 8480] [--private]     # FastAPI on uvicorn, in the foreground
 

@@ -555,12 +555,13 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, plus the BOM's: CIDs are strings in JSON, which only its validation schema can say."""
-        if app.openapi_schema is None:
-            schema = FastAPI.openapi(app)
+        schema = app.openapi_schema
+        if schema is None:
+            schema = FastAPI.openapi(app)  # kept as app.openapi_schema too, so the BOM's is added once
             bom_schema = BOM.model_json_schema(mode="validation", ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update({**bom_schema.pop("$defs", {}), "BOM": bom_schema})
-        return app.openapi_schema
+        return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
