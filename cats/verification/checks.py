@@ -12,7 +12,6 @@ seed afterwards (the default draws a fresh one) and keep it in the report for re
 
 from __future__ import annotations
 
-import ast
 import math
 import secrets
 from collections import OrderedDict
@@ -26,17 +25,12 @@ from pydantic import BaseModel
 from cats.cas import dagpb, reader, unixfs
 from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.store import BlockStore
+from cats.data.views import npy
 from cats.errors import CatsError, DecodeError, UnknownCodec
 from cats.order.checks import Check, CheckKind, parse_ref
 
 __all__ = ["CheckReport", "CountingStore", "NpyFile", "elementwise", "freivalds", "freivalds_arrays", "reduction",
            "run", "run_order"]
-
-_MAGIC = b"\x93NUMPY"
-# One range read of this much holds any ordinary header (numpy pads headers to 64 bytes; 128 is usual).
-_HEAD_BYTES = 4096
-# Longer headers are refused before literal_eval sees them (numpy's own loader stops at 10,000 bytes).
-_MAX_HEADER = 1 << 16
 
 UFUNCS: dict[str, Callable[..., np.ndarray]] = {
     "neg": np.negative, "abs": np.absolute, "sqrt": np.sqrt, "exp": np.exp, "log": np.log,
@@ -220,42 +214,8 @@ class NpyFile:
     @classmethod
     def open(cls, store: BlockStore, cid: CID) -> NpyFile:
         dag = _FileDag(store, cid)
-        size = dag.size
-        head = dag.gather(np.zeros(1, np.int64), min(size, _HEAD_BYTES)).tobytes()
-        if head[:6] != _MAGIC or len(head) < 10:
-            raise CatsError(f"{cid} is not a .npy file (no \\x93NUMPY magic)")
-        major = head[6]
-        if major == 1:
-            start, hlen = 10, int.from_bytes(head[8:10], "little")
-        elif major in (2, 3) and len(head) >= 12:
-            start, hlen = 12, int.from_bytes(head[8:12], "little")
-        else:
-            raise CatsError(f"{cid} is a .npy file of format version {major}.{head[7]}; 1, 2 and 3 are read")
-        end = start + hlen
-        if end > size or hlen > _MAX_HEADER:
-            raise CatsError(f"{cid}: a .npy header of {hlen} bytes runs past the end of the file or the "
-                            f"{_MAX_HEADER}-byte limit")
-        if end > len(head):  # a huge structured dtype: one more read
-            head = dag.gather(np.zeros(1, np.int64), end).tobytes()
-        try:
-            meta = ast.literal_eval(head[start:end].decode("utf-8" if major == 3 else "latin1"))
-            if not isinstance(meta, dict) or set(meta) != {"descr", "fortran_order", "shape"}:
-                raise ValueError("the header must be a dict of descr, fortran_order and shape")
-            shape = meta["shape"]
-            if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
-                raise ValueError(f"shape {shape!r} is not a tuple of sizes")
-            if not isinstance(meta["fortran_order"], bool):
-                raise ValueError("fortran_order must be True or False")
-            dtype = np.lib.format.descr_to_dtype(meta["descr"])
-        except (ValueError, SyntaxError, TypeError, KeyError, RecursionError, UnicodeDecodeError) as e:
-            raise CatsError(f"{cid}: malformed .npy header: {e}") from None
-        if dtype.hasobject:
-            raise CatsError(f"{cid} holds Python objects (dtype {dtype}); checks read numbers, never pickles")
-        npy = cls(store, cid, dtype, shape, meta["fortran_order"] and len(shape) > 1, end, size, dag)
-        if end + npy.nbytes != size:
-            raise CatsError(f"{cid} holds {size - end} bytes of data where its header ({dtype}, shape "
-                            f"{shape}) says {npy.nbytes}")
-        return npy
+        head = npy.header(lambda n: dag.gather(np.zeros(1, np.int64), n).tobytes(), dag.size, str(cid))
+        return cls(store, cid, head.dtype, head.shape, head.fortran, head.offset, dag.size, dag)
 
     @property
     def count(self) -> int:
