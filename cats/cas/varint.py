@@ -31,7 +31,7 @@ def decode(buf: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
     return found
 
 
-def decode_prefix(buf: bytes | memoryview, offset: int = 0) -> tuple[int, int] | None:
+def decode_prefix(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int] | None:
     """Like decode, but None when buf ends inside the varint: a stream read in pieces may complete it."""
     n = shift = 0
     for i in range(offset, min(len(buf), offset + MAX_LEN)):
