@@ -47,6 +47,10 @@ class CarError(CatsError, ValueError):
     """A CAR file is truncated, malformed or carries a block that does not match its CID."""
 
 
+class CarTruncated(CarError):
+    """A CAR stream that ends inside its header or a section: what came before it is whole."""
+
+
 class UnsafePath(CatsError, ValueError):
     """A folder entry name that would escape its folder (`..`, `/`, empty, NUL) or that the folder holds twice,
     or a symlink that would lead outside the tree being written."""

@@ -10,13 +10,13 @@ from pathlib import Path
 import jsref
 import pytest
 
-from cats.cas import car, dagcbor, varint
+from cats.cas import car, dagcbor, multihash, varint
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import walk
 from cats.cas.importer import CHUNK_SIZE, Importer
 from cats.cas.store import BlockStore
 from cats.cas.store.memory import MemoryStore
-from cats.errors import CarError
+from cats.errors import CarError, CarTruncated
 
 
 def _snapshot(store: BlockStore) -> dict[CID, bytes]:
@@ -278,3 +278,64 @@ def test_no_temp_left_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(CarError):
         car.import_car(MemoryStore(), io.BytesIO(data[:-3]))
     assert os.listdir(staging) == []
+
+
+# -- the incremental reader (import and the mesh's streams both use it) -----------------------
+def _pieces(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
+
+
+def _read(data: bytes, size: int, verify: bool) -> list[tuple[CID, bytes]]:
+    reader = car.Sections(verify=verify)
+    got = [(cid, bytes(block)) for piece in _pieces(data, size) for cid, block in reader.feed(piece)]
+    reader.end()
+    return got
+
+
+def test_sections_are_the_same_however_the_stream_is_cut(tmp_path: Path) -> None:
+    source, root = _source(tmp_path)
+    data = _export(source, [root])
+    expected = [(cid, source.get(cid)) for cid in walk(source, root)]
+    for size in (1, 3, 1000, 65_536, len(data)):
+        assert _read(data, size, verify=True) == expected, size
+
+
+def test_a_forged_block_is_the_same_error_at_any_cut_and_passes_unverified(tmp_path: Path) -> None:
+    source, root = _source(tmp_path)
+    data = bytearray(_export(source, [root]))
+    _, sections = _sections(bytes(data))
+    start, end, forged = sections[2]
+    data[end - 1] ^= 0x01
+    messages = set()
+    for size in (1, 7, 4096, len(data)):
+        with pytest.raises(CarError) as e:
+            _read(bytes(data), size, verify=True)
+        messages.add(str(e.value))
+    assert messages == {f"CAR block {forged} at byte {start} does not match its CID"}
+    assert forged in {cid for cid, _ in _read(bytes(data), 4096, verify=False)}  # its caller checks it
+
+
+def test_limits_are_checked_before_the_bytes_arrive() -> None:
+    cid, block = _root_and_block()
+    head = _car({"roots": [cid], "version": 1}, [])
+    reader = car.Sections(verify=False)
+    assert list(reader.feed(head)) == [] and reader.roots == [cid]
+    with pytest.raises(CarError, match=f"CAR section at byte {len(head)} claims {car.MAX_SECTION + 1} bytes"):
+        list(reader.feed(varint.encode(car.MAX_SECTION + 1)))
+    with pytest.raises(CarError, match="not a CAR file: header claims"):
+        list(car.Sections(verify=False).feed(varint.encode(car.MAX_BLOCK + 1)))
+    with pytest.raises(CarError, match=f"CAR section at byte {len(head)}: varint is not minimally encoded"):
+        list(car.Sections(verify=False).feed(head + b"\x85\x00"))
+    long = CID(1, RAW, multihash.digest(b"x" * (car.MAX_IDENTITY + 1), multihash.IDENTITY))
+    with pytest.raises(CarError, match=f"identity CID at byte {len(head)} holds {car.MAX_IDENTITY + 1} bytes"):
+        list(car.Sections(verify=False).feed(head + car.section(long, b"x" * (car.MAX_IDENTITY + 1))))
+
+
+def test_a_stream_cut_inside_a_section_is_truncated_and_one_cut_between_sections_is_not(tmp_path: Path) -> None:
+    source, root = _source(tmp_path)
+    data = _export(source, [root])
+    _, sections = _sections(data)
+    between = sections[2][1]
+    assert len(_read(data[:between], 100, verify=True)) == 3
+    with pytest.raises(CarTruncated, match=f"ended inside a section at byte {between}"):
+        _read(data[:between + 2], 100, verify=True)

@@ -17,7 +17,8 @@ from cats.cas.cid import CID, RAW
 from cats.cas.importer import CHUNK_SIZE, Importer
 from cats.cas.store import BlockStore
 from cats.cas.store.memory import MemoryStore
-from cats.errors import CatsError, PathNotFound
+from cats.data.views import npy as npy_views
+from cats.errors import CatsError, PathNotFound, ViewError
 from cats.order import Function, Order
 from cats.order.checks import Check, parse_ref
 from cats.verification import checks
@@ -140,6 +141,29 @@ def test_npy_reader_refuses_what_it_cannot_read(mem: MemoryStore) -> None:
     text = NpyFile.open(mem, put(mem, np.array(["a", "b"])))
     with pytest.raises(CatsError, match="numeric"):
         text.numeric("a")
+
+
+def _header(meta: str, hlen: int | None = None, data: bytes = b"") -> bytes:
+    text = meta.encode("latin1").ljust(hlen or 0)
+    return b"\x93NUMPY\x02\x00" + len(text).to_bytes(4, "little") + text + data
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    (_header("{'descr': '<f8', 'fortran_order': False, 'shape': ()}", npy_views.MAX_HEADER + 1, bytes(8)),
+     "65537 bytes runs past the end"),
+    (_header("{'descr': '<f8', 'fortran_order': False, 'shape': [3]}", data=bytes(24)), "not a tuple of sizes"),
+    (_header("{'descr': '<f8', 'fortran_order': 0, 'shape': (3,)}", data=bytes(24)), "not True or False"),
+    (_header("{'descr': '|O', 'fortran_order': False, 'shape': (1,)}", data=bytes(8)), "Python objects"),
+    (_header("{'descr': '<f8', 'fortran_order': False, 'shape': (3,)}", data=bytes(16)), "says 24 bytes"),
+], ids=["over-the-limit", "list-shape", "int-order", "objects", "short-data"])
+def test_checks_and_views_read_npy_headers_alike(mem: MemoryStore, raw: bytes, message: str) -> None:
+    """One header reader, one set of limits: a header checks refuse is refused by views in the same words."""
+    cid = Importer(mem).add_bytes(raw).cid
+    with pytest.raises(ViewError, match=message) as in_checks:
+        NpyFile.open(mem, cid)
+    with pytest.raises(ViewError) as in_views:
+        npy_views.header(lambda n: raw[:n], len(raw), str(cid))
+    assert str(in_checks.value) == str(in_views.value)
 
 
 @pytest.mark.parametrize("version", [0, 1])

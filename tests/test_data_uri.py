@@ -7,6 +7,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +18,7 @@ from servers import FileServer, Served, free_port
 from cats import data
 from cats.cas.importer import Importer
 from cats.cas.store import open_store
+from cats.data.reach import Hosts, Reach
 from cats.data.resolvers.mem import MemResolver
 from cats.errors import (
     DataError,
@@ -244,6 +246,44 @@ def test_s3_write_stat_and_range_read(s3: str) -> None:
     assert data.read(uri, 19_990) == blob[19_990:]
     assert data.read(uri, 20_000, 5) == b""
     assert data.open(uri).read() == blob
+
+
+def test_s3_range_reads_share_one_client(s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolvers are cached per scheme and settings: N range reads, from several threads at once, build
+    one boto3 client; a change of endpoint or credentials builds another."""
+    import boto3.session
+
+    built: list[str | None] = []
+    real = boto3.session.Session.client
+
+    def counting(self: boto3.session.Session, *args: object, **kw: object) -> object:
+        built.append(str(kw.get("endpoint_url")))
+        return real(self, *args, **kw)
+
+    blob = _bytes(4_000)
+    uri = f"{s3}/shared.bin"
+    data.write(uri, blob)
+    monkeypatch.setenv("CATS_DATA_RETRIES", "1")  # settings the client is built with: a new one
+    monkeypatch.setattr(boto3.session.Session, "client", counting)
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: data.read(uri, i * 10, 10), range(200)))
+    assert got == [blob[i * 10:i * 10 + 10] for i in range(200)]
+    assert data.open(uri).read() == blob and data.stat(uri).size == 4_000
+    assert len(built) == 1, built
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "other")  # other credentials: never another's client
+    monkeypatch.setenv("CATS_S3_ENDPOINT", "http://127.0.0.1:1")
+    assert data.resolve(uri) is data.resolve(f"{s3}/another")
+    assert len(built) == 2
+
+
+def test_resolvers_are_shared_per_reach_and_never_across() -> None:
+    local = data.resolve("file:///x")
+    assert data.resolve("file:///y") is local  # the same roots
+    service = Reach(roots=("/srv",), hosts=Hosts())
+    assert data.resolve("file:///srv/x", service) is not local
+    assert data.resolve("file:///srv/x", service).reach is service  # type: ignore[attr-defined]
+    assert data.resolve("https://a/b", service) is data.resolve("https://c/d", Reach(roots=(), hosts=Hosts()))
+    assert data.resolve("https://a/b", service) is not data.resolve("https://a/b")  # guarded vs not
 
 
 def test_s3_missing_key_and_bucket(s3: str) -> None:

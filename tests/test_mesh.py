@@ -152,6 +152,8 @@ def test_read_car_parses_any_chunking_and_refuses_a_cut_stream() -> None:
         list(read_car(iter([stream]), "test", root=other))
     with pytest.raises(MeshError, match="not a CAR"):
         list(read_car(iter([b""]), "test"))
+    with pytest.raises(MeshError, match="varint is not minimally encoded"):  # the one varint, as strict as import's
+        list(read_car(iter([car.header([root]), b"\x85", b"\x00"]), "test"))
 
 
 def test_a_corrupted_block_is_refused_naming_its_cid(fake: FakeNode, tmp_path: Path) -> None:

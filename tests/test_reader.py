@@ -191,6 +191,38 @@ def test_range_fetches_only_covering_blocks(version: int) -> None:
     assert len(set(store.fetched)) <= 1  # at most the root, for the size
 
 
+@pytest.mark.parametrize("version", [0, 1])
+def test_file_tree_pieces_cover_many_spans_in_one_walk(monkeypatch: pytest.MonkeyPatch, version: int) -> None:
+    """The one file walk: the leaves under several spans at once, each block fetched once, inner nodes
+    decoded once per FileTree however many reads it serves (what the Checks' samples and FileReader use)."""
+    monkeypatch.setattr(importer_mod, "CHUNK_SIZE", 64)
+    monkeypatch.setattr(importer_mod, "MAX_LINKS", 3)
+    inner = MemoryStore()
+    data = _data(64 * 27 + 5, seed=4)
+    with Importer(inner, cid_version=version) as imp:
+        cid = imp.add_bytes(data).cid
+    store = CountingStore(inner)
+    tree = reader.FileTree(store, cid)
+    assert tree.size == len(data)
+    spans = [(10, 20), (63, 65), (64 * 9 + 1, 64 * 9 + 2), (64 * 26, len(data))]
+    got = list(tree.pieces(spans))
+    assert [at for at, _ in got] == [0, 0 + 64, 64 * 9, 64 * 26, 64 * 27]  # in file order, leaf by leaf
+    for at, piece in got:
+        assert piece == data[at:at + len(piece)]
+        assert any(lo < at + len(piece) and at < hi for lo, hi in spans)  # only leaves that hold a span
+    assert len(store.fetched) == len(set(store.fetched))  # each block once
+    first = len(store.fetched)
+    assert b"".join(tree.read(64 * 9 + 1, 1)) == data[64 * 9 + 1:64 * 9 + 2]
+    assert len(store.fetched) == first + 1  # the leaf alone: its inner nodes were decoded already
+
+    store.fetched.clear()
+    f = reader.FileReader(store, cid)
+    for offset in (5, 300, 1200, 64 * 27):
+        f.seek(offset)
+        assert f.read(3) == data[offset:offset + 3]
+    assert store.fetched.count(cid) == 1  # the root, for every read
+
+
 # -- folders ----------------------------------------------------------------------------------
 def _tree(root: Path) -> Path:
     """A small tree with unicode names, an empty folder, a big file and an inner symlink."""

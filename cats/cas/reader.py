@@ -6,12 +6,13 @@ blocks that cover the range. Every block comes through the store's verifying `ge
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -153,44 +154,87 @@ def read(store: BlockStore, cid: CID, offset: int = 0, length: int | None = None
     """A file's bytes from offset, length bytes at most, fetching only the covering blocks (each once)."""
     if offset < 0 or (length is not None and length < 0):
         raise CatsError("offset and length must not be negative")
-    block = store.get(cid)
-    if cid.codec == RAW:
-        total = len(block)
-    else:
+    yield from FileTree(store, cid).read(offset, length)
+
+
+class FileTree:
+    """A UnixFS file's tree, walked by the `blocksizes` each node records: the one walk of a file that
+    every range read takes, fetching only the blocks that cover what is asked. Inner nodes are decoded
+    once per FileTree, so many reads of one file (a sample of entries, a reader's many ranges) cost one
+    walk of its upper levels; leaves are fetched each time (through the store's verifying `get`).
+    """
+
+    def __init__(self, store: BlockStore, cid: CID) -> None:
+        self.store, self.cid = store, cid
+        self._inner: dict[CID, tuple[bytes, list[CID], list[int]]] = {}  # nodes with links, decoded
+        self._raw: bytes | None = None
+        block = store.get(cid)
+        if cid.codec == RAW:
+            self._raw = block
+            self.size = len(block)
+            return
         node, fs = _pb(store, cid, block)
         if fs.kind not in (unixfs.Kind.FILE, unixfs.Kind.RAW):
             raise CatsError(f"{cid} is a {_kind_name(fs.kind)}, not a file")
-        total = len(fs.data or b"") + sum(fs.blocksizes)
-    end = total if length is None else min(total, offset + length)
-    if offset < end:
-        yield from _range(store, cid, offset, end, total, block)
+        data, _, sizes = self._node(cid, block)
+        self.size = len(data) + sum(sizes)
+
+    def read(self, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The bytes from offset, length bytes at most."""
+        end = self.size if length is None else min(self.size, offset + length)
+        if offset >= end:
+            return
+        for at, data in self.pieces([(offset, end)]):
+            yield data[max(0, offset - at):end - at]
+
+    def pieces(self, spans: Sequence[tuple[int, int]]) -> Iterator[tuple[int, bytes]]:
+        """(file offset, data) of each leaf, or node's inline data, that overlaps one of the spans
+        [start, end), in file order: spans sorted, not overlapping, each within the file."""
+        spans = [(lo, hi) for lo, hi in spans if lo < hi]
+        starts, ends = [lo for lo, _ in spans], [hi for _, hi in spans]
+        if spans:
+            yield from self._walk(self.cid, 0, self.size, starts, ends)
+
+    def _walk(self, cid: CID, at: int, expected: int, starts: list[int],
+              ends: list[int]) -> Iterator[tuple[int, bytes]]:
+        if cid.codec == RAW:
+            data = self._raw if self._raw is not None else self.store.get(cid)  # the root's, or a leaf
+            if len(data) != expected:
+                raise DecodeError(f"raw block {cid} holds {len(data)} bytes where its parent says {expected}")
+            yield at, data
+            return
+        data, children, sizes = self._node(cid)
+        if len(data) + sum(sizes) != expected:
+            raise DecodeError(f"{cid} holds {len(data) + sum(sizes)} bytes where {expected} were expected")
+        if data and _overlaps(starts, ends, at, at + len(data)):
+            yield at, data
+        pos = at + len(data)
+        for child, size in zip(children, sizes, strict=True):
+            if pos >= ends[-1]:
+                break
+            if _overlaps(starts, ends, pos, pos + size):
+                yield from self._walk(child, pos, size, starts, ends)
+            pos += size
+
+    def _node(self, cid: CID, block: bytes | None = None) -> tuple[bytes, list[CID], list[int]]:
+        """(inline data, children, their sizes) of a file node."""
+        known = self._inner.get(cid)
+        if known is not None:
+            return known
+        node, fs = _pb(self.store, cid, block)
+        if fs.kind not in (unixfs.Kind.FILE, unixfs.Kind.RAW):
+            raise DecodeError(f"{cid} is a {_kind_name(fs.kind)} inside a file")
+        if len(node.links) != len(fs.blocksizes):
+            raise DecodeError(f"{cid} has {len(node.links)} links but {len(fs.blocksizes)} block sizes")
+        entry = (fs.data or b"", [link.cid for link in node.links], fs.blocksizes)
+        if node.links:
+            self._inner[cid] = entry
+        return entry
 
 
-def _range(store: BlockStore, cid: CID, start: int, end: int, expected: int,
-           block: bytes | None = None) -> Iterator[bytes]:
-    if cid.codec == RAW:
-        data = store.get(cid) if block is None else block
-        if len(data) != expected:
-            raise DecodeError(f"raw block {cid} holds {len(data)} bytes where its parent says {expected}")
-        yield data[start:end]
-        return
-    node, fs = _pb(store, cid, block)
-    if fs.kind not in (unixfs.Kind.FILE, unixfs.Kind.RAW):
-        raise DecodeError(f"{cid} is a {_kind_name(fs.kind)} inside a file")
-    data = fs.data or b""
-    if len(node.links) != len(fs.blocksizes):
-        raise DecodeError(f"{cid} has {len(node.links)} links but {len(fs.blocksizes)} block sizes")
-    if len(data) + sum(fs.blocksizes) != expected:
-        raise DecodeError(f"{cid} holds {len(data) + sum(fs.blocksizes)} bytes where {expected} were expected")
-    if start < len(data):
-        yield data[start:min(end, len(data))]
-    pos = len(data)
-    for link, size in zip(node.links, fs.blocksizes, strict=True):
-        if pos >= end:
-            break
-        if pos + size > start:
-            yield from _range(store, link.cid, max(0, start - pos), min(size, end - pos), size)
-        pos += size
+def _overlaps(starts: list[int], ends: list[int], lo: int, hi: int) -> bool:
+    """Whether [lo, hi) overlaps one of the sorted, disjoint spans."""
+    return bisect.bisect_right(ends, lo) < bisect.bisect_left(starts, hi)
 
 
 class RangeFile(io.RawIOBase):
@@ -245,7 +289,8 @@ class FileReader(RangeFile):
     """A UnixFS file CID as a RangeFile: each read fetches only its covering blocks."""
 
     def __init__(self, store: BlockStore, cid: CID) -> None:
-        super().__init__(stat(store, cid).size, lambda offset, n: b"".join(read(store, cid, offset, n)), str(cid))
+        tree = FileTree(store, cid)
+        super().__init__(tree.size, lambda offset, n: b"".join(tree.read(offset, n)), str(cid))
 
 
 # -- get: a tree to disk -----------------------------------------------------------------------

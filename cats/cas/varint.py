@@ -25,6 +25,14 @@ def encode(n: int) -> bytes:
 
 def decode(buf: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
     """Return (value, offset after the varint); rejects truncated and non-minimal encodings."""
+    found = decode_prefix(buf, offset)
+    if found is None:
+        raise DecodeError("truncated varint")
+    return found
+
+
+def decode_prefix(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int] | None:
+    """Like decode, but None when buf ends inside the varint: a stream read in pieces may complete it."""
     n = shift = 0
     for i in range(offset, min(len(buf), offset + MAX_LEN)):
         b = buf[i]
@@ -36,23 +44,17 @@ def decode(buf: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
         shift += 7
     if len(buf) - offset >= MAX_LEN:
         raise DecodeError("varint longer than 9 bytes")
-    raise DecodeError("truncated varint")
+    return None
 
 
 def read(stream: BinaryIO) -> int | None:
-    """Read one varint from a stream; None at a clean end of stream."""
-    n = shift = 0
-    for i in range(MAX_LEN):
-        c = stream.read(1)
-        if not c:
-            if i == 0:
-                return None
-            raise DecodeError("truncated varint")
-        b = c[0]
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            if b == 0 and i > 0:
-                raise DecodeError("varint is not minimally encoded")
-            return n
-        shift += 7
-    raise DecodeError("varint longer than 9 bytes")
+    """Read one varint from a stream, a byte at a time; None at a clean end of stream."""
+    buf = bytearray()
+    while c := stream.read(1):
+        buf += c
+        found = decode_prefix(buf)
+        if found is not None:
+            return found[0]
+    if buf:
+        raise DecodeError("truncated varint")
+    return None

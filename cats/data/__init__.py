@@ -6,14 +6,18 @@
     info = pin(uri); read(uri, expect=info)           -> DataIntegrityError if the source changed
 
 Schemes: mem://, file:// (inside `CATS_DATA_ROOTS`), http(s)://, s3://, ipfs://. Others register
-a factory with `register`; factories are imported lazily, so boto3 loads only for s3://. Every
+a factory with `register`; factories are imported lazily, so boto3 loads only for s3://. Resolvers
+are built once per scheme and settings and shared (one boto3 client for every s3:// read). Every
 resolver is confined to a `Reach` (cats.data.reach): a user's own by default, the Data Service's
 stricter one when it reads for a caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 
 from cats.data.cache import Cache
 from cats.data.reach import Reach
@@ -25,11 +29,27 @@ __all__ = ["Cache", "Info", "RangeFile", "Reach", "Resolver", "open", "pin", "re
            "write"]
 
 SCHEMES: dict[str, Callable[[str, Reach], Resolver]] = {}
+# What a scheme's resolvers depend on besides the scheme; schemes listed here share one instance per value.
+OPTIONS: dict[str, Callable[[Reach], Hashable]] = {}
+_SHARED: OrderedDict[Hashable, Resolver] = OrderedDict()  # (scheme, factory, options) -> resolver, oldest first
+_SHARED_MAX = 64
+_SHARED_LOCK = threading.Lock()
 
 
-def register(scheme: str, factory: Callable[[str, Reach], Resolver]) -> None:
-    """Make `factory(uri, reach)` the resolver for `scheme://` URIs (replacing any before it)."""
+def register(scheme: str, factory: Callable[[str, Reach], Resolver],
+             options: Callable[[Reach], Hashable] | None = None) -> None:
+    """Make `factory(uri, reach)` the resolver for `scheme://` URIs (replacing any before it).
+
+    With `options`, resolvers are built once per value of `options(reach)` (everything the factory
+    reads: the reach's parts it uses, the settings in the environment) and shared by every URI and
+    thread of the scheme, as fsspec caches its filesystems: an S3 run reuses one client and its
+    connections. Such a factory must not depend on the URI, and its resolver must be thread-safe.
+    """
     SCHEMES[scheme.lower()] = factory
+    if options is None:
+        OPTIONS.pop(scheme.lower(), None)
+    else:
+        OPTIONS[scheme.lower()] = options
 
 
 def resolve(uri: str, reach: Reach | None = None) -> Resolver:
@@ -38,10 +58,24 @@ def resolve(uri: str, reach: Reach | None = None) -> Resolver:
     UnsupportedScheme if no resolver takes the scheme, MalformedURI if it is no URI.
     """
     scheme = parse(uri).scheme
-    if scheme not in SCHEMES:
+    factory = SCHEMES.get(scheme)
+    if factory is None:
         raise UnsupportedScheme(f"no resolver for {scheme}:// (in {uri}); supported: "
                                 f"{', '.join(s + '://' for s in sorted(SCHEMES))}", uri)
-    return SCHEMES[scheme](uri, reach or Reach.local())
+    reach = reach or Reach.local()
+    options = OPTIONS.get(scheme)
+    if options is None:
+        return factory(uri, reach)
+    key = (scheme, factory, options(reach))
+    with _SHARED_LOCK:  # built under the lock: threads reading a new source at once build one resolver
+        resolver = _SHARED.get(key)
+        if resolver is None:
+            resolver = _SHARED[key] = factory(uri, reach)
+            if len(_SHARED) > _SHARED_MAX:
+                _SHARED.popitem(last=False)
+        else:
+            _SHARED.move_to_end(key)
+        return resolver
 
 
 def stat(uri: str, reach: Reach | None = None) -> Info:
@@ -80,6 +114,10 @@ def pin(uri: str) -> Info:
     return info
 
 
+def _environ(*names: str) -> tuple[str | None, ...]:
+    return tuple(os.environ.get(name) for name in names)
+
+
 def _mem(uri: str, reach: Reach) -> Resolver:
     from cats.data.resolvers.mem import MemResolver
 
@@ -104,6 +142,13 @@ def _s3(uri: str, reach: Reach) -> Resolver:
     return S3Resolver()
 
 
+def _s3_options(reach: Reach) -> Hashable:
+    """The endpoint, the client's timeouts and retries, and the AWS environment (credentials, region,
+    profile, config files) a boto3 client is built from."""
+    aws = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    return (*_environ("CATS_S3_ENDPOINT", "CATS_DATA_TIMEOUT", "CATS_DATA_RETRIES"), aws)
+
+
 def _ipfs(uri: str, reach: Reach) -> Resolver:
     from cats.data.resolvers.ipfs import IPFSResolver
 
@@ -115,10 +160,10 @@ def _not_yet(uri: str, reach: Reach) -> Resolver:
     raise UnsupportedScheme(f"{scheme}:// is not supported yet (in {uri})", uri)
 
 
-register("mem", _mem)
-register("file", _file)
-register("http", _http)
-register("https", _http)
-register("s3", _s3)
-register("ipfs", _ipfs)
+register("mem", _mem, lambda reach: ())
+register("file", _file, lambda reach: reach)
+register("http", _http, lambda reach: reach.hosts)
+register("https", _http, lambda reach: reach.hosts)
+register("s3", _s3, _s3_options)
+register("ipfs", _ipfs, lambda reach: (reach, *_environ("CATS_STORE", "CATS_IPFS_API", "CATS_HOME", "HOME")))
 register("gs", _not_yet)

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from cats.cas import car, dagcbor, varint
+from cats.cas import car, dagcbor
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import links
 from cats.cas.store import BlockStore
-from cats.errors import CatsError, EnvelopeError, MeshError, StreamCut
+from cats.errors import CarError, CarTruncated, CatsError, EnvelopeError, MeshError, StreamCut
 
 if TYPE_CHECKING:
     from cats.bom.signatures import Envelope, Signatures
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Node", "PullReport", "PushReport", "Submitted", "pull", "push", "submit", "read_car"]
 
 CAR = "application/vnd.ipld.car"
-MAX_SECTION = (4 << 20) + 128  # the largest block any IPFS implementation writes, plus its CID
 PUSH_BATCH = 32 << 20  # bytes of blocks per POST /blocks: each batch is signed, so it sits in memory
 
 
@@ -284,82 +283,21 @@ def _reason(e: Exception) -> str:
 # -- CAR streams ----------------------------------------------------------------------------------------
 
 
-def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int] | None:
-    """(value, offset after it), or None when the buffer ends inside the varint."""
-    n = shift = 0
-    for i in range(pos, min(len(buf), pos + varint.MAX_LEN)):
-        b = buf[i]
-        n |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return n, i + 1
-        shift += 7
-    if len(buf) - pos >= varint.MAX_LEN:
-        raise MeshError("CAR stream has a varint longer than 9 bytes")
-    return None
-
-
 def read_car(chunks: Iterable[bytes], where: str, root: CID | None = None) -> Iterator[tuple[CID, memoryview]]:
-    """Parse a CARv1 stream incrementally: (CID, block) per section, holding at most one section in memory.
+    """A CARv1 stream's (CID, block) pairs as its sections complete, not yet verified (see car.Sections).
 
-    Blocks are read-only views of the received bytes: a section that arrives in one piece is never
-    copied, one split over several pieces is joined once. The header must be a CARv1 header (and
-    name `root`, when given). A stream that ends inside a section is an error; one that ends
-    between sections simply ends (a node may stop early).
+    The header must name `root`, when given. A stream that ends inside a section is a StreamCut; one
+    that ends between sections simply ends (a node may stop early).
     """
-    parts: list[bytes | memoryview] = []  # received, not yet parsed
-    size = 0
-    need = 0  # bytes the next section needs, once its length is known
-    header = False
-    for chunk in chunks:
-        if not chunk:
-            continue
-        parts.append(chunk)
-        size += len(chunk)
-        if size < need:
-            continue
-        data = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
-        pos = 0
-        while True:
-            found = _varint(data, pos)
-            if found is None:
-                need = 0
-                break
-            n, start = found
-            if n > MAX_SECTION:
-                raise MeshError(f"{where}: CAR section claims {n} bytes, more than any block may hold")
-            end = start + n
-            if end > len(data):
-                need = end - pos
-                break
-            if not header:
-                _check_header(bytes(data[start:end]), where, root)
-                header = True
-            else:
-                try:
-                    cid, offset = CID.read(data, start)
-                except CatsError as e:
-                    raise MeshError(f"{where}: CAR section with a malformed CID: {e}") from None
-                if offset > end:
-                    raise MeshError(f"{where}: CAR section shorter than its CID")
-                yield cid, data[offset:end]
-            pos = end
-        parts = [data[pos:]] if pos < len(data) else []
-        size = len(data) - pos
-    if size:
-        raise StreamCut(f"{where}: the CAR stream ended inside a section ({size} bytes of it arrived)")
-    if not header:
-        raise MeshError(f"{where}: empty answer, not a CAR stream")
-
-
-def _check_header(raw: bytes, where: str, root: CID | None) -> None:
+    reader = car.Sections(verify=False, root=root)
     try:
-        header = dagcbor.decode(raw)
-    except CatsError as e:
-        raise MeshError(f"{where}: CAR header is not DAG-CBOR: {e}") from None
-    if not isinstance(header, dict) or header.get("version") != 1 or not isinstance(header.get("roots"), list):
-        raise MeshError(f"{where}: not a CARv1 header: {header!r}"[:300])
-    if root is not None and root.to_v1() not in {r.to_v1() for r in header["roots"] if isinstance(r, CID)}:
-        raise MeshError(f"{where}: CAR roots {[str(r) for r in header['roots']]} do not include {root}")
+        for chunk in chunks:
+            yield from reader.feed(chunk)
+        reader.end()
+    except CarTruncated as e:
+        raise StreamCut(f"{where}: {e}") from None
+    except CarError as e:
+        raise MeshError(f"{where}: {e}") from None
 
 
 def car_bytes(roots: list[CID], blocks: Iterable[tuple[CID, bytes | memoryview]]) -> bytes:

@@ -12,7 +12,6 @@ seed afterwards (the default draws a fresh one) and keep it in the report for re
 
 from __future__ import annotations
 
-import ast
 import math
 import secrets
 from collections import OrderedDict
@@ -23,20 +22,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from cats.cas import dagpb, reader, unixfs
-from cats.cas.cid import CID, DAG_PB, RAW
+from cats.cas import reader
+from cats.cas.cid import CID
 from cats.cas.store import BlockStore
-from cats.errors import CatsError, DecodeError, UnknownCodec
+from cats.data.views import npy
+from cats.errors import CatsError
 from cats.order.checks import Check, CheckKind, parse_ref
 
 __all__ = ["CheckReport", "CountingStore", "NpyFile", "elementwise", "freivalds", "freivalds_arrays", "reduction",
            "run", "run_order"]
-
-_MAGIC = b"\x93NUMPY"
-# One range read of this much holds any ordinary header (numpy pads headers to 64 bytes; 128 is usual).
-_HEAD_BYTES = 4096
-# Longer headers are refused before literal_eval sees them (numpy's own loader stops at 10,000 bytes).
-_MAX_HEADER = 1 << 16
 
 UFUNCS: dict[str, Callable[..., np.ndarray]] = {
     "neg": np.negative, "abs": np.absolute, "sqrt": np.sqrt, "exp": np.exp, "log": np.log,
@@ -119,85 +113,34 @@ def _counting(store: BlockStore) -> CountingStore:
     return store if isinstance(store, CountingStore) else CountingStore(store)
 
 
-def _read_into(store: BlockStore, cid: CID, offset: int, length: int) -> np.ndarray:
+def _read_into(tree: reader.FileTree, offset: int, length: int) -> np.ndarray:
     """Bytes [offset, offset+length) of a file as one uint8 array, copied once (np.empty: no zeroing pass)."""
     buf = np.empty(length, np.uint8)
     view = buf.data  # the array's own buffer, writable
     pos = 0
-    for chunk in reader.read(store, cid, offset, length):
+    for chunk in tree.read(offset, length):
         view[pos:pos + len(chunk)] = chunk
         pos += len(chunk)
     if pos != length:
-        raise CatsError(f"{cid} ends at byte {offset + pos}, before the {length} bytes asked from {offset}")
+        raise CatsError(f"{tree.cid} ends at byte {offset + pos}, before the {length} bytes asked from {offset}")
     return buf
 
 
-class _FileDag:
-    """A UnixFS file's DAG with its inner nodes decoded once, so many small reads cost one walk.
-
-    A range read per entry would decode the root (and each inner node on the way) once per entry;
-    `gather` decodes each node once and descends only into the blocks that hold some entry.
-    """
-
-    def __init__(self, store: BlockStore, cid: CID) -> None:
-        self.store, self.cid = store, cid
-        self._nodes: dict[CID, tuple[bytes, list[CID], list[int]]] = {}
-        if cid.codec == RAW:
-            self.size = len(store.get(cid))
-        else:
-            data, _, sizes = self._node(cid)
-            self.size = len(data) + sum(sizes)
-
-    def _node(self, cid: CID) -> tuple[bytes, list[CID], list[int]]:
-        """(inline data, child CIDs, child sizes) of a dag-pb file node."""
-        if cid in self._nodes:
-            return self._nodes[cid]
-        if cid.codec != DAG_PB:
-            raise UnknownCodec(f"{cid} is {cid.codec_name}, not a UnixFS file node")
-        node = dagpb.decode(self.store.get(cid))
-        fs = unixfs.decode(node.data or b"")
-        if fs.kind not in (unixfs.Kind.FILE, unixfs.Kind.RAW):
-            raise CatsError(f"{cid} is not a file (UnixFS {fs.kind.name.lower()})")
-        if len(node.links) != len(fs.blocksizes):
-            raise DecodeError(f"{cid} has {len(node.links)} links but {len(fs.blocksizes)} block sizes")
-        self._nodes[cid] = entry = (fs.data or b"", [link.cid for link in node.links], fs.blocksizes)
-        return entry
-
-    def gather(self, starts: np.ndarray, width: int) -> np.ndarray:
-        """The `width` bytes at each of the sorted byte offsets `starts`, concatenated."""
-        starts = np.asarray(starts, dtype=np.int64)
-        ends = starts + width
-        out = np.empty(len(starts) * width, np.uint8)
-        if len(starts) and int(ends[-1]) > self.size:
-            raise CatsError(f"{self.cid} ends at byte {self.size}, before the entry asked at {int(starts[-1])}")
-
-        def copy(data: bytes, at: int) -> None:
-            """Copy the parts of the entries that fall in data, which holds file bytes [at, at+len)."""
-            for i in range(int(np.searchsorted(ends, at, "right")), int(np.searchsorted(starts, at + len(data)))):
-                lo, hi = max(int(starts[i]), at), min(int(ends[i]), at + len(data))
-                o = i * width + lo - int(starts[i])
-                out[o:o + hi - lo] = np.frombuffer(data, np.uint8, hi - lo, lo - at)
-
-        def walk(cid: CID, at: int, size: int) -> None:
-            if cid.codec == RAW:
-                block = self.store.get(cid)
-                if len(block) != size:
-                    raise DecodeError(f"raw block {cid} holds {len(block)} bytes where its parent says {size}")
-                copy(block, at)
-                return
-            data, children, sizes = self._node(cid)
-            if len(data) + sum(sizes) != size:
-                raise DecodeError(f"{cid} holds {len(data) + sum(sizes)} bytes where {size} were expected")
-            copy(data, at)
-            pos = at + len(data)
-            for child, n in zip(children, sizes, strict=True):
-                if np.searchsorted(ends, pos, "right") < np.searchsorted(starts, pos + n):  # an entry overlaps
-                    walk(child, pos, n)
-                pos += n
-
-        if len(starts):
-            walk(self.cid, 0, self.size)
-        return out
+def _gather(tree: reader.FileTree, starts: np.ndarray, width: int) -> np.ndarray:
+    """The `width` bytes at each of the sorted, distinct byte offsets `starts` (at least `width` apart),
+    concatenated: one walk of the file, into only the blocks that hold some entry."""
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = starts + width
+    out = np.empty(len(starts) * width, np.uint8)
+    if len(starts) and int(ends[-1]) > tree.size:
+        raise CatsError(f"{tree.cid} ends at byte {tree.size}, before the entry asked at {int(starts[-1])}")
+    for at, data in tree.pieces(list(zip(starts.tolist(), ends.tolist(), strict=True))):
+        # the entries that overlap data, which holds file bytes [at, at+len(data))
+        for i in range(int(np.searchsorted(ends, at, "right")), int(np.searchsorted(starts, at + len(data)))):
+            lo, hi = max(int(starts[i]), at), min(int(ends[i]), at + len(data))
+            o = i * width + lo - int(starts[i])
+            out[o:o + hi - lo] = np.frombuffer(data, np.uint8, hi - lo, lo - at)
+    return out
 
 
 @dataclass(frozen=True)
@@ -215,47 +158,13 @@ class NpyFile:
     fortran_order: bool
     offset: int
     size: int
-    dag: _FileDag = field(repr=False, compare=False)
+    tree: reader.FileTree = field(repr=False, compare=False)
 
     @classmethod
     def open(cls, store: BlockStore, cid: CID) -> NpyFile:
-        dag = _FileDag(store, cid)
-        size = dag.size
-        head = dag.gather(np.zeros(1, np.int64), min(size, _HEAD_BYTES)).tobytes()
-        if head[:6] != _MAGIC or len(head) < 10:
-            raise CatsError(f"{cid} is not a .npy file (no \\x93NUMPY magic)")
-        major = head[6]
-        if major == 1:
-            start, hlen = 10, int.from_bytes(head[8:10], "little")
-        elif major in (2, 3) and len(head) >= 12:
-            start, hlen = 12, int.from_bytes(head[8:12], "little")
-        else:
-            raise CatsError(f"{cid} is a .npy file of format version {major}.{head[7]}; 1, 2 and 3 are read")
-        end = start + hlen
-        if end > size or hlen > _MAX_HEADER:
-            raise CatsError(f"{cid}: a .npy header of {hlen} bytes runs past the end of the file or the "
-                            f"{_MAX_HEADER}-byte limit")
-        if end > len(head):  # a huge structured dtype: one more read
-            head = dag.gather(np.zeros(1, np.int64), end).tobytes()
-        try:
-            meta = ast.literal_eval(head[start:end].decode("utf-8" if major == 3 else "latin1"))
-            if not isinstance(meta, dict) or set(meta) != {"descr", "fortran_order", "shape"}:
-                raise ValueError("the header must be a dict of descr, fortran_order and shape")
-            shape = meta["shape"]
-            if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
-                raise ValueError(f"shape {shape!r} is not a tuple of sizes")
-            if not isinstance(meta["fortran_order"], bool):
-                raise ValueError("fortran_order must be True or False")
-            dtype = np.lib.format.descr_to_dtype(meta["descr"])
-        except (ValueError, SyntaxError, TypeError, KeyError, RecursionError, UnicodeDecodeError) as e:
-            raise CatsError(f"{cid}: malformed .npy header: {e}") from None
-        if dtype.hasobject:
-            raise CatsError(f"{cid} holds Python objects (dtype {dtype}); checks read numbers, never pickles")
-        npy = cls(store, cid, dtype, shape, meta["fortran_order"] and len(shape) > 1, end, size, dag)
-        if end + npy.nbytes != size:
-            raise CatsError(f"{cid} holds {size - end} bytes of data where its header ({dtype}, shape "
-                            f"{shape}) says {npy.nbytes}")
-        return npy
+        tree = reader.FileTree(store, cid)
+        head = npy.header(lambda n: _read_into(tree, 0, n).tobytes(), tree.size, str(cid))
+        return cls(store, cid, head.dtype, head.shape, head.fortran, head.offset, tree.size, tree)
 
     @property
     def count(self) -> int:
@@ -279,7 +188,7 @@ class NpyFile:
     def flat(self, start: int, stop: int) -> np.ndarray:
         """Elements [start, stop) in storage order, fetching only the blocks that hold them."""
         item = self.dtype.itemsize
-        return _read_into(self.store, self.cid, self.offset + start * item, (stop - start) * item).view(self.dtype)
+        return _read_into(self.tree, self.offset + start * item, (stop - start) * item).view(self.dtype)
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) along the first axis of a C-order array."""
@@ -296,7 +205,7 @@ class NpyFile:
             pos = np.ravel_multi_index(np.unravel_index(indices, self.shape), self.shape, order="F")
         unique, back = np.unique(pos, return_inverse=True)  # sorted, each entry once
         item = self.dtype.itemsize
-        raw = self.dag.gather(self.offset + unique * item, item)
+        raw = _gather(self.tree, self.offset + unique * item, item)
         return raw.view(self.dtype)[back.reshape(-1)]
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 import ast
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,10 @@ from cats.errors import ViewError
 
 MAGIC = b"\x93NUMPY"
 GAP = 64 << 10  # rows closer than this are fetched in one request together with what lies between
+# One read of this much holds any ordinary header (numpy pads headers to 64 bytes; 128 is usual).
 _HEAD = 4096
+# Longer headers are refused before literal_eval sees them (numpy's own loader stops at 10,000 bytes).
+MAX_HEADER = 1 << 16
 
 
 @dataclass
@@ -110,36 +115,59 @@ class NpySource:
 
 
 def load(reader: Reader) -> NpySource:
-    uri, size = reader.uri, reader.info.size
-    head = reader.read(0, min(size, _HEAD))
+    size = reader.info.size
+    head = header(lambda n: reader.read(0, n), size, reader.uri)
+    return NpySource(head.dtype, head.shape, head.fortran, head.offset, size)
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a .npy header says: the data's dtype, shape and memory order, and where it starts."""
+
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran: bool  # Fortran order, for more than one dimension (one dimension is the same either way)
+    offset: int
+
+
+def header(read: Callable[[int], bytes], size: int, name: str) -> NpyHeader:
+    """Parse the header of a .npy file of `size` bytes, read(n) giving its first n bytes (one read
+    for any ordinary header, two for a huge structured dtype). Errors are one-line ViewErrors naming
+    `name`; object arrays are refused (.npy stores them pickled), and so is a file whose size is not
+    the header's plus the data the header describes."""
+    head = read(min(size, _HEAD))
     if head[:6] != MAGIC or len(head) < 10:
-        raise ViewError(f"{uri} is not a .npy file (no \\x93NUMPY magic)", uri)
+        raise ViewError(f"{name} is not a .npy file (no \\x93NUMPY magic)", name)
     major = head[6]
     if major == 1:
         (hlen,), start = struct.unpack_from("<H", head, 8), 10
     elif major in (2, 3) and len(head) >= 12:
         (hlen,), start = struct.unpack_from("<I", head, 8), 12
     else:
-        raise ViewError(f"{uri} is a .npy file of format version {major}; versions 1, 2 and 3 are read", uri)
+        raise ViewError(f"{name} is a .npy file of format version {major}.{head[7]}; versions 1, 2 and 3 are read",
+                        name)
     end = start + hlen
-    if end > size:
-        raise ViewError(f"{uri}: a .npy header of {hlen} bytes runs past the end of the {size}-byte file", uri)
+    if end > size or hlen > MAX_HEADER:
+        raise ViewError(f"{name}: a .npy header of {hlen} bytes runs past the end of the {size}-byte file or "
+                        f"the {MAX_HEADER}-byte limit", name)
     if end > len(head):
-        head = reader.read(0, end)
+        head = read(end)
     try:
-        meta = ast.literal_eval(head[start:end].decode("latin1" if major < 3 else "utf8"))
+        meta = ast.literal_eval(head[start:end].decode("utf-8" if major == 3 else "latin1"))
         if not isinstance(meta, dict) or set(meta) != {"descr", "fortran_order", "shape"}:
-            raise ValueError("expected the keys descr, fortran_order and shape")
+            raise ValueError("the header must be a dict of descr, fortran_order and shape")
+        shape = meta["shape"]
+        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise ValueError(f"shape {shape!r} is not a tuple of sizes")
+        if not isinstance(meta["fortran_order"], bool):
+            raise ValueError(f"fortran_order {meta['fortran_order']!r} is not True or False")
         dtype = np.lib.format.descr_to_dtype(meta["descr"])
-        shape = tuple(meta["shape"])
-        if not all(isinstance(n, int) and n >= 0 for n in shape) or not isinstance(meta["fortran_order"], bool):
-            raise ValueError(f"bad shape {meta['shape']!r} or fortran_order {meta['fortran_order']!r}")
-    except (ValueError, SyntaxError, TypeError, UnicodeDecodeError) as e:
-        raise ViewError(f"{uri}: malformed .npy header: {e}", uri) from None
+    except (ValueError, SyntaxError, TypeError, KeyError, RecursionError, MemoryError, UnicodeDecodeError) as e:
+        raise ViewError(f"{name}: malformed .npy header: {e}", name) from None
     if dtype.hasobject:
-        raise ViewError(f"{uri} holds Python objects (dtype {dtype}), which .npy stores pickled; not read", uri)
-    source = NpySource(dtype, shape, meta["fortran_order"] and len(shape) > 1, end, size)
-    if end + dtype.itemsize * math.prod(shape) != size:
-        raise ViewError(f"{uri}: the .npy header says {dtype.itemsize * math.prod(shape)} bytes of data "
-                        f"(dtype {dtype}, shape {shape}) but the file holds {size - end}", uri)
-    return source
+        raise ViewError(f"{name} holds Python objects (dtype {dtype}), which .npy stores pickled; not read", name)
+    nbytes = dtype.itemsize * math.prod(shape)
+    if end + nbytes != size:
+        raise ViewError(f"{name}: the .npy header says {nbytes} bytes of data (dtype {dtype}, shape {shape}) "
+                        f"but the file holds {size - end}", name)
+    return NpyHeader(dtype, shape, meta["fortran_order"] and len(shape) > 1, end)
