@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -99,7 +100,9 @@ def main() -> None:
             cats_run(cid, ms)
             plain = min(plain_ray(ray, paths, ms) for _ in range(args.repeat))
             ours = min(cats_run(cid, ms)[0] for _ in range(args.repeat))
-            rows[label] = {"slices": n, "ms_per_slice": ms, "plain_ray_s": plain, "cats_s": ours,
+            # the driver's peak so far (this process runs both contenders; the larger case comes last)
+            rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rows[label] = {"slices": n, "ms_per_slice": ms, "plain_ray_s": plain, "cats_s": ours, "peak_rss_mb": rss_mb,
                            "time_ratio": ours / plain, "plain_ray_per_s": n / plain, "cats_per_s": n / ours,
                            "rate_ratio": plain / ours}
         # memoized re-run: the Order of the "work" case, already run above
@@ -136,15 +139,16 @@ def report(result: dict) -> None:
     from rich.table import Table
 
     table = Table(title="Factory vs plain Ray, same files, same Ray, this run")
-    for col in ("case", "slices", "plain Ray s", "cats s", "cats/plain time", "plain tasks/s", "cats slices/s"):
+    for col in ("case", "slices", "plain Ray s", "cats s", "cats/plain time", "plain tasks/s", "cats slices/s",
+                "driver peak MB"):
         table.add_column(col, justify="left" if col == "case" else "right")
     for name in ("work", "trivial"):
         r = result["runs"][name]
         table.add_row(f"{name} ({r['ms_per_slice']:g} ms)", str(r["slices"]), f"{r['plain_ray_s']:.2f}",
                       f"{r['cats_s']:.2f}", f"{r['time_ratio']:.2f}", f"{r['plain_ray_per_s']:.0f}",
-                      f"{r['cats_per_s']:.0f}")
+                      f"{r['cats_per_s']:.0f}", f"{r['peak_rss_mb']:.0f}")
     memo = result["runs"]["memo"]
-    table.add_row("memoized re-run", "", "", f"{memo['in_process_s']:.3f} / cli {memo['cli_s']:.3f}", "", "", "")
+    table.add_row("memoized re-run", "", "", f"{memo['in_process_s']:.3f} / cli {memo['cli_s']:.3f}", "", "", "", "")
     Console(width=120).print(table)
     for key, ok in result["met"].items():
         print(f"{'met   ' if ok else 'MISSED'} {key}")

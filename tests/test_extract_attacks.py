@@ -29,7 +29,7 @@ from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError, UnsafePath
-from cats.factory import worker
+from cats.factory.code import code_folder
 from cats.order import Order
 from cats.order.function import Function
 from cats.order.seal import seal
@@ -287,7 +287,7 @@ def test_code_with_an_outside_link_is_refused_at_sealing_and_on_workers(store: B
     with Importer(store, cid_version=1) as importer:
         code = importer.add_wrapped(src).cid
     with pytest.raises(UnsafePath, match=r"symlink 'proj/secret' in \S+ points outside the destination"):
-        worker.code_folder(store, code)
+        code_folder(store, code)
     assert os.listdir(cats_home / "code") == []
 
 

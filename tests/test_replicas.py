@@ -27,7 +27,8 @@ from cats.cas.dag import walk
 from cats.cas.importer import Importer
 from cats.cas.store.local import LocalStore
 from cats.errors import SliceFailed
-from cats.factory import _quorum
+from cats.factory._execute import quorum
+from cats.factory.outcome import SliceOutcome
 from cats.order import Function, Order, Plant, Slice
 
 FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo\n", "c.txt": b"charlie\n", "d.txt": b"delta\n", "e.txt": b"echo\n"}
@@ -115,25 +116,27 @@ def test_one_replica_keeps_encodings() -> None:
 
 
 def test_quorum_needs_a_strict_majority() -> None:
-    def said(output: str | None, pid: int) -> dict[str, object]:
-        if output is None:
-            return {"index": 4, "error": "Traceback ...\nValueError: boom", "node": "n", "worker": pid}
-        return {"index": 4, "output": output, "encoding": "bytes", "node": "n", "worker": pid}
+    a, b = _cid_of(b"A"), _cid_of(b"B")
 
-    kept, failure = _quorum([said("A", 1), said("A", 2), said("A", 3)], "fail")
-    assert failure is None and kept is not None and kept["agreed"] is True and kept["output"] == "A"
-    kept, failure = _quorum([said("A", 1), said("B", 2), said("A", 3)], "mark")
-    assert failure is None and kept is not None and kept["agreed"] is False
-    assert [o.get("output") for o in kept["replicas"]] == ["A", "B", "A"]
-    kept, failure = _quorum([said("A", 1), said(None, 2), said("A", 3)], "fail")
-    assert kept is None and failure is not None and failure["disagreement"]
-    assert "pid 2" in failure["error"] and "ValueError: boom" in failure["error"]
-    for tie in ([said("A", 1), said("A", 2), said("B", 3), said("B", 4)], [said("A", 1), said(None, 2)]):
-        kept, failure = _quorum(tie, "mark")
-        assert kept is None and failure is not None and "no majority" in failure["error"]
-    kept, failure = _quorum([said(None, 1), said(None, 2), said(None, 3)], "mark")
-    assert kept is None and failure is not None and not failure.get("disagreement")
-    assert "all 3 replicas failed" in failure["error"] and "Traceback" in failure["error"]
+    def said(output: CID | None, pid: int) -> SliceOutcome:
+        if output is None:
+            return SliceOutcome(index=4, error="Traceback ...\nValueError: boom", node="n", worker=pid)
+        return SliceOutcome(index=4, output=output, encoding="bytes", node="n", worker=pid)
+
+    kept, failure = quorum([said(a, 1), said(a, 2), said(a, 3)], "fail")
+    assert failure is None and kept is not None and kept.agreed is True and kept.output == a
+    kept, failure = quorum([said(a, 1), said(b, 2), said(a, 3)], "mark")
+    assert failure is None and kept is not None and kept.agreed is False
+    assert kept.replicas is not None and [o.output for o in kept.replicas] == [a, b, a]
+    kept, failure = quorum([said(a, 1), said(None, 2), said(a, 3)], "fail")
+    assert kept is None and failure is not None and failure.disagreement and failure.error is not None
+    assert "pid 2" in failure.error and "ValueError: boom" in failure.error
+    for tie in ([said(a, 1), said(a, 2), said(b, 3), said(b, 4)], [said(a, 1), said(None, 2)]):
+        kept, failure = quorum(tie, "mark")
+        assert kept is None and failure is not None and "no majority" in (failure.error or "")
+    kept, failure = quorum([said(None, 1), said(None, 2), said(None, 3)], "mark")
+    assert kept is None and failure is not None and not failure.disagreement and failure.error is not None
+    assert "all 3 replicas failed" in failure.error and "Traceback" in failure.error
 
 
 # -- on Ray ----------------------------------------------------------------------------------------

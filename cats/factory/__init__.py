@@ -7,7 +7,6 @@ resumes with the missing ones, and an Order that already has a BOM returns it wi
 
 from __future__ import annotations
 
-import math
 import shutil
 import socket
 import tempfile
@@ -16,7 +15,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from cats import __version__
@@ -34,18 +32,17 @@ from cats.config import home
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError, SliceFailed
-from cats.factory import egress, guard, ingress, nested, worker
+from cats.factory import egress, guard, ingress, nested
+from cats.factory._execute import execute
+from cats.factory._plan import Plan, plan, seed
 from cats.factory.nested import slice_store, submit
+from cats.factory.outcome import SliceOutcome
 from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.seal import seal
-from cats.plant import Plant, cluster, connect, embedded
+from cats.plant import cluster, connect
 from cats.plant.cluster import ClusterStore
-
-# Batches per CPU when the Plant does not fix the batch size: enough to balance uneven slices,
-# few enough that per-task overhead stays small next to tiny slices.
-_BATCHES_PER_CPU = 32
 
 
 @dataclass
@@ -133,10 +130,10 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         if twice := sorted(n for n, k in names.items() if k > 1):
             raise CatsError(f"slices would write the same URI under {order.output_uri}: "
                             f"{', '.join(twice[:10])} (inputs with files of the same name); nothing was run")
-    done = {} if force else index.done_slices(str(order_cid))
+    done = {} if force else {i: SliceOutcome.model_validate(r) for i, r in index.done_slices(str(order_cid)).items()}
     resumed = len(done)
     todo = [i for i in range(len(pieces)) if i not in done]
-    seeds = [_seed(order_cid, i) for i in range(len(pieces))]
+    seeds = [seed(order_cid, i) for i in range(len(pieces))]
     if progress:
         progress(len(done), len(pieces))
     # "directory" and "list" merges only link CIDs, so the driver does them; other merges read data
@@ -146,13 +143,20 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     placed: dict[str, int] = {}
     if todo:
         assert ray is not None
-        groups = place(ray, order, url, pieces, todo, nodes, placed)
+        work = plan(ray, order, url, [(i, pieces[i][0], seeds[i]) for i in todo], nodes)
+        placed = work.placed
+
+        def finished(ok: list[SliceOutcome]) -> None:
+            index.save_slices(str(order_cid), [o.model_dump(mode="json", exclude_none=True) for o in ok])
+            done.update((o.index, o) for o in ok)
+            if progress:
+                progress(len(done), len(pieces))
+
         # per invocation, so a forced or resumed run counts its own attempts from 1
         (home() / "runs").mkdir(exist_ok=True)
-        run_dir = Path(tempfile.mkdtemp(prefix=f"{order_cid}-", dir=home() / "runs"))
+        run_dir = tempfile.mkdtemp(prefix=f"{order_cid}-", dir=home() / "runs")
         try:
-            dispatch = _dispatch if order.plant.replicas == 1 else _dispatch_replicated
-            failures = dispatch(ray, order, groups, run_dir, pieces, seeds, done, index, order_cid, progress)
+            failures = execute(ray, work, run_dir, finished)
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         if failures:
@@ -160,11 +164,12 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     results = [done[i] for i in range(len(pieces))]
     here = ClusterStore(store, [s.keeper for s in nodes if s.url != url])
     if nodes:  # results made on other nodes (and inputs only they held) come here: the BOM's DAG is whole here
-        children = [CID.parse(c["bom"]) for r in results for c in r.get("children", ())]  # sub-Orders' BOMs
-        for root in [CID.parse(r["output"]) for r in results] + order.input_cids + children:
+        children = [c.bom for r in results for c in r.children or ()]  # sub-Orders' BOMs
+        for root in [_output(r) for r in results] + order.input_cids + children:
             for _ in walk(here, root):
                 pass
-    parts = [{**r, "name": pieces[r["index"]][0].name, "assembly": pieces[r["index"]][1]} for r in results]
+    parts = [{"index": r.index, "output": str(r.output), "encoding": r.encoding, "size": r.size, "tsize": r.tsize,
+              "name": pieces[r.index][0].name, "assembly": pieces[r.index][1]} for r in results]
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
     if order.output_uri:  # the results are reference blocks: their list is the output
         how = "list"
@@ -173,14 +178,9 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     else:
         gpus = order.plant.num_gpus if isinstance(order.infra.merge, Function) else 0  # the user's merge may use them
         merged = ray.get(ray.remote(egress.merge).options(num_cpus=0, num_gpus=gpus).remote(url, how, parts))
-    records = [SliceRecord(index=r["index"], input=pieces[r["index"]][0], output=r["output"],
-                           encoding=r["encoding"], size=r["size"], tsize=r["tsize"],
-                           assembly=pieces[r["index"]][1], seed=seeds[r["index"]], node=r["node"],
-                           duration_s=r["duration_s"], attempts=r["attempts"], bytes_in=r["bytes_in"],
-                           replicas=r.get("replicas"), agreed=r.get("agreed"), children=r.get("children"))
-               for r in results]
+    records = [r.record(*pieces[r.index], seeds[r.index]) for r in results]
     outputs = [CID.parse(merged["output"])]
-    finished = time.time()
+    finished_at = time.time()
     assert order.function.code is not None and order.structure.lock is not None
     bom = BOM(
         name=order.name, order=order_cid, code=order.function.code,
@@ -191,7 +191,7 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
                         if (p := index.producer(label(i.info if isinstance(i, View) else i)))}),
         children=sorted({c.bom for r in records for c in r.children or ()}),
         invoice=Invoice(
-            started=_iso(started), finished=_iso(finished), duration_s=finished - started,
+            started=_iso(started), finished=_iso(finished_at), duration_s=finished_at - started,
             slices=len(records), executed=len(todo), resumed=resumed,
             bytes_in=sum(r.bytes_in for r in records), bytes_out=sum(r.size for r in records),
             executor=socket.gethostname(), cats_version=__version__,
@@ -212,29 +212,61 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
                      [(str(r.output), r.encoding) for r in records])
     replicas = order.plant.replicas
     return Run(bom_cid, outputs[0], order_cid, slices=len(records), executed=len(todo),
-               duration_s=finished - started, replicas=replicas,
+               duration_s=finished_at - started, replicas=replicas,
                disagreed=None if replicas == 1 else sum(r.agreed is False for r in records))
 
 
-def _data_use(executed: list[dict[str, Any]]) -> DataUse | None:
+def reexecute(order: Order, store: BlockStore, chosen: list[SliceRecord], *, quiet: bool = True) -> \
+        dict[int, SliceOutcome]:
+    """Run recorded slices of a sealed Order again, for verification: with their recorded seeds,
+    under the Order's own Plant and requirements (its time limit, retries, resources, placement),
+    computing output CIDs without storing them; a slice that submits sub-Orders is answered with
+    the children its record lists (nothing runs). Each slice runs once: a replicated run's
+    replicas were compared when it ran. Returns each slice's outcome, by index."""
+    if not chosen:
+        return {}
+    guard.check("cats.verify")
+    ray = connect(order.plant, quiet=quiet)
+    work = reexecution_plan(ray, order, store, chosen)
+    outcomes: dict[int, SliceOutcome] = {}
+    with tempfile.TemporaryDirectory(prefix="cats-verify-") as run_dir:
+        failures = execute(ray, work, run_dir, lambda ok: outcomes.update((o.index, o) for o in ok))
+    return outcomes | {o.index: o for o in failures}
+
+
+def reexecution_plan(ray: Any, order: Order, store: BlockStore, chosen: list[SliceRecord]) -> Plan:
+    """The plan `reexecute` runs on `ray`: the run's own, for these slices, with one replica and nothing written."""
+    once = order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": 1})})
+    children = {r.index: [c.model_dump(mode="json") for c in r.children] for r in chosen if r.children}
+    assert store.url is not None
+    return plan(ray, once, store.url, [(r.index, r.input, r.seed) for r in chosen], cluster.stores(ray),
+                write=False, children=children)
+
+
+def _output(outcome: SliceOutcome) -> CID:
+    assert outcome.output is not None  # a successful outcome
+    return outcome.output
+
+
+def _data_use(executed: list[SliceOutcome]) -> DataUse | None:
     """The cache counters the workers reported for this invocation's batches; None if none read a URI."""
-    counts = [r["data"] for r in executed if "data" in r]
+    counts = [r.data for r in executed if r.data is not None]
     if not counts:
         return None
-    total = {name: sum(c[name] for c in counts) for name in ("hits", "misses", "bytes_in", "bytes_out", "fetch_s")}
-    return DataUse(hits=int(total["hits"]), misses=int(total["misses"]), bytes_in=int(total["bytes_in"]),
-                   bytes_out=int(total["bytes_out"]),
-                   mean_fetch_s=total["fetch_s"] / total["misses"] if total["misses"] else 0.0)
+    misses = sum(c.misses for c in counts)
+    return DataUse(hits=sum(c.hits for c in counts), misses=misses, bytes_in=sum(c.bytes_in for c in counts),
+                   bytes_out=sum(c.bytes_out for c in counts),
+                   mean_fetch_s=sum(c.fetch_s for c in counts) / misses if misses else 0.0)
 
 
-def _moved(order: Order, to_driver: int, executed: list[dict[str, Any]], placed: dict[str, int]) -> Moved:
+def _moved(order: Order, to_driver: int, executed: list[SliceOutcome], placed: dict[str, int]) -> Moved:
     """What crossed between nodes: the workers' fetches of this invocation, and the driver's reads."""
-    counts = [r["moved"] for r in executed if "moved" in r]
-    return Moved(locality=order.plant.locality, placed=placed, between_nodes=sum(c["bytes"] for c in counts),
-                 blocks=sum(c["blocks"] for c in counts), to_driver=to_driver)
+    counts = [r.moved for r in executed if r.moved is not None]
+    return Moved(locality=order.plant.locality, placed=placed, between_nodes=sum(c.bytes for c in counts),
+                 blocks=sum(c.blocks for c in counts), to_driver=to_driver)
 
 
-def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list[dict[str, Any]]) -> str:
+def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list[SliceOutcome]) -> str:
     """One message for all failed slices: disagreements first (each with who said what), else the
     first error's remote traceback."""
 
@@ -243,336 +275,30 @@ def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list
         return f"slice {i}" + (f" ({name})" if name else "")
 
     kept = "finished slices are kept and a re-run executes only the missing ones"
-    split = [f for f in failures if f.get("disagreement")]
-    errors = [f for f in failures if not f.get("disagreement")]
+    split = [f for f in failures if f.disagreement]
+    errors = [f for f in failures if not f.disagreement]
     if not split:
         first = errors[0]
+        error = first.error or ""
         more = f" ({len(errors) - 1} more slices failed)" if len(errors) > 1 else ""
-        if "\n" not in first["error"].strip():  # a reason, not a traceback (a timeout, a refused run)
-            return f"{where(first['index'])} of order {order_cid} failed{more}: {first['error'].strip()}; {kept}"
-        return (f"{where(first['index'])} of order {order_cid} failed{more}; {kept}. "
-                f"Remote traceback:\n{first['error']}")
+        if "\n" not in error.strip():  # a reason, not a traceback (a timeout, a refused run)
+            return f"{where(first.index)} of order {order_cid} failed{more}: {error.strip()}; {kept}"
+        return (f"{where(first.index)} of order {order_cid} failed{more}; {kept}. "
+                f"Remote traceback:\n{error}")
     shown = 20
-    names = ", ".join(where(f["index"]) for f in split[:shown])
+    names = ", ".join(where(f.index) for f in split[:shown])
     if len(split) > shown:
         names += f" and {len(split) - shown} more"
     message = (f"replicas disagreed on {len(split)} slice(s) of order {order_cid}: {names}; {kept}.\n"
-               + "\n".join(f"{where(f['index'])}: {f['error']}" for f in split[:shown]))
+               + "\n".join(f"{where(f.index)}: {f.error}" for f in split[:shown]))
     if errors:
-        message += (f"\n{len(errors)} other slice(s) failed; {where(errors[0]['index'])}, "
-                    f"remote traceback:\n{errors[0]['error']}")
+        message += (f"\n{len(errors)} other slice(s) failed; {where(errors[0].index)}, "
+                    f"remote traceback:\n{errors[0].error}")
     return message
-
-
-@dataclass
-class Group:
-    """Slices that run where one store is local: the URL workers open it by, the resources that place them."""
-
-    url: str
-    resources: dict[str, float]
-    slots: int
-    todo: list[int]
-    peers: list[Any]  # keepers of the other nodes' stores, for blocks this one lacks
-
-
-def place(ray: Any, order: Order, url: str, pieces: list[ingress.Piece], todo: list[int],
-          nodes: list[cluster.Store], placed: dict[str, int]) -> list[Group]:
-    """One group on a plain Ray (workers open the driver's store); on a cluster of node stores, one
-    per store, each slice next to a store holding its input (`placed` counts them per store). A
-    replicated run gets one group per replica, all slices each: on such a cluster, replica k runs
-    next to store k (round robin), so replicas land on distinct nodes and read their own stores."""
-    plant = order.plant
-    need = _per_task(plant)
-    alive = {n["NodeID"]: n["Resources"] for n in ray.nodes() if n.get("Alive")}
-    # on the embedded Ray, a task that fits no node would wait in Ray's queue forever; a cluster may grow to fit it
-    for name, amount in need.items() if embedded(plant) else ():
-        most = max((r.get(name, 0) for r in alive.values()), default=0)
-        if amount > most:
-            each = "slice" if plant.replicas == 1 else "replica of a slice"
-            plural = "s" if name in ("CPU", "GPU") and amount != 1 else ""
-            raise CatsError(f"the Order asks for {amount:g} {name}{plural} per {each}; this Ray has {most:g}"
-                            + (" on any one node" if len(alive) > 1 else "") + "; nothing was run")
-    if not nodes:
-        slots = max(1, _fits(ray.cluster_resources(), need))
-        return [Group(url, dict(plant.resources), slots, todo, [])] * plant.replicas
-    if url not in {s.url for s in nodes}:
-        raise CatsError(f"this driver's store ({url}) is none of the cluster's node stores "
-                        f"({', '.join(s.resource for s in nodes)}), so their workers could not read the code: "
-                        "run the driver on a node that advertises its store, with that store")
-    slots = {s.name: max(1, _fits(alive.get(s.node, {}), need)) for s in nodes}
-    if plant.replicas > 1:
-        homes = [nodes[k % len(nodes)] for k in range(plant.replicas)]
-        placed.update({s.name: len(todo) * homes.count(s) for s in nodes})
-        return [Group(s.url, {**plant.resources, s.resource: cluster.TOKEN}, slots[s.name], todo,
-                      [o.keeper for o in nodes if o.url != s.url]) for s in homes]
-    roots = [pieces[i][0].cid for i in todo]
-    held = iter(cluster.holders(ray, nodes, [r for r in roots if r is not None]))
-    wanted = [[] if r is None else next(held) for r in roots]
-    if lost := [str(r) for r, w in zip(roots, wanted, strict=True) if r is not None and not w]:
-        raise CatsError(f"no store of the cluster ({', '.join(s.resource for s in nodes)}) holds input "
-                        f"{lost[0]}" + (f" (nor {len(lost) - 1} more)" if len(lost) > 1 else "") + "; nothing was run")
-    chosen = cluster.assign(wanted, [s.name for s in nodes], slots, plant.locality)
-    groups = []
-    for s in nodes:
-        mine = [i for i, name in zip(todo, chosen, strict=True) if name == s.name]
-        placed[s.name] = len(mine)
-        if mine:
-            groups.append(Group(s.url, {**plant.resources, s.resource: cluster.TOKEN}, slots[s.name], mine,
-                                 [o.keeper for o in nodes if o.url != s.url]))
-    return groups
-
-
-def _per_task(plant: Plant) -> dict[str, float]:
-    """What one task of a slice asks of a node: the Plant's CPUs, GPUs and custom resources; a replica
-    a 1/N share of the GPUs and custom resources, and no CPUs here, since it asks at most what the Ray
-    has (see `_dispatch_replicated`)."""
-    n = plant.replicas
-    need = {"CPU": plant.num_cpus if n == 1 else 0.0, "GPU": plant.num_gpus / n,
-            **{name: amount / n for name, amount in plant.resources.items()}}
-    return {name: amount for name, amount in need.items() if amount > 0}
-
-
-def _fits(have: dict[str, float], need: dict[str, float]) -> int:
-    """How many tasks asking `need` a node (or a whole Ray) holding `have` runs at once."""
-    return min((int(have.get(name, 0) // amount) for name, amount in need.items()), default=1)
-
-
-def _dispatch(ray: Any, order: Order, groups: list[Group], run_dir: Path, pieces: list[ingress.Piece],
-              seeds: list[int], done: dict[int, dict[str, Any]], index: Index, order_cid: CID,
-              progress: Progress | None) -> list[dict[str, Any]]:
-    """Run the slices in batches, no more batches of a group in flight than its nodes have slots, so a
-    batch starts when it is submitted and its timeout counts running time, not time in Ray's queue."""
-    plant = order.plant
-    task = ray.remote(worker.run_batch)
-    options = {"num_cpus": plant.num_cpus, "num_gpus": plant.num_gpus, "max_retries": plant.retries,
-               "runtime_env": {"pip": order.structure.requirements} if order.structure.requirements else None}
-    function = order.function.model_dump(mode="json", exclude_none=True)
-    batches: list[tuple[Group, list[int]]] = []
-    queues: list[list[int]] = []  # per group, its batches' numbers in submission order
-    for group in groups:
-        size = plant.batch or max(1, math.ceil(len(group.todo) / (group.slots * _BATCHES_PER_CPU)))
-        queues.append([])
-        for start in range(0, len(group.todo), size):
-            queues[-1].append(len(batches))
-            batches.append((group, group.todo[start:start + size]))
-    pending: dict[Any, tuple[int, int, float]] = {}  # ref -> (group, batch, deadline)
-    failures: list[dict[str, Any]] = []
-
-    def submit(g: int) -> None:
-        if not queues[g]:
-            return
-        b = queues[g].pop(0)
-        group, chunk = batches[b]
-        items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
-        deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
-        ref = task.options(**options, resources=group.resources or None).remote(
-            group.url, function, str(run_dir), b, items, True, order.output_uri, peers=group.peers or None)
-        pending[ref] = (g, b, deadline)
-
-    for g, group in enumerate(groups):
-        for _ in range(group.slots):
-            submit(g)
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-        for ref in ready:
-            g, b, _ = pending.pop(ref)
-            chunk = batches[b][1]
-            submit(g)
-            try:
-                outcome = ray.get(ref)
-            except Exception as e:  # the task itself failed beyond its retries (e.g. its worker died)
-                failures.extend({"index": i, "error": str(e)} for i in chunk)
-                continue
-            ok = [r for r in outcome if "error" not in r]
-            failures.extend(r for r in outcome if "error" in r)
-            index.save_slices(str(order_cid), ok)
-            done.update((r["index"], r) for r in ok)
-            if progress:
-                progress(len(done), len(pieces))
-        now = time.time()
-        for ref, (g, b, deadline) in list(pending.items()):
-            if now > deadline:
-                ray.cancel(ref, force=True)
-                pending.pop(ref)
-                failures.extend({"index": i, "error": f"timed out after {plant.timeout_s} s per slice"}
-                                for i in batches[b][1] if i not in done)
-                submit(g)
-    return sorted(failures, key=lambda f: f["index"])
-
-
-def _dispatch_replicated(ray: Any, order: Order, homes: list[Group], run_dir: Path, pieces: list[ingress.Piece],
-                         seeds: list[int], done: dict[int, dict[str, Any]], index: Index, order_cid: CID,
-                         progress: Progress | None) -> list[dict[str, Any]]:
-    """Run every batch on each of N Ray actors (N distinct processes, spread over nodes where there
-    are several; replica k placed as `homes[k]` says) and let a quorum of output CIDs decide each
-    slice, so one faulty or dishonest worker cannot decide a result. An actor runs one batch at a
-    time, so (as in `_dispatch`) a batch's timeout counts only its running time; the replicas
-    progress independently."""
-    plant = order.plant
-    n = plant.replicas
-    todo = homes[0].todo
-    # a share of the CPUs one task would get, so N replicas fit wherever one task fits
-    cpus = _fraction(min(plant.num_cpus, ray.cluster_resources().get("CPU", plant.num_cpus)) / n)
-    options: dict[str, Any] = {
-        "num_cpus": cpus, "num_gpus": _fraction(plant.num_gpus / n), "scheduling_strategy": "SPREAD",
-        "max_restarts": plant.retries, "max_task_retries": plant.retries,
-        "runtime_env": {"pip": order.structure.requirements} if order.structure.requirements else None}
-    replica = ray.remote(worker.Replica)
-    function = order.function.model_dump(mode="json", exclude_none=True)
-    size = plant.batch or max(1, math.ceil(len(todo) / _BATCHES_PER_CPU))
-    batches = [todo[start:start + size] for start in range(0, len(todo), size)]
-    actors: list[tuple[Any, Any]] = []  # (actor, ref of its (node, pid))
-    started: set[Any] = set()  # `where` refs of actors known to be up: their batches' clocks run
-    upto = [0] * n  # the next batch of each replica
-    pending: dict[Any, tuple[int, int, float]] = {}  # ref -> (replica, batch, deadline)
-    arrived: dict[int, dict[int, list[dict[str, Any]]]] = {}  # batch -> replica -> records
-    failures: list[dict[str, Any]] = []
-
-    def start(k: int) -> tuple[Any, Any]:
-        resources = {r: _fraction(v / n) for r, v in homes[k].resources.items()} or None
-        actor = replica.options(**options, resources=resources).remote()
-        return actor, actor.where.remote()
-
-    def whereabouts(k: int) -> dict[str, Any]:
-        try:
-            node, pid = ray.get(actors[k][1], timeout=5)
-        except Exception:  # died or never started
-            return {"node": "unknown"}
-        return {"node": node, "worker": pid}
-
-    def submit(k: int) -> None:
-        b = upto[k]
-        if b == len(batches):
-            return
-        upto[k] += 1
-        chunk = batches[b]
-        items = [(i, pieces[i][0].model_dump(mode="json", exclude_none=True), seeds[i]) for i in chunk]
-        deadline = time.time() + plant.timeout_s * len(chunk) if plant.timeout_s else math.inf
-        # per replica, so each counts its own attempts
-        ref = actors[k][0].run.remote(homes[k].url, function, str(run_dir / f"replica-{k}"), b, items,
-                                      homes[k].peers or None)
-        pending[ref] = (k, b, deadline)
-
-    def replace(k: int) -> None:
-        ray.kill(actors[k][0], no_restart=True)
-        actors[k] = start(k)
-
-    def arrive(k: int, b: int, records: list[dict[str, Any]]) -> None:
-        got = arrived.setdefault(b, {})
-        got[k] = records
-        if len(got) < n:
-            return
-        del arrived[b]
-        said = [{r["index"]: r for r in got[j]} for j in range(n)]
-        ok = []
-        for i in batches[b]:
-            kept, failure = _quorum([said[j][i] for j in range(n)], plant.on_disagreement)
-            if failure is not None:
-                failures.append(failure)
-            else:
-                ok.append(kept)
-        # every replica's counters, not only those of the records the quorum kept
-        for key in ("data", "moved"):
-            counters = [r[key] for j in range(n) for r in got[j] if key in r]
-            for r in ok:
-                r.pop(key, None)
-            if ok and counters:
-                ok[-1][key] = {f: sum(c[f] for c in counters) for f in counters[0]}
-        index.save_slices(str(order_cid), ok)
-        done.update((r["index"], r) for r in ok)
-        if progress:
-            progress(len(done), len(pieces))
-
-    try:
-        actors.extend(start(k) for k in range(n))
-        for k in range(n):
-            submit(k)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-            for ref in ready:
-                k, b, _ = pending.pop(ref)
-                try:
-                    records = ray.get(ref)
-                except Exception as e:  # the call failed; an actor dead beyond its restarts is replaced
-                    records = [{"index": i, "error": str(e), **whereabouts(k)} for i in batches[b]]
-                    if isinstance(e, ray.exceptions.RayActorError):
-                        replace(k)
-                submit(k)
-                arrive(k, b, records)
-            if not plant.timeout_s:
-                continue
-            now = time.time()
-            for ref, (k, b, deadline) in list(pending.items()):
-                up = actors[k][1]
-                if up not in started:  # an actor's start is not its first batch's running time
-                    if not ray.wait([up], timeout=0)[0]:
-                        continue
-                    started.add(up)
-                    deadline = now + plant.timeout_s * len(batches[b])
-                    pending[ref] = (k, b, deadline)
-                if now > deadline:
-                    pending.pop(ref)
-                    who = whereabouts(k)
-                    replace(k)  # an actor task cannot be force-cancelled; its process can be killed
-                    submit(k)
-                    arrive(k, b, [{"index": i, "error": f"timed out after {plant.timeout_s} s per slice", **who}
-                                  for i in batches[b]])
-    finally:
-        for actor, _ in actors:
-            ray.kill(actor, no_restart=True)
-    return sorted(failures, key=lambda f: f["index"])
-
-
-def _quorum(said: list[dict[str, Any]], on_disagreement: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Decide a slice from its replicas' records (one each, in replica order): the kept record, or
-    the failure. A strict majority of identical outputs wins; dissent fails it unless marked."""
-    n = len(said)
-    index = said[0]["index"]
-    outcomes = [{"node": r.get("node", "unknown"), "worker": r.get("worker"), "output": r.get("output"),
-                 "error": _last_line(r["error"]) if "error" in r else None} for r in said]
-    outcomes = [{k: v for k, v in o.items() if v is not None} for o in outcomes]
-    votes = Counter((r["output"], r["encoding"]) for r in said if "error" not in r)
-    if not votes:  # every replica failed: the same error as one worker would give
-        return None, {"index": index, "error": f"all {n} replicas failed; replica 0 ({_who(outcomes[0])}):\n"
-                                             f"{said[0]['error']}"}
-    (output, encoding), count = votes.most_common(1)[0]
-    told = "; ".join(f"replica {k} ({_who(o)}) -> {o.get('output') or 'failed: ' + o['error']}"
-                     for k, o in enumerate(outcomes))
-    if 2 * count <= n:
-        return None, {"index": index, "disagreement": True,
-                      "error": f"no majority among {n} replicas (at most {count} agree): {told}"}
-    agreed = count == n
-    if not agreed and on_disagreement == "fail":
-        return None, {"index": index, "disagreement": True,
-                      "error": f"{count} of {n} replicas agree on {output}, the others do not: {told}"}
-    chosen = next(r for r in said if "error" not in r and (r["output"], r["encoding"]) == (output, encoding))
-    return {**chosen, "replicas": outcomes, "agreed": agreed}, None
-
-
-def _who(outcome: dict[str, Any]) -> str:
-    return f"{outcome['node']}, pid {outcome.get('worker', '?')}"
-
-
-def _last_line(error: str) -> str:
-    lines = error.strip().splitlines()
-    return (lines[-1] if lines else "error")[:300]
-
-
-def _fraction(x: float) -> float:
-    """Ray keeps 4 decimals of a resource; round down so N shares never add up to more than the whole."""
-    return max(math.floor(x * 10_000) / 10_000, 0.0001) if x > 0 else 0.0
-
-
-def _seed(order_cid: CID, index: int) -> int:
-    """A per-slice seed derived from the Order and the slice, the same on every machine."""
-    import hashlib
-
-    digest = hashlib.sha256(bytes(order_cid) + index.to_bytes(8, "big")).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
-__all__ = ["run", "Run", "Function", "submit", "slice_store"]
+__all__ = ["run", "reexecute", "Run", "SliceOutcome", "Function", "submit", "slice_store"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from itertools import groupby
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from cats.cas import dagcbor, dagpb, names, reader
 from cats.cas.cid import CID, DAG_CBOR
@@ -13,6 +13,7 @@ from cats.cas.importer import Entry, Importer
 from cats.cas.store import BlockStore, open_store
 from cats.errors import CatsError
 from cats.factory import results
+from cats.factory.code import load
 from cats.order.function import Function
 from cats.order.infra import Merge
 
@@ -33,7 +34,7 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
             cid = put_cbor(store, links) if write else CID.hash(dagcbor.encode(links), DAG_CBOR)
             return {"output": str(cid), "encoding": "dag-cbor-list", "size": len(parts)}
         if how == "concat":
-            entry = importer.add_file(_Concat(store, parts))
+            entry = importer.add_file(cast(BinaryIO, _Concat(store, parts)))  # a raw binary stream
             return {"output": str(entry.cid), "encoding": _common(parts, ("bytes", "text")), "size": entry.size}
         if how == "table":
             import pyarrow as pa
@@ -43,8 +44,6 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
             value = pa.concat_tables(tables) if tables else pa.table({})
         else:
             fn = Function.model_validate(how)
-            from cats.factory.worker import load
-
             user_merge: Merge = load(store, fn, "to merge the slices")
             value = user_merge([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
         data, encoding = results.encode(value)
@@ -97,7 +96,7 @@ def _directory(store: BlockStore, importer: Importer, parts: list[dict[str, Any]
             node[leaf] = Entry(CID.parse(cut[0]["output"]), cut[0]["size"], cut[0]["tsize"])
         else:
             _common(cut, ("bytes", "text"))
-            node[leaf] = importer.add_file(_Concat(store, cut))
+            node[leaf] = importer.add_file(cast(BinaryIO, _Concat(store, cut)))
 
     def build(node: dict[str, Any]) -> Entry:
         links, size = [], 0

@@ -18,6 +18,7 @@ from cats.cas.store import BlockStore
 from cats.data import Cache, Info
 from cats.data.views import View
 from cats.errors import CatsError
+from cats.factory.code import load
 from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.infra import Slice, Split
@@ -152,8 +153,6 @@ def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
 
 
 def _user_split(fn: Function, inputs: list[CID | Info | View], store: BlockStore) -> list[Piece]:
-    from cats.factory.worker import load
-
     user_split: Split = load(store, fn, "to split the Order's inputs")
     pieces: list[Piece] = []
     for item in user_split(inputs, store, **fn.params):

@@ -28,6 +28,7 @@ from cats.cas.cid import CID
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError, ChildFailed
+from cats.factory.outcome import SliceOutcome
 from cats.order import Order
 from cats.order.seal import seal
 from cats.plant import connect
@@ -173,10 +174,10 @@ def _cid(order: Order) -> CID:
     return seal(order, MemoryStore()).cid
 
 
-def keep_signatures(records: Iterable[dict[str, Any]]) -> None:
-    """Keep the signatures of the children the slices' records bring back, beside this node's own,
+def keep_signatures(outcomes: Iterable[SliceOutcome]) -> None:
+    """Keep the signatures of the children the slices' outcomes bring back, beside this node's own,
     so the child BOMs show as signed wherever their parent is (their driver may run elsewhere)."""
     signatures = Signatures()
-    for record in records:
-        for envelope in record.get("signatures", ()):
+    for outcome in outcomes:
+        for envelope in outcome.signatures or ():
             signatures.add(Envelope.parse(envelope, "the signature a slice brought back for its child"))

@@ -97,5 +97,5 @@ def connect(plant: Plant, quiet: bool = False) -> Any:
         # only Ray's notice about that default is silenced, as nobody running an Order chose it.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address=plant.address, include_dashboard=False, log_to_driver=not quiet,
-             configure_logging=True, logging_level="WARNING")
+             configure_logging=True, logging_level=logging.WARNING)
     return ray

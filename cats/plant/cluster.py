@@ -84,6 +84,13 @@ def stores(ray: Any) -> list[Store]:
     return found
 
 
+def keepers(names: list[str]) -> list[Any]:
+    """The keepers of the named stores, looked up by name (a plan names stores; a worker reaches them)."""
+    import ray
+
+    return [ray.get_actor(RESOURCE + name, namespace=NAMESPACE) for name in names]
+
+
 def holders(ray: Any, all_stores: list[Store], roots: list[CID]) -> list[list[str]]:
     """For each root, the names of the stores that hold it (its root block: a whole input, as added)."""
     asked = [str(r) for r in roots]

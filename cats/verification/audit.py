@@ -8,10 +8,7 @@ checked against its CID, and each kind of failure gets its own reason.
 
 from __future__ import annotations
 
-import math
-import tempfile
 from collections.abc import Callable, Collection
-from typing import Any
 
 from cats import data
 from cats.bom import BOM, SliceRecord, records
@@ -23,9 +20,8 @@ from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import BlockNotFound, CatsError, DataError, DataIntegrityError, DecodeError, IntegrityError
-from cats.factory import egress, guard, ingress, place, worker
+from cats.factory import SliceOutcome, egress, ingress, reexecute
 from cats.order import Order, label
-from cats.plant import cluster, connect
 from cats.verification import drift, sampling
 from cats.verification.report import Problem, Reason, Report, Sample, SliceResult
 
@@ -205,25 +201,24 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
         raise CatsError("re-execution needs a store its Ray workers can open too (file://…, an IPFS daemon)")
     if not _check_split(store, order, recs, report):
         return
-    outcomes = _run_slices(store, order, [recs[i] for i in chosen], quiet)
+    outcomes = reexecute(order, store, [recs[i] for i in chosen], quiet=quiet)
     for i in chosen:
         rec = recs[i]
         out = outcomes[i]
         result = SliceResult(index=i, name=rec.input.name, recorded=str(rec.output), ok=False)
-        if "error" in out:
-            kind, cid = out.get("kind"), out.get("cid") or out.get("uri")
-            if kind in ("missing", "data"):
+        if out.error is not None:
+            if out.kind in ("missing", "data"):
                 result.reason = "block-missing"
-            elif kind == "integrity":
+            elif out.kind == "integrity":
                 result.reason = "input-altered"
             else:
                 result.reason = "reexecution-failed"
-            last = out["error"].strip().splitlines()[-1]
-            _problem(report, result.reason, f"slice {i}: {last}", cid, i)
+            last = (out.error.strip().splitlines() or ["failed"])[-1]
+            _problem(report, result.reason, f"slice {i}: {last}", out.cid or out.uri, i)
         else:
             # a result written to a URI is recorded as a reference block; its content CID is what re-executes
             recorded = load_ref(store, rec.output).content if rec.encoding == "ref" else str(rec.output)
-            result.recomputed = out.get("content", out["output"])
+            result.recomputed = str(out.content or out.output)
             if result.recomputed != recorded:
                 result.reason = "output-differs"
                 _problem(report, "output-differs", f"slice {i} re-executed to {result.recomputed}, the BOM says "
@@ -236,10 +231,10 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
     _check_merge(store, bom, order, recs, report)
 
 
-def _check_children(rec: SliceRecord, out: dict[str, Any], report: Report, result: SliceResult) -> bool:
+def _check_children(rec: SliceRecord, out: SliceOutcome, report: Report, result: SliceResult) -> bool:
     """The sub-Orders the re-executed slice submitted must be those its record attributes to it."""
     recorded = [str(c.order) for c in rec.children or ()]
-    submitted = out.get("submitted", [])
+    submitted = out.submitted or []
     if submitted == recorded:
         return True
     result.reason = "child-differs"
@@ -290,36 +285,6 @@ def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], repor
     return True
 
 
-def _run_slices(store: BlockStore, order: Order, chosen: list[SliceRecord], quiet: bool) -> dict[int, dict[str, Any]]:
-    """Re-run slices on Ray with their recorded seeds, computing output CIDs without storing them; a
-    slice that submits sub-Orders is answered with the children its record lists (nothing runs)."""
-    if not chosen:
-        return {}
-    guard.check("cats.verify")
-    ray = connect(order.plant, quiet=quiet)
-    assert store.url is not None
-    # where the Factory would run them: next to a node store holding their inputs, on such a cluster
-    # (once each: a replicated run's replicas were compared when it ran)
-    once = order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": 1})})
-    groups = place(ray, once, store.url, [(r.input, r.assembly) for r in chosen], list(range(len(chosen))),
-                   cluster.stores(ray), {})
-    task = ray.remote(worker.run_batch)
-    function = order.function.model_dump(mode="json", exclude_none=True)
-    children = {r.index: [c.model_dump(mode="json") for c in r.children] for r in chosen if r.children}
-    refs = []
-    with tempfile.TemporaryDirectory(prefix="cats-verify-") as run_dir:
-        for group in groups:
-            size = max(1, math.ceil(len(group.todo) / (group.slots * 4)))
-            for start in range(0, len(group.todo), size):
-                items = [(chosen[k].index, chosen[k].input.model_dump(mode="json", exclude_none=True), chosen[k].seed)
-                         for k in group.todo[start:start + size]]
-                refs.append(task.options(num_cpus=order.plant.num_cpus, num_gpus=order.plant.num_gpus,
-                                         max_retries=order.plant.retries, resources=group.resources or None).remote(
-                    group.url, function, run_dir, len(refs), items, False, order.output_uri,
-                    peers=group.peers or None, children=children))
-        return {r["index"]: r for batch in ray.get(refs) for r in batch}
-
-
 def _check_merge(store: BlockStore, bom: BOM, order: Order, recs: list[SliceRecord], report: Report) -> None:
     """The merge of the recorded slice outputs must give the recorded output."""
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
@@ -327,6 +292,7 @@ def _check_merge(store: BlockStore, bom: BOM, order: Order, recs: list[SliceReco
         how = "list"
     parts = [{"index": r.index, "output": r.output, "encoding": r.encoding, "size": r.size, "tsize": r.tsize,
               "name": r.input.name, "assembly": r.assembly} for r in recs]  # CIDs as objects: no re-parsing
+    assert store.url is not None  # re-execution checked it
     try:
         merged = egress.merge(store.url, how, parts, write=False)
     except BlockNotFound as e:

@@ -1,0 +1,89 @@
+"""What a worker reports for one slice: a typed, frozen record that crosses the Ray boundary.
+
+Workers build one `SliceOutcome` per slice; the Factory's driver reads it into the BOM's slice
+record, the run index keeps it (as JSON) so an interrupted run resumes, and verification compares
+its output CID with the recorded one. Unknown fields are refused: a worker and a driver of
+different versions fail loudly instead of dropping what the other sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cats.bom import ReplicaOutcome, SliceRecord
+from cats.bom.child import Child
+from cats.cas.fields import CIDField
+from cats.order.infra import Slice
+
+
+class DataCounts(BaseModel):
+    """A batch's use of its machine's data cache (slices that read URIs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hits: int
+    misses: int
+    bytes_in: int
+    bytes_out: int
+    fetch_s: float
+
+
+class MovedCounts(BaseModel):
+    """What a batch fetched from other nodes' stores, on a cluster whose nodes keep their own."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bytes: int
+    blocks: int
+
+
+class SliceOutcome(BaseModel):
+    """One slice's result (`output` set) or failure (`error` set, with the remote traceback).
+
+    A failure from a block that is missing or does not match its CID names it (`kind`, `cid`), one
+    from a URI that changed or is unreadable names the URI, so verification can tell an altered
+    input from a failing function. The last outcome of a batch carries the batch's counters
+    (`data`, `moved`); a replicated run's kept outcome carries every replica's (`replicas`, `agreed`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    output: CIDField | None = Field(default=None, description="the result's CID (a reference block's, with a URI)")
+    encoding: str | None = None
+    size: int | None = None
+    tsize: int | None = None
+    content: CIDField | None = Field(default=None, description="a result written to a URI: its own CID")
+    node: str | None = None
+    worker: int | None = Field(default=None, description="pid of the worker process")
+    attempts: int | None = None
+    duration_s: float | None = None
+    bytes_in: int | None = None
+    data: DataCounts | None = None
+    moved: MovedCounts | None = None
+    children: list[Child] | None = Field(default=None, description="sub-Orders the slice submitted")
+    signatures: list[dict[str, Any]] | None = Field(default=None, description="the children's signature envelopes")
+    submitted: list[str] | None = Field(default=None, description="Order CIDs it submitted, re-executed to verify")
+    replicas: list[ReplicaOutcome] | None = None
+    agreed: bool | None = None
+    error: str | None = None
+    kind: Literal["integrity", "missing", "data"] | None = None
+    cid: str | None = Field(default=None, description="the block a `missing`/`integrity` failure is about")
+    uri: str | None = Field(default=None, description="the URI a `data`/`integrity` failure is about")
+    disagreement: bool = Field(default=False, description="the replicas' quorum, not a worker, failed it")
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def record(self, piece: Slice, assembly: dict[str, Any], seed: int) -> SliceRecord:
+        """The BOM's record of this slice (a successful one), which also names its input and seed."""
+        return SliceRecord.model_validate({**self.model_dump(include=_RECORDED), "input": piece, "assembly": assembly,
+                                           "seed": seed})
+
+
+# What a slice's BOM record takes from its outcome.
+_RECORDED = {"index", "output", "encoding", "size", "tsize", "node", "duration_s", "attempts", "bytes_in", "replicas",
+             "agreed", "children"}
