@@ -61,7 +61,7 @@ HANGS_WHEN_MARKED = """
 
 
 @pytest.mark.slow
-def test_hanging_reexecution_ends_verify_within_the_timeout(ray_session: str, cli, cats_home: Path,  # noqa: ANN001
+def test_hanging_reexecution_ends_verify_within_the_timeout(ray_session: str, cli, cats_home: Path,
                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The run finishes; re-executed, one slice hangs: `cats verify` stops it at the Order's
     timeout_s and reports it reexecution-failed, naming the slice, while the other verifies."""

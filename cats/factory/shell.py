@@ -130,7 +130,7 @@ def tools(command: str) -> dict[str, str]:
 
 
 def order(command: str, inputs: list[Any], timeout: float = 60.0, memory: int | None = None,
-          name: str | None = None) -> Any:  # noqa: ANN401 - cats.order.Order, imported lazily (workers import this alone)
+          name: str | None = None) -> Any:
     """An Order running `command` once per file of the inputs; its Structure records the command and
     the versions of the tools it calls here, on the submitting machine."""
     from cats.errors import CatsError

@@ -130,7 +130,7 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     if cache is not None:
         cache.close()
         if out:
-            out[-1]["data"] = DataCounts(**{name: cache.counts[name] for name in DataCounts.model_fields})
+            out[-1]["data"] = DataCounts.model_validate({name: cache.counts[name] for name in DataCounts.model_fields})
     if isinstance(store, ClusterStore) and out:
         out[-1]["moved"] = MovedCounts(bytes=store.moved, blocks=store.fetched)
     return [SliceOutcome(**o) for o in out]

@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from cats.cas import reader
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
-from cats.data.views import npy
+from cats.data import Info
+from cats.data.views import View, npy
 from cats.errors import CatsError
 from cats.order.checks import Check, CheckKind, parse_ref
 
@@ -420,8 +421,8 @@ def _reduction(fetch: CountingStore, op: str, a: CID, b: CID, c: CID, partitions
 
 # -- by reference ---------------------------------------------------------------------------------
 
-def run(store: BlockStore, check: Check, inputs: Sequence[CID], output: CID, seed: int | None = None,
-        ) -> CheckReport:
+def run(store: BlockStore, check: Check, inputs: Sequence[CID | Info | View], output: CID,
+        seed: int | None = None) -> CheckReport:
     """Run one Check of an Order: resolve its references against the inputs and the output, then check.
 
     Bytes fetched include the folder nodes walked to resolve paths.
@@ -435,6 +436,9 @@ def run(store: BlockStore, check: Check, inputs: Sequence[CID], output: CID, see
         if index is not None and index >= len(inputs):
             raise CatsError(f"check reference {ref!r} names input {index}, but the Order has {len(inputs)}")
         base = output if index is None else inputs[index]
+        if not isinstance(base, CID):  # a URI: its bytes are not in the store a check reads by range
+            raise CatsError(f"check reference {ref!r} names input {index}, {base.uri}, which is read by URI; "
+                            "checks read inputs that are in the store")
         return reader.resolve(fetch, base, path) if path else base
 
     a, b, c = cid(check.a), cid(check.b), cid(check.c)
@@ -453,8 +457,8 @@ def run(store: BlockStore, check: Check, inputs: Sequence[CID], output: CID, see
     return report.model_copy(update={"bytes_fetched": fetch.fetched})
 
 
-def run_order(store: BlockStore, checks: Sequence[Check], inputs: Sequence[CID], output: CID,
+def run_order(store: BlockStore, checks: Sequence[Check], inputs: Sequence[CID | Info | View], output: CID,
               seed: int | None = None) -> list[CheckReport]:
-    """Every check of an Order (`order.checks`, `order.input_cids`), each with its own seed."""
+    """Every check of an Order (`order.checks` over `order.sources`), each with its own seed."""
     base = _seed(seed)
     return [run(store, check, inputs, output, base + i) for i, check in enumerate(checks)]
