@@ -37,6 +37,7 @@ _EXPORTS = {
     "BOM": "cats.bom",
     "verify": "cats.api",
     "Report": "cats.verification.report",
+    "Home": "cats.bom.home",
     # the content store
     "CID": "cats.cas.cid",
     "Importer": "cats.cas.importer",
@@ -68,6 +69,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:
     from cats.api import submit, verify
     from cats.bom import BOM
+    from cats.bom.home import Home
     from cats.cas.cid import CID
     from cats.cas.importer import Importer
     from cats.cas.store import BlockStore, open_store

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cats.bom.home import Home
 from cats.cas.cid import CID
-from cats.cas.store import BlockStore, open_store
+from cats.cas.store import BlockStore
 from cats.identity import Identity
 from cats.identity.trust import Trust
 from cats.mesh import client
@@ -19,9 +20,10 @@ from cats.verification.report import Report
 
 def verify(bom: CID | str, *, sample: int | None = None, fraction: float | None = None, seed: int | None = None,
            recursive: bool = False, integrity: bool = False, quiet: bool = True,
-           store: BlockStore | None = None) -> Report:
-    """Verify a BOM from the store alone (this node's, unless `store` is given); never raises on a
-    mismatch: `report.verified` is the verdict and `report.problems` names each CID and reason.
+           store: BlockStore | None = None, home: Home | None = None) -> Report:
+    """Verify a BOM from the store alone (`store`, else `home`'s: by default this node's, with its
+    identity, trusted peers and kept signatures); never raises on a mismatch: `report.verified` is
+    the verdict and `report.problems` names each CID and reason.
 
     By default every slice is re-executed on Ray from the recorded code, inputs and seeds and must
     give the recorded output CIDs, and the recorded results must merge to the recorded output;
@@ -33,12 +35,13 @@ def verify(bom: CID | str, *, sample: int | None = None, fraction: float | None 
     the signature of this node or a trusted peer (its report says so). `quiet` keeps the workers'
     output off the terminal.
     """
-    store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
-    peers = Trust().peers()
-    me = Identity.load()
-    return audit.verify(store, CID.parse(bom), sample=sample, fraction=fraction, seed=seed, recursive=recursive,
-                        integrity=integrity, quiet=quiet, trusted={me.did, *(p.did for p in peers)},
-                        fetch=client.from_peers(store, peers, me))
+    with Home.given(home, store) as here:
+        store = store if store is not None else here.store
+        peers = Trust(here.folder / "trust.json").peers()
+        me = here.identity
+        return audit.verify(store, CID.parse(bom), sample=sample, fraction=fraction, seed=seed, recursive=recursive,
+                            integrity=integrity, quiet=quiet, trusted={me.did, *(p.did for p in peers)},
+                            fetch=client.from_peers(store, peers, me), home=here)
 
 
 def submit(order: Order, *, to: str, timeout: float = 3600.0, store: BlockStore | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,20 +21,26 @@ from pathlib import Path
 import jobs
 import pytest
 
+from cats import bom as bom_module
 from cats import factory
+from cats.bom import RecordBlocks, SliceRecord, write_records
 from cats.bom import load as load_bom
 from cats.bom import records as bom_records
+from cats.bom.home import Home
 from cats.bom.index import Index
 from cats.cas import dagcbor, reader
-from cats.cas.cid import CID, DAG_CBOR
-from cats.cas.dag import walk
+from cats.cas.cid import CID, DAG_CBOR, RAW
+from cats.cas.dag import put_cbor, walk
 from cats.cas.importer import Importer
 from cats.cas.pins import Pins, gc
 from cats.cas.store.local import LocalStore
 from cats.errors import CatsError, SliceFailed
 from cats.factory import results
+from cats.factory.outputs import read
 from cats.order import Function, InfraFunction, Order, Plant, Structure
+from cats.order.infra import Slice
 from cats.order.seal import seal
+from cats.verification import audit
 
 FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n", "d.txt": b"delta\n",
          "e.txt": b"echo echo echo\n"}
@@ -480,6 +487,116 @@ def test_memoized_rerun_skips_ray(ray_session: str, cats_home: Path, tmp_path: P
     # force does run again, and so needs Ray: proves the patch above is really on the path
     with pytest.raises(AssertionError, match="must not touch Ray"):
         factory.run(order, force=True)
+
+
+# -- 8b. homes: each run keeps its BOM in the Home it was given -------------------------------------
+@pytest.mark.slow
+def test_two_homes_in_one_process(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
+    src = jobs.module(tmp_path, "fx_two_homes", """
+        def rev(data):
+            return data[::-1]
+    """)
+    inputs_folder = jobs.folder(tmp_path, FILES)
+    homes = [Home.open(tmp_path / "home-a"), Home.open(tmp_path / "home-b")]
+    runs = []
+    for h in homes:
+        assert h.store.url == (h.folder / "blocks").resolve().as_uri()  # a root's default store is its own
+        inputs = jobs.add(h.store, inputs_folder)
+        runs.append(factory.run(Order(function=Function(entry="fx_two_homes:rev", source=src), inputs=[inputs]),
+                                home=h))
+    assert runs[0].order == runs[1].order and runs[0].bom != runs[1].bom  # one Order, two runs (two invoices)
+
+    for mine, other in ((0, 1), (1, 0)):
+        h, run, elsewhere = homes[mine], runs[mine], homes[other]
+        assert _tree(h.store, run.output) == {name: data[::-1] for name, data in FILES.items()}
+        assert h.index.bom_for(str(run.order)) == str(run.bom)  # indexed here ...
+        assert run.bom in h.pins and run.bom not in elsewhere.pins  # ... pinned here only ...
+        envelope = h.signatures.get(run.bom)
+        assert envelope is not None and envelope.signers() == [h.identity.did]  # ... signed here only
+        assert elsewhere.signatures.get(run.bom) is None
+        assert not elsewhere.store.has(run.bom)
+        assert read(run.output, home=h) == {n: c for n, c, _ in reader.entries(h.store, run.output)}
+        assert audit.verify(h.store, run.bom, integrity=True, trusted={h.identity.did}, home=h).signers == \
+            [h.identity.did]
+        assert audit.verify(h.store, run.bom, integrity=True, home=elsewhere).signers == []
+    assert homes[0].identity.did != homes[1].identity.did
+    # nothing of either run in the CATS_HOME this process has
+    assert not [p.name for p in [cats_home / n for n in ("index.sqlite", "pins", "signatures", "identity", "blocks",
+                                                          "runs")] if p.exists()]
+
+    # a memoized re-run in a fresh Home on the same folder reads the index only: no key is loaded (or made)
+    shutil.rmtree(homes[0].folder / "identity")
+    again = Home.open(tmp_path / "home-a")
+    inputs = jobs.add(again.store, inputs_folder)
+    order = Order(function=Function(entry="fx_two_homes:rev", source=src), inputs=[inputs])
+    started = time.perf_counter()
+    memo = factory.run(order, home=again)
+    assert memo.reused and memo.bom == runs[0].bom
+    assert time.perf_counter() - started < 0.5
+    assert not (homes[0].folder / "identity").exists()
+    for h in (*homes, again):
+        h.close()
+
+
+# -- 8c. record blocks: written as their slices finish, the same blocks as writing them all at the end ---
+def test_record_blocks_stream_in_any_order(local_store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = local_store
+    monkeypatch.setattr(bom_module, "RECORDS_PER_BLOCK", 3)
+    recs = [SliceRecord(index=i, input=Slice(cid=CID.hash(b"%d" % i, RAW), name=f"f{i}"),
+                        output=CID.hash(b"o%d" % i, RAW), encoding="bytes", size=2, tsize=2, seed=i, node="n",
+                        duration_s=0.1, attempts=1, bytes_in=1)
+            for i in range(10)]
+    at_end = [put_cbor(store, [r.model_dump(exclude_none=True) for r in recs[i:i + 3]]) for i in range(0, 10, 3)]
+    writer = RecordBlocks(store, 10)
+    for i in (4, 9, 0, 3, 5, 1, 8, 7, 2):
+        writer.add(recs[i])
+    with pytest.raises(CatsError, match="slices 6 to 8 have 2 records of 3"):
+        writer.blocks()
+    writer.add(recs[6])
+    assert writer.blocks() == at_end
+    assert write_records(store, recs) == at_end
+
+
+@pytest.mark.slow
+def test_streamed_bom_equals_one_written_at_the_end(ray_session: str, cats_home: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """10 slices in blocks of 3, run one slice a task (batches finish in any order), one failing
+    until fixed: the resumed run folds the earlier slices in, and its BOM is, block for block and
+    total for total, the BOM made from the whole list of records at the end."""
+    monkeypatch.setattr(bom_module, "RECORDS_PER_BLOCK", 3)
+    src = jobs.module(tmp_path, "fx_picky_blocks", """
+        import os
+
+        def picky(path, marker):
+            if path.name == "f07.txt" and not os.path.exists(marker):
+                raise ValueError("not yet")
+            return path.read_bytes()[::-1]
+    """)
+    store = jobs.home_store(cats_home)
+    marker = tmp_path / "fixed"
+    files = {f"f{i:02d}.txt": f"slice {i}\n".encode() * (i + 1) for i in range(10)}
+    inputs = jobs.add(store, jobs.folder(tmp_path, files))
+    order = Order(function=Function(entry="fx_picky_blocks:picky", source=src, takes="path",
+                                    params={"marker": str(marker)}), inputs=[inputs], plant=Plant(batch=1))
+    with pytest.raises(SliceFailed, match="slice 7"):
+        factory.run(order)
+    marker.touch()
+    result = factory.run(order)
+
+    bom = load_bom(store, result.bom)
+    assert bom.invoice.resumed == 9 and bom.invoice.executed == 1
+    recs = list(bom_records(store, bom))
+    assert [r.index for r in recs] == list(range(10))
+    # the BOM as it was made when every record was kept until the end
+    at_end = bom.model_copy(update={
+        "slices": [put_cbor(store, [r.model_dump(exclude_none=True) for r in recs[i:i + 3]]) for i in range(0, 10, 3)],
+        "children": sorted({c.bom for r in recs for c in r.children or ()}),
+        "invoice": bom.invoice.model_copy(update={
+            "slices": len(recs), "bytes_in": sum(r.bytes_in for r in recs), "bytes_out": sum(r.size for r in recs),
+            "nodes": sorted({r.node for r in recs} | {o.node for r in recs for o in r.replicas or ()})})})
+    assert len(bom.slices) == 4
+    assert CID.hash(at_end.block(), DAG_CBOR) == result.bom
+    assert bom.invoice.bytes_in == sum(len(data) for data in files.values())
 
 
 # -- 9. timeouts -----------------------------------------------------------------------------------

@@ -138,9 +138,46 @@ class BOM(BaseModel):
         return dagcbor.encode(self.model_dump(exclude_none=True))
 
 
+class RecordBlocks:
+    """Slice records written into record blocks as they come, in any order: a block is stored as
+    soon as every record of its range is in, and only its CID is kept, so a writer holds the
+    records of unfinished ranges only, however many slices the run has."""
+
+    def __init__(self, store: BlockStore, total: int) -> None:
+        self.store, self.total = store, total
+        self._held: dict[int, dict[int, SliceRecord]] = {}  # block -> slice index -> record
+        self._cids: list[CID | None] = [None] * -(-total // RECORDS_PER_BLOCK)
+
+    def add(self, record: SliceRecord) -> None:
+        if not 0 <= record.index < self.total:
+            raise CatsError(f"slice record {record.index} is outside the run's {self.total} slices")
+        k = record.index // RECORDS_PER_BLOCK
+        held = self._held.setdefault(k, {})
+        held[record.index] = record
+        if len(held) == self._size(k):
+            del self._held[k]
+            self._cids[k] = put_cbor(self.store, [held[i].model_dump(exclude_none=True) for i in sorted(held)])
+
+    def _size(self, k: int) -> int:
+        return min(RECORDS_PER_BLOCK, self.total - k * RECORDS_PER_BLOCK)
+
+    def blocks(self) -> list[CID]:
+        """The record blocks, in slice order; every slice must have its record."""
+        cids = [cid for cid in self._cids if cid is not None]
+        if len(cids) < len(self._cids):
+            k = self._cids.index(None)
+            first, size = k * RECORDS_PER_BLOCK, self._size(k)
+            raise CatsError(f"slices {first} to {first + size - 1} have {len(self._held.get(k, {}))} records of "
+                            f"{size}: the record blocks are incomplete")
+        return cids
+
+
 def write_records(store: BlockStore, records: list[SliceRecord]) -> list[CID]:
-    return [put_cbor(store, [r.model_dump(exclude_none=True) for r in records[i:i + RECORDS_PER_BLOCK]])
-            for i in range(0, len(records), RECORDS_PER_BLOCK)]
+    """The record blocks of a run's records (every slice's, any order)."""
+    writer = RecordBlocks(store, len(records))
+    for record in records:
+        writer.add(record)
+    return writer.blocks()
 
 
 def load(store: BlockStore, cid: CID) -> BOM:

@@ -18,26 +18,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cats import __version__
-from cats.bom import BOM, DataUse, Invoice, Moved, SliceRecord, write_records
+from cats.bom import BOM, Invoice, SliceRecord
 from cats.bom import load as load_bom
 from cats.bom import records as bom_records
-from cats.bom.index import Index
+from cats.bom.home import Home
 from cats.bom.ref import load_ref
-from cats.bom.signatures import Signatures, sign
+from cats.bom.signatures import sign
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.dag import walk
-from cats.cas.pins import Pins
-from cats.cas.store import BlockStore, open_store
-from cats.config import home
+from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError, SliceFailed
 from cats.factory import egress, guard, ingress, nested
 from cats.factory._execute import execute
+from cats.factory._ledger import Ledger
 from cats.factory._plan import Plan, plan, seed
 from cats.factory.nested import slice_store, submit
 from cats.factory.outcome import SliceOutcome
-from cats.identity import Identity
 from cats.order import Order, label
 from cats.order.function import Function
 from cats.order.seal import seal
@@ -72,70 +70,69 @@ class Run:
 Progress = Callable[[int, int], None]
 
 
-def _store_url(store: BlockStore | None) -> tuple[BlockStore, str]:
-    store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
-    if store.url is None:
-        raise CatsError("the Factory needs a store its Ray workers can open too (file://…, an IPFS daemon); "
-                        f"{type(store).__name__} lives in this process only")
-    return store, store.url
-
-
-def run(order: Order, *, store: BlockStore | None = None, force: bool = False, quiet: bool = False,
-        progress: Progress | None = None) -> Run:
+def run(order: Order, *, home: Home | None = None, store: BlockStore | None = None, force: bool = False,
+        quiet: bool = False, progress: Progress | None = None) -> Run:
     """Run an Order on its Plant; return the Run, which names its BOM, output and sealed Order.
 
-    The Order is sealed into `store` (this node's, unless given: one its Ray workers can open too),
-    split here and its slices run as Ray tasks; the BOM is written last, pinned and signed by this
-    node. An Order already run returns its BOM at once (`reused`) unless `force`; one that failed
-    resumes, running only its missing slices. `progress(done, total)` is called as slices finish;
-    `quiet` keeps the workers' output off the terminal. Raises SliceFailed, naming the failed
-    slices, with the remote traceback, and ReentrantRun when called from code the Factory is
-    loading or running.
+    The Order is sealed into `store` (default: the `home`'s store, one its Ray workers can open too),
+    split here and its slices run as Ray tasks; the BOM is written last, indexed, pinned and signed
+    in `home` (default: `CATS_HOME`). An Order already run there returns its BOM at once (`reused`)
+    unless `force`; one that failed resumes, running only its missing slices. `progress(done,
+    total)` is called as slices finish; `quiet` keeps the workers' output off the terminal. Raises
+    SliceFailed, naming the failed slices, with the remote traceback, and ReentrantRun when called
+    from code the Factory is loading or running.
     """
     guard.check()
     started = time.time()
-    store, url = _store_url(store)
+    with Home.given(home, store) as here:
+        return _run(order, here, store if store is not None else here.store, force, quiet, progress, started)
+
+
+def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, progress: Progress | None,
+         started: float) -> Run:
+    if store.url is None:
+        raise CatsError("the Factory needs a store its Ray workers can open too (file://…, an IPFS daemon); "
+                        f"{type(store).__name__} lives in this process only")
     sealed = seal(order, store)
     block = sealed.block()
     order_cid = CID.hash(block, DAG_CBOR)
     store.put(order_cid, block)
-    index = Index(home() / "index.sqlite")
-    try:
-        known = None if force else index.bom_for(str(order_cid))
-        if known is not None and store.has(CID.parse(known)):
-            bom = CID.parse(known)
-            output = CID.parse(index.output_of(known))
-            replicas = sealed.plant.replicas
-            disagreed = None if replicas == 1 else \
-                sum(r.agreed is False for r in bom_records(store, load_bom(store, bom)))
-            return Run(bom, output, order_cid, reused=True, duration_s=time.time() - started,
-                       replicas=replicas, disagreed=disagreed)
-        with store.lease():  # until the BOM is pinned: a gc meanwhile spares what the run writes
-            return _execute(sealed, order_cid, store, url, index, force, quiet, progress, started)
-    finally:
-        index.close()
+    known = None if force else home.index.bom_for(str(order_cid))
+    if known is not None and store.has(CID.parse(known)):
+        bom = CID.parse(known)
+        output = CID.parse(home.index.output_of(known))
+        replicas = sealed.plant.replicas
+        disagreed = None if replicas == 1 else \
+            sum(r.agreed is False for r in bom_records(store, load_bom(store, bom)))
+        return Run(bom, output, order_cid, reused=True, duration_s=time.time() - started,
+                   replicas=replicas, disagreed=disagreed)
+    with store.lease():  # until the BOM is pinned: a gc meanwhile spares what the run writes
+        return _execute(sealed, order_cid, home, store, store.url, force, quiet, progress, started)
 
 
-def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: Index, force: bool,
+def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: str, force: bool,
              quiet: bool, progress: Progress | None, started: float) -> Run:
     # Inputs the driver's store lacks are read from the stores of the cluster's nodes, if it has any
     # (only read: which node holds an input decides where its slices run).
     def peers() -> list[Any]:
         return [s.keeper for s in cluster.stores(connect(order.plant, quiet=quiet)) if s.url != url]
 
+    index = home.index
     looked = ClusterStore(store, peers, keep=False)
-    pieces = ingress.split(order, looked)
+    pieces = ingress.split(order, looked, home.code)
     if order.output_uri:  # each result has its own URI: two slices of one name would overwrite each other
         names = Counter(egress.entry_name(p.name, i) for i, (p, _) in enumerate(pieces))
         if twice := sorted(n for n, k in names.items() if k > 1):
             raise CatsError(f"slices would write the same URI under {order.output_uri}: "
                             f"{', '.join(twice[:10])} (inputs with files of the same name); nothing was run")
-    done = {} if force else {i: SliceOutcome.model_validate(r) for i, r in index.done_slices(str(order_cid)).items()}
-    resumed = len(done)
-    todo = [i for i in range(len(pieces)) if i not in done]
-    seeds = [seed(order_cid, i) for i in range(len(pieces))]
+    ledger = Ledger(store, order_cid, pieces)
+    if not force:  # slices an interrupted run finished
+        for r in index.done_slices(str(order_cid)).values():
+            ledger.add(SliceOutcome.model_validate(r), executed=False)
+    resumed = ledger.done
+    todo = [i for i in range(len(pieces)) if not ledger.has(i)]
     if progress:
-        progress(len(done), len(pieces))
+        progress(ledger.done, len(pieces))
     # "directory" and "list" merges only link CIDs, so the driver does them; other merges read data
     links_only = order.infra.merge in ("directory", "list")
     ray = connect(order.plant, quiet=quiet) if todo or not links_only else None
@@ -143,42 +140,33 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
     placed: dict[str, int] = {}
     if todo:
         assert ray is not None
-        work = plan(ray, order, url, [(i, pieces[i][0], seeds[i]) for i in todo], nodes)
+        work = plan(ray, order, url, [(i, pieces[i][0], seed(order_cid, i)) for i in todo], nodes)
         placed = work.placed
 
         def finished(ok: list[SliceOutcome]) -> None:
             index.save_slices(str(order_cid), [o.model_dump(mode="json", exclude_none=True) for o in ok])
-            done.update((o.index, o) for o in ok)
+            for o in ok:
+                ledger.add(o)
             if progress:
-                progress(len(done), len(pieces))
+                progress(ledger.done, len(pieces))
 
-        # per invocation, so a forced or resumed run counts its own attempts from 1
-        (home() / "runs").mkdir(exist_ok=True)
-        run_dir = tempfile.mkdtemp(prefix=f"{order_cid}-", dir=home() / "runs")
-        try:
-            failures = execute(ray, work, run_dir, finished)
-        finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        failures = _execute_plan(ray, work, home, f"{order_cid}-", finished)
         if failures:
             raise SliceFailed(_failure_message(order_cid, pieces, failures))
-    results = [done[i] for i in range(len(pieces))]
+    results = ledger.finished()
     here = ClusterStore(store, [s.keeper for s in nodes if s.url != url])
     if nodes:  # results made on other nodes (and inputs only they held) come here: the BOM's DAG is whole here
-        children = [c.bom for r in results for c in r.children or ()]  # sub-Orders' BOMs
-        for root in [_output(r) for r in results] + order.input_cids + children:
+        for root in [r.output for r in results] + order.input_cids + sorted(ledger.children):
             for _ in walk(here, root):
                 pass
-    parts = [{"index": r.index, "output": str(r.output), "encoding": r.encoding, "size": r.size, "tsize": r.tsize,
-              "name": pieces[r.index][0].name, "assembly": pieces[r.index][1]} for r in results]
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
     if order.output_uri:  # the results are reference blocks: their list is the output
         how = "list"
     if links_only or ray is None or nodes:  # on a cluster of node stores, only the driver's store has them all
-        merged = egress.merge(url, how, parts)
+        merged = egress.merge(url, how, ledger.parts(), code=home.code)
     else:
         gpus = order.plant.num_gpus if isinstance(order.infra.merge, Function) else 0  # the user's merge may use them
-        merged = ray.get(ray.remote(egress.merge).options(num_cpus=0, num_gpus=gpus).remote(url, how, parts))
-    records = [r.record(*pieces[r.index], seeds[r.index]) for r in results]
+        merged = ray.get(ray.remote(egress.merge).options(num_cpus=0, num_gpus=gpus).remote(url, how, ledger.parts()))
     outputs = [CID.parse(merged["output"])]
     finished_at = time.time()
     assert order.function.code is not None and order.structure.lock is not None
@@ -186,51 +174,62 @@ def _execute(order: Order, order_cid: CID, store: BlockStore, url: str, index: I
         name=order.name, order=order_cid, code=order.function.code,
         structure=order.structure,
         inputs=order.sources, outputs=outputs, output_encoding=merged["encoding"],
-        slices=write_records(store, records),
+        slices=ledger.records.blocks(),
         parents=sorted({CID.parse(p) for i in order.sources
                         if (p := index.producer(label(i.info if isinstance(i, View) else i)))}),
-        children=sorted({c.bom for r in records for c in r.children or ()}),
+        children=sorted(ledger.children),
         invoice=Invoice(
             started=_iso(started), finished=_iso(finished_at), duration_s=finished_at - started,
-            slices=len(records), executed=len(todo), resumed=resumed,
-            bytes_in=sum(r.bytes_in for r in records), bytes_out=sum(r.size for r in records),
+            slices=len(pieces), executed=len(todo), resumed=resumed,
+            bytes_in=ledger.bytes_in, bytes_out=ledger.bytes_out,
             executor=socket.gethostname(), cats_version=__version__,
-            nodes=sorted({r.node for r in records} | {o.node for r in records for o in r.replicas or ()}),
-            data=_data_use([done[i] for i in todo]),
-            moved=_moved(order, looked.moved + here.moved, [done[i] for i in todo], placed) if nodes else None),
+            nodes=sorted(ledger.nodes), data=ledger.data_use(),
+            moved=ledger.moved_between(order.plant.locality, looked.moved + here.moved, placed) if nodes else None),
     )
     block = bom.block()
     bom_cid = CID.hash(block, DAG_CBOR)
     store.put(bom_cid, block)  # only now: every output and record it links is already stored
-    Pins(home() / "pins").add(store, bom_cid)
-    Signatures().add(sign(Identity.load(), bom_cid))  # this node vouches for what it produced
-    nested.keep_signatures(results)
+    home.pins.add(store, bom_cid)
+    home.signatures.add(sign(home.identity, bom_cid))  # this node vouches for what it produced
+    nested.keep_signatures(ledger.envelopes, home.signatures)
     # results written to URIs are outputs too: an Order reading one at that version names this BOM as parent
-    written = [label(Info(ref.uri, ref.size, ref.version)) for r in records if r.encoding == "ref"
+    written = [label(Info(ref.uri, ref.size, ref.version)) for r in results if r.encoding == "ref"
                for ref in [load_ref(store, r.output)]]
     index.record_run(str(order_cid), str(bom_cid), [str(o) for o in outputs] + written, order.name,
-                     [(str(r.output), r.encoding) for r in records])
+                     [(str(r.output), r.encoding) for r in results])
     replicas = order.plant.replicas
-    return Run(bom_cid, outputs[0], order_cid, slices=len(records), executed=len(todo),
+    return Run(bom_cid, outputs[0], order_cid, slices=len(pieces), executed=len(todo),
                duration_s=finished_at - started, replicas=replicas,
-               disagreed=None if replicas == 1 else sum(r.agreed is False for r in records))
+               disagreed=None if replicas == 1 else ledger.disagreed)
 
 
-def reexecute(order: Order, store: BlockStore, chosen: list[SliceRecord], *, quiet: bool = True) -> \
-        dict[int, SliceOutcome]:
+def _execute_plan(ray: Any, work: Plan, home: Home, prefix: str, done: Callable[[list[SliceOutcome]], None]) -> \
+        list[SliceOutcome]:
+    """Run a plan with a run folder of its own in the home's runs, so each invocation counts its own attempts."""
+    home.runs.mkdir(exist_ok=True)
+    run_dir = tempfile.mkdtemp(prefix=prefix, dir=home.runs)
+    try:
+        return execute(ray, work, run_dir, done)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def reexecute(order: Order, store: BlockStore, chosen: list[SliceRecord], *, home: Home | None = None,
+              quiet: bool = True) -> dict[int, SliceOutcome]:
     """Run recorded slices of a sealed Order again, for verification: with their recorded seeds,
     under the Order's own Plant and requirements (its time limit, retries, resources, placement),
     computing output CIDs without storing them; a slice that submits sub-Orders is answered with
     the children its record lists (nothing runs). Each slice runs once: a replicated run's
-    replicas were compared when it ran. Returns each slice's outcome, by index."""
+    replicas were compared when it ran. Its run folder is in `home`'s runs (default `CATS_HOME`).
+    Returns each slice's outcome, by index."""
     if not chosen:
         return {}
     guard.check("cats.verify")
     ray = connect(order.plant, quiet=quiet)
     work = reexecution_plan(ray, order, store, chosen)
     outcomes: dict[int, SliceOutcome] = {}
-    with tempfile.TemporaryDirectory(prefix="cats-verify-") as run_dir:
-        failures = execute(ray, work, run_dir, lambda ok: outcomes.update((o.index, o) for o in ok))
+    with Home.given(home, store) as where:
+        failures = _execute_plan(ray, work, where, "verify-", lambda ok: outcomes.update((o.index, o) for o in ok))
     return outcomes | {o.index: o for o in failures}
 
 
@@ -241,29 +240,6 @@ def reexecution_plan(ray: Any, order: Order, store: BlockStore, chosen: list[Sli
     assert store.url is not None
     return plan(ray, once, store.url, [(r.index, r.input, r.seed) for r in chosen], cluster.stores(ray),
                 write=False, children=children)
-
-
-def _output(outcome: SliceOutcome) -> CID:
-    assert outcome.output is not None  # a successful outcome
-    return outcome.output
-
-
-def _data_use(executed: list[SliceOutcome]) -> DataUse | None:
-    """The cache counters the workers reported for this invocation's batches; None if none read a URI."""
-    counts = [r.data for r in executed if r.data is not None]
-    if not counts:
-        return None
-    misses = sum(c.misses for c in counts)
-    return DataUse(hits=sum(c.hits for c in counts), misses=misses, bytes_in=sum(c.bytes_in for c in counts),
-                   bytes_out=sum(c.bytes_out for c in counts),
-                   mean_fetch_s=sum(c.fetch_s for c in counts) / misses if misses else 0.0)
-
-
-def _moved(order: Order, to_driver: int, executed: list[SliceOutcome], placed: dict[str, int]) -> Moved:
-    """What crossed between nodes: the workers' fetches of this invocation, and the driver's reads."""
-    counts = [r.moved for r in executed if r.moved is not None]
-    return Moved(locality=order.plant.locality, placed=placed, between_nodes=sum(c.bytes for c in counts),
-                 blocks=sum(c.blocks for c in counts), to_driver=to_driver)
 
 
 def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list[SliceOutcome]) -> str:
@@ -301,4 +277,4 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
-__all__ = ["run", "reexecute", "Run", "SliceOutcome", "Function", "submit", "slice_store"]
+__all__ = ["run", "reexecute", "Run", "Home", "SliceOutcome", "Function", "submit", "slice_store"]

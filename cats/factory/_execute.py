@@ -15,12 +15,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
+from operator import add
 from typing import Any
 
 from cats.bom import ReplicaOutcome
 from cats.factory import worker
 from cats.factory._plan import Plan
-from cats.factory.outcome import DataCounts, MovedCounts, SliceOutcome
+from cats.factory.outcome import SliceOutcome
 
 # Called with each finished batch's successful outcomes (after the quorum, with replicas).
 Done = Callable[[list[SliceOutcome]], None]
@@ -228,11 +230,8 @@ class _Actors(_Execution):
             every = [o for k in range(n) for o in got[k]]
             data = [o.data for o in every if o.data is not None]
             moved = [o.moved for o in every if o.moved is not None]
-            ok[-1] = ok[-1].model_copy(update={
-                "data": DataCounts(**{f: sum(getattr(c, f) for c in data) for f in DataCounts.model_fields})
-                if data else None,
-                "moved": MovedCounts(bytes=sum(c.bytes for c in moved), blocks=sum(c.blocks for c in moved))
-                if moved else None})
+            ok[-1] = ok[-1].model_copy(update={"data": reduce(add, data) if data else None,
+                                               "moved": reduce(add, moved) if moved else None})
         self.done(ok)
 
     def stop(self) -> None:

@@ -25,10 +25,11 @@ from cats.order.function import Function
 _loaded: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
-def code_folder(store: BlockStore, code: CID) -> Path:
-    """The code DAG as files in `CATS_HOME/code/<cid>`, fetched once per machine, by `reader.get`: code
-    whose symlinks lead outside its folder, or whose names are unsafe, is refused and leaves nothing."""
-    folder = home() / "code" / str(code)
+def code_folder(store: BlockStore, code: CID, root: Path | None = None) -> Path:
+    """The code DAG as files in `<root>/<cid>` (default `CATS_HOME/code`: a worker's is its machine's),
+    fetched once per machine, by `reader.get`: code whose symlinks lead outside its folder, or whose
+    names are unsafe, is refused and leaves nothing."""
+    folder = (root if root is not None else home() / "code") / str(code)
     if not folder.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder.parent)) / "code"
@@ -42,14 +43,15 @@ def code_folder(store: BlockStore, code: CID) -> Path:
     return folder
 
 
-def load(store: BlockStore, fn: Function, purpose: str) -> Callable[..., Any]:
-    """Import the entry point from its code folder, never from whatever else shares its name.
-    `purpose` (e.g. "to run slice 3 in a worker") tells a Factory run the import starts why it is refused."""
+def load(store: BlockStore, fn: Function, purpose: str, root: Path | None = None) -> Callable[..., Any]:
+    """Import the entry point from its code folder (under `root`, see `code_folder`), never from
+    whatever else shares its name. `purpose` (e.g. "to run slice 3 in a worker") tells a Factory
+    run the import starts why it is refused."""
     assert fn.code is not None
     key = (str(fn.code), fn.entry)
     if key in _loaded:
         return _loaded[key]
-    folder = str(code_folder(store, fn.code))
+    folder = str(code_folder(store, fn.code, root))
     top = fn.module.split(".")[0]
     for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
         origin = getattr(sys.modules[name], "__file__", None) or ""

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from cats.bom import load as load_bom
 from cats.bom.child import Child, Executor
+from cats.bom.home import Home
 from cats.bom.signatures import Envelope, Signatures
 from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError, ChildFailed
-from cats.factory.outcome import SliceOutcome
 from cats.order import Order
 from cats.order.seal import seal
 from cats.plant import connect
@@ -135,15 +135,18 @@ def submit(order: Order, *, timeout_s: float | None = None, retries: int = 0) ->
 
 
 def _drive(order: Order, url: str) -> tuple[Run, Executor, dict[str, Any] | None]:
-    """The child's driver, a Ray task: runs the sealed sub-Order as any Order is run, from the node
-    it lands on (its index, pins and identity); returns the Run, who ran it and the signature."""
+    """The child's driver, a Ray task: runs the sealed sub-Order as any Order is run, in the home of
+    the node it lands on (its index, pins and identity); returns the Run, who ran it and the signature."""
     from cats.factory import run as run_order
 
-    store = open_store(url)
-    run = run_order(order, store=store, quiet=True)
-    envelope = Signatures().get(run.bom)
+    home = Home.open(store=open_store(url))
+    try:
+        run = run_order(order, home=home, quiet=True)
+        envelope = home.signatures.get(run.bom)
+    finally:
+        home.close()
     signers = envelope.signers() if envelope else []
-    executor = Executor(node=load_bom(store, run.bom).invoice.executor, did=signers[0] if signers else None)
+    executor = Executor(node=load_bom(home.store, run.bom).invoice.executor, did=signers[0] if signers else None)
     return run, executor, envelope.model_dump() if envelope and signers else None
 
 
@@ -174,10 +177,9 @@ def _cid(order: Order) -> CID:
     return seal(order, MemoryStore()).cid
 
 
-def keep_signatures(outcomes: Iterable[SliceOutcome]) -> None:
-    """Keep the signatures of the children the slices' outcomes bring back, beside this node's own,
-    so the child BOMs show as signed wherever their parent is (their driver may run elsewhere)."""
-    signatures = Signatures()
-    for outcome in outcomes:
-        for envelope in outcome.signatures or ():
-            signatures.add(Envelope.parse(envelope, "the signature a slice brought back for its child"))
+def keep_signatures(envelopes: Iterable[dict[str, Any]], signatures: Signatures) -> None:
+    """Keep the signatures of the children the slices' outcomes brought back (`SliceOutcome.signatures`)
+    in `signatures`, beside this node's own, so the child BOMs show as signed wherever their parent
+    is (their driver may run elsewhere)."""
+    for envelope in envelopes:
+        signatures.add(Envelope.parse(envelope, "the signature a slice brought back for its child"))

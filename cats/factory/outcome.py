@@ -29,6 +29,9 @@ class DataCounts(BaseModel):
     bytes_out: int
     fetch_s: float
 
+    def __add__(self, other: DataCounts) -> DataCounts:
+        return DataCounts(**{f: getattr(self, f) + getattr(other, f) for f in DataCounts.model_fields})
+
 
 class MovedCounts(BaseModel):
     """What a batch fetched from other nodes' stores, on a cluster whose nodes keep their own."""
@@ -37,6 +40,9 @@ class MovedCounts(BaseModel):
 
     bytes: int
     blocks: int
+
+    def __add__(self, other: MovedCounts) -> MovedCounts:
+        return MovedCounts(bytes=self.bytes + other.bytes, blocks=self.blocks + other.blocks)
 
 
 class SliceOutcome(BaseModel):

@@ -13,20 +13,20 @@ from typing import Any
 
 from cats import data
 from cats.bom import load as load_bom
-from cats.bom.index import Index
+from cats.bom.home import Home
 from cats.bom.ref import load_ref
 from cats.cas import dagcbor, dagjson, reader
 from cats.cas.cid import CID, DAG_CBOR, DAG_JSON
 from cats.cas.importer import Importer
-from cats.cas.store import BlockStore, open_store
-from cats.config import home
+from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.errors import BlockNotFound, CatsError, DecodeError, IntegrityError
 from cats.factory import results
 
 
-def read(cid: CID | str, *, store: BlockStore | None = None) -> Any:
-    """The value of a result in the store (this node's, unless `store` is given).
+def read(cid: CID | str, *, store: BlockStore | None = None, home: Home | None = None) -> Any:
+    """The value of a result in the store (`store`, else `home`'s, by default this node's), decoded
+    as the BOM or the home's run index (default `CATS_HOME`'s) says.
 
     - a BOM: its output, decoded by the BOM's `output_encoding`;
     - the output of a run known here, or one slice's result: decoded by the encoding its run
@@ -45,7 +45,11 @@ def read(cid: CID | str, *, store: BlockStore | None = None) -> Any:
     to decode their encodings.
     """
     cid = CID.parse(cid)
-    store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
+    with Home.given(home, store) as here:
+        return _read(cid, store if store is not None else here.store, here)
+
+
+def _read(cid: CID, store: BlockStore, home: Home) -> Any:
     if cid.codec in (DAG_CBOR, DAG_JSON):
         codec = dagcbor if cid.codec == DAG_CBOR else dagjson
         try:
@@ -57,7 +61,7 @@ def read(cid: CID | str, *, store: BlockStore | None = None) -> Any:
             bom = load_bom(store, cid)
             return _decode(store, bom.outputs[0], bom.output_encoding)
         return _referenced(store, cid) if kind == "cats.ref" else value
-    encoding = _recorded(store, cid)
+    encoding = _recorded(store, cid, home)
     if encoding is not None:
         return _decode(store, cid, encoding)
     if reader.is_folder(store, cid):
@@ -65,18 +69,13 @@ def read(cid: CID | str, *, store: BlockStore | None = None) -> Any:
     return _bytes(store, cid)
 
 
-def _recorded(store: BlockStore, cid: CID) -> str | None:
+def _recorded(store: BlockStore, cid: CID, home: Home) -> str | None:
     """The encoding a run recorded for this result: the output of a BOM known here, or a slice's result."""
-    path = home() / "index.sqlite"
-    if not path.exists():
+    if not home.has_index:
         return None
-    index = Index(path)
-    try:
-        bom = index.producer(str(cid))
-        if bom is None:
-            return index.encoding(str(cid))
-    finally:
-        index.close()
+    bom = home.index.producer(str(cid))
+    if bom is None:
+        return home.index.encoding(str(cid))
     try:
         made = load_bom(store, CID.parse(bom))
     except BlockNotFound:  # the index is this node's; `store` may be another one, without that BOM

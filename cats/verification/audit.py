@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection
 
 from cats import data
 from cats.bom import BOM, SliceRecord, records
+from cats.bom.home import Home
 from cats.bom.ref import load_ref
 from cats.bom.signatures import Signatures
 from cats.cas import dag, dagcbor
@@ -35,21 +36,30 @@ Fetch = Callable[[CID], "str | None"]
 
 def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fraction: float | None = None,
            seed: int | None = None, recursive: bool = False, integrity: bool = False,
-           quiet: bool = True, trusted: Collection[str] = (), fetch: Fetch | None = None) -> Report:
-    """Verify a BOM (and with `recursive` its ancestors and its sub-Orders' BOMs). A linked BOM
+           quiet: bool = True, trusted: Collection[str] = (), fetch: Fetch | None = None,
+           home: Home | None = None) -> Report:
+    """Verify a BOM (and with `recursive` its ancestors and its sub-Orders' BOMs), with the signatures
+    kept in `home` (default `CATS_HOME`), which also lays out a user split's code. A linked BOM
     missing here is asked of `fetch(cid)` (e.g. a pull from the peers' nodes; it returns an error text
     or None); one whose code or data cannot be read here is accepted on a signature by one of the
     `trusted` DIDs, and its report says so (mode "signature"). Every signature kept for a BOM is
     checked in every mode: one that does not hold fails it (signature-invalid)."""
+    with Home.given(home, store) as here:
+        return _verify(store, bom_cid, sample, fraction, seed, recursive, integrity, quiet, trusted, fetch, here)
+
+
+def _verify(store: BlockStore, bom_cid: CID, sample: int | None, fraction: float | None, seed: int | None,
+            recursive: bool, integrity: bool, quiet: bool, trusted: Collection[str], fetch: Fetch | None,
+            home: Home) -> Report:
     report = Report(bom=str(bom_cid), verified=False, mode="integrity" if integrity else "reexecute")
-    _check_signatures(bom_cid, report, trusted)
+    _check_signatures(bom_cid, report, trusted, home.signatures)
     try:
         bom, order = _load(store, bom_cid, report)
         report.name = bom.name
         if integrity:
             _integrity(store, bom_cid, bom, report)
         else:
-            _reexecute(store, bom, order, report, sample, fraction, seed, quiet)
+            _reexecute(store, bom, order, report, sample, fraction, seed, quiet, home)
         if order.checks:
             _run_checks(store, bom, order, report, seed)
         lock = bom.structure.lock  # drift is never a failure; a recorded lock gone or altered is one
@@ -59,8 +69,8 @@ def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fracti
             for linked, reports in ((bom.parents, report.ancestors), (bom.children, report.children)):
                 for cid in linked:
                     fetched = fetch(cid) if fetch is not None and not store.has(cid) else None
-                    linked_report = verify(store, cid, sample=sample, fraction=fraction, seed=seed, recursive=True,
-                                           integrity=integrity, quiet=quiet, trusted=trusted, fetch=fetch)
+                    linked_report = _verify(store, cid, sample, fraction, seed, True, integrity, quiet, trusted, fetch,
+                                            home)
                     if fetched and not store.has(cid):
                         linked_report.problems[0].detail += f"; fetching it failed: {fetched}"
                     reports.append(_on_signature(store, cid, linked_report, trusted))
@@ -83,10 +93,10 @@ def _on_signature(store: BlockStore, cid: CID, report: Report, trusted: Collecti
     return accepted
 
 
-def _check_signatures(bom_cid: CID, report: Report, known: Collection[str]) -> None:
+def _check_signatures(bom_cid: CID, report: Report, known: Collection[str], signatures: Signatures) -> None:
     """Every signature kept for the BOM must hold: one that does not fails the verdict, naming its
     claimed signer and why. No signature at all is not a failure (the report says "unsigned")."""
-    report.signers, report.bad_signatures = Signatures().check(bom_cid, known)
+    report.signers, report.bad_signatures = signatures.check(bom_cid, known)
     for bad in report.bad_signatures:
         _problem(report, "signature-invalid", f"{bad.signer}: {bad.reason}" if bad.signer else bad.reason, bom_cid)
 
@@ -186,7 +196,7 @@ def _check_source(pinned: Info, report: Report, reason: Reason, what: str, slice
 
 
 def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample: int | None,
-               fraction: float | None, seed: int | None, quiet: bool) -> None:
+               fraction: float | None, seed: int | None, quiet: bool, home: Home) -> None:
     recs = _records(store, bom, report)
     chosen, used_seed = sampling.choose(len(recs), sample, fraction, seed)
     if sample is not None or fraction is not None:
@@ -199,9 +209,9 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
         return
     if store.url is None:
         raise CatsError("re-execution needs a store its Ray workers can open too (file://…, an IPFS daemon)")
-    if not _check_split(store, order, recs, report):
+    if not _check_split(store, order, recs, report, home):
         return
-    outcomes = reexecute(order, store, [recs[i] for i in chosen], quiet=quiet)
+    outcomes = reexecute(order, store, [recs[i] for i in chosen], home=home, quiet=quiet)
     for i in chosen:
         rec = recs[i]
         out = outcomes[i]
@@ -228,7 +238,7 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
             else:
                 result.reason = report.problems[-1].reason
         report.slices.append(result)
-    _check_merge(store, bom, order, recs, report)
+    _check_merge(store, bom, order, recs, report, home)
 
 
 def _check_children(rec: SliceRecord, out: SliceOutcome, report: Report, result: SliceResult) -> bool:
@@ -261,11 +271,11 @@ def _run_checks(store: BlockStore, bom: BOM, order: Order, report: Report, seed:
             _problem(report, "check-failed", f"{result.kind}: {result.detail}", bom.outputs[0])
 
 
-def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], report: Report) -> bool:
+def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], report: Report, home: Home) -> bool:
     """Splitting the recorded inputs again must give the recorded slices: this reads every input's
     folder blocks (an altered listing shows here) and ties each record to the inputs it claims."""
     try:
-        pieces = ingress.split(order, store)
+        pieces = ingress.split(order, store, home.code)
     except BlockNotFound as e:
         _problem(report, "block-missing", f"splitting the inputs: {e}", e.cid)
         return False
@@ -285,7 +295,8 @@ def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], repor
     return True
 
 
-def _check_merge(store: BlockStore, bom: BOM, order: Order, recs: list[SliceRecord], report: Report) -> None:
+def _check_merge(store: BlockStore, bom: BOM, order: Order, recs: list[SliceRecord], report: Report,
+                 home: Home) -> None:
     """The merge of the recorded slice outputs must give the recorded output."""
     how = order.infra.merge if isinstance(order.infra.merge, str) else order.infra.merge.model_dump()
     if order.output_uri:
@@ -294,7 +305,7 @@ def _check_merge(store: BlockStore, bom: BOM, order: Order, recs: list[SliceReco
               "name": r.input.name, "assembly": r.assembly} for r in recs]  # CIDs as objects: no re-parsing
     assert store.url is not None  # re-execution checked it
     try:
-        merged = egress.merge(store.url, how, parts, write=False)
+        merged = egress.merge(store.url, how, parts, write=False, code=home.code)
     except BlockNotFound as e:
         _problem(report, "block-missing", f"merging the recorded outputs: {e}", e.cid)
         return
