@@ -59,6 +59,17 @@ def test_version(cli) -> None:
     assert res.out.strip() == f"cats {__version__}"
 
 
+def test_version_loads_neither_models_nor_ray() -> None:
+    """`cats --version` (and every command's start) stays light: models load with the commands that use them."""
+    probe = ("import json, sys; sys.argv = ['cats', '--version']\nfrom cats.cli import main\ntry:\n    main()\n"
+             "except SystemExit:\n    print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60).stdout
+    version, modules = out.splitlines()
+    assert version == f"cats {__version__}"
+    heavy = set(json.loads(modules)) & {"pydantic", "ray", "rich", "cryptography", "pyarrow", "numpy", "httpx"}
+    assert not heavy, sorted(heavy)
+
+
 def test_add_prints_every_entry_root_last(cli, tmp_path: Path, cats_home: Path) -> None:
     src = _tree(tmp_path / "src")
     res = cli("add", "-r", src)

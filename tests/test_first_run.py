@@ -55,6 +55,16 @@ def test_quickstart_on_the_embedded_ray(tmp_path: Path) -> None:
                              env=env, timeout=120)
     assert decoded.returncode == 0, decoded.stderr
     assert json.loads(decoded.stdout).keys() == {"README.txt", "readings"}  # the output folder, name -> CID
+    # again: reused from the index, and quick because neither Ray nor what only a real run uses is imported
+    probe = ("import json, sys; out = sys.argv.pop(); sys.argv = ['cats', 'run', sys.argv[1], '--json']\n"
+             "from cats.cli import main\ntry:\n    main()\nfinally:\n"
+             "    open(out, 'w').write(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    again = subprocess.run([sys.executable, "-c", probe, str(ROOT / "demo" / "quickstart.py"), str(tmp_path / "mods")],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) | {"bom": bom, "reused": True} == json.loads(again.stdout)
+    loaded = set(json.loads((tmp_path / "mods").read_text()))
+    assert not loaded & {"ray", "rich", "cryptography"}, sorted(loaded & {"ray", "rich", "cryptography"})
 
 
 def test_a_ray_client_address_without_the_ray_client_is_one_line(tmp_path: Path) -> None:

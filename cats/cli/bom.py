@@ -17,7 +17,6 @@ import typer
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, open_store
 from cats.config import home
-from cats.order import label as input_label
 
 if TYPE_CHECKING:  # imported lazily to keep start-up light
     from cats.bom import BOM
@@ -107,6 +106,7 @@ def show(
     from cats.bom import records
     from cats.bom.lineage import open_bom
     from cats.bom.signatures import Signatures
+    from cats.order import label as input_label
 
     store = _store()
     bom = open_bom(store, cid)

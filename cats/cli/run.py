@@ -124,7 +124,6 @@ def execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
     """Run the Order `make` builds (or loads from its file); the result goes to stdout, and everything
     else, from the moment `make` starts, to stderr. An Order `make` cannot build is one line."""
     from pydantic import ValidationError
-    from rich.console import Console
 
     from cats import factory
 
@@ -133,13 +132,15 @@ def execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
         order = make()
     except ValidationError as e:
         raise CatsError(_invalid(e)) from None
-    err = Console(stderr=True)
-    with slice_progress(err, hidden=as_json) as progress:
-        result = factory.run(order, force=force, quiet=as_json, progress=progress)
-    summary = result.summary()
-    if as_json:
-        print(json.dumps(summary), file=out, flush=True)
+    if as_json:  # the result line alone: no bar to draw, so rich is not even loaded
+        result = factory.run(order, force=force, quiet=True)
+        print(json.dumps(result.summary()), file=out, flush=True)
         return
+    from rich.console import Console
+
+    err = Console(stderr=True)
+    with slice_progress(err) as progress:
+        result = factory.run(order, force=force, quiet=False, progress=progress)
     state = "reused (identical Order already run; --force re-runs)" if result.reused else \
         f"{result.executed} of {result.slices} slices run"
     err.print(f"[green]done[/green] in {result.duration_s:.2f} s: {state}")

@@ -13,14 +13,15 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from cats.cas.multibase import b58decode, b58encode
 from cats.config import home
 from cats.errors import CatsError
+
+if TYPE_CHECKING:  # cryptography is imported where a key is made, read or checked: every Factory process imports
+    # this module, and a run whose BOM already exists (or a worker) signs nothing
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = ["Identity", "public_key", "verify"]
 
@@ -32,6 +33,8 @@ class Identity:
     """This node's signing key; `did` names it to everyone else."""
 
     def __init__(self, key: Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives import serialization
+
         self._key = key
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.did = _PREFIX + b58encode(_ED25519_PUB + raw)
@@ -39,6 +42,9 @@ class Identity:
     @classmethod
     def load(cls, folder: Path | None = None) -> Identity:
         """The key in `folder` (default CATS_HOME/identity), made on first use; a key others can read is refused."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         folder = folder or home() / "identity"
         path = folder / "ed25519.pem"
         if not path.exists():
@@ -57,6 +63,9 @@ class Identity:
     @staticmethod
     def _create(path: Path) -> None:
         """Write a new key atomically, mode 0600 from the start; a concurrent creator's key wins if first."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         path.parent.mkdir(parents=True, exist_ok=True)
         pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption())
@@ -77,6 +86,8 @@ class Identity:
 
 def public_key(did: str) -> Ed25519PublicKey:
     """The Ed25519 key a did:key names; CatsError for anything else."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if not isinstance(did, str) or not did.startswith(_PREFIX):
         raise CatsError(f"{did!r} is not a did:key (expected did:key:z6Mk…)")
     try:
@@ -90,6 +101,8 @@ def public_key(did: str) -> Ed25519PublicKey:
 
 def verify(did: str, message: bytes, signature: bytes) -> bool:
     """Whether `signature` is did's signature over message (a malformed DID raises CatsError)."""
+    from cryptography.exceptions import InvalidSignature
+
     try:
         public_key(did).verify(signature, message)
         return True
