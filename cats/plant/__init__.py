@@ -96,6 +96,11 @@ def connect(plant: Plant, quiet: bool = False) -> Any:
         # The embedded Ray keeps Ray's default for a new local cluster (token authentication on);
         # only Ray's notice about that default is silenced, as nobody running an Order chose it.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address=plant.address, include_dashboard=False, log_to_driver=not quiet,
-             configure_logging=True, logging_level=logging.WARNING)
+    try:
+        ray.init(address=plant.address, include_dashboard=False, log_to_driver=not quiet,
+                 configure_logging=True, logging_level=logging.WARNING)
+    except ConnectionError as e:  # no Ray answers at the address given
+        where = "the Plant's address" if plant.address else "RAY_ADDRESS"
+        raise CatsError(f"cannot reach a Ray cluster at {address} ({where}): {str(e).splitlines()[0][:200]}; "
+                        "start it, or unset the address to use the embedded Ray") from None
     return ray
