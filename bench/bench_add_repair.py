@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_add import make_file, sha256_rate
+from bench_add import warm_file
 from common import machine, save
 
 TARGET = 1.05  # this checkout's time over the baseline's, at most
@@ -57,10 +57,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cats-bench-", dir=args.dir))
     try:
         size = args.size_mib << 20
-        data = work / "data.bin"
-        make_file(data, size)
-        sha256_rate(data)
-        base_s, _ = sha256_rate(data)
+        data, base_s = warm_file(work, args.size_mib)
         contenders = {"this checkout": REPO, f"baseline ({args.baseline})": checkout(args.baseline, work / "base")}
         times: dict[str, dict[str, list[float]]] = {n: {"fresh": [], "re-add": []} for n in contenders}
         for _ in range(args.repeat):
