@@ -339,3 +339,22 @@ def test_a_stream_cut_inside_a_section_is_truncated_and_one_cut_between_sections
     assert len(_read(data[:between], 100, verify=True)) == 3
     with pytest.raises(CarTruncated, match=f"ended inside a section at byte {between}"):
         _read(data[:between + 2], 100, verify=True)
+
+
+def test_the_index_of_a_car_file_finds_every_block_under_the_same_limits(tmp_path: Path) -> None:
+    """`car.index` (what `cats repair --car` reads by) places each block where `Sections` finds it,
+    without reading the blocks, and refuses what `Sections` refuses."""
+    source, root = _source(tmp_path)
+    data = _export(source, [root])
+    found = car.index(io.BytesIO(data))
+    blocks = list(walk(source, root))
+    assert set(found) == {c.to_v1() for c in blocks}
+    for cid in blocks:
+        at, size = found[cid.to_v1()]
+        assert data[at:at + size] == source.get(cid)
+    with pytest.raises(CarTruncated, match="ended inside a section"):
+        car.index(io.BytesIO(data[:-1]))
+    header = dagcbor.encode({"version": 1, "roots": [root]})
+    huge = varint.encode(len(header)) + header + varint.encode(car.MAX_SECTION + 1) + b"\0" * 64
+    with pytest.raises(CarError, match="more than any block may hold"):
+        car.index(io.BytesIO(huge))

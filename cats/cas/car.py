@@ -196,6 +196,35 @@ class Sections:
         return cid, block
 
 
+def index(stream: BinaryIO) -> dict[CID, tuple[int, int]]:
+    """Where each block of a seekable CAR file lies, (offset, length) by CIDv1 (the first of a CID kept),
+    found without reading the blocks, under the limits `Sections` applies; what the blocks hold is for
+    the reader to check."""
+    read_header(stream)
+    offset = stream.tell()
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(offset)
+    found: dict[CID, tuple[int, int]] = {}
+    while offset < size:
+        try:
+            n = varint.read(stream)
+        except CatsError as e:
+            raise CarError(f"CAR section at byte {offset}: {e}") from None
+        assert n is not None  # bytes remain
+        start = stream.tell()
+        if n > MAX_SECTION:
+            raise CarError(f"CAR section at byte {offset} claims {n} bytes, more than any block may hold")
+        if start + n > size:
+            raise CarTruncated(f"CAR truncated: the file ended inside a section at byte {offset}")
+        try:
+            cid, used = CID.read(stream.read(min(n, MAX_SECTION - MAX_BLOCK)), 0)
+        except CatsError as e:
+            raise CarError(f"CAR section at byte {offset} has a malformed CID: {e}") from None
+        found.setdefault(cid.to_v1(), (start + used, n - used))
+        offset = stream.seek(start + n)
+    return found
+
+
 def import_car(store: BlockStore, stream: BinaryIO) -> tuple[list[CID], int]:
     """Verify and stage every block, then copy them in (under a writer's lease, so a gc beside it
     spares them). Returns the roots and the block count."""

@@ -15,9 +15,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-from cats.cas import car, varint
+from cats.cas import car
 from cats.cas.cid import CID, RAW
 from cats.cas.dag import links
 from cats.cas.store import BlockStore
@@ -89,24 +88,12 @@ def _quietly(source: Source, cid: CID) -> bytes | None:
 def car_source(path: str | os.PathLike[str]) -> Iterator[Source]:
     """The blocks of a CAR file, found by an index of where each section's block lies."""
     with open(path, "rb") as f:
-        index = _index(f, str(path))
+        try:
+            index = car.index(f)
+        except CatsError as e:
+            raise CarError(f"cannot read CAR {path}: {e}") from None
         yield lambda cid: (os.pread(f.fileno(), index[cid.to_v1()][1], index[cid.to_v1()][0])
                            if cid.to_v1() in index else None)
-
-
-def _index(stream: BinaryIO, name: str) -> dict[CID, tuple[int, int]]:
-    try:
-        car.read_header(stream)
-        index: dict[CID, tuple[int, int]] = {}
-        while (n := varint.read(stream)) is not None:
-            start = stream.tell()
-            head = stream.read(min(n, 128))
-            cid, used = CID.read(head, 0)
-            index.setdefault(cid.to_v1(), (start + used, n - used))
-            stream.seek(start + n)
-        return index
-    except CatsError as e:
-        raise CarError(f"cannot read CAR {name}: {e}") from None
 
 
 @contextlib.contextmanager
