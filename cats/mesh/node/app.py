@@ -501,9 +501,9 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
     def countersign(cid: CidPath, signer: Json) -> JSONResponse:
         parsed = _stored_cid(cid)
         try:
-            envelope = Envelope.model_validate_json(signer.body)
-        except ValidationError as e:
-            raise HTTPException(400, f"the body is not a DSSE envelope: {_first_error(e)}") from None
+            envelope = Envelope.parse(signer.body, "the body is not a DSSE envelope")
+        except EnvelopeError as e:
+            raise HTTPException(400, str(e)) from None
         try:
             over = envelope.bom
             if over.to_v1() != parsed.to_v1():
