@@ -107,6 +107,7 @@ class Invoice(BaseModel):
     cats_version: str
     data: DataUse | None = Field(default=None, description="the data caches' counters, when slices read URIs")
     moved: Moved | None = Field(default=None, description="on a cluster of node stores: what crossed between nodes")
+    confined: bool | None = Field(default=None, description="true when the code ran confined (a sandbox of its own)")
 
 
 class BOM(BaseModel):

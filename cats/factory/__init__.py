@@ -34,6 +34,7 @@ from cats.factory import egress, guard, ingress, nested
 from cats.factory._execute import execute
 from cats.factory._ledger import Ledger
 from cats.factory._plan import Plan, plan, seed
+from cats.factory.confine import Policy, check_confinable
 from cats.factory.nested import slice_store, submit
 from cats.factory.outcome import SliceOutcome
 from cats.order import Order, label
@@ -71,25 +72,28 @@ Progress = Callable[[int, int], None]
 
 
 def run(order: Order, *, home: Home | None = None, store: BlockStore | None = None, force: bool = False,
-        quiet: bool = False, progress: Progress | None = None) -> Run:
+        quiet: bool = False, progress: Progress | None = None, confine: Policy | None = None) -> Run:
     """Run an Order on its Plant; return the Run, which names its BOM, output and sealed Order.
 
     The Order is sealed into `store` (default: the `home`'s store, one its Ray workers can open too),
     split here and its slices run as Ray tasks; the BOM is written last, indexed, pinned and signed
     in `home` (default: `CATS_HOME`). An Order already run there returns its BOM at once (`reused`)
     unless `force`; one that failed resumes, running only its missing slices. `progress(done,
-    total)` is called as slices finish; `quiet` keeps the workers' output off the terminal. Raises
-    SliceFailed, naming the failed slices, with the remote traceback, and ReentrantRun when called
-    from code the Factory is loading or running.
+    total)` is called as slices finish; `quiet` keeps the workers' output off the terminal. With
+    `confine` (a node running a peer's Order), every slice runs in a sandbox under that policy, as
+    it does when the Order's Plant is `confined` (under the default policy). Raises SliceFailed,
+    naming the failed slices, with the remote traceback, and ReentrantRun when called from code the
+    Factory is loading or running.
     """
     guard.check()
     started = time.time()
     with Home.given(home, store) as here:
-        return _run(order, here, store if store is not None else here.store, force, quiet, progress, started)
+        return _run(order, here, store if store is not None else here.store, force, quiet, progress, started,
+                    confine)
 
 
 def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, progress: Progress | None,
-         started: float) -> Run:
+         started: float, confine: Policy | None) -> Run:
     if store.url is None:
         raise CatsError("the Factory needs a store its Ray workers can open too (file://…, an IPFS daemon); "
                         f"{type(store).__name__} lives in this process only")
@@ -106,12 +110,21 @@ def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, 
             sum(r.agreed is False for r in bom_records(store, load_bom(store, bom)))
         return Run(bom, output, order_cid, reused=True, duration_s=time.time() - started,
                    replicas=replicas, disagreed=disagreed)
+    policy = confinement(sealed, confine)
     with store.lease():  # until the BOM is pinned: a gc meanwhile spares what the run writes
-        return _execute(sealed, order_cid, home, store, store.url, force, quiet, progress, started)
+        return _execute(sealed, order_cid, home, store, store.url, force, quiet, progress, started, policy)
+
+
+def confinement(order: Order, confine: Policy | None) -> Policy | None:
+    """The policy the Order's slices run under (None: unconfined), checked before anything runs."""
+    policy = confine if confine is not None else Policy() if order.plant.confined else None
+    if policy is not None:
+        check_confinable(order, policy)
+    return policy
 
 
 def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: str, force: bool,
-             quiet: bool, progress: Progress | None, started: float) -> Run:
+             quiet: bool, progress: Progress | None, started: float, policy: Policy | None) -> Run:
     # Inputs the driver's store lacks are read from the stores of the cluster's nodes, if it has any
     # (only read: which node holds an input decides where its slices run).
     def peers() -> list[Any]:
@@ -140,7 +153,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
     placed: dict[str, int] = {}
     if todo:
         assert ray is not None
-        work = plan(ray, order, url, [(i, pieces[i][0], seed(order_cid, i)) for i in todo], nodes)
+        work = plan(ray, order, url, [(i, pieces[i][0], seed(order_cid, i)) for i in todo], nodes, confine=policy)
         placed = work.placed
 
         def finished(ok: list[SliceOutcome]) -> None:
@@ -184,7 +197,8 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
             bytes_in=ledger.bytes_in, bytes_out=ledger.bytes_out,
             executor=socket.gethostname(), cats_version=__version__,
             nodes=sorted(ledger.nodes), data=ledger.data_use(),
-            moved=ledger.moved_between(order.plant.locality, looked.moved + here.moved, placed) if nodes else None),
+            moved=ledger.moved_between(order.plant.locality, looked.moved + here.moved, placed) if nodes else None,
+            confined=True if policy is not None else None),
     )
     block = bom.block()
     bom_cid = CID.hash(block, DAG_CBOR)
@@ -215,31 +229,33 @@ def _execute_plan(ray: Any, work: Plan, home: Home, prefix: str, done: Callable[
 
 
 def reexecute(order: Order, store: BlockStore, chosen: list[SliceRecord], *, home: Home | None = None,
-              quiet: bool = True) -> dict[int, SliceOutcome]:
+              quiet: bool = True, confine: Policy | None = None) -> dict[int, SliceOutcome]:
     """Run recorded slices of a sealed Order again, for verification: with their recorded seeds,
     under the Order's own Plant and requirements (its time limit, retries, resources, placement),
     computing output CIDs without storing them; a slice that submits sub-Orders is answered with
     the children its record lists (nothing runs). Each slice runs once: a replicated run's
     replicas were compared when it ran. Its run folder is in `home`'s runs (default `CATS_HOME`).
-    Returns each slice's outcome, by index."""
+    Confined as `run` is (`confine`, or the Plant's). Returns each slice's outcome, by index."""
     if not chosen:
         return {}
     guard.check("cats.verify")
+    policy = confinement(order, confine)
     ray = connect(order.plant, quiet=quiet)
-    work = reexecution_plan(ray, order, store, chosen)
+    work = reexecution_plan(ray, order, store, chosen, policy)
     outcomes: dict[int, SliceOutcome] = {}
     with Home.given(home, store) as where:
         failures = _execute_plan(ray, work, where, "verify-", lambda ok: outcomes.update((o.index, o) for o in ok))
     return outcomes | {o.index: o for o in failures}
 
 
-def reexecution_plan(ray: Any, order: Order, store: BlockStore, chosen: list[SliceRecord]) -> Plan:
+def reexecution_plan(ray: Any, order: Order, store: BlockStore, chosen: list[SliceRecord],
+                     confine: Policy | None = None) -> Plan:
     """The plan `reexecute` runs on `ray`: the run's own, for these slices, with one replica and nothing written."""
     once = order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": 1})})
     children = {r.index: [c.model_dump(mode="json") for c in r.children] for r in chosen if r.children}
     assert store.url is not None
     return plan(ray, once, store.url, [(r.index, r.input, r.seed) for r in chosen], cluster.stores(ray),
-                write=False, children=children)
+                write=False, children=children, confine=confine)
 
 
 def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list[SliceOutcome]) -> str:

@@ -98,7 +98,7 @@ class _Execution:
         group, batch = self.plan.groups[lane], self.plan.batches[b]
         children = {i: self.plan.children[i] for i, _, _ in batch.items if i in self.plan.children}
         return (group.url, self.plan.function, self.run_dir, b, batch.items, self.plan.write, self.plan.output_uri,
-                group.peers or None, children or None)
+                group.peers or None, children or None, self.plan.confine)
 
     def start(self) -> None:
         raise NotImplementedError

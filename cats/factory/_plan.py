@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from cats.cas.cid import CID
 from cats.errors import CatsError
+from cats.factory.confine import Policy
 from cats.order import Order
 from cats.order.infra import Slice
 from cats.plant import Plant, cluster, embedded
@@ -69,6 +70,7 @@ class Plan:
     output_uri: str | None = None
     children: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     placed: dict[str, int] = field(default_factory=dict)  # slices per store, on a cluster of node stores
+    confine: dict[str, Any] | None = None  # the confinement policy (confine.Policy) the slices run under
 
     @property
     def slices(self) -> int:
@@ -87,9 +89,11 @@ def runtime_env(order: Order) -> dict[str, Any] | None:
 
 
 def plan(ray: Any, order: Order, url: str, todo: list[tuple[int, Slice, int]], nodes: list[Store], *,
-         write: bool = True, children: dict[int, list[dict[str, Any]]] | None = None) -> Plan:
+         write: bool = True, children: dict[int, list[dict[str, Any]]] | None = None,
+         confine: Policy | None = None) -> Plan:
     """The plan for running `todo` (slice index, Slice, seed) of a sealed Order on `ray`, whose
-    cluster keeps the stores `nodes` (none on a plain Ray: workers open the driver's store, `url`)."""
+    cluster keeps the stores `nodes` (none on a plain Ray: workers open the driver's store, `url`);
+    with `confine`, every slice runs in a sandbox under that policy."""
     plant = order.plant
     placed: dict[str, int] = {}
     homes = _place(ray, plant, url, todo, nodes, placed)
@@ -110,7 +114,7 @@ def plan(ray: Any, order: Order, url: str, todo: list[tuple[int, Slice, int]], n
                 batches=batches, num_cpus=plant.num_cpus, num_gpus=plant.num_gpus, retries=plant.retries,
                 timeout_s=plant.timeout_s, runtime_env=runtime_env(order), replicas=plant.replicas,
                 on_disagreement=plant.on_disagreement, write=write, output_uri=order.output_uri,
-                children=children or {}, placed=placed)
+                children=children or {}, placed=placed, confine=confine.as_dict() if confine else None)
 
 
 def _place(ray: Any, plant: Plant, url: str, todo: list[tuple[int, Slice, int]], nodes: list[Store],

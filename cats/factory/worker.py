@@ -76,7 +76,8 @@ def _attempt(run_dir: str, batch: int) -> int:
 
 def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int, items: list[Item],
               write: bool = True, output_uri: str | None = None, peers: list[str] | None = None,
-              children: dict[int, list[dict[str, Any]]] | None = None) -> list[SliceOutcome]:
+              children: dict[int, list[dict[str, Any]]] | None = None,
+              confine: dict[str, Any] | None = None) -> list[SliceOutcome]:
     """Run slices; one outcome per slice: its output, or the error with the remote traceback.
 
     `write=False` only computes the outputs' CIDs (re-execution for verification must not write
@@ -89,6 +90,8 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     (`cats.factory.submit`) lists them in its outcome; re-executed for verification, it is answered
     with `children`, what the BOM records per slice.
     """
+    if confine is not None:
+        return [SliceOutcome(index=i, error="confined execution is not built yet") for i, _, _ in items]
     names = peers
     store = open_store(store_url) if names is None else \
         ClusterStore(open_store(store_url), lambda: cluster.keepers(names))
@@ -161,10 +164,12 @@ class Replica:
 
     def run(self, store_url: str, function: dict[str, Any], run_dir: str, batch: int, items: list[Item],
             write: bool = True, output_uri: str | None = None, peers: list[str] | None = None,
-            children: dict[int, list[dict[str, Any]]] | None = None) -> list[SliceOutcome]:
+            children: dict[int, list[dict[str, Any]]] | None = None,
+            confine: dict[str, Any] | None = None) -> list[SliceOutcome]:
         node, pid = self.where()
         return [o if o.node is not None else o.model_copy(update={"node": node, "worker": pid})
-                for o in run_batch(store_url, function, run_dir, batch, items, write, output_uri, peers, children)]
+                for o in run_batch(store_url, function, run_dir, batch, items, write, output_uri, peers, children,
+                                   confine)]
 
 
 def _failure(e: Exception, prefix: str = "") -> dict[str, Any]:

@@ -25,7 +25,8 @@ Float = Annotated[float, AfterValidator(float)]
 
 class Plant(BaseModel):
     """Where and how the slices run: which Ray (none: the embedded local one), CPUs and resources per
-    task, retries, a time limit per slice, batching, and redundant execution (`replicas`)."""
+    task, retries, a time limit per slice, batching, redundant execution (`replicas`), and confinement
+    (`confined`, with the `network` and `env` confined code gets)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -42,6 +43,12 @@ class Plant(BaseModel):
         default="fail", description="a majority with dissent fails the slice, or is kept and marked in the BOM")
     locality: bool = Field(default=True, description="on a cluster whose nodes advertise their stores "
                            "(cats-store:<name>), run each slice next to a store holding its input")
+    confined: bool = Field(default=False, description="run the code in a sandbox: its input, its code read-only, "
+                           "a private scratch folder, no other process, no network, nothing of CATS_HOME")
+    network: bool = Field(default=False, description="confined code may reach the network (a node grants it only "
+                          "if its policy allows)")
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables of confined code "
+                                "(it starts with an empty environment)")
 
     @field_validator("resources")
     @classmethod
@@ -65,6 +72,9 @@ class Plant(BaseModel):
             data.pop("on_disagreement", None)
         if self.locality:
             data.pop("locality", None)
+        for name in ("confined", "network", "env"):
+            if not data.get(name):
+                data.pop(name, None)
         return data
 
 

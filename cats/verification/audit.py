@@ -22,6 +22,7 @@ from cats.data import Info
 from cats.data.views import View
 from cats.errors import BlockNotFound, CatsError, DataError, DataIntegrityError, DecodeError, IntegrityError
 from cats.factory import SliceOutcome, egress, ingress, reexecute
+from cats.factory.confine import Policy
 from cats.order import Order, label
 from cats.verification import drift, sampling
 from cats.verification.report import Problem, Reason, Report, Sample, SliceResult
@@ -211,7 +212,9 @@ def _reexecute(store: BlockStore, bom: BOM, order: Order, report: Report, sample
         raise CatsError("re-execution needs a store its Ray workers can open too (file://…, an IPFS daemon)")
     if not _check_split(store, order, recs, report, home):
         return
-    outcomes = reexecute(order, store, [recs[i] for i in chosen], home=home, quiet=quiet)
+    # code that ran confined is re-executed confined (the Order's Plant may not say so: a node confines peers' code)
+    confine = Policy() if bom.invoice.confined else None
+    outcomes = reexecute(order, store, [recs[i] for i in chosen], home=home, quiet=quiet, confine=confine)
     for i in chosen:
         rec = recs[i]
         out = outcomes[i]
