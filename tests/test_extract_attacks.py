@@ -29,6 +29,7 @@ from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError, UnsafePath
+from cats.factory.code import _process_root as code_root
 from cats.factory.code import code_folder
 from cats.order import Order
 from cats.order.function import Function
@@ -276,7 +277,7 @@ def test_code_with_an_outside_link_is_refused_at_sealing_and_on_workers(store: B
                                                                          tmp_path: Path) -> None:
     """A code folder's symlinks stay symlinks; one leading out of the code is refused when the Order is
     sealed (before anything runs), and code made elsewhere (a peer's Order) is refused again where every
-    worker lays it out (through `get`), the code cache keeping nothing of it."""
+    worker lays it out (through `get`), its process's code folder keeping nothing of it."""
     src = tmp_path / "proj"
     src.mkdir()
     (src / "job.py").write_text("def run(x):\n    return x\n")
@@ -288,7 +289,8 @@ def test_code_with_an_outside_link_is_refused_at_sealing_and_on_workers(store: B
         code = importer.add_wrapped(src).cid
     with pytest.raises(UnsafePath, match=r"symlink 'proj/secret' in \S+ points outside the destination"):
         code_folder(store, code)
-    assert os.listdir(cats_home / "code") == []
+    assert not (code_root() / str(code)).exists()
+    assert not (cats_home / "code").exists()
 
 
 # -- random trees --------------------------------------------------------------------------------

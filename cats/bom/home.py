@@ -87,11 +87,6 @@ class Home:
         """Where a run keeps what its workers share while it runs (attempt counts)."""
         return self.folder / "runs"
 
-    @property
-    def code(self) -> Path:
-        """Where user code is laid out as files, by CID, for the driver's imports."""
-        return self.folder / "code"
-
     def close(self) -> None:
         if "index" in self.__dict__:
             self.index.close()

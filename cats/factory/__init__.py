@@ -132,7 +132,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
 
     index = home.index
     looked = ClusterStore(store, peers, keep=False)
-    pieces = ingress.split(order, looked, home.code)
+    pieces = ingress.split(order, looked)
     if order.output_uri:  # each result has its own URI: two slices of one name would overwrite each other
         names = Counter(egress.entry_name(p.name, i) for i, (p, _) in enumerate(pieces))
         if twice := sorted(n for n, k in names.items() if k > 1):
@@ -176,7 +176,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
     if order.output_uri:  # the results are reference blocks: their list is the output
         how = "list"
     if links_only or ray is None or nodes:  # on a cluster of node stores, only the driver's store has them all
-        merged = egress.merge(url, how, ledger.parts(), code=home.code)
+        merged = egress.merge(url, how, ledger.parts())
     else:
         gpus = order.plant.num_gpus if isinstance(order.infra.merge, Function) else 0  # the user's merge may use them
         merged = ray.get(ray.remote(egress.merge).options(num_cpus=0, num_gpus=gpus).remote(url, how, ledger.parts()))

@@ -70,7 +70,7 @@ class Plan:
     output_uri: str | None = None
     children: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     placed: dict[str, int] = field(default_factory=dict)  # slices per store, on a cluster of node stores
-    confine: dict[str, Any] | None = None  # the confinement policy (confine.Policy) the slices run under
+    confine: dict[str, Any] | None = None  # confined: the policy (confine.Policy), the Plant's network and env
 
     @property
     def slices(self) -> int:
@@ -114,7 +114,9 @@ def plan(ray: Any, order: Order, url: str, todo: list[tuple[int, Slice, int]], n
                 batches=batches, num_cpus=plant.num_cpus, num_gpus=plant.num_gpus, retries=plant.retries,
                 timeout_s=plant.timeout_s, runtime_env=runtime_env(order), replicas=plant.replicas,
                 on_disagreement=plant.on_disagreement, write=write, output_uri=order.output_uri,
-                children=children or {}, placed=placed, confine=confine.as_dict() if confine else None)
+                children=children or {}, placed=placed,
+                confine=None if confine is None else {"policy": confine.as_dict(), "network": plant.network,
+                                                      "env": dict(plant.env)})
 
 
 def _place(ray: Any, plant: Plant, url: str, todo: list[tuple[int, Slice, int]], nodes: list[Store],

@@ -1,14 +1,19 @@
-"""User code by CID: laid out as files once per machine, imported from there and nowhere else.
+"""User code by CID: laid out as files afresh in each process, read-only, imported from there and nowhere else.
 
-Workers load the Function, the driver a user split, egress a user merge: all through `load`.
+Workers load the Function, the driver a user split, egress a user merge: all through `load`. No
+folder of code is shared between processes or kept between them, so nothing edited on disk after
+sealing ever runs under the sealed CID: every file comes from the store's blocks, each checked
+against its CID as it is read.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -18,40 +23,75 @@ from typing import Any
 from cats.cas import reader
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
-from cats.config import home
 from cats.factory import guard
 from cats.order.function import Function
 
 _loaded: dict[tuple[str, str], Callable[..., Any]] = {}
+_PREFIX = "cats-code-"
+_root: Path | None = None
 
 
-def code_folder(store: BlockStore, code: CID, root: Path | None = None) -> Path:
-    """The code DAG as files in `<root>/<cid>` (default `CATS_HOME/code`: a worker's is its machine's),
-    fetched once per machine, by `reader.get`: code whose symlinks lead outside its folder, or whose
-    names are unsafe, is refused and leaves nothing."""
-    folder = (root if root is not None else home() / "code") / str(code)
-    if not folder.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=folder.parent)) / "code"
-        try:
-            reader.get(store, code, staging)
-            # another worker on this machine may have got there first: same CID, same files
+def _process_root() -> Path:
+    """This process's own folder for code (mode 0700), removed when it exits; folders left by
+    processes that died without removing theirs go when the next one starts."""
+    global _root
+    if _root is None or not _root.is_dir():
+        base = Path(tempfile.gettempdir())
+        for old in base.glob(f"{_PREFIX}*-*"):
+            with contextlib.suppress(ValueError, OSError):
+                pid = int(old.name[len(_PREFIX):].split("-")[0])
+                if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+                    _remove(old)
+        _root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+        atexit.register(_remove, _root)
+    return _root
+
+
+def _remove(folder: Path) -> None:
+    """Remove a read-only tree: its folders are made writable first."""
+    for parent, dirs, _ in os.walk(folder):
+        for d in dirs:
             with contextlib.suppress(OSError):
-                os.replace(staging, folder)
-        finally:
-            shutil.rmtree(staging.parent, ignore_errors=True)
+                os.chmod(os.path.join(parent, d), 0o700, follow_symlinks=False)
+    with contextlib.suppress(OSError):
+        os.chmod(folder, 0o700)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_only(folder: Path) -> None:
+    for parent, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(parent, name)
+            if not os.path.islink(path):
+                mode = os.stat(path).st_mode
+                os.chmod(path, stat.S_IMODE(mode) & 0o555)
+        for name in dirs:
+            if not os.path.islink(os.path.join(parent, name)):
+                os.chmod(os.path.join(parent, name), 0o555)
+    os.chmod(folder, 0o555)
+
+
+def code_folder(store: BlockStore, code: CID) -> Path:
+    """The code DAG as read-only files in a folder of this process's own, laid out from the store
+    once per process by `reader.get` (code whose symlinks lead outside its folder, or whose names
+    are unsafe, is refused and leaves nothing; a block that does not match its CID is an
+    IntegrityError naming it)."""
+    folder = _process_root() / str(code)
+    if not folder.exists():
+        reader.get(store, code, folder)
+        _read_only(folder)
     return folder
 
 
-def load(store: BlockStore, fn: Function, purpose: str, root: Path | None = None) -> Callable[..., Any]:
-    """Import the entry point from its code folder (under `root`, see `code_folder`), never from
-    whatever else shares its name. `purpose` (e.g. "to run slice 3 in a worker") tells a Factory
+def load(store: BlockStore, fn: Function, purpose: str) -> Callable[..., Any]:
+    """Import the entry point from its code folder (see `code_folder`), never from whatever else
+    shares its name. `purpose` (e.g. "to run slice 3 in a worker") tells a Factory
     run the import starts why it is refused."""
     assert fn.code is not None
     key = (str(fn.code), fn.entry)
     if key in _loaded:
         return _loaded[key]
-    folder = str(code_folder(store, fn.code, root))
+    folder = str(code_folder(store, fn.code))
     top = fn.module.split(".")[0]
     for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
         origin = getattr(sys.modules[name], "__file__", None) or ""

@@ -15,14 +15,21 @@ drops every capability. Landlock and seccomp would add little once nothing is mo
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 from cats.errors import CatsError
+from cats.factory import _confined
+from cats.factory._confined import CODE, SCRATCH, Broken
 
 if TYPE_CHECKING:
     from cats.order import Order
@@ -101,3 +108,166 @@ def check_confinable(order: Order, policy: Policy) -> None:
             raise CatsError(f"the Order's {role} is code of its own, which would run with the store in hand: "
                             f"a confined Order uses a built-in {role}")
     require()
+
+
+class Refused(CatsError):
+    """A confined slice failed for a reason, not with a traceback (its result over the limit, a
+    sandbox that died)."""
+
+
+class Raised(CatsError):
+    """A confined slice's code raised: the message is its traceback, from inside the sandbox."""
+
+
+# What a confined process sees of the machine besides its Python: the system's programs and
+# libraries, and the few files of /etc they read (no /etc/shadow, no host names beyond its own).
+_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
+        "nsswitch.conf", "ssl", "ca-certificates", "mime.types", "protocols", "services")
+_ETC_NETWORK = ("resolv.conf", "hosts", "gai.conf", "host.conf")
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _python_paths() -> list[str]:
+    """The folders this worker imports from (its interpreter, its sys.path, the cats package), as
+    real paths, minus any that would show a home folder or CATS_HOME whole."""
+    import cats
+    from cats.config import home
+
+    guarded = [os.path.realpath(Path.home()), os.path.realpath(home())]
+    found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
+    found |= {os.path.realpath(p) for p in sys.path if p and os.path.exists(p)}
+    found.add(os.path.realpath(Path(cats.__file__).parent))
+    found.add(os.path.dirname(os.path.realpath(sys.executable)))
+    kept: list[str] = []
+    for path in sorted(found):
+        if path == "/" or any(_inside(g, path) for g in guarded):
+            continue
+        if not any(_inside(path, k) for k in kept):
+            kept.append(path)
+    return kept
+
+
+def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidden: list[str]) -> list[str]:
+    """The bubblewrap command running the confined process: an empty root holding only what is listed
+    here, read-only but for the scratch tmpfs; `hidden` (CATS_HOME, the store) covered where a folder
+    shown would hold them."""
+    binary = bwrap()
+    assert binary is not None
+    args = [binary, *_namespaces(network)]
+    for path in _SYSTEM:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    for name in _ETC + (_ETC_NETWORK if network else ()):
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    shown = _python_paths()
+    for path in shown:
+        args += ["--ro-bind", path, path]
+    for path in hidden:
+        real = os.path.realpath(path)
+        if any(_inside(real, s) for s in shown) and os.path.isdir(real):
+            args += ["--tmpfs", real]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(policy.scratch), "--tmpfs", SCRATCH,
+             "--symlink", SCRATCH, "/tmp", "--ro-bind", str(code), CODE, "--remount-ro", "/", "--chdir", SCRATCH]
+    environment = {"PATH": _PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": SCRATCH, "TMPDIR": SCRATCH, **env}
+    for name, value in environment.items():
+        args += ["--setenv", name, value]
+    boot = (f"import sys; sys.path[:] = {[p for p in sys.path if p]!r}; "
+            "from cats.factory._confined import main; sys.exit(main())")
+    return [*args, "--", sys.executable, "-I", "-c", boot]
+
+
+class Sandbox:
+    """One confined process running one Function, slice after slice, for one run in one worker."""
+
+    def __init__(self, code: Path, function: dict[str, Any], policy: Policy, network: bool, env: dict[str, str],
+                 hidden: list[str]) -> None:
+        self.policy = policy
+        self.proc = subprocess.Popen(command(code, policy, network, env, hidden), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, start_new_session=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._in: IO[bytes] = self.proc.stdin
+        self._out: IO[bytes] = self.proc.stdout
+        try:
+            _confined.send_header(self._in, {"module": function["module"], "qualname": function["qualname"],
+                                             "params": function["params"], "max_output": policy.max_output})
+            self._in.flush()
+            answer = _confined.read_header(self._out)
+        except (Broken, OSError) as e:
+            self.close()
+            raise Refused(f"the sandbox did not start ({e}); exit status {self.proc.returncode}") from None
+        if "error" in answer:
+            self.close()
+            raise Refused(f"loading {function['module']}:{function['qualname']} in the sandbox failed:\n"
+                          f"{answer['error']}")
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def call(self, index: int, kind: str, name: str | None, seed: int, argument: bytes | memoryview,
+             sink: IO[bytes]) -> str:
+        """Run one slice; its result goes into `sink` as it arrives, at most the policy's bytes.
+        Returns the result's encoding; Refused for a failure with a reason, CatsError with the
+        slice's traceback otherwise. A sandbox that broke the protocol is closed."""
+        try:
+            _confined.send_header(self._in, {"index": index, "kind": kind, "name": name, "seed": seed})
+            _confined.send_body(self._in, argument)
+            self._in.flush()
+            answer = _confined.read_header(self._out)
+            if "error" in answer:
+                raise (Refused if answer.get("reason") else Raised)(str(answer["error"]))
+            size, got = answer.get("size"), 0
+            if not isinstance(size, int) or size > self.policy.max_output:
+                raise Broken(f"a result of {size} bytes announced")
+            for chunk in _confined.read_body(self._out):
+                got += len(chunk)
+                if got > size:
+                    raise Broken("more bytes than announced")
+                sink.write(chunk)
+            if got != size:
+                raise Broken("fewer bytes than announced")
+            return str(answer["encoding"])
+        except (Broken, OSError, ValueError) as e:
+            self.close()
+            status = self.proc.returncode
+            how = f"was killed by signal {-status}" if status and status < 0 else f"exited ({status})"
+            raise Refused(f"the sandbox running slice {index} broke off: {e}; it {how}") from None
+
+    def close(self) -> None:
+        """Kill the sandbox, and with it (its PID namespace) every process it started."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for f in (self._in, self._out):
+            with contextlib.suppress(OSError):
+                f.close()
+
+
+_current: tuple[str, Sandbox] | None = None
+
+
+def sandbox(key: str, code: Path, function: dict[str, Any], policy: Policy, network: bool, env: dict[str, str],
+            hidden: list[str]) -> Sandbox:
+    """This worker's sandbox for `key` (one run's Function under one policy), started if it has none
+    alive; another run's is closed first: a sandbox never serves two runs."""
+    global _current
+    if _current is not None:
+        if _current[0] == key and _current[1].alive:
+            return _current[1]
+        _current[1].close()
+        _current = None
+    box = Sandbox(code, function, policy, network, env, hidden)
+    _current = (key, box)
+    return box
+
+
+def key(*parts: Any) -> str:
+    return json.dumps(parts, sort_keys=True, default=str)

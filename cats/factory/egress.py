@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 from itertools import groupby
-from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from cats.cas import dagcbor, dagpb, names, reader
@@ -20,11 +19,10 @@ from cats.order.infra import Merge
 
 
 def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]],
-          write: bool = True, code: Path | None = None) -> dict[str, Any]:
+          write: bool = True) -> dict[str, Any]:
     """parts: per slice, in slice order: output CID, encoding, name, assembly, size, tsize.
 
-    `write=False` computes the merged output's CID without storing anything (verification); a user
-    merge's code is laid out under `code` (see `code_folder`).
+    `write=False` computes the merged output's CID without storing anything (verification).
     """
     store = open_store(store_url)
     with Importer(store if write else None, cid_version=1) as importer:
@@ -46,7 +44,7 @@ def merge(store_url: str, how: str | dict[str, Any], parts: list[dict[str, Any]]
             value = pa.concat_tables(tables) if tables else pa.table({})
         else:
             fn = Function.model_validate(how)
-            user_merge: Merge = load(store, fn, "to merge the slices", code)
+            user_merge: Merge = load(store, fn, "to merge the slices")
             value = user_merge([(_value(store, p), p["assembly"]) for p in parts], **fn.params)
         data, encoding = results.encode(value)
         entry = importer.add_bytes(data)

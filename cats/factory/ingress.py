@@ -8,7 +8,6 @@ read through one seekable file (`open_input`), which workers use too.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from cats import data
@@ -30,12 +29,11 @@ _PROBE = 64 * 1024
 Piece = tuple[Slice, dict[str, Any]]
 
 
-def split(order: Order, store: BlockStore, code: Path | None = None) -> list[Piece]:
-    """The Order's slices, each with its assembly record (a user split's code laid out under `code`,
-    see `code_folder`). A slice's name goes into the BOM as DAG-CBOR text, so a file name that is not
-    UTF-8 is refused here, before anything runs."""
+def split(order: Order, store: BlockStore) -> list[Piece]:
+    """The Order's slices, each with its assembly record. A slice's name goes into the BOM as
+    DAG-CBOR text, so a file name that is not UTF-8 is refused here, before anything runs."""
     kind = order.infra.split
-    pieces = _user_split(kind, order.sources, store, code) if isinstance(kind, Function) else \
+    pieces = _user_split(kind, order.sources, store) if isinstance(kind, Function) else \
         _built_in(order, kind, store)
     for piece, assembly in pieces:
         if piece.name is not None and not names.is_text(piece.name):
@@ -154,8 +152,8 @@ def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
             yield Slice(**origin, name=name, row_group=i, meta={"rows": meta.row_group(i).num_rows})
 
 
-def _user_split(fn: Function, inputs: list[CID | Info | View], store: BlockStore, code: Path | None) -> list[Piece]:
-    user_split: Split = load(store, fn, "to split the Order's inputs", code)
+def _user_split(fn: Function, inputs: list[CID | Info | View], store: BlockStore) -> list[Piece]:
+    user_split: Split = load(store, fn, "to split the Order's inputs")
     pieces: list[Piece] = []
     for item in user_split(inputs, store, **fn.params):
         piece, assembly = item if isinstance(item, tuple) else (item, {})

@@ -4,7 +4,6 @@ function, encode and store the result. Only CIDs and small records go back to th
 
 from __future__ import annotations
 
-import inspect
 import os
 import socket
 import tempfile
@@ -12,18 +11,23 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from cats import data as cats_data
 from cats.bom.ref import OutputRef
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.importer import Importer
 from cats.cas.store import BlockStore, open_store
+from cats.cas.store.local import LocalStore
+from cats.config import home
 from cats.data import Cache
 from cats.errors import BlockNotFound, DataError, DataIntegrityError, IntegrityError, ReentrantRun
+from cats.factory import confine as confine_
 from cats.factory import guard, nested, results
+from cats.factory._confined import accepts_seed
 from cats.factory._plan import Item
-from cats.factory.code import load
+from cats.factory.code import code_folder, load
+from cats.factory.confine import Policy
 from cats.factory.egress import entry_name
 from cats.factory.ingress import open_input
 from cats.factory.outcome import DataCounts, MovedCounts, SliceOutcome
@@ -31,14 +35,6 @@ from cats.order.function import Function
 from cats.order.infra import Slice
 from cats.plant import cluster
 from cats.plant.cluster import ClusterStore
-
-
-def _accepts_seed(func: Callable[..., Any]) -> bool:
-    try:
-        params = inspect.signature(func).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == "seed" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def materialize(store: BlockStore, piece: Slice, takes: str, scratch: Path,
@@ -63,6 +59,67 @@ def materialize(store: BlockStore, piece: Slice, takes: str, scratch: Path,
         path.write_bytes(data)
         return path, len(data)
     return data, len(data)
+
+
+# Runs one slice: (index, Slice, seed, scratch folder, cache) -> (the result's bytes, or a file of
+# them at its start; its encoding; the bytes read to make it)
+Call = Callable[[int, Slice, int, Path, Cache | None], tuple[bytes | BinaryIO, str, int]]
+_SPOOL = 8 << 20  # a confined result larger than this waits on disk, not in memory
+
+
+def _direct_call(store: BlockStore, func: Callable[..., Any], fn: Function) -> Call:
+    """A slice run here, in this worker: the operator's own code."""
+    seed_kw = accepts_seed(func)
+
+    def call(index: int, piece: Slice, seed: int, scratch: Path, cache: Cache | None) -> \
+            tuple[bytes | BinaryIO, str, int]:
+        arg, bytes_in = materialize(store, piece, fn.takes, scratch, cache)
+        kwargs = dict(fn.params)
+        if seed_kw:
+            kwargs["seed"] = seed
+        with guard.running(f"running slice {index} of {fn.entry}"):
+            data, encoding = results.encode(func(arg, **kwargs))
+        return data, encoding, bytes_in
+
+    return call
+
+
+def _confined_call(store: BlockStore, fn: Function, run_dir: str, confine: dict[str, Any]) -> Call:
+    """A slice run in this worker's sandbox for the run: the worker reads its input and sends it in,
+    the result comes back, at most the policy's bytes, spooled to disk past a few MiB."""
+    assert fn.code is not None
+    policy = Policy(**confine["policy"])
+    local = store.local if isinstance(store, ClusterStore) else store
+    hidden = [str(home())] + ([str(local.root)] if isinstance(local, LocalStore) else [])
+    box = confine_.sandbox(confine_.key(run_dir, str(fn.code), fn.entry, fn.params, confine),
+                           code_folder(store, fn.code),
+                           {"module": fn.module, "qualname": fn.qualname, "params": fn.params},
+                           policy, bool(confine["network"]), dict(confine["env"]), hidden)
+
+    def call(index: int, piece: Slice, seed: int, scratch: Path, cache: Cache | None) -> \
+            tuple[bytes | BinaryIO, str, int]:
+        kind, argument, bytes_in = confined_argument(store, piece, fn.takes, scratch, cache)
+        sink = tempfile.SpooledTemporaryFile(max_size=_SPOOL, mode="w+b", dir=str(scratch))  # noqa: SIM115
+        try:
+            encoding = box.call(index, kind, piece.name or piece.origin, seed, argument, sink)
+        except BaseException:
+            sink.close()
+            raise
+        sink.seek(0)
+        return sink, encoding, bytes_in  # type: ignore[return-value]  # binary, and a file when it matters
+
+    return call
+
+
+def confined_argument(store: BlockStore, piece: Slice, takes: str, scratch: Path,
+                      cache: Cache | None) -> tuple[str, bytes, int]:
+    """What a confined function takes, as bytes to send: the input's bytes (as they are, or for a
+    path, to become a file in its scratch folder), or a table or array in its result encoding."""
+    value, bytes_in = materialize(store, piece, "bytes" if takes == "path" else takes, scratch, cache)
+    if isinstance(value, bytes):
+        return ("path" if takes == "path" else "bytes"), value, bytes_in
+    data, encoding = results.encode(value)
+    return ("table" if encoding == "arrow" else "npy"), data, bytes_in
 
 
 def _attempt(run_dir: str, batch: int) -> int:
@@ -90,8 +147,6 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     (`cats.factory.submit`) lists them in its outcome; re-executed for verification, it is answered
     with `children`, what the BOM records per slice.
     """
-    if confine is not None:
-        return [SliceOutcome(index=i, error="confined execution is not built yet") for i, _, _ in items]
     names = peers
     store = open_store(store_url) if names is None else \
         ClusterStore(open_store(store_url), lambda: cluster.keepers(names))
@@ -100,11 +155,11 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     node = _node()
     more = f" and {len(items) - 1} more" if len(items) > 1 else ""
     try:
-        func = load(store, fn, f"to run slice {items[0][0]}{more} in a worker")
+        call = _confined_call(store, fn, run_dir, confine) if confine is not None else \
+            _direct_call(store, load(store, fn, f"to run slice {items[0][0]}{more} in a worker"), fn)
     except Exception as e:
         failure = _failure(e, f"loading {fn.entry} from {fn.code} failed:\n")
         return [SliceOutcome(index=i, **failure) for i, _, _ in items]
-    seed_kw = _accepts_seed(func)
     cache = Cache() if any("source" in piece or "view" in piece for _, piece, _ in items) else None
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cats-slice-") as tmp, \
@@ -113,14 +168,15 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
             started = time.perf_counter()
             try:
                 piece = Slice.model_validate(piece_json)
-                arg, bytes_in = materialize(store, piece, fn.takes, Path(tmp), cache)
-                kwargs = dict(fn.params)
-                if seed_kw:
-                    kwargs["seed"] = seed
-                with nested.scope(store, index, None if write else (children or {}).get(index, [])) as scope, \
-                        guard.running(f"running slice {index} of {fn.entry}"):
-                    data, encoding = results.encode(func(arg, **kwargs))
-                entry = importer.add_bytes(data)
+                with nested.scope(store, index, None if write else (children or {}).get(index, [])) as scope:
+                    made, encoding, bytes_in = call(index, piece, seed, Path(tmp), cache)
+                if isinstance(made, bytes):
+                    entry, data = importer.add_bytes(made), made
+                else:
+                    with made:
+                        entry = importer.add_file(made)
+                        made.seek(0)
+                        data = made.read() if output_uri else b""
                 result: dict[str, Any] = {"output": entry.cid, "encoding": encoding, "size": entry.size,
                                           "tsize": entry.tsize}
                 if output_uri:
@@ -175,7 +231,7 @@ class Replica:
 def _failure(e: Exception, prefix: str = "") -> dict[str, Any]:
     """The error record of a slice: the traceback, and for a missing or altered block its CID. A run
     started from user code needs no traceback: its message says where and what to do instead."""
-    if isinstance(e, ReentrantRun):
+    if isinstance(e, (ReentrantRun, confine_.Refused, confine_.Raised)):  # a reason, or the sandbox's traceback
         return {"error": str(e)}
     failure: dict[str, Any] = {"error": prefix + traceback.format_exc()}
     if isinstance(e, (IntegrityError, BlockNotFound)):

@@ -278,7 +278,7 @@ def _check_split(store: BlockStore, order: Order, recs: list[SliceRecord], repor
     """Splitting the recorded inputs again must give the recorded slices: this reads every input's
     folder blocks (an altered listing shows here) and ties each record to the inputs it claims."""
     try:
-        pieces = ingress.split(order, store, home.code)
+        pieces = ingress.split(order, store)
     except BlockNotFound as e:
         _problem(report, "block-missing", f"splitting the inputs: {e}", e.cid)
         return False
@@ -308,7 +308,7 @@ def _check_merge(store: BlockStore, bom: BOM, order: Order, recs: list[SliceReco
               "name": r.input.name, "assembly": r.assembly} for r in recs]  # CIDs as objects: no re-parsing
     assert store.url is not None  # re-execution checked it
     try:
-        merged = egress.merge(store.url, how, parts, write=False, code=home.code)
+        merged = egress.merge(store.url, how, parts, write=False)
     except BlockNotFound as e:
         _problem(report, "block-missing", f"merging the recorded outputs: {e}", e.cid)
         return
