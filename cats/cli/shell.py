@@ -17,14 +17,21 @@ def exec_(
     memory: int | None = typer.Option(None, "--memory", min=1, help="Address-space limit of the command, in MB."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     force: bool = typer.Option(False, "--force", help="Run even if this exact job already has a BOM."),
+    unconfined: bool = typer.Option(False, "--unconfined", help="Run the command with this user's rights (it then "
+                                    "sees every process and file you can, and the network): only for commands you "
+                                    "trust; by default it runs in a sandbox (bubblewrap)."),
 ) -> None:
-    """Run a shell command on each file of a folder CID; the output folder has one entry per input file."""
+    """Run a shell command on each file of a folder CID; the output folder has one entry per input file.
+
+    The command runs in a sandbox: it sees its file, a scratch folder and the system's programs, no
+    other process, no network and nothing of CATS_HOME."""
     from cats.cas.cid import CID
     from cats.factory import shell
 
     if not command.strip():
         raise CatsError("--command is empty")
-    execute(lambda: shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory), as_json, force)
+    execute(lambda: shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory, confined=not unconfined),
+            as_json, force)
 
 
 def register(app: typer.Typer) -> None:

@@ -175,7 +175,8 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
             args += ["--tmpfs", real]
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(policy.scratch), "--tmpfs", SCRATCH,
              "--symlink", SCRATCH, "/tmp", "--ro-bind", str(code), CODE, "--remount-ro", "/", "--chdir", SCRATCH]
-    environment = {"PATH": _PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": SCRATCH, "TMPDIR": SCRATCH, **env}
+    environment = {"PATH": _PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": SCRATCH, "TMPDIR": SCRATCH,
+                   **env, "CATS_MAX_OUTPUT": str(policy.max_output)}
     for name, value in environment.items():
         args += ["--setenv", name, value]
     boot = (f"import sys; sys.path[:] = {[p for p in sys.path if p]!r}; "

@@ -3,10 +3,13 @@
 This module is sealed as the code of such Orders (workers import it on its own, as `shell`, so
 it needs only the standard library), so a BOM names the exact runner by CID and the command by
 the Order's params. The command reads the file on stdin (its path is `$CATS_INPUT`); its stdout
-is the slice's result. It runs in a scratch directory that is removed afterwards, with only
-PATH, a locale, HOME and TMPDIR in its environment (no credentials of the worker), under a
-timeout that kills its whole process group and an address-space limit set by `ulimit -v` (in
-the child shell, since `preexec_fn` is unsafe in a threaded Ray worker).
+is the slice's result, read as it comes and refused past `CATS_MAX_OUTPUT` bytes (what the
+sandbox's policy allows; 1 GiB otherwise). It runs in a scratch directory that is removed
+afterwards, with only PATH, a locale, HOME and TMPDIR in its environment (no credentials of the
+worker), under a timeout that kills its whole process group and an address-space limit set by
+`ulimit -v` (in the child shell, since `preexec_fn` is unsafe in a threaded Ray worker). The
+Order runs confined (`Plant(confined=True)`) unless its maker says otherwise: then the command
+also sees no other process, no network and nothing of the machine's files but its programs.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import contextlib
 import hashlib
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ _BUILTINS = frozenset({
 _LEADING = frozenset({"!", "{", "(", "if", "then", "else", "elif", "do", "while", "until", "time"})
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 _STDERR_LINES = 10
+_STDERR_KEPT = 64 << 10  # the tail of stderr kept for the error message
 
 
 class CommandFailed(RuntimeError):
@@ -56,6 +62,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 def run(path: Path, command: str, timeout: float = 60.0, memory: int | None = None) -> bytes:
     """Run `command` with the file at `path` on stdin; its stdout is the result (MB for `memory`)."""
     limit = f"ulimit -v {int(memory) * 1024} || exit 125; " if memory else ""
+    cap = int(os.environ.get("CATS_MAX_OUTPUT") or 1 << 30)
     scratch = tempfile.mkdtemp(prefix="cats-exec-")
     try:
         with open(path, "rb") as stdin:
@@ -63,19 +70,48 @@ def run(path: Path, command: str, timeout: float = 60.0, memory: int | None = No
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=scratch,
                                     env=_environment(scratch, Path(path)), start_new_session=True)
             try:
-                out, err = proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                proc.communicate()
-                raise CommandFailed(f"{Path(path).name}: command timed out after the limit of {timeout:g} s "
-                                    f"(--timeout); its process group was killed") from None
+                out, err = _collect(proc, Path(path).name, timeout, cap)
             finally:
                 _kill(proc)  # what it left running in the background
+                proc.wait()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if proc.returncode != 0:
         raise CommandFailed(_failure(Path(path).name, proc.returncode, err, memory))
     return out
+
+
+def _collect(proc: subprocess.Popen[bytes], name: str, timeout: float, cap: int) -> tuple[bytes, bytes]:
+    """The command's stdout (at most `cap` bytes) and the tail of its stderr, read as they come,
+    until it ends or its time is up."""
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    while streams:
+        left = deadline - time.monotonic()
+        ready = select.select(list(streams), [], [], max(left, 0))[0] if left > 0 else []
+        if not ready:
+            raise CommandFailed(f"{name}: command timed out after the limit of {timeout:g} s (--timeout); its "
+                                "process group was killed")
+        for fd in ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                del streams[fd]
+                continue
+            kept = streams[fd]
+            kept += chunk
+            if kept is err and len(err) > _STDERR_KEPT:
+                del err[:-_STDERR_KEPT]
+            elif kept is out and len(out) > cap:
+                raise CommandFailed(f"{name}: the command wrote more than the limit of {cap} bytes to stdout; "
+                                    "it was killed")
+    try:
+        proc.wait(max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        raise CommandFailed(f"{name}: command timed out after the limit of {timeout:g} s (--timeout); its "
+                            "process group was killed") from None
+    return bytes(out), bytes(err)
 
 
 def _failure(name: str, status: int, stderr: bytes, memory: int | None) -> str:
@@ -130,11 +166,13 @@ def tools(command: str) -> dict[str, str]:
 
 
 def order(command: str, inputs: list[Any], timeout: float = 60.0, memory: int | None = None,
-          name: str | None = None) -> Any:
-    """An Order running `command` once per file of the inputs; its Structure records the command and
-    the versions of the tools it calls here, on the submitting machine."""
+          name: str | None = None, confined: bool = True) -> Any:
+    """An Order running `command` once per file of the inputs, confined unless `confined=False`; its
+    Structure records the command and the versions of the tools it calls here, on the submitting
+    machine."""
     from cats.errors import CatsError
     from cats.order import Function, Order, Structure
+    from cats.plant import Plant
 
     try:
         called = tools(command)
@@ -144,4 +182,5 @@ def order(command: str, inputs: list[Any], timeout: float = 60.0, memory: int | 
     if memory:
         params["memory"] = memory
     return Order(function=Function.of(run, takes="path", **params), inputs=inputs,
-                 structure=Structure(command=command, tools=called), name=name or f"exec {command}")
+                 structure=Structure(command=command, tools=called), plant=Plant(confined=confined),
+                 name=name or f"exec {command}")
