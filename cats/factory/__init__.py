@@ -153,7 +153,8 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
     placed: dict[str, int] = {}
     if todo:
         assert ray is not None
-        work = plan(ray, order, url, [(i, pieces[i][0], seed(order_cid, i)) for i in todo], nodes, confine=policy)
+        work = plan(ray, order, url, [(i, pieces[i][0], seed(order_cid, i)) for i in todo], nodes, confine=policy,
+                    hide=[str(home.folder)])
         placed = work.placed
 
         def finished(ok: list[SliceOutcome]) -> None:
@@ -241,21 +242,21 @@ def reexecute(order: Order, store: BlockStore, chosen: list[SliceRecord], *, hom
     guard.check("cats.verify")
     policy = confinement(order, confine)
     ray = connect(order.plant, quiet=quiet)
-    work = reexecution_plan(ray, order, store, chosen, policy)
     outcomes: dict[int, SliceOutcome] = {}
     with Home.given(home, store) as where:
+        work = reexecution_plan(ray, order, store, chosen, policy, hide=[str(where.folder)])
         failures = _execute_plan(ray, work, where, "verify-", lambda ok: outcomes.update((o.index, o) for o in ok))
     return outcomes | {o.index: o for o in failures}
 
 
 def reexecution_plan(ray: Any, order: Order, store: BlockStore, chosen: list[SliceRecord],
-                     confine: Policy | None = None) -> Plan:
+                     confine: Policy | None = None, hide: list[str] | None = None) -> Plan:
     """The plan `reexecute` runs on `ray`: the run's own, for these slices, with one replica and nothing written."""
     once = order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": 1})})
     children = {r.index: [c.model_dump(mode="json") for c in r.children] for r in chosen if r.children}
     assert store.url is not None
     return plan(ray, once, store.url, [(r.index, r.input, r.seed) for r in chosen], cluster.stores(ray),
-                write=False, children=children, confine=confine)
+                write=False, children=children, confine=confine, hide=hide)
 
 
 def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list[SliceOutcome]) -> str:

@@ -70,7 +70,7 @@ class Plan:
     output_uri: str | None = None
     children: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     placed: dict[str, int] = field(default_factory=dict)  # slices per store, on a cluster of node stores
-    confine: dict[str, Any] | None = None  # confined: the policy (confine.Policy), the Plant's network and env
+    confine: dict[str, Any] | None = None  # confined: the policy, the Plant's network and env, folders to hide
 
     @property
     def slices(self) -> int:
@@ -90,10 +90,11 @@ def runtime_env(order: Order) -> dict[str, Any] | None:
 
 def plan(ray: Any, order: Order, url: str, todo: list[tuple[int, Slice, int]], nodes: list[Store], *,
          write: bool = True, children: dict[int, list[dict[str, Any]]] | None = None,
-         confine: Policy | None = None) -> Plan:
+         confine: Policy | None = None, hide: list[str] | None = None) -> Plan:
     """The plan for running `todo` (slice index, Slice, seed) of a sealed Order on `ray`, whose
     cluster keeps the stores `nodes` (none on a plain Ray: workers open the driver's store, `url`);
-    with `confine`, every slice runs in a sandbox under that policy."""
+    with `confine`, every slice runs in a sandbox under that policy, which never shows the folders
+    `hide` (the driver's CATS_HOME)."""
     plant = order.plant
     placed: dict[str, int] = {}
     homes = _place(ray, plant, url, todo, nodes, placed)
@@ -116,7 +117,7 @@ def plan(ray: Any, order: Order, url: str, todo: list[tuple[int, Slice, int]], n
                 on_disagreement=plant.on_disagreement, write=write, output_uri=order.output_uri,
                 children=children or {}, placed=placed,
                 confine=None if confine is None else {"policy": confine.as_dict(), "network": plant.network,
-                                                      "env": dict(plant.env)})
+                                                      "env": dict(plant.env), "hide": list(hide or [])})
 
 
 def _place(ray: Any, plant: Plant, url: str, todo: list[tuple[int, Slice, int]], nodes: list[Store],

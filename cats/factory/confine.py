@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -126,6 +127,7 @@ _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime"
         "nsswitch.conf", "ssl", "ca-certificates", "mime.types", "protocols", "services")
 _ETC_NETWORK = ("resolv.conf", "hosts", "gai.conf", "host.conf")
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+_TAIL = 4000
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -133,16 +135,20 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _python_paths() -> list[str]:
-    """The folders this worker imports from (its interpreter, its sys.path, the cats package), as
-    real paths, minus any that would show a home folder or CATS_HOME whole."""
+    """The folders this worker's Python imports from, as real paths: its interpreter's prefixes,
+    package folders on its path (site-packages, zip files) and the cats package. Other folders on the
+    path (a driver's working folder or script folder, which Ray adds) are not shown, nor anything that
+    would show a home folder, CATS_HOME or the temporary folder whole."""
+    import tempfile
+
     import cats
     from cats.config import home
 
-    guarded = [os.path.realpath(Path.home()), os.path.realpath(home())]
+    guarded = [os.path.realpath(p) for p in (Path.home(), home(), tempfile.gettempdir())]
     found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
-    found |= {os.path.realpath(p) for p in sys.path if p and os.path.exists(p)}
+    found |= {os.path.realpath(p) for p in sys.path
+              if p and os.path.exists(p) and (os.path.isfile(p) or Path(p).name in ("site-packages", "dist-packages"))}
     found.add(os.path.realpath(Path(cats.__file__).parent))
-    found.add(os.path.dirname(os.path.realpath(sys.executable)))
     kept: list[str] = []
     for path in sorted(found):
         if path == "/" or any(_inside(g, path) for g in guarded):
@@ -191,10 +197,12 @@ class Sandbox:
                  hidden: list[str]) -> None:
         self.policy = policy
         self.proc = subprocess.Popen(command(code, policy, network, env, hidden), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, start_new_session=True)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self._in: IO[bytes] = self.proc.stdin
         self._out: IO[bytes] = self.proc.stdout
+        self._tail = bytearray()  # the last of what it wrote to stderr, for the message when it fails
+        threading.Thread(target=self._relay, args=(self.proc.stderr,), daemon=True).start()
         try:
             _confined.send_header(self._in, {"module": function["module"], "qualname": function["qualname"],
                                              "params": function["params"], "max_output": policy.max_output})
@@ -202,11 +210,23 @@ class Sandbox:
             answer = _confined.read_header(self._out)
         except (Broken, OSError) as e:
             self.close()
-            raise Refused(f"the sandbox did not start ({e}); exit status {self.proc.returncode}") from None
+            raise Refused(f"the sandbox did not start ({e}); exit status {self.proc.returncode}{self._said()}") \
+                from None
         if "error" in answer:
             self.close()
             raise Refused(f"loading {function['module']}:{function['qualname']} in the sandbox failed:\n"
                           f"{answer['error']}")
+
+    def _relay(self, stream: IO[bytes]) -> None:
+        """What the confined code prints goes on to the worker's stderr, as an unconfined slice's would."""
+        for line in iter(stream.readline, b""):
+            self._tail = (self._tail + line)[-_TAIL:]
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(line.decode(errors="replace"))
+
+    def _said(self) -> str:
+        text = self._tail.decode(errors="replace").strip()
+        return f"; its last words:\n{text}" if text else ""
 
     @property
     def alive(self) -> bool:
@@ -239,7 +259,7 @@ class Sandbox:
             self.close()
             status = self.proc.returncode
             how = f"was killed by signal {-status}" if status and status < 0 else f"exited ({status})"
-            raise Refused(f"the sandbox running slice {index} broke off: {e}; it {how}") from None
+            raise Refused(f"the sandbox running slice {index} broke off: {e}; it {how}{self._said()}") from None
 
     def close(self) -> None:
         """Kill the sandbox, and with it (its PID namespace) every process it started."""

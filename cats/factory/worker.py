@@ -90,18 +90,22 @@ def _confined_call(store: BlockStore, fn: Function, run_dir: str, confine: dict[
     assert fn.code is not None
     policy = Policy(**confine["policy"])
     local = store.local if isinstance(store, ClusterStore) else store
-    hidden = [str(home())] + ([str(local.root)] if isinstance(local, LocalStore) else [])
-    box = confine_.sandbox(confine_.key(run_dir, str(fn.code), fn.entry, fn.params, confine),
-                           code_folder(store, fn.code),
-                           {"module": fn.module, "qualname": fn.qualname, "params": fn.params},
-                           policy, bool(confine["network"]), dict(confine["env"]), hidden)
+    hidden = [str(home()), *confine.get("hide", [])] + ([str(local.root)] if isinstance(local, LocalStore) else [])
+    key = confine_.key(run_dir, str(fn.code), fn.entry, fn.params, confine)
+    folder = code_folder(store, fn.code)
+    entry = {"module": fn.module, "qualname": fn.qualname, "params": fn.params}
+
+    def box() -> confine_.Sandbox:  # a sandbox that died with a slice is replaced for the next one
+        return confine_.sandbox(key, folder, entry, policy, bool(confine["network"]), dict(confine["env"]), hidden)
+
+    box()  # started before the first slice: code that does not load fails every slice with the reason
 
     def call(index: int, piece: Slice, seed: int, scratch: Path, cache: Cache | None) -> \
             tuple[bytes | BinaryIO, str, int]:
         kind, argument, bytes_in = confined_argument(store, piece, fn.takes, scratch, cache)
         sink = tempfile.SpooledTemporaryFile(max_size=_SPOOL, mode="w+b", dir=str(scratch))  # noqa: SIM115
         try:
-            encoding = box.call(index, kind, piece.name or piece.origin, seed, argument, sink)
+            encoding = box().call(index, kind, piece.name or piece.origin, seed, argument, sink)
         except BaseException:
             sink.close()
             raise

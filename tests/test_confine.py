@@ -1,0 +1,160 @@
+"""Confined runs: the same results as unconfined ones, what the code sees inside, what is refused
+before anything runs, and how a sandbox that misbehaves fails its slice and nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jobs
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cats import factory
+from cats.bom import load as load_bom
+from cats.cas import reader
+from cats.cas.cid import CID
+from cats.errors import CatsError, SliceFailed
+from cats.factory.confine import Policy
+from cats.order import Function, InfraFunction, Order
+from cats.plant import Plant
+from cats.verification.audit import verify
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+JOB = """
+import json, os
+
+def upper(data):
+    return data.upper()
+
+def size(path):
+    return path.name + " " + str(path.stat().st_size) + " " + str(path.parent == __import__("pathlib").Path("/scratch"))
+
+def rows(table):
+    return table.num_rows
+
+def seen(data, seed=None):
+    return json.dumps({"uid": os.getuid(), "pid": os.getpid(), "cwd": os.getcwd(), "env": dict(os.environ),
+                       "procs": sorted(p for p in os.listdir("/proc") if p.isdigit()),
+                       "root": sorted(os.listdir("/")), "seed": seed})
+
+def leave(data):
+    with open("/scratch/left", "wb") as f:
+        f.write(data)
+    return str(sorted(os.listdir("/scratch")))
+
+def dies(data):
+    if data.startswith(b"die"):
+        os._exit(3)
+    return data
+
+def big(data):
+    return b"x" * 5_000_000
+"""
+
+
+def _order(tmp_path: Path, entry: str, inputs: list, **plant: object) -> Order:
+    module = jobs.module(tmp_path, "confjob", JOB)
+    return Order(function=Function.of(getattr(_load(module), entry), **({"takes": "path"} if entry == "size" else {})
+                                      | ({"takes": "table"} if entry == "rows" else {})),
+                 inputs=inputs, plant=Plant(**plant))
+
+
+def _load(module: Path) -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module.stem, module)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _texts(cats_home: Path, output: CID) -> dict[str, bytes]:
+    store = jobs.home_store(cats_home)
+    return {name: b"".join(reader.read(store, cid)) for name, cid, _ in reader.entries(store, output)}
+
+
+def _files(tmp_path: Path) -> Path:
+    return jobs.folder(tmp_path, {"a.txt": b"alpha\n", "b.txt": b"beta\n", "c.txt": b"gamma\n"})
+
+
+def test_confined_results_match_unconfined_for_bytes_paths_and_tables(cats_home: Path, tmp_path: Path) -> None:
+    folder = _files(tmp_path)
+    free = factory.run(_order(tmp_path, "upper", [folder]), force=True)
+    boxed = factory.run(_order(tmp_path, "upper", [folder], confined=True), force=True)
+    assert free.output == boxed.output
+    assert _texts(cats_home, boxed.output)["a.txt"] == b"ALPHA\n"
+    assert load_bom(jobs.home_store(cats_home), boxed.bom).invoice.confined is True
+    assert load_bom(jobs.home_store(cats_home), free.bom).invoice.confined is None
+    boxed = factory.run(_order(tmp_path, "size", [folder], confined=True), force=True)
+    assert _texts(cats_home, boxed.output)["a.txt"] == b"a.txt 6 True"  # a file in its own scratch
+    pq.write_table(pa.table({"x": list(range(10))}), tmp_path / "t.parquet", row_group_size=4)
+    table = [tmp_path / "t.parquet"]
+    split = InfraFunction(split="row-groups", merge="list")
+    free = factory.run(_order(tmp_path, "rows", table).model_copy(update={"infra": split}), force=True)
+    boxed = factory.run(_order(tmp_path, "rows", table, confined=True).model_copy(update={"infra": split}),
+                        force=True)
+    assert free.output == boxed.output
+
+
+def test_inside_the_code_sees_itself_its_scratch_and_the_declared_environment(cats_home: Path,
+                                                                              tmp_path: Path) -> None:
+    folder = jobs.folder(tmp_path, {"one": b"1"})
+    run = factory.run(_order(tmp_path, "seen", [folder], confined=True, env={"MODE": "fast"}), force=True)
+    seen = json.loads(_texts(cats_home, run.output)["one"])
+    assert seen["uid"] == 65534 and seen["pid"] == 2 and seen["procs"] == ["1", "2"]
+    assert seen["cwd"] == "/scratch" and seen["seed"] is not None
+    assert set(seen["env"]) == {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PWD", "MODE", "CATS_MAX_OUTPUT"}
+    assert seen["env"]["MODE"] == "fast" and seen["env"]["HOME"] == "/scratch"
+    assert "tmp" in seen["root"] and "scratch" in seen["root"] and "code" in seen["root"]
+
+
+def test_scratch_is_emptied_between_slices(cats_home: Path, tmp_path: Path) -> None:
+    folder = jobs.folder(tmp_path, {f"f{i}": b"x" for i in range(4)})
+    run = factory.run(_order(tmp_path, "leave", [folder], confined=True, batch=4), force=True)
+    assert set(_texts(cats_home, run.output).values()) == {b"['left']"}
+
+
+def test_a_sandbox_that_dies_fails_its_slice_and_the_next_one_starts_afresh(cats_home: Path, tmp_path: Path) -> None:
+    folder = jobs.folder(tmp_path, {"a": b"ok-a", "b": b"die now", "c": b"ok-c"})
+    with pytest.raises(SliceFailed) as failed:
+        factory.run(_order(tmp_path, "dies", [folder], confined=True, batch=3, retries=0), force=True)
+    message = str(failed.value)
+    assert "slice 1 (b)" in message and "the sandbox running slice 1 broke off" in message
+    assert "more slices failed" not in message  # a, before it, and c, in a new sandbox after it, ran
+
+
+def test_a_result_over_the_policy_fails_naming_the_limit(cats_home: Path, tmp_path: Path) -> None:
+    folder = jobs.folder(tmp_path, {"a": b"a"})
+    with pytest.raises(SliceFailed, match=r"over this machine's limit of 1000000 bytes per slice"):
+        factory.run(_order(tmp_path, "big", [folder]), force=True, confine=Policy(max_output=1_000_000))
+
+
+def test_what_cannot_run_confined_is_refused_before_anything_runs(cats_home: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _files(tmp_path)
+    with pytest.raises(CatsError, match=r"asks for network access .* does not give"):
+        factory.run(_order(tmp_path, "upper", [folder], network=True), confine=Policy(network=False))
+    slice_fn = _order(tmp_path, "upper", [folder], confined=True)
+    slice_fn = slice_fn.model_copy(update={"function": slice_fn.function.model_copy(update={"takes": "slice"})})
+    with pytest.raises(CatsError, match=r"takes its Slice"):
+        factory.run(slice_fn)
+    monkeypatch.setenv("CATS_BWRAP", str(tmp_path / "no-bwrap"))
+    with pytest.raises(CatsError, match=r"cannot confine code on this machine: .*no-bwrap does not run"):
+        factory.run(_order(tmp_path, "upper", [folder], confined=True))
+
+
+def test_plant_defaults_keep_the_encoding(tmp_path: Path) -> None:
+    """Orders written before confinement keep their CIDs: its fields are left out at their defaults."""
+    assert set(Plant().model_dump()) == {"address", "num_cpus", "resources", "retries", "timeout_s", "batch"}
+    assert Plant(confined=True, network=True, env={"A": "1"}).model_dump()["env"] == {"A": "1"}
+
+
+def test_verification_re_executes_a_confined_run_confined(cats_home: Path, tmp_path: Path) -> None:
+    folder = _files(tmp_path)
+    run = factory.run(_order(tmp_path, "seen", [folder], confined=True), force=True)
+    report = verify(jobs.home_store(cats_home), run.bom)
+    assert report.verified and report.mode == "reexecute"  # "seen" reports pid 2 and uid 65534 only in a sandbox
