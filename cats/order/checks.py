@@ -2,7 +2,7 @@
 
 A Check names its data by reference, not by CID, because the output's CID is unknown when the
 Order is written: `input:N[/path]` is the N-th input of the Order (a path goes inside a folder
-CID), `output[/path]` the result of the run. `cats.verification.checks` runs them.
+CID), `output[/path]` the result of the run. `cats.order.checking` runs them.
 
 - `freivalds`: c == a @ b, by random projections (reads a, b and c once, O(n^2 * rounds)).
 - `elementwise`: c == op(a[, b]) on `samples` random entries, fetched by byte range.
