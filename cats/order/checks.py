@@ -55,6 +55,11 @@ class Check(BaseModel):
     rtol: float | None = Field(default=None, ge=0, description="None: sqrt(eps) of the least precise float")
     atol: float = Field(default=0.0, ge=0)
 
+    def label(self) -> str:
+        """How messages name the check: its kind, op and operands, e.g. `freivalds(a=input:0/a.npy, b=…, c=output)`."""
+        operands = ", ".join(f"{k}={v}" for k, v in (("a", self.a), ("b", self.b), ("c", self.c)) if v is not None)
+        return f"{self.kind}{f' {self.op}' if self.op else ''}({operands})"
+
     @field_validator("a", "b", "c")
     @classmethod
     def _ref(cls, value: str | None) -> str | None:
