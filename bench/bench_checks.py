@@ -28,8 +28,8 @@ from cats.cas.importer import CHUNK_SIZE, Importer
 from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
-from cats.verification import checks
-from cats.verification.checks import CountingStore, NpyFile
+from cats.order import checking
+from cats.order.checking import CountingStore, NpyFile
 
 TARGETS = {"freivalds_ratio": 20.0}
 
@@ -51,7 +51,7 @@ def put(store: BlockStore, arr: np.ndarray) -> CID:
 
 def in_memory(A: np.ndarray, B: np.ndarray, C: np.ndarray, rounds: int, repeat: int) -> dict[str, float]:
     def check() -> None:
-        bad, _ = checks.freivalds_arrays(A, B, C, rounds, seed=1)
+        bad, _ = checking.freivalds_arrays(A, B, C, rounds, seed=1)
         assert bad == 0, "Freivalds rejected a correct product"
 
     recompute = best(lambda: A @ B, repeat)
@@ -70,7 +70,7 @@ def from_store(store: BlockStore, A: np.ndarray, B: np.ndarray, C: np.ndarray, r
         fetched.append(counting.fetched)
 
     def check() -> None:
-        report = checks.freivalds(store, a, b, c, rounds=rounds, seed=1)
+        report = checking.freivalds(store, a, b, c, rounds=rounds, seed=1)
         assert report.passed, report.detail
         fetched.append(report.bytes_fetched)
 
@@ -83,10 +83,10 @@ def from_store(store: BlockStore, A: np.ndarray, B: np.ndarray, C: np.ndarray, r
 
 def elementwise(store: BlockStore, A: np.ndarray, B: np.ndarray, samples: int, repeat: int) -> dict[str, float]:
     a, b, c = put(store, A), put(store, B), put(store, A + B)
-    reports: list[checks.CheckReport] = []
+    reports: list[checking.CheckReport] = []
 
     def check() -> None:
-        reports.append(checks.elementwise(store, "add", a, b, c, samples=samples, seed=2))
+        reports.append(checking.elementwise(store, "add", a, b, c, samples=samples, seed=2))
         assert reports[-1].passed, reports[-1].detail
 
     secs = best(check, repeat)

@@ -134,6 +134,11 @@ class SliceFailed(CatsError):
     remote traceback, or which replica said what."""
 
 
+class CheckFailed(CatsError):
+    """A check of an Order that gates its run (`check_on_run`) rejected the output, or could not run on it;
+    the message names the check and says nothing was recorded."""
+
+
 class ChildFailed(CatsError):
     """A sub-Order failed on every attempt or ran out of time; the message names it and its slice."""
 

@@ -19,10 +19,9 @@ from cats.cas.store import BlockStore
 from cats.cas.store.memory import MemoryStore
 from cats.data.views import npy as npy_views
 from cats.errors import CatsError, PathNotFound, ViewError
-from cats.order import Function, Order
+from cats.order import Function, Order, checking
+from cats.order.checking import CountingStore, NpyFile
 from cats.order.checks import Check, parse_ref
-from cats.verification import checks
-from cats.verification.checks import CountingStore, NpyFile
 
 
 def npy(arr: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
@@ -198,7 +197,7 @@ def _product(store: BlockStore, n: int = 120, m: int = 80, p: int = 100) -> tupl
 
 def test_freivalds_passes_a_correct_product(store: BlockStore) -> None:
     a, b, A, B = _product(store)
-    report = checks.freivalds(store, a, b, put(store, A @ B), rounds=20, seed=1)
+    report = checking.freivalds(store, a, b, put(store, A @ B), rounds=20, seed=1)
     assert report.passed, report.detail
     assert report.false_accept_probability == 2.0 ** -20
     assert report.total_bytes == sum(len(npy(x)) for x in (A, B, A @ B))
@@ -210,7 +209,7 @@ def test_freivalds_catches_one_wrong_entry(mem: MemoryStore, seed: int) -> None:
     a, b, A, B = _product(mem)
     C = A @ B
     C[int(seed * 17 % 120), int(seed * 31 % 100)] += 1e-3
-    report = checks.freivalds(mem, a, b, put(mem, C), rounds=20, seed=seed)
+    report = checking.freivalds(mem, a, b, put(mem, C), rounds=20, seed=seed)
     assert not report.passed
     assert "of 20 random projections differ" in report.detail
 
@@ -219,18 +218,18 @@ def test_freivalds_on_integers_is_exact(mem: MemoryStore) -> None:
     rng = np.random.default_rng(3)
     A, B = rng.integers(-1000, 1000, (40, 30)), rng.integers(-1000, 1000, (30, 50))
     C = A @ B
-    assert checks.freivalds(mem, put(mem, A), put(mem, B), put(mem, C), seed=0).passed
+    assert checking.freivalds(mem, put(mem, A), put(mem, B), put(mem, C), seed=0).passed
     C[3, 4] += 1
-    report = checks.freivalds(mem, put(mem, A), put(mem, B), put(mem, C), seed=0)
+    report = checking.freivalds(mem, put(mem, A), put(mem, B), put(mem, C), seed=0)
     assert not report.passed and "exactly" in report.detail
 
 
 def test_freivalds_wrong_shapes(mem: MemoryStore) -> None:
     a, b, A, B = _product(mem)
-    report = checks.freivalds(mem, a, b, put(mem, (A @ B)[:-1]), seed=0)
+    report = checking.freivalds(mem, a, b, put(mem, (A @ B)[:-1]), seed=0)
     assert not report.passed and "shape" in report.detail
     with pytest.raises(CatsError, match="do not multiply"):
-        checks.freivalds(mem, b, b, put(mem, A @ B), seed=0)
+        checking.freivalds(mem, b, b, put(mem, A @ B), seed=0)
 
 
 # -- elementwise ------------------------------------------------------------------------------------
@@ -243,7 +242,7 @@ def _vectors(store: BlockStore, n: int) -> tuple[np.ndarray, np.ndarray, CID, CI
 
 def test_elementwise_add_passes(store: BlockStore) -> None:
     x, y, a, b = _vectors(store, 10_000)
-    report = checks.elementwise(store, "add", a, b, put(store, x + y), samples=64, seed=5)
+    report = checking.elementwise(store, "add", a, b, put(store, x + y), samples=64, seed=5)
     assert report.passed, report.detail
     assert report.false_accept_probability == pytest.approx((1 - 1 / 10_000) ** 64)
     assert "(1 - w/N)**64" in report.detail
@@ -253,27 +252,27 @@ def test_elementwise_catches_five_percent_wrong(mem: MemoryStore) -> None:
     x, y, a, b = _vectors(mem, 10_000)
     z = x + y
     z[np.random.default_rng(2).choice(z.size, z.size // 20, replace=False)] += 0.5
-    report = checks.elementwise(mem, "add", a, b, put(mem, z), samples=64, seed=5)
+    report = checking.elementwise(mem, "add", a, b, put(mem, z), samples=64, seed=5)
     assert not report.passed and "wrong (flat index" in report.detail
 
 
 def test_elementwise_unary_and_scalar_operand(mem: MemoryStore) -> None:
     x, _, a, _ = _vectors(mem, 5_000)
-    assert checks.elementwise(mem, "exp", a, None, put(mem, np.exp(x)), seed=1).passed
+    assert checking.elementwise(mem, "exp", a, None, put(mem, np.exp(x)), seed=1).passed
     two = put(mem, np.array(2.0))
-    assert checks.elementwise(mem, "mul", a, two, put(mem, 2 * x), seed=1).passed
-    assert not checks.elementwise(mem, "mul", a, two, put(mem, 3 * x), seed=1).passed
+    assert checking.elementwise(mem, "mul", a, two, put(mem, 2 * x), seed=1).passed
+    assert not checking.elementwise(mem, "mul", a, two, put(mem, 3 * x), seed=1).passed
     ints = np.arange(1000)
     wrong = ints.copy()
     wrong[::2] += 1
-    assert not checks.elementwise(mem, "neg", put(mem, ints), None, put(mem, -wrong), seed=1).passed
+    assert not checking.elementwise(mem, "neg", put(mem, ints), None, put(mem, -wrong), seed=1).passed
 
 
 def test_elementwise_checks_everything_when_samples_cover_it(mem: MemoryStore) -> None:
     x, y, a, b = _vectors(mem, 50)
     z = x - y
     z[49] = 0.0
-    report = checks.elementwise(mem, "sub", a, b, put(mem, z), samples=64, seed=0)
+    report = checking.elementwise(mem, "sub", a, b, put(mem, z), samples=64, seed=0)
     assert not report.passed and report.false_accept_probability == 0.0 and "(all)" in report.detail
 
 
@@ -283,7 +282,7 @@ def test_elementwise_fetches_only_the_covering_blocks(mem: MemoryStore) -> None:
     x, y, a, b = _vectors(mem, n)
     c = put(mem, x * y)
     samples, seed = 2, 9
-    report = checks.elementwise(mem, "mul", a, b, c, samples=samples, seed=seed)
+    report = checking.elementwise(mem, "mul", a, b, c, samples=samples, seed=seed)
     assert report.passed
     header = len(npy(x)) - x.nbytes
     idx = np.random.default_rng(seed).integers(0, n, size=samples)  # the draw the check makes
@@ -299,7 +298,7 @@ def test_elementwise_on_4_mib_fetches_a_fraction(mem: MemoryStore, monkeypatch: 
     nearly all of them: sampling saves bytes once an array has many more leaves than samples."""
     monkeypatch.setattr(importer_mod, "CHUNK_SIZE", 4096)
     x, y, a, b = _vectors(mem, 1 << 19)
-    report = checks.elementwise(mem, "add", a, b, put(mem, x + y), samples=64, seed=4)
+    report = checking.elementwise(mem, "add", a, b, put(mem, x + y), samples=64, seed=4)
     assert report.passed
     assert report.total_bytes > 3 * (4 << 20)
     assert report.bytes_fetched < 0.25 * report.total_bytes, (report.bytes_fetched, report.total_bytes)
@@ -316,7 +315,7 @@ def _sums(store: BlockStore, x: np.ndarray, partitions: int) -> tuple[CID, np.nd
 def test_reduction_passes_and_reads_only_the_sampled_partitions(mem: MemoryStore) -> None:
     x = np.random.default_rng(1).standard_normal(1 << 20)  # 8 MiB, 32 leaves
     a, parts = _sums(mem, x, 16)
-    report = checks.reduction(mem, a, put(mem, parts), put(mem, np.array(x.sum())), partitions=16, sampled=4,
+    report = checking.reduction(mem, a, put(mem, parts), put(mem, np.array(x.sum())), partitions=16, sampled=4,
                               seed=3)
     assert report.passed, report.detail
     assert report.false_accept_probability == 1 - 4 / 16
@@ -329,7 +328,7 @@ def test_reduction_always_catches_a_total_that_disagrees_with_its_partials(mem: 
     a, parts = _sums(mem, x, 16)
     b, c = put(mem, parts), put(mem, np.array([x.sum() + 0.01]))
     for seed in range(20):
-        report = checks.reduction(mem, a, b, c, seed=seed)
+        report = checking.reduction(mem, a, b, c, seed=seed)
         assert not report.passed and "DIFFERS" in report.detail
 
 
@@ -338,9 +337,9 @@ def test_reduction_catches_a_wrong_partial_when_sampled(mem: MemoryStore) -> Non
     a, parts = _sums(mem, x, 16)
     parts[5] += 1  # consistent lie: the total follows the wrong partial
     b, c = put(mem, parts), put(mem, np.array(parts.sum()))
-    everything = checks.reduction(mem, a, b, c, partitions=16, sampled=16, seed=0)
+    everything = checking.reduction(mem, a, b, c, partitions=16, sampled=16, seed=0)
     assert not everything.passed and everything.false_accept_probability == 0.0 and "[5] wrong" in everything.detail
-    caught = [not checks.reduction(mem, a, b, c, partitions=16, sampled=4, seed=s).passed for s in range(400)]
+    caught = [not checking.reduction(mem, a, b, c, partitions=16, sampled=4, seed=s).passed for s in range(400)]
     # caught exactly when partition 5 is among the 4 sampled: probability 1/4 (sd ~0.022 over 400 seeds)
     assert 0.17 < sum(caught) / len(caught) < 0.33
 
@@ -348,9 +347,9 @@ def test_reduction_catches_a_wrong_partial_when_sampled(mem: MemoryStore) -> Non
 def test_reduction_wrong_counts(mem: MemoryStore) -> None:
     x = np.ones(100)
     a, parts = _sums(mem, x, 16)
-    report = checks.reduction(mem, a, put(mem, parts[:8]), put(mem, np.array(100.0)), seed=0)
+    report = checking.reduction(mem, a, put(mem, parts[:8]), put(mem, np.array(100.0)), seed=0)
     assert not report.passed and "partitions=16" in report.detail
-    report = checks.reduction(mem, a, put(mem, parts), put(mem, np.array([100.0, 0.0])), seed=0)
+    report = checking.reduction(mem, a, put(mem, parts), put(mem, np.array([100.0, 0.0])), seed=0)
     assert not report.passed and "a total is one" in report.detail
 
 
@@ -368,15 +367,15 @@ def test_run_resolves_references(mem: MemoryStore, tmp_path: Path) -> None:
     output = put(mem, A @ B)
     order = _order([Check(kind="freivalds", a="input:0/a.npy", b="input:0/b.npy"),
                     Check(kind="elementwise", op="neg", a="input:0/a.npy", c="input:0/a.npy")])
-    reports = checks.run_order(mem, order.checks, [folder], output, seed=1)
+    reports = checking.run_order(mem, order.checks, [folder], output, seed=1)
     assert [r.passed for r in reports] == [True, False]
-    direct = checks.freivalds(mem, added["a.npy"], added["b.npy"], output, seed=1)
+    direct = checking.freivalds(mem, added["a.npy"], added["b.npy"], output, seed=1)
     assert direct.passed
     assert reports[0].bytes_fetched > direct.bytes_fetched  # resolving walked the folder node too
     with pytest.raises(CatsError, match="names input 1"):
-        checks.run(mem, Check(kind="elementwise", op="abs", a="input:1"), [folder], output)
+        checking.run(mem, Check(kind="elementwise", op="abs", a="input:1"), [folder], output)
     with pytest.raises(PathNotFound):
-        checks.run(mem, Check(kind="elementwise", op="abs", a="input:0/nope.npy"), [folder], output)
+        checking.run(mem, Check(kind="elementwise", op="abs", a="input:0/nope.npy"), [folder], output)
 
 
 def test_counting_store_counts_what_it_fetches(mem: MemoryStore) -> None:

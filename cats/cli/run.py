@@ -147,6 +147,9 @@ def execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
     if result.disagreed:
         err.print(f"[yellow]replicas disagreed[/yellow] on {result.disagreed} of {result.slices} slices; "
                   f"the majority's outputs were kept and the BOM marks them (agreed: false)")
+    if result.checks:
+        err.print("[green]checks passed[/green]: " + "; ".join(
+            f"{c.kind} (false accept <= {c.false_accept_probability:.3g})" for c in result.checks))
     err.print(f"order  {result.order}\noutput {result.output}")
     print(f"bom    {result.bom}", file=out, flush=True)
     err.print(f"[dim]next: cats cat --decode {result.bom} · cats lineage {result.bom} · cats verify {result.bom}[/]",

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cats import __version__
 from cats.bom import BOM, Invoice, SliceRecord
@@ -30,7 +30,7 @@ from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError, SliceFailed
-from cats.factory import egress, guard, ingress, nested
+from cats.factory import egress, gate, guard, ingress, nested
 from cats.factory._execute import execute
 from cats.factory._ledger import Ledger
 from cats.factory._plan import Plan, plan, seed
@@ -43,11 +43,15 @@ from cats.order.seal import seal
 from cats.plant import cluster, connect
 from cats.plant.cluster import ClusterStore
 
+if TYPE_CHECKING:
+    from cats.order.checking import CheckReport
+
 
 @dataclass
 class Run:
     """What `run` returns: the BOM's CID (the handle for everything), the output's and the sealed
-    Order's; whether an earlier BOM of the same Order was reused; slices in all and executed now."""
+    Order's; whether an earlier BOM of the same Order was reused; slices in all and executed now;
+    the reports of the checks that gated it (None: the Order does not ask, or its BOM was reused)."""
 
     bom: CID
     output: CID
@@ -58,6 +62,7 @@ class Run:
     duration_s: float = 0.0
     replicas: int = 1
     disagreed: int | None = None  # slices kept by a majority over dissent; None with one replica
+    checks: list[CheckReport] | None = None
 
     def summary(self) -> dict[str, Any]:
         summary = {"bom": str(self.bom), "output": str(self.output), "order": str(self.order),
@@ -65,6 +70,8 @@ class Run:
                    "duration_s": round(self.duration_s, 3), "replicas": self.replicas}
         if self.disagreed is not None:
             summary["disagreed"] = self.disagreed
+        if self.checks is not None:
+            summary["checks"] = [c.model_dump(mode="json") for c in self.checks]
         return summary
 
 
@@ -82,8 +89,9 @@ def run(order: Order, *, home: Home | None = None, store: BlockStore | None = No
     total)` is called as slices finish; `quiet` keeps the workers' output off the terminal. With
     `confine` (a node running a peer's Order), every slice runs in a sandbox under that policy, as
     it does when the Order's Plant is `confined` (under the default policy). Raises SliceFailed,
-    naming the failed slices, with the remote traceback, and ReentrantRun when called from code the
-    Factory is loading or running.
+    naming the failed slices, with the remote traceback; CheckFailed when the Order's `check_on_run`
+    checks reject its output (no BOM is recorded); ReentrantRun when called from code the Factory is
+    loading or running.
     """
     guard.check()
     started = time.time()
@@ -182,6 +190,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
         gpus = order.plant.num_gpus if isinstance(order.infra.merge, Function) else 0  # the user's merge may use them
         merged = ray.get(ray.remote(egress.merge).options(num_cpus=0, num_gpus=gpus).remote(url, how, ledger.parts()))
     outputs = [CID.parse(merged["output"])]
+    checks = gate.check(order, order_cid, ClusterStore(store, peers, keep=False), outputs[0])  # raises: no BOM
     finished_at = time.time()
     assert order.function.code is not None and order.structure.lock is not None
     bom = BOM(
@@ -215,7 +224,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
     replicas = order.plant.replicas
     return Run(bom_cid, outputs[0], order_cid, slices=len(pieces), executed=len(todo),
                duration_s=finished_at - started, replicas=replicas,
-               disagreed=None if replicas == 1 else ledger.disagreed)
+               disagreed=None if replicas == 1 else ledger.disagreed, checks=checks)
 
 
 def _execute_plan(ray: Any, work: Plan, home: Home, prefix: str, done: Callable[[list[SliceOutcome]], None]) -> \

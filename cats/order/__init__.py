@@ -13,7 +13,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR
@@ -63,7 +72,11 @@ class Order(BaseModel):
     """A job: run `function` over slices of `inputs`, cut and joined as `infra` says, in the
     environment `structure` describes, on `plant`. Written with local paths and URIs; the Factory
     seals it (every reference becomes a CID or a pinned URI), and the sealed Order's DAG-CBOR block
-    is what its CID names: the same sealed Order is the same job, so its BOM is reused."""
+    is what its CID names: the same sealed Order is the same job, so its BOM is reused.
+
+    `checks` are cheap validators of the output that `cats verify` runs; with `check_on_run` they
+    also gate the run: a failing check fails it and no BOM is recorded for it. Both are left out of
+    the encoding when unset, so Orders without them keep the CIDs they always had."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -77,9 +90,20 @@ class Order(BaseModel):
     name: str | None = None
     # Left out of the encoding while empty, so Orders without checks keep the CIDs they always had.
     checks: list[Check] = Field(default_factory=list, exclude_if=lambda checks: not checks)
+    check_on_run: bool = Field(
+        default=False, exclude_if=lambda on: not on,
+        description="run `checks` on the output at the end of the run: one that fails fails the run and its BOM "
+                    "is not recorded (not indexed, pinned or signed); left out of the encoding while False")
     output_uri: DataURI | None = Field(
         default=None, description="workers write each slice's result under this URI prefix (named as the slice); "
                                   "the store keeps only references to them")
+
+    @field_validator("check_on_run")
+    @classmethod
+    def _checks_to_run(cls, on: bool, info: ValidationInfo) -> bool:
+        if on and not info.data.get("checks", [None]):  # no "checks" in data: they failed, and say why
+            raise ValueError("no checks to run: give the Order checks=[Check(...)] or leave check_on_run False")
+        return on
 
     @model_validator(mode="after")
     def _takes_fits_split(self) -> Order:

@@ -2,7 +2,7 @@
 
 A Check names its data by reference, not by CID, because the output's CID is unknown when the
 Order is written: `input:N[/path]` is the N-th input of the Order (a path goes inside a folder
-CID), `output[/path]` the result of the run. `cats.verification.checks` runs them.
+CID), `output[/path]` the result of the run. `cats.order.checking` runs them.
 
 - `freivalds`: c == a @ b, by random projections (reads a, b and c once, O(n^2 * rounds)).
 - `elementwise`: c == op(a[, b]) on `samples` random entries, fetched by byte range.
@@ -54,6 +54,11 @@ class Check(BaseModel):
     sampled: int = Field(default=4, ge=1, description="reduction: partitions recomputed")
     rtol: float | None = Field(default=None, ge=0, description="None: sqrt(eps) of the least precise float")
     atol: float = Field(default=0.0, ge=0)
+
+    def label(self) -> str:
+        """How messages name the check: its kind, op and operands, e.g. `freivalds(a=input:0/a.npy, b=…, c=output)`."""
+        operands = ", ".join(f"{k}={v}" for k, v in (("a", self.a), ("b", self.b), ("c", self.c)) if v is not None)
+        return f"{self.kind}{f' {self.op}' if self.op else ''}({operands})"
 
     @field_validator("a", "b", "c")
     @classmethod

@@ -258,10 +258,10 @@ def _check_children(rec: SliceRecord, out: SliceOutcome, report: Report, result:
 
 def _run_checks(store: BlockStore, bom: BOM, order: Order, report: Report, seed: int | None) -> None:
     """The Order's cheap validators on the recorded output; each reports bytes fetched and its odds."""
-    from cats.verification import checks
+    from cats.order import checking
 
     try:
-        results = checks.run_order(store, order.checks, bom.inputs, bom.outputs[0], seed)
+        results = checking.run_order(store, order.checks, bom.inputs, bom.outputs[0], seed)
     except BlockNotFound as e:
         _problem(report, "block-missing", f"checks: {e}", e.cid)
         return

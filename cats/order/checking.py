@@ -8,6 +8,10 @@ blocks that cover its samples; every report counts the bytes it really fetched.
 
 A seed known to the producer before it commits to its output lets it cheat the sample; draw the
 seed afterwards (the default draws a fresh one) and keep it in the report for replay.
+
+The engine lives beside the Check model, under the Factory and verification alike: the Factory
+runs an Order's checks to gate its run (`Order.check_on_run`), `cats verify` runs them again on
+the recorded output. It reads only the store, the data views and the Order.
 """
 
 from __future__ import annotations
