@@ -30,6 +30,7 @@ from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
 from cats.order import checking
 from cats.order.checking import CountingStore, NpyFile
+from cats.order.checks import CheckReport
 
 TARGETS = {"freivalds_ratio": 20.0}
 
@@ -83,7 +84,7 @@ def from_store(store: BlockStore, A: np.ndarray, B: np.ndarray, C: np.ndarray, r
 
 def elementwise(store: BlockStore, A: np.ndarray, B: np.ndarray, samples: int, repeat: int) -> dict[str, float]:
     a, b, c = put(store, A), put(store, B), put(store, A + B)
-    reports: list[checking.CheckReport] = []
+    reports: list[CheckReport] = []
 
     def check() -> None:
         reports.append(checking.elementwise(store, "add", a, b, c, samples=samples, seed=2))

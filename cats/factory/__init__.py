@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cats import __version__
 from cats.bom import BOM, Invoice, SliceRecord
@@ -38,13 +38,11 @@ from cats.factory.confine import Policy, check_confinable
 from cats.factory.nested import slice_store, submit
 from cats.factory.outcome import SliceOutcome
 from cats.order import Order, label
+from cats.order.checks import CheckReport
 from cats.order.function import Function
 from cats.order.seal import seal
 from cats.plant import cluster, connect
 from cats.plant.cluster import ClusterStore
-
-if TYPE_CHECKING:
-    from cats.order.checking import CheckReport
 
 
 @dataclass

@@ -5,15 +5,11 @@ have known which entries a sampled check reads."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
 from cats.errors import CatsError, CheckFailed
 from cats.order import Order
-
-if TYPE_CHECKING:
-    from cats.order.checking import CheckReport
+from cats.order.checks import CheckReport
 
 _KEPT = ("nothing was recorded (no BOM indexed, pinned or signed); the finished slices are kept, "
          "so a re-run merges and checks again without executing them")

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
 
 from cats.cas import reader
 from cats.cas.cid import CID
@@ -32,7 +31,7 @@ from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View, npy
 from cats.errors import CatsError
-from cats.order.checks import Check, CheckKind, parse_ref
+from cats.order.checks import Check, CheckKind, CheckReport, parse_ref
 
 __all__ = ["CheckReport", "CountingStore", "NpyFile", "elementwise", "freivalds", "freivalds_arrays", "reduction",
            "run", "run_order"]
@@ -42,18 +41,6 @@ UFUNCS: dict[str, Callable[..., np.ndarray]] = {
     "square": np.square, "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide,
     "pow": np.power, "maximum": np.maximum, "minimum": np.minimum,
 }
-
-
-class CheckReport(BaseModel):
-    """What one check found, what it cost (bytes fetched vs. bytes it names) and how far to trust a pass."""
-
-    kind: CheckKind
-    passed: bool
-    bytes_fetched: int
-    total_bytes: int
-    false_accept_probability: float
-    detail: str
-    seed: int | None = None
 
 
 class _Mismatch(Exception):

@@ -90,3 +90,15 @@ class Check(BaseModel):
             if self.sampled > self.partitions:
                 raise ValueError(f"sampled ({self.sampled}) cannot exceed partitions ({self.partitions})")
         return self
+
+
+class CheckReport(BaseModel):
+    """What one check found, what it cost (bytes fetched vs. bytes it names) and how far to trust a pass."""
+
+    kind: CheckKind
+    passed: bool
+    bytes_fetched: int
+    total_bytes: int
+    false_accept_probability: float
+    detail: str
+    seed: int | None = None
