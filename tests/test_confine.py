@@ -52,6 +52,11 @@ def dies(data):
 
 def big(data):
     return b"x" * 5_000_000
+
+def hang(data):
+    import subprocess, time
+    subprocess.Popen(["sleep", "1000"], start_new_session=True)  # a background process of its own session
+    time.sleep(1000)
 """
 
 
@@ -158,3 +163,32 @@ def test_verification_re_executes_a_confined_run_confined(cats_home: Path, tmp_p
     run = factory.run(_order(tmp_path, "seen", [folder], confined=True), force=True)
     report = verify(jobs.home_store(cats_home), run.bom)
     assert report.verified and report.mode == "reexecute"  # "seen" reports pid 2 and uid 65534 only in a sandbox
+
+
+def _sandboxes() -> list[int]:
+    """Live `sleep 1000` processes on this machine."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and cmdline[:2] == [b"sleep", b"1000"]:
+            found.append(int(proc.name))
+    return found
+
+
+def test_a_slice_over_its_time_is_killed_with_everything_it_started(cats_home: Path, tmp_path: Path) -> None:
+    import time
+
+    before = set(_sandboxes())
+    folder = jobs.folder(tmp_path, {"a": b"a"})
+    started = time.monotonic()
+    with pytest.raises(SliceFailed, match=r"timed out after 2(\.0)? s per slice"):
+        factory.run(_order(tmp_path, "hang", [folder], confined=True, timeout_s=2, retries=0), force=True)
+    assert time.monotonic() - started < 30
+    deadline = time.monotonic() + 10
+    while set(_sandboxes()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(_sandboxes()) - before  # the sleep it left in the background died with the sandbox
