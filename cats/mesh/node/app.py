@@ -348,6 +348,7 @@ Car = Annotated[Received, Depends(_body(None))]
 Json = Annotated[Received, Depends(_body(JSON_MAX_BODY))]
 Bodiless = Annotated[Received, Depends(_body(0))]
 Signer = Annotated[Signed, Depends(_signer)]
+JobId = Annotated[str, PathParam(description="the id POST /orders answered")]
 CidPath = Annotated[str, PathParam(description="a CID: CIDv0 (Qm…) or CIDv1 in any multibase",
                                    examples=["bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"])]
 
@@ -595,8 +596,6 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                                      "node's operator follow it")
         return row
 
-    JobId = Annotated[str, PathParam(description="the id POST /orders answered")]
-
     @app.get("/orders/{id}", response_model=m.OrderStatus, response_model_exclude_none=True,
              dependencies=signed, responses=_errors(401, 403, 404, 422),
              summary="An order's status, for its submitter (and the operator)")
@@ -615,7 +614,6 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         if not node.worker.cancel(id, f"cancelled by {by}"):
             row = node.orders.get(id) or row
             raise HTTPException(409, f"order {id} has ended already: it is {row.status}")
-        log.info("order %s cancelled by %s", id, signer.did)
         return m.OrderStatus.of(node.orders.get(id) or row)
 
     def openapi() -> dict[str, Any]:

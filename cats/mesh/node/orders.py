@@ -55,8 +55,8 @@ STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
 INTERRUPTED = ("the node died while this order was running; submit it again (the slices that finished "
                "are kept, so it resumes)")
-STOPPED = ("cancelled: the node stopped while this order was running; submit it again (the slices that finished "
-           "are kept, so it resumes)")
+STOPPED = ("the node stopped while this order was running; submit it again (the slices that finished are kept, "
+           "so it resumes)")
 _MAX_ERROR = 16_000  # characters of an error kept (a failed slice's message carries a traceback)
 _INTERRUPT_GRACE_S = 10.0  # how long a run may take to stop after SIGINT before it is killed
 _MARKER = "CATS_NODE_RUN"  # in the environment of a run's child, so of everything it starts
@@ -409,7 +409,7 @@ class Worker:
                 return self.table.cancel(job, reason, was="queued")
             self.table.cancel(job, reason, was="running")
             self._settled.add(job)
-        log.warning("order %s cancelled: %s", job, reason)
+        log.warning("order %s is cancelled: %s", job, reason)
         self.runner.stop(job)
         return True
 
