@@ -13,8 +13,6 @@ from typing import Any
 
 import typer
 
-from cats.factory.confine import GiB
-
 node_app = typer.Typer(help="This machine as a CAT Node: serve its blocks and BOMs, run Orders for trusted peers.",
                        no_args_is_help=True)
 
@@ -31,7 +29,7 @@ def start(
     allow_network: bool = typer.Option(False, "--allow-network",
                                        help="Give network access to Orders that declare it (plant.network); "
                                             "without it they are refused."),
-    max_output: int = typer.Option(GiB, "--max-output", min=1, metavar="BYTES",
+    max_output: int = typer.Option(1 << 30, "--max-output", min=1, metavar="BYTES",  # confine.Policy's default
                                    help="Largest result of one slice of a confined Order, in bytes."),
     max_order_seconds: float = typer.Option(3600.0, "--max-order-seconds", min=0.001, metavar="S",
                                             help="Wall time one order may run before it is stopped and recorded "
