@@ -347,3 +347,29 @@ def test_a_node_that_cannot_confine_refuses_orders_unless_unconfined(setup: Setu
     res = peer.cli("mesh", "submit", str(online), "--to", node.url)
     assert res.returncode == 1
     one_line(res.stderr, "422", "plant.network", "--allow-network")
+
+
+@pytest.mark.slow
+def test_a_cancelled_run_takes_its_embedded_ray_with_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without RAY_ADDRESS the run starts a Ray of its own (GCS, raylet, workers): none outlives the cancel."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    peer = Peer(tmp_path / "peer")
+    node = NodeProc(tmp_path / "node", args=("--unconfined",))
+    (tmp_path / "node").mkdir()
+    Trust(node.home / "trust.json").add(peer.did)
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    setup = Setup(tmp_path, node, peer, peer, pids)
+    node.start()
+    try:
+        napping = peer.submit(setup.order("embedded_nap", nap=NAP_S), node)
+        job = setup.job_of("embedded_nap", "running")
+        wait_for(lambda: setup.napping(), 120, "the napping slice did not start")
+        assert len(left_behind(node)) > 2  # the run's child, its Ray's servers and the napping worker
+        res = peer.cli("mesh", "cancel", job, "--to", node.url)
+        assert res.returncode == 0, res.stderr
+        assert left_behind(node) == []
+        assert not setup.napping()
+        assert ended(napping)[0] == 1
+    finally:
+        node.stop()
