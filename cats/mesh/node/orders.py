@@ -32,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -436,20 +435,22 @@ class Worker:
             row = self.table.get(job)
             assert row is not None
             log.info("order %s (%s from %s) running", job, row.order, row.submitter)
-            outcome: tuple[Callable[..., None], tuple[str, ...]]
+            bom, output, error = "", "", None
             try:
-                outcome = (self.table.done, self.runner(job, row.order))
+                bom, output = self.runner(job, row.order)
             except Exception as e:  # any failure of the run is the order's outcome, recorded for its submitter
                 text = str(e).strip() or type(e).__name__
-                outcome = (self.table.failed, (text if isinstance(e, CatsError) else f"{type(e).__name__}: {text}",))
+                error = text if isinstance(e, CatsError) else f"{type(e).__name__}: {text}"
             with self._lock:
                 self.current = None
-                if job in self._settled:
+                if job in self._settled:  # cancelled while it ran: that is its outcome
                     self._settled.discard(job)
                     continue
-                write, values = outcome
-                write(job, *values)
-            if write == self.table.done:
-                log.info("order %s done: BOM %s", job, values[0])
+                if error is None:
+                    self.table.done(job, bom, output)
+                else:
+                    self.table.failed(job, error)
+            if error is None:
+                log.info("order %s done: BOM %s", job, bom)
             else:
-                log.warning("order %s failed: %s", job, values[0].splitlines()[0])
+                log.warning("order %s failed: %s", job, error.splitlines()[0])
