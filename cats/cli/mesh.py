@@ -1,4 +1,4 @@
-"""The mesh of CAT Nodes, client side: `cats id`, `cats mesh trust|peers|pull|push|submit`.
+"""The mesh of CAT Nodes, client side: `cats id`, `cats mesh trust|peers|pull|push|submit|cancel`.
 
 httpx, rich and the client are imported inside the commands so `cats --help` stays fast.
 """
@@ -304,6 +304,28 @@ def submit(
                  f"order  {result.order}\noutput {result.output}\n"
                  + (f"signed by {', '.join(signers)}" if signers else "[yellow]the BOM came back unsigned[/]"))
     typer.echo(result.bom)
+
+
+@mesh_app.command()
+def cancel(
+    job: str = typer.Argument(..., metavar="JOB", help="The order's id on that node (`cats mesh submit` prints it)."),
+    url: str = typer.Option(..., "--to", help="The node running it."),
+    as_json: bool = typer.Option(False, "--json", help="Print the order's status as one JSON object."),
+) -> None:
+    """Cancel an order on a node: a queued one never runs, a running one is stopped.
+
+    Signed with this node's identity: the order's submitter may cancel it, and so may the node's
+    operator (its own identity, from its CATS_HOME). An order that has ended already is left as it is
+    (exit status 1, saying so).
+    """
+    from cats.mesh.client import Node
+
+    with Node(url, _identity()) as node:
+        state = node.cancel(job)
+    if as_json:
+        _print_json(state)
+    else:
+        typer.echo(f"order {job} on {node.url}: {state.get('status')}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,11 +1,14 @@
-"""`cats node start`: run this machine as a CAT Node (serving blocks and BOMs, running Orders for trusted peers).
+"""`cats node start|orders`: run this machine as a CAT Node (serving blocks and BOMs, running Orders for
+trusted peers), and list the orders it was given.
 
 FastAPI and uvicorn are imported inside the command, so `cats --help` stays fast.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Any
 
 import typer
@@ -19,13 +22,34 @@ def start(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8480, "--port", min=0, max=65535, help="Port (0: any free one, printed)."),
     private: bool = typer.Option(False, "--private", help="Reads too need a signed request from a trusted peer."),
+    unconfined: bool = typer.Option(False, "--unconfined",
+                                    help="Run peers' Orders without confinement, with this node's full rights "
+                                         "(its identity key, trust list, files and processes): only for peers you "
+                                         "trust as yourself."),
+    allow_network: bool = typer.Option(False, "--allow-network",
+                                       help="Give network access to Orders that declare it (plant.network); "
+                                            "without it they are refused."),
+    max_output: int = typer.Option(1 << 30, "--max-output", min=1, metavar="BYTES",  # confine.Policy's default
+                                   help="Largest result of one slice of a confined Order, in bytes."),
+    max_order_seconds: float = typer.Option(3600.0, "--max-order-seconds", min=0.001, metavar="S",
+                                            help="Wall time one order may run before it is stopped and recorded "
+                                                 "failed (whatever its Plant's timeout_s)."),
     log_level: str = typer.Option("warning", "--log-level", help="Log level: debug, info, warning, error."),
 ) -> None:
-    """Run the node in the foreground (state in CATS_HOME; its own in CATS_HOME/node/) until Ctrl-C or SIGTERM."""
+    """Run the node in the foreground (state in CATS_HOME; its own in CATS_HOME/node/) until Ctrl-C or SIGTERM.
+
+    Peers' Orders run one at a time, each confined (a sandbox: its input, its code read-only, no
+    identity key, no other process, no network unless allowed), unless --unconfined. On Ctrl-C or
+    SIGTERM the node takes no new order, cancels the one running and keeps the queued ones for its
+    next start.
+    """
     from cats.mesh.node.app import create_app, log
+    from cats.mesh.node.orders import NodePolicy
     from cats.web import listen, run, state_dir, url_of
 
     folder = state_dir("node")
+    policy = NodePolicy(unconfined=unconfined, allow_network=allow_network, max_output=max_output,
+                        max_order_seconds=max_order_seconds)
     sock = listen(host, port)
 
     def ready(app: Any) -> None:
@@ -34,6 +58,15 @@ def start(
         peers = len(node.trust.peers())
         typer.echo(f"{'private' if private else 'public'} node; state in {folder.parent}; {peers} trusted peer(s)"
                    + ("" if peers else ": add one with `cats mesh trust add DID`"), err=True)
+        if node.refusal is not None:
+            typer.echo(f"warning: every Order will be refused: {node.refusal}", err=True)
+        elif unconfined:
+            typer.echo("warning: --unconfined: peers' Orders run with this node's full rights; they can read its "
+                       "identity key (and sign BOMs and requests as this node), its trust list, every file and "
+                       "process of its user, and the network", err=True)
+        else:
+            typer.echo(f"Orders run confined; network {'given to those declaring it' if allow_network else 'refused'};"
+                       f" at most {max_output} bytes per slice and {max_order_seconds:g} s per order", err=True)
         if host not in ("127.0.0.1", "::1", "localhost"):
             typer.echo("warning: plain HTTP beyond loopback; put TLS in front (requests are signed, not encrypted)",
                        err=True)
@@ -42,9 +75,59 @@ def start(
     handler.setFormatter(logging.Formatter("%(levelname)s: %(name)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.getLevelNamesMapping().get(log_level.upper(), logging.DEBUG))
-    # an order still running at the end is stopped and recorded as interrupted (the app's lifespan)
-    run(create_app(folder, private=private), sock, log_level=log_level, ready=ready)
+    # on the way out the running order is stopped and recorded cancelled (the app's lifespan)
+    run(create_app(folder, private=private, policy=policy), sock, log_level=log_level, ready=ready)
     typer.echo("cats node stopped", err=True)
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+@node_app.command()
+def orders(
+    status: str | None = typer.Option(None, "--status", metavar="S",
+                                      help="Only orders with this status: queued, running, done, failed, cancelled."),
+    as_json: bool = typer.Option(False, "--json", help="Print the orders as a JSON list."),
+) -> None:
+    """List the orders this node was given, oldest first, from its state in CATS_HOME (running or not)."""
+    from cats.config import home
+    from cats.errors import CatsError
+    from cats.mesh.node.models import OrderEntry
+    from cats.mesh.node.orders import STATUSES, OrderTable
+
+    if status is not None and status not in STATUSES:
+        raise CatsError(f"--status {status!r} is none of {', '.join(STATUSES)}")
+    path = home() / "node" / "orders.sqlite"
+    rows = []
+    if path.exists():  # a node that never started has none, and listing them creates nothing
+        table = OrderTable(path)
+        try:
+            rows = table.rows(status=status)
+        finally:
+            table.close()
+    entries = [OrderEntry.of(row) for row in rows]
+    if as_json:
+        typer.echo(json.dumps([e.model_dump() for e in entries], indent=2))
+        return
+    if not entries:
+        typer.echo("no orders" + (f" {status}" if status else "") + " on this node", err=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table_out = Table("id", "status", "order", "submitter", "created", "started", "finished", "BOM or error")
+    for e in entries:
+        if e.bom:
+            outcome = e.bom
+        elif e.error:
+            outcome = (e.error.strip().splitlines() or [""])[0]
+        else:
+            outcome = "-"
+        table_out.add_row(e.id, e.status, e.order, e.submitter, _when(e.created), _when(e.started),
+                          _when(e.finished), outcome)
+    console = Console(emoji=False)  # a DID holds ":key:", which rich would draw as an emoji
+    (console if console.is_terminal else Console(width=1 << 12, emoji=False)).print(table_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -272,6 +272,14 @@ class Node:
     def order_status(self, job: str) -> dict[str, Any]:
         return self._json("GET", f"/orders/{job}", sign=True)
 
+    def cancel(self, job: str) -> dict[str, Any]:
+        """Cancel an order (as its submitter or the node's operator); MeshError(409) if it has ended."""
+        return self._json("POST", f"/orders/{job}/cancel", sign=True)
+
+    def orders(self, status: str | None = None) -> list[dict[str, Any]]:
+        """The signer's orders on the node (every order, for its operator), oldest first."""
+        return self._json("GET", "/orders" + (f"?status={status}" if status else ""), sign=True)
+
 
 def _reason(e: Exception) -> str:
     text = str(e) or type(e).__name__
@@ -747,9 +755,9 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
                             url=node.url)
         job = str(job)
         state = _wait(node, job, order_cid, timeout, progress, accepted.get("status"))
-        if state.get("status") == "failed":
-            raise MeshError(f"order {order_cid} failed on {node.url}: {state.get('error') or 'no error given'}",
-                            url=node.url)
+        if state.get("status") in ("failed", "cancelled"):
+            raise MeshError(f"order {order_cid} {state['status']} on {node.url}: "
+                            f"{state.get('error') or 'no error given'}", url=node.url)
         try:
             bom = CID.parse(state["bom"])
         except (KeyError, TypeError, CatsError):
@@ -764,7 +772,7 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
 
 def _wait(node: Node, job: str, order: CID, timeout: float, progress: Callable[[str], None] | None,
           status: object) -> dict[str, Any]:
-    """Poll the job with backoff until it is done or failed; a node briefly unreachable is waited for."""
+    """Poll the job with backoff until it has ended; a node briefly unreachable is waited for."""
     deadline = time.monotonic() + timeout
     delay = 0.1
     state: dict[str, Any] = {"status": status}
@@ -776,7 +784,7 @@ def _wait(node: Node, job: str, order: CID, timeout: float, progress: Callable[[
                 raise
         if progress is not None and state.get("status"):
             progress(str(state["status"]))
-        if state.get("status") in ("done", "failed"):
+        if state.get("status") in ("done", "failed", "cancelled"):
             return state
         if time.monotonic() + delay > deadline:
             raise MeshError(f"order {order} (job {job}) on {node.url} did not finish within {timeout:g} s "

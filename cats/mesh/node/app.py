@@ -20,7 +20,13 @@ up to the route's limit and checked against the signed digest as it arrives.
     POST /pins/{cid}                  pin a DAG that is fully present
     POST /bom/{cid}/signatures        merge an envelope's valid signatures
     POST /orders                      {"order": CID}: run a pushed, sealed Order here (202)
-    GET  /orders/{id}                 its status, for its submitter
+    GET  /orders                      the signer's orders (every order, for the operator)
+    GET  /orders/{id}                 its status, for its submitter (and the operator)
+    POST /orders/{id}/cancel          cancel it, queued or running: by its submitter or the operator
+
+The operator is whoever signs with the node's own identity (it holds the key in CATS_HOME). Orders
+run under the node's `NodePolicy` (confined unless it was started `--unconfined`); a node that cannot
+confine code refuses them all (503) and says why.
 
 A CAR streams parents before children, each block once (`cats.cas.dag.walk`), every block read
 through the store, which checks it against its CID. The root is checked before the answer starts
@@ -76,7 +82,17 @@ from cats.identity.requests import HEADERS, RequestRejected, Signed, verify_requ
 from cats.identity.trust import Trust
 from cats.mesh.node import models as m
 from cats.mesh.node.nonces import Nonces
-from cats.mesh.node.orders import OrderRejected, OrderRow, OrderTable, Runner, Worker, check_present, load_order
+from cats.mesh.node.orders import (
+    STATUSES,
+    NodePolicy,
+    OrderRejected,
+    OrderRow,
+    OrderTable,
+    Runner,
+    Worker,
+    check_present,
+    load_order,
+)
 from cats.web import json_errors
 
 log = logging.getLogger("cats.node")
@@ -93,12 +109,15 @@ _NO_BODY = ("GET", "HEAD")  # methods whose body is never read
 _WHY = {
     400: "Malformed CID, CAR or envelope; a block that does not match its CID; a block an Order needs is missing",
     401: "Unsigned, stale, altered or replayed request",
-    403: "A valid signature from a DID this node does not trust (or not the order's submitter)",
+    403: "A valid signature from a DID this node does not trust (or neither the order's submitter nor the operator)",
     404: "Not on this node",
     406: "Neither format=raw nor format=car (nor the Accept header) asked for",
-    409: "The signatures this node keeps for the BOM cannot be read (its operator must look at them)",
+    409: "The signatures this node keeps for the BOM cannot be read (its operator must look at them); the order "
+         "has ended already (done, failed or cancelled)",
     413: "The body is larger than the route takes (CATS_NODE_MAX_BODY for a CAR, 1 MiB for JSON, none for a pin)",
-    422: "Malformed request, or a block that is not what the route serves (a BOM, an Order)",
+    422: "Malformed request, a block that is not what the route serves (a BOM, an Order), or an Order asking for "
+         "what this node's policy does not give (network, say)",
+    503: "The node is stopping, or cannot confine code and was not started --unconfined: it takes no Order",
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _SIGNATURE = APIKeyHeader(
@@ -179,18 +198,24 @@ class NodeState:
     worker: Worker
     private: bool
     max_body: int
+    policy: NodePolicy
+    refusal: str | None  # why every Order is refused here (None: they are run)
+
+    def __contains__(self, did: object) -> bool:
+        """Whether `did` may sign requests here: a trusted peer, or the operator (the node's own identity)."""
+        return did == self.identity.did or did in self.trust
+
+    def may_follow(self, row: OrderRow, did: str) -> bool:
+        """Whether `did` may see and cancel the order: its submitter, or the operator."""
+        return did in (row.submitter, self.identity.did)
 
 
-def _runner(store: BlockStore, folder: Path) -> Runner:
+def _runner(store: BlockStore, folder: Path, policy: NodePolicy) -> Runner:
     if not isinstance(store, LocalStore):
         raise CatsError(f"a node runs Orders over an on-disk store its Ray workers can open; {type(store).__name__} "
                         "lives in this process only")
-    return Runner(store.root, folder / "runs")
+    return Runner(store.root, folder / "runs", policy)
 
-
-def _status(row: OrderRow) -> m.OrderStatus:
-    return m.OrderStatus.model_validate({"id": row.id, "status": row.status, "order": row.order, "bom": row.bom,
-                                         "output": row.output, "error": row.error})
 
 
 class _CutShort(Exception):
@@ -243,7 +268,7 @@ def _authenticate(request: Request, node: NodeState) -> Signed:
         path += "?" + query.decode("latin-1")
     try:
         signed = verify_request(request.headers, request.method, path, node=node.identity.did,
-                                seen=node.nonces.seen, trusted=node.trust)
+                                seen=node.nonces.seen, trusted=node)
         if request.method in _NO_BODY:
             signed.body().done()  # such a body is never read: only an empty one may be signed
     except RequestRejected as e:
@@ -323,19 +348,23 @@ Car = Annotated[Received, Depends(_body(None))]
 Json = Annotated[Received, Depends(_body(JSON_MAX_BODY))]
 Bodiless = Annotated[Received, Depends(_body(0))]
 Signer = Annotated[Signed, Depends(_signer)]
+JobId = Annotated[str, PathParam(description="the id POST /orders answered")]
 CidPath = Annotated[str, PathParam(description="a CID: CIDv0 (Qm…) or CIDv1 in any multibase",
                                    examples=["bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"])]
 
 
 def create_app(folder: Path, *, private: bool = False, store: BlockStore | None = None,
-               runner: Callable[[str, str], tuple[str, str]] | None = None) -> FastAPI:
+               policy: NodePolicy | None = None) -> FastAPI:
     """The application over CATS_HOME's store, identity, trust list, signatures and pins, with its own
-    state (nonces, orders) in `folder` (normally `cats.mesh.node.state_dir()`)."""
+    state (nonces, orders) in `folder` (normally `cats.mesh.node.state_dir()`), running Orders under
+    `policy` (the default NodePolicy: confined, no network)."""
     store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
+    policy = policy if policy is not None else NodePolicy()
     orders = OrderTable(folder / "orders.sqlite")
     node = NodeState(store=store, identity=Identity.load(), trust=Trust(), signatures=Signatures(),
                      pins=Pins(home() / "pins"), nonces=Nonces(folder / "nonces.sqlite"), orders=orders,
-                     worker=Worker(orders, runner or _runner(store, folder)), private=private, max_body=max_body())
+                     worker=Worker(orders, _runner(store, folder, policy)), private=private, max_body=max_body(),
+                     policy=policy, refusal=policy.refusal())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -519,7 +548,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         return JSONResponse(merged.model_dump())
 
     @app.post("/orders", response_model=m.OrderStatus, response_model_exclude_none=True, status_code=202,
-              dependencies=signed, responses=_errors(400, 401, 403, 413, 422),
+              dependencies=signed, responses=_errors(400, 401, 403, 413, 422, 503),
               openapi_extra=_json_body(m.OrderRequest, "The CID of a sealed Order whose blocks were pushed"),
               summary="Run an Order on this node")
     def submit(signer: Json) -> m.OrderStatus:
@@ -532,26 +561,60 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         except ValidationError as e:
             raise HTTPException(422, f"invalid request: {_first_error(e)}") from None
         cid = _stored_cid(request.order)
+        if node.refusal is not None:
+            raise HTTPException(503, f"Order {cid} refused: {node.refusal}")
         try:
-            check_present(node.store, cid, load_order(node.store, cid))
+            order = load_order(node.store, cid)
+            node.policy.admit(cid, order)
+            check_present(node.store, cid, order)
         except OrderRejected as e:
             raise HTTPException(e.status, str(e)) from None
+        if node.worker.stopping:
+            raise HTTPException(503, f"Order {cid} refused: this node is stopping; submit it again once it is back")
         row = node.orders.create(str(cid), signer.did)
         node.worker.submit(row.id)
         log.info("%s submitted order %s (%s)", signer.did, row.id, cid)
-        return _status(row)
+        return m.OrderStatus.of(row)
+
+    @app.get("/orders", response_model=list[m.OrderEntry], dependencies=signed,
+             responses=_errors(401, 403, 422), summary="The signer's orders here (every order, for the operator)")
+    def order_list(signer: Signer,
+                   status: Annotated[str | None, Query(description="only orders with this status",
+                                                       json_schema_extra={"enum": list(STATUSES)})] = None,
+                   ) -> list[m.OrderEntry]:
+        if status is not None and status not in STATUSES:
+            raise HTTPException(422, f"status={status[:40]!r} is none of {', '.join(STATUSES)}")
+        mine = None if signer.did == node.identity.did else signer.did
+        return [m.OrderEntry.of(row) for row in node.orders.rows(status=status, submitter=mine)]
+
+    def _followed(id: str, did: str) -> OrderRow:
+        row = node.orders.get(id)
+        if row is None:
+            raise HTTPException(404, f"no order {id[:40]} on this node")
+        if not node.may_follow(row, did):
+            raise HTTPException(403, f"order {id} was submitted by {row.submitter}; only its submitter and this "
+                                     "node's operator follow it")
+        return row
 
     @app.get("/orders/{id}", response_model=m.OrderStatus, response_model_exclude_none=True,
              dependencies=signed, responses=_errors(401, 403, 404, 422),
-             summary="An order's status, for its submitter")
-    def order_status(id: Annotated[str, PathParam(description="the id POST /orders answered")],
-                     signer: Signer) -> m.OrderStatus:
-        row = node.orders.get(id)
-        if row is None:
-            raise HTTPException(404, f"no order {id} on this node")
-        if row.submitter != signer.did:
-            raise HTTPException(403, f"order {id} was submitted by {row.submitter}; only its submitter follows it")
-        return _status(row)
+             summary="An order's status, for its submitter (and the operator)")
+    def order_status(id: JobId, signer: Signer) -> m.OrderStatus:
+        return m.OrderStatus.of(_followed(id, signer.did))
+
+    @app.post("/orders/{id}/cancel", response_model=m.OrderStatus, response_model_exclude_none=True,
+              dependencies=signed, responses=_errors(401, 403, 404, 409, 413, 422),
+              summary="Cancel an order, queued or running (its submitter or the operator)",
+              description="A queued order never runs; a running one is stopped (its run and every process it "
+                          "started) before the answer. Either way it is recorded `cancelled`. An order that has "
+                          "ended already is answered 409.")
+    def cancel(id: JobId, signer: Bodiless) -> m.OrderStatus:
+        row = _followed(id, signer.did)
+        by = "this node's operator" if signer.did == node.identity.did else f"its submitter {signer.did}"
+        if not node.worker.cancel(id, f"cancelled by {by}"):
+            row = node.orders.get(id) or row
+            raise HTTPException(409, f"order {id} has ended already: it is {row.status}")
+        return m.OrderStatus.of(node.orders.get(id) or row)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, plus the BOM's: CIDs are strings in JSON, which only its validation schema can say."""

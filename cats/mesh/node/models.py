@@ -5,9 +5,12 @@ Every error is `ErrorBody` (`{"detail": "..."}`), validation errors included.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from cats.mesh.node.orders import OrderRow
 
 
 class ErrorBody(BaseModel):
@@ -39,11 +42,28 @@ class OrderRequest(BaseModel):
 
 class OrderStatus(BaseModel):
     id: str = Field(description="the order's id on this node")
-    status: Literal["queued", "running", "done", "failed"]
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
     order: str | None = Field(default=None, description="the Order's CID")
     bom: str | None = Field(default=None, description="the BOM's CID, once done")
     output: str | None = Field(default=None, description="the output's CID, once done")
-    error: str | None = Field(default=None, description="why it failed")
+    error: str | None = Field(default=None, description="why it failed, or who cancelled it")
+
+    @classmethod
+    def of(cls, row: OrderRow, **more: Any) -> Self:
+        return cls.model_validate({"id": row.id, "status": row.status, "order": row.order, "bom": row.bom,
+                                   "output": row.output, "error": row.error, **more})
+
+
+class OrderEntry(OrderStatus):
+    submitter: str = Field(description="the DID that submitted it")
+    created: float = Field(description="when it was accepted (seconds since the epoch)")
+    started: float | None = Field(default=None, description="when it started running")
+    finished: float | None = Field(default=None, description="when it ended (done, failed or cancelled)")
+
+    @classmethod
+    def of(cls, row: OrderRow, **more: Any) -> Self:
+        return super().of(row, submitter=row.submitter, created=row.created, started=row.started,
+                          finished=row.finished, **more)
 
 
 class LineageNode(BaseModel):

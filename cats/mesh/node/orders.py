@@ -2,15 +2,19 @@
 worker thread that runs them one at a time, in the order they came.
 
 An order is `queued` when accepted, `running` while the Factory runs it, then `done` (with its BOM and
-output) or `failed` (with the error). Admission (`load_order`, `check_present`) refuses an Order that is
-not a sealed Order block, names a Ray address, or needs a block the node does not have.
+output), `failed` (with the error) or `cancelled` (by its submitter or the operator, or because the
+node stopped while it ran). Admission (`load_order`, `check_present`, `NodePolicy.admit`) refuses an
+Order that is not a sealed Order block, names a Ray address, needs a block the node does not have, or
+asks for what the node's policy does not give.
 
-Each run is `cats.factory.run(order)` in a child process (`python -m cats.mesh.node.runner`), started
-and waited for by the worker thread: the Factory's Ray driver then lives in that process's main thread,
-where Ray wants it, and stopping the node stops a run cleanly (SIGINT to the child, which tears its
-embedded Ray down) instead of leaving Ray half torn down inside the node. The BOM is signed by the
-node's identity all the same: the child has the node's CATS_HOME. On start, orders still queued are
-queued again and one that was running when the node stopped is marked failed; its finished slices stay
+Each run is `cats.factory.run(order, confine=...)` in a child process (`python -m cats.mesh.node.runner`),
+started and waited for by the worker thread: the Factory's Ray driver then lives in that process's main
+thread, where Ray wants it, and stopping a run is stopping the child (SIGINT, which tears its embedded
+Ray down; after a grace, SIGKILL to its process group and to every process carrying the run's marker in
+its environment) instead of leaving Ray half torn down inside the node. The same stop ends a run that
+outlives the node's wall-time cap, is cancelled, or is running when the node stops. The BOM is signed by
+the node's identity all the same: the child has the node's CATS_HOME. On start, orders still queued are
+queued again and one that was running when the node died is marked failed; its finished slices stay
 indexed, so submitting it again resumes where it stopped.
 """
 
@@ -28,7 +32,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,16 +43,22 @@ from cats.cas.dag import walk
 from cats.cas.store import BlockStore
 from cats.config import home
 from cats.errors import BlockNotFound, CatsError
+from cats.factory.confine import GiB, Policy, check_confinable, unavailable
 
 if TYPE_CHECKING:
     from cats.order import Order
 
 log = logging.getLogger("cats.node")
 
-INTERRUPTED = ("the node stopped while this order was running; submit it again (the slices that finished "
+STATUSES = ("queued", "running", "done", "failed", "cancelled")
+FINISHED = ("done", "failed", "cancelled")
+INTERRUPTED = ("the node died while this order was running; submit it again (the slices that finished "
                "are kept, so it resumes)")
+STOPPED = ("the node stopped while this order was running; submit it again (the slices that finished are kept, "
+           "so it resumes)")
 _MAX_ERROR = 16_000  # characters of an error kept (a failed slice's message carries a traceback)
-_INTERRUPT_GRACE_S = 20.0  # how long a run may take to stop after SIGINT before it is killed
+_INTERRUPT_GRACE_S = 10.0  # how long a run may take to stop after SIGINT before it is killed
+_MARKER = "CATS_NODE_RUN"  # in the environment of a run's child, so of everything it starts
 
 
 class OrderRejected(CatsError):
@@ -58,6 +67,46 @@ class OrderRejected(CatsError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass(frozen=True)
+class NodePolicy:
+    """What this node gives the Orders its peers submit: confinement (unless its operator opted out with
+    `unconfined`), network to a confined Order declaring it, the bytes of one slice's result, and the
+    wall time of one order (a larger `Plant.timeout_s` does not extend it)."""
+
+    unconfined: bool = False
+    allow_network: bool = False
+    max_output: int = GiB
+    max_order_seconds: float = 3600.0
+
+    def confine(self) -> Policy | None:
+        """The sandbox policy its runs get (None: unconfined)."""
+        if self.unconfined:
+            return None
+        return Policy(network=self.allow_network, max_output=self.max_output)
+
+    def refusal(self) -> str | None:
+        """Why this node refuses every Order (it cannot confine code and was not told to run it unconfined)."""
+        if self.unconfined or (why := unavailable()) is None:
+            return None
+        return (f"this node runs peers' Orders only confined, and cannot confine code here: {why}; its operator "
+                "can start it with --unconfined to run them without confinement")
+
+    def admit(self, cid: CID, order: Order) -> None:
+        """OrderRejected(422) for an Order that asks for what this node does not give."""
+        if order.plant.network and not self.allow_network:
+            raise OrderRejected(422, f"Order {cid} asks for network access (plant.network), which this node does "
+                                     "not give (its operator can start it with --allow-network)")
+        if (policy := self.confine()) is not None:
+            try:
+                check_confinable(order, policy)
+            except CatsError as e:
+                raise OrderRejected(422, f"Order {cid} cannot run confined: {e}") from None
+
+    def as_json(self) -> str:
+        """The policy the runner child is given on its command line."""
+        return json.dumps(None if (policy := self.confine()) is None else policy.as_dict())
 
 
 # -- admission ------------------------------------------------------------------------------------------
@@ -168,30 +217,51 @@ class OrderTable:
 
     def get(self, job: str) -> OrderRow | None:
         with self._lock:
-            found = self._db.execute("SELECT id, order_cid, submitter, status, bom, output, error, created, started, "
-                                     "finished FROM orders WHERE id = ?", (job,)).fetchone()
+            found = self._db.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (job,)).fetchone()
         return None if found is None else OrderRow(*found)
 
-    def running(self, job: str) -> None:
-        self._set(job, status="running", started=time.time())
+    def rows(self, status: str | None = None, submitter: str | None = None) -> list[OrderRow]:
+        """Orders, oldest first; only those with `status`, or submitted by `submitter`, when given."""
+        where = [(f"{column} = ?", value) for column, value in (("status", status), ("submitter", submitter))
+                 if value is not None]
+        clause = f" WHERE {' AND '.join(w for w, _ in where)}" if where else ""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM orders{clause} ORDER BY created, rowid",
+                                    [v for _, v in where]).fetchall()
+        return [OrderRow(*r) for r in rows]
+
+    def start(self, job: str) -> bool:
+        """Mark a queued order running; False if it is not queued (cancelled meanwhile, say)."""
+        return self._set(job, "queued", status="running", started=time.time())
 
     def done(self, job: str, bom: str, output: str) -> None:
-        self._set(job, status="done", bom=bom, output=output, error=None, finished=time.time())
+        self._set(job, None, status="done", bom=bom, output=output, error=None, finished=time.time())
 
     def failed(self, job: str, error: str) -> None:
-        self._set(job, status="failed", error=error[:_MAX_ERROR], finished=time.time())
+        self._set(job, None, status="failed", error=error[:_MAX_ERROR], finished=time.time())
 
-    def _set(self, job: str, **fields: object) -> None:
+    def cancel(self, job: str, reason: str, was: str) -> bool:
+        """Record the order cancelled if its status is `was`; whether it was."""
+        return self._set(job, was, status="cancelled", error=reason, finished=time.time())
+
+    def _set(self, job: str, was: str | None, **fields: object) -> bool:
         columns = ", ".join(f"{name} = ?" for name in fields)
+        condition = "" if was is None else " AND status = ?"
         with self._lock:
-            self._db.execute(f"UPDATE orders SET {columns} WHERE id = ?", (*fields.values(), job))
+            cursor = self._db.execute(f"UPDATE orders SET {columns} WHERE id = ?{condition}",
+                                      (*fields.values(), job, *(() if was is None else (was,))))
+        return bool(cursor.rowcount)
 
     def recover(self) -> list[str]:
-        """After a restart: fail what was running, and return what is still queued, oldest first."""
+        """After a restart: fail what was running (and end what its run left behind), and return what is
+        still queued, oldest first."""
         with self._lock:
+            running = [r[0] for r in self._db.execute("SELECT id FROM orders WHERE status = 'running'").fetchall()]
             self._db.execute("UPDATE orders SET status = 'failed', error = ?, finished = ? WHERE status = 'running'",
                              (INTERRUPTED, time.time()))
             rows = self._db.execute("SELECT id FROM orders WHERE status = 'queued' ORDER BY created, rowid").fetchall()
+        for job in running:
+            _kill(_leftovers(job))
         return [r[0] for r in rows]
 
     def close(self) -> None:
@@ -199,14 +269,42 @@ class OrderTable:
             self._db.close()
 
 
-# -- running --------------------------------------------------------------------------------------------
-class Runner:
-    """Runs one Order at a time in a child process; `interrupt` stops the current one."""
+_COLUMNS = "id, order_cid, submitter, status, bom, output, error, created, started, finished"
 
-    def __init__(self, store_root: Path, folder: Path) -> None:
+
+# -- running --------------------------------------------------------------------------------------------
+def _leftovers(job: str) -> list[int]:
+    """Processes whose environment carries the marker of `job`'s run: its child and all it started."""
+    marker = f"{_MARKER}={job}".encode()
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    environ = (entry / "environ").read_bytes()
+                except OSError:  # gone, or not ours to read
+                    continue
+                if marker in environ.split(b"\0"):
+                    found.append(int(entry.name))
+    return found
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class Runner:
+    """Runs one Order at a time in a child process under the node's policy; `stop` ends one."""
+
+    def __init__(self, store_root: Path, folder: Path, policy: NodePolicy) -> None:
         self.store_root = store_root
         self.folder = folder  # logs and results of runs, CATS_HOME/node/runs
+        self.policy = policy
         self._child: subprocess.Popen[bytes] | None = None
+        self._job: str | None = None
+        self._stopped: set[str] = set()  # orders stopped, maybe before their child started
         self._lock = threading.Lock()
 
     def __call__(self, job: str, order: str) -> tuple[str, str]:
@@ -219,17 +317,32 @@ class Runner:
         # the folder the node was started in; paths it is given are absolute for the same reason.
         cwd = self.folder / f"{job}.cwd"
         cwd.mkdir(exist_ok=True)
-        env = {**os.environ, "CATS_HOME": str(home().resolve())}
+        env = {**os.environ, "CATS_HOME": str(home().resolve()), _MARKER: job}
         with open(log_path, "wb") as out, self._lock:
+            if job in self._stopped:
+                self._stopped.discard(job)
+                shutil.rmtree(cwd, ignore_errors=True)
+                raise CatsError(f"order {job} was stopped before it started")
             # its own session: a Ctrl-C at the node's terminal reaches the node, which then stops the run itself
-            self._child = subprocess.Popen([sys.executable, "-P", "-m", "cats.mesh.node.runner", order,
-                                            str(self.store_root.resolve()), str(result.resolve())],
-                                           stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, env=env,
-                                           start_new_session=True)
-        code = self._child.wait()
-        with self._lock:
-            self._child = None
-        shutil.rmtree(cwd, ignore_errors=True)
+            child = self._child = subprocess.Popen(
+                [sys.executable, "-P", "-m", "cats.mesh.node.runner", order, str(self.store_root.resolve()),
+                 str(result.resolve()), self.policy.as_json()],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, env=env, start_new_session=True)
+            self._job = job
+        cap = self.policy.max_order_seconds
+        try:
+            code = child.wait(cap)
+        except subprocess.TimeoutExpired:
+            log.warning("order %s ran past the limit of %g s per order: stopping it", job, cap)
+            self._end(child)
+            raise CatsError(f"order {job} exceeded this node's limit of {cap:g} s per order "
+                            "(--max-order-seconds)") from None
+        finally:
+            with self._lock:
+                self._child = self._job = None
+                self._stopped.discard(job)
+            _kill(_leftovers(job))  # nothing the run started outlives it
+            shutil.rmtree(cwd, ignore_errors=True)
         try:
             answer = json.loads(result.read_text())
         except (OSError, ValueError):
@@ -243,33 +356,41 @@ class Runner:
         log_path.unlink(missing_ok=True)  # kept only for runs that failed
         return answer["bom"], answer["output"]
 
-    def interrupt(self) -> None:
-        """SIGINT the running child (Ray shuts down in it), SIGKILL it if it does not end in time."""
+    def stop(self, job: str) -> None:
+        """Stop `job`'s run, or keep it from starting; returns once its child has ended."""
         with self._lock:
-            child = self._child
-        if child is None:
-            return
+            self._stopped.add(job)
+            child = self._child if self._job == job else None
+        if child is not None:
+            self._end(child)
+
+    @staticmethod
+    def _end(child: subprocess.Popen[bytes]) -> None:
+        """SIGINT the child (Ray shuts down in it), then SIGKILL its process group if it does not end in time."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(child.pid, signal.SIGINT)
         try:
             child.wait(_INTERRUPT_GRACE_S)
         except subprocess.TimeoutExpired:
             log.warning("the run in process %d did not stop on SIGINT; killing it", child.pid)
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            child.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)  # the session it leads: the child, if still there, and its own
+        child.wait()
 
 
 class Worker:
-    """One thread that runs queued orders in turn with `runner(job, order CID)`, recording each outcome."""
+    """One thread that runs queued orders in turn with `runner(job, order CID)`, recording each outcome.
 
-    def __init__(self, table: OrderTable, runner: Callable[[str, str], tuple[str, str]]) -> None:
+    `cancel` ends a queued or running order; `stop` starts nothing more and cancels the running one."""
+
+    def __init__(self, table: OrderTable, runner: Runner) -> None:
         self.table, self.runner = table, runner
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="cats-node-orders", daemon=True)
+        self._lock = threading.Lock()  # whether an order starts, and who records its outcome
         self.current: str | None = None
-        self.interrupted = False
-        self._recording = threading.Lock()  # an outcome is recorded, or the order marked interrupted: not both
+        self._settled: set[str] = set()  # running orders whose outcome `cancel` recorded
+        self.stopping = False
 
     def start(self) -> None:
         for job in self.table.recover():
@@ -279,47 +400,57 @@ class Worker:
     def submit(self, job: str) -> None:
         self._queue.put(job)
 
+    def cancel(self, job: str, reason: str) -> bool:
+        """Record a queued or running order cancelled (a running one is stopped before this returns);
+        False if it was neither."""
+        with self._lock:
+            if self.current != job:
+                return self.table.cancel(job, reason, was="queued")
+            self.table.cancel(job, reason, was="running")
+            self._settled.add(job)
+        log.warning("order %s is cancelled: %s", job, reason)
+        self.runner.stop(job)
+        return True
+
     def stop(self, timeout: float) -> bool:
-        """End the thread after the current order. An order still running after timeout is recorded as
-        interrupted and stopped (`runner.interrupt()`). True if the thread ended."""
+        """Start nothing more (queued orders stay queued for the next start), cancel the order running and
+        end the thread. True if the thread ended."""
+        with self._lock:
+            self.stopping = True
+            job = self.current
+        if job is not None:
+            self.cancel(job, STOPPED)
         self._queue.put(None)
         self._thread.join(timeout)
-        if self._thread.is_alive():
-            with self._recording:
-                self.interrupted = True
-                if self.current is not None:
-                    self.table.failed(self.current, INTERRUPTED)
-                    log.warning("order %s interrupted: the node is stopping", self.current)
-            interrupt = getattr(self.runner, "interrupt", None)
-            if interrupt is not None:
-                interrupt()
-            self._thread.join(timeout)
         return not self._thread.is_alive()
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
+            with self._lock:
+                if self.stopping:
+                    return
+                if not self.table.start(job):
+                    continue  # cancelled while queued
+                self.current = job
             row = self.table.get(job)
-            if row is None or row.status != "queued":
-                continue
-            self.current = job
-            self.table.running(job)
+            assert row is not None
             log.info("order %s (%s from %s) running", job, row.order, row.submitter)
+            bom, output, error = "", "", None
             try:
                 bom, output = self.runner(job, row.order)
             except Exception as e:  # any failure of the run is the order's outcome, recorded for its submitter
                 text = str(e).strip() or type(e).__name__
                 error = text if isinstance(e, CatsError) else f"{type(e).__name__}: {text}"
-                if self._record(self.table.failed, job, error):
-                    log.warning("order %s failed: %s", job, text.splitlines()[0])
+            with self._lock:
+                self.current = None
+                if job in self._settled:  # cancelled while it ran: that is its outcome
+                    self._settled.discard(job)
+                    continue
+                if error is None:
+                    self.table.done(job, bom, output)
+                else:
+                    self.table.failed(job, error)
+            if error is None:
+                log.info("order %s done: BOM %s", job, bom)
             else:
-                if self._record(self.table.done, job, bom, output):
-                    log.info("order %s done: BOM %s", job, bom)
-
-    def _record(self, write: Callable[..., None], job: str, *outcome: str) -> bool:
-        """Record the outcome unless the order was marked interrupted meanwhile; whether it was recorded."""
-        with self._recording:
-            self.current = None
-            if self.interrupted:
-                return False
-            write(job, *outcome)
-            return True
+                log.warning("order %s failed: %s", job, error.splitlines()[0])

@@ -1,11 +1,12 @@
 """One Order run by the Factory in a process of its own, for the node's worker thread.
 
-    python -P -m cats.mesh.node.runner ORDER_CID STORE_DIR RESULT.json     # in an empty folder of its own
+    python -P -m cats.mesh.node.runner ORDER_CID STORE_DIR RESULT.json POLICY    # in an empty folder of its own
 
 The Order block (sealed, admitted by the node) is read from the on-disk store in STORE_DIR and run with
-`cats.factory.run` on the embedded local Ray, or on RAY_ADDRESS's; its BOM is signed with CATS_HOME's
-identity, the node's. RESULT.json gets `{"bom", "output"}`, or `{"error"}` when the run fails. SIGINT
-stops the run (and the Ray it started).
+`cats.factory.run` on the embedded local Ray, or on RAY_ADDRESS's, every slice confined under POLICY
+(the JSON of a `cats.factory.confine.Policy`; `null`: unconfined, the operator's choice); its BOM is
+signed with CATS_HOME's identity, the node's. RESULT.json gets `{"bom", "output"}`, or `{"error"}` when
+the run fails. SIGINT stops the run (and the Ray it started).
 """
 
 from __future__ import annotations
@@ -23,16 +24,19 @@ def _write(path: Path, answer: dict[str, str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    order_cid, store_dir, result = argv
+    order_cid, store_dir, result, policy = argv
     from cats import factory
     from cats.cas.cid import CID
     from cats.cas.store.local import LocalStore
     from cats.errors import CatsError
+    from cats.factory.confine import Policy
     from cats.mesh.node.orders import load_order
 
+    given = json.loads(policy)
+    confine = None if given is None else Policy(**given)
     try:
         store = LocalStore(store_dir)
-        run = factory.run(load_order(store, CID.parse(order_cid)), store=store, quiet=True)
+        run = factory.run(load_order(store, CID.parse(order_cid)), store=store, quiet=True, confine=confine)
     except CatsError as e:
         _write(Path(result), {"error": str(e)})
         return 1
