@@ -30,6 +30,7 @@ from typing import IO, TYPE_CHECKING, Any
 from cats.errors import CatsError
 from cats.factory import _confined
 from cats.factory._confined import CODE, SCRATCH, Broken
+from cats.factory.code import laid_out_here
 
 if TYPE_CHECKING:
     from cats.order import Order
@@ -132,6 +133,11 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+def _imports() -> list[str]:
+    """This worker's sys.path, minus the code of Orders it ran unconfined (another run's code)."""
+    return [p for p in sys.path if p and not laid_out_here(p)]
+
+
 def _python_paths() -> list[str]:
     """The folders this worker imports from (its interpreter, its sys.path, the cats package), as
     real paths, minus any that would show a home folder or CATS_HOME whole."""
@@ -140,7 +146,7 @@ def _python_paths() -> list[str]:
 
     guarded = [os.path.realpath(Path.home()), os.path.realpath(home())]
     found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
-    found |= {os.path.realpath(p) for p in sys.path if p and os.path.exists(p)}
+    found |= {os.path.realpath(p) for p in _imports() if os.path.exists(p)}
     found.add(os.path.realpath(Path(cats.__file__).parent))
     found.add(os.path.dirname(os.path.realpath(sys.executable)))
     kept: list[str] = []
@@ -179,7 +185,7 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
                    **env, "CATS_MAX_OUTPUT": str(policy.max_output)}
     for name, value in environment.items():
         args += ["--setenv", name, value]
-    boot = (f"import sys; sys.path[:] = {[p for p in sys.path if p]!r}; "
+    boot = (f"import sys; sys.path[:] = {_imports()!r}; "
             "from cats.factory._confined import main; sys.exit(main())")
     return [*args, "--", sys.executable, "-I", "-c", boot]
 
