@@ -1,4 +1,4 @@
-"""Starting a sandbox in a process that already ran code unconfined."""
+"""Starting a sandbox: in a process that already ran code unconfined, and without the Factory's API."""
 
 from __future__ import annotations
 
@@ -71,3 +71,10 @@ def test_a_process_that_ran_code_unconfined_starts_a_sandbox_that_sees_none_of_i
     seen = _call(local_store, confined, cats_home)
     assert seen["seen"] == [] and seen["path"] == []
 
+
+def test_the_sandbox_starts_without_the_factory_api_and_still_refuses_a_nested_run(
+        tmp_path: Path, cats_home: Path, local_store: LocalStore) -> None:
+    confined = _sealed(local_store, jobs.module(tmp_path, "sb_light", CONFINED), "sb_light:look", seen=[])
+    seen = _call(local_store, confined, cats_home)
+    assert seen["loaded"] == {"cats.factory": False, "pydantic": False, "ray": False}
+    assert seen["nested"] == "refused"
