@@ -1,9 +1,12 @@
-"""Starting a sandbox: in a process that already ran code unconfined, and without the Factory's API."""
+"""Starting a sandbox: in a process that already ran code unconfined or imports from /tmp, and without the
+Factory's API."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +81,15 @@ def test_the_sandbox_starts_without_the_factory_api_and_still_refuses_a_nested_r
     seen = _call(local_store, confined, cats_home)
     assert seen["loaded"] == {"cats.factory": False, "pydantic": False, "ray": False}
     assert seen["nested"] == "refused"
+
+
+def test_a_process_importing_from_tmp_starts_a_sandbox(tmp_path: Path, cats_home: Path, local_store: LocalStore,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="cats-test-", dir="/tmp"))  # where the sandbox has its own /tmp
+    try:
+        monkeypatch.syspath_prepend(str(folder))  # as Ray does with the folder of a driver script in /tmp
+        confined = _sealed(local_store, jobs.module(folder, "sb_tmp", CONFINED), "sb_tmp:look", seen=[str(folder)])
+        seen = _call(local_store, confined, cats_home)
+    finally:
+        shutil.rmtree(folder)
+    assert seen["seen"] == []

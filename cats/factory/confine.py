@@ -133,9 +133,16 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+# The sandbox's own folders: a folder of the worker's there (a driver script's in /tmp, whose folder
+# Ray puts on its workers' sys.path) could not be shown, and bubblewrap would refuse to start.
+_OWN = ("/tmp", SCRATCH, CODE, "/proc", "/dev")
+
+
 def _imports() -> list[str]:
-    """This worker's sys.path, minus the code of Orders it ran unconfined (another run's code)."""
-    return [p for p in sys.path if p and not laid_out_here(p)]
+    """This worker's sys.path, minus the code of Orders it ran unconfined (another run's code) and
+    folders where the sandbox has its own."""
+    return [p for p in sys.path if p and not laid_out_here(p)
+            and not any(_inside(os.path.realpath(p), own) for own in _OWN)]
 
 
 def _python_paths() -> list[str]:
