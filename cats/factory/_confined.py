@@ -7,6 +7,9 @@ Messages are framed: a header (4-byte length, JSON), then for a slice's argument
 of chunks (4-byte length each, an empty chunk ends it). After each slice every other process in the
 sandbox is killed and the scratch folder emptied before the answer goes back, so nothing a slice
 started outlives it.
+
+It imports only what it runs (the protocol, `guard`, `results`): the sandbox's Python loads this
+module without the `cats.factory` package's own module, the Factory's API (see `confine.command`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from cats.factory import guard
+from cats.factory.results import encode
 
 SCRATCH = "/scratch"
 CODE = "/code"
@@ -138,8 +144,6 @@ def _argument(kind: str, name: str, body: Iterator[bytes]) -> Any:
 
 
 def _load(setup: dict[str, Any]) -> Any:
-    from cats.factory import guard
-
     sys.path.insert(0, CODE)
     with guard.importing(f"importing {setup['module']} to run slices in a sandbox"):
         import importlib
@@ -167,9 +171,6 @@ def main() -> int:
         return 1
     send_header(answers, {"ready": True})
     answers.flush()
-    from cats.factory import guard
-    from cats.factory.results import encode
-
     params, cap, seed_kw = setup["params"], setup["max_output"], accepts_seed(func)
     while True:
         try:

@@ -47,6 +47,15 @@ def _process_root() -> Path:
     return _root
 
 
+def laid_out_here(path: str) -> bool:
+    """Whether `path` is in this process's folder of code: what an unconfined run in this worker
+    imported, which a sandbox must neither see nor import."""
+    if _root is None:
+        return False
+    real, root = os.path.realpath(path), os.path.realpath(_root)
+    return real == root or real.startswith(root + os.sep)
+
+
 def _remove(folder: Path) -> None:
     """Remove a read-only tree: its folders are made writable first."""
     for parent, dirs, _ in os.walk(folder):

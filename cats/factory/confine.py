@@ -31,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 from cats.errors import CatsError
 from cats.factory import _confined
 from cats.factory._confined import CODE, SCRATCH, Broken
+from cats.factory.code import laid_out_here
 
 if TYPE_CHECKING:
     from cats.order import Order
@@ -134,6 +135,18 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+# The sandbox's own folders: a folder of the worker's there (a driver script's in /tmp, whose folder
+# Ray puts on its workers' sys.path) could not be shown, and bubblewrap would refuse to start.
+_OWN = ("/tmp", SCRATCH, CODE, "/proc", "/dev")
+
+
+def _imports() -> list[str]:
+    """This worker's sys.path, minus the code of Orders it ran unconfined (another run's code) and
+    folders where the sandbox has its own."""
+    return [p for p in sys.path if p and not laid_out_here(p)
+            and not any(_inside(os.path.realpath(p), own) for own in _OWN)]
+
+
 def _python_paths() -> list[str]:
     """The folders this worker's Python imports from, as real paths: its interpreter's prefixes,
     package folders on its path (site-packages, zip files) and the cats package. Other folders on the
@@ -146,8 +159,8 @@ def _python_paths() -> list[str]:
 
     guarded = [os.path.realpath(p) for p in (Path.home(), home(), tempfile.gettempdir())]
     found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
-    found |= {os.path.realpath(p) for p in sys.path
-              if p and os.path.exists(p) and (os.path.isfile(p) or Path(p).name in ("site-packages", "dist-packages"))}
+    found |= {os.path.realpath(p) for p in _imports()
+              if os.path.exists(p) and (os.path.isfile(p) or Path(p).name in ("site-packages", "dist-packages"))}
     found.add(os.path.realpath(Path(cats.__file__).parent))
     kept: list[str] = []
     for path in sorted(found):
@@ -185,8 +198,13 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
                    **env, "CATS_MAX_OUTPUT": str(policy.max_output)}
     for name, value in environment.items():
         args += ["--setenv", name, value]
-    boot = (f"import sys; sys.path[:] = {[p for p in sys.path if p]!r}; "
-            "from cats.factory._confined import main; sys.exit(main())")
+    # `cats.factory`'s own module (the Factory's API: pydantic, the BOM, ...) would take most of a
+    # sandbox's start: an empty package stands in for it while this module and what it imports load,
+    # then leaves, so code the sandbox runs that imports `cats.factory` gets the real one
+    boot = (f"import sys, types; sys.path[:] = {_imports()!r}; import cats; "
+            "factory = types.ModuleType('cats.factory'); factory.__path__ = [cats.__path__[0] + '/factory']; "
+            "sys.modules['cats.factory'] = factory; from cats.factory import _confined; "
+            "del sys.modules['cats.factory']; sys.exit(_confined.main())")
     return [*args, "--", sys.executable, "-I", "-c", boot]
 
 
