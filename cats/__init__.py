@@ -29,8 +29,8 @@ _EXPORTS = {
     "Plant": "cats.plant",
     "Check": "cats.order.checks",
     # running it here or on another node, reading what it made, verifying it
-    "run": "cats.factory",
-    "Run": "cats.factory",
+    "run": "cats.factory.driver",
+    "Run": "cats.factory.driver",
     "submit": "cats.api",
     "Submitted": "cats.mesh.client",
     "read": "cats.factory.outputs",
@@ -93,7 +93,7 @@ if TYPE_CHECKING:
         SliceFailed,
         ViewError,
     )
-    from cats.factory import Run, run
+    from cats.factory.driver import Run, run
     from cats.factory.outputs import read
     from cats.mesh.client import Submitted
     from cats.order import Order

@@ -24,6 +24,7 @@ from cats.cas import dagcbor, reader
 from cats.cas.importer import Importer
 from cats.factory import SliceOutcome
 from cats.factory._execute import execute
+from cats.factory.driver import reexecution_plan
 from cats.order import Function, Order, Plant, Structure
 from cats.plant import connect
 from cats.verification.audit import verify
@@ -117,7 +118,7 @@ def test_verify_reexecutes_with_the_orders_requirements(ray_session: str, cats_h
     assert [b"".join(reader.read(store, r.output)) for r in recs] == [b"0.5.1 x", b"0.5.1 y"]
 
     sealed = Order.model_validate(dagcbor.decode(store.get(run.order)))
-    plan = factory.reexecution_plan(connect(sealed.plant), sealed, store, recs)
+    plan = reexecution_plan(connect(sealed.plant), sealed, store, recs)
     assert plan.runtime_env == {"pip": ["inflection==0.5.1"]}
     assert (plan.timeout_s, plan.retries, plan.num_cpus, plan.replicas, plan.write) == (240, 1, 1.0, 1, False)
     assert [[i for i, _, _ in b.items] for b in plan.batches] == [[0], [1]]  # the Plant's batch size
@@ -150,7 +151,7 @@ def test_executor_runs_a_plan_with_its_runtime_env_without_writing(ray_session: 
 
     sealed = Order.model_validate(dagcbor.decode(store.get(run.order)))
     ray = connect(sealed.plant)
-    plan = factory.reexecution_plan(ray, sealed, store, recs)
+    plan = reexecution_plan(ray, sealed, store, recs)
     assert plan.runtime_env is None
     with Importer(None, cid_version=1) as importer:
         expected = importer.add_bytes(b"from the plan").cid

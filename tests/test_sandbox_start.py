@@ -35,7 +35,7 @@ import os
 import sys
 
 def look(data, seen):
-    loaded = {name: name in sys.modules for name in ("cats.factory", "pydantic", "ray")}
+    loaded = {name: name in sys.modules for name in ("cats.factory.driver", "pydantic", "ray")}
     from cats.errors import ReentrantRun
     from cats.factory import run
     try:
@@ -79,7 +79,7 @@ def test_the_sandbox_starts_without_the_factory_api_and_still_refuses_a_nested_r
         tmp_path: Path, cats_home: Path, local_store: LocalStore) -> None:
     confined = _sealed(local_store, jobs.module(tmp_path, "sb_light", CONFINED), "sb_light:look", seen=[])
     seen = _call(local_store, confined, cats_home)
-    assert seen["loaded"] == {"cats.factory": False, "pydantic": False, "ray": False}
+    assert seen["loaded"] == {"cats.factory.driver": False, "pydantic": False, "ray": False}
     assert seen["nested"] == "refused"
 
 

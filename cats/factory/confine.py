@@ -198,13 +198,7 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
                    **env, "CATS_MAX_OUTPUT": str(policy.max_output)}
     for name, value in environment.items():
         args += ["--setenv", name, value]
-    # `cats.factory`'s own module (the Factory's API: pydantic, the BOM, ...) would take most of a
-    # sandbox's start: an empty package stands in for it while this module and what it imports load,
-    # then leaves, so code the sandbox runs that imports `cats.factory` gets the real one
-    boot = (f"import sys, types; sys.path[:] = {_imports()!r}; import cats; "
-            "factory = types.ModuleType('cats.factory'); factory.__path__ = [cats.__path__[0] + '/factory']; "
-            "sys.modules['cats.factory'] = factory; from cats.factory import _confined; "
-            "del sys.modules['cats.factory']; sys.exit(_confined.main())")
+    boot = f"import sys; sys.path[:] = {_imports()!r}; from cats.factory import _confined; sys.exit(_confined.main())"
     return [*args, "--", sys.executable, "-I", "-c", boot]
 
 
