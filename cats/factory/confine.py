@@ -190,8 +190,10 @@ class Sandbox:
     def __init__(self, code: Path, function: dict[str, Any], policy: Policy, network: bool, env: dict[str, str],
                  hidden: list[str]) -> None:
         self.policy = policy
+        # bubblewrap gets an empty environment: its pid 1 in the sandbox keeps the one it was started with,
+        # and /proc/1/environ is readable there (the worker's would hand over its credentials)
         self.proc = subprocess.Popen(command(code, policy, network, env, hidden), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.PIPE, start_new_session=True, env={})
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self._in: IO[bytes] = self.proc.stdin
         self._out: IO[bytes] = self.proc.stdout
