@@ -90,7 +90,9 @@ def _confined_call(store: BlockStore, fn: Function, run_dir: str, confine: dict[
     assert fn.code is not None
     policy = Policy(**confine["policy"])
     local = store.local if isinstance(store, ClusterStore) else store
-    hidden = [str(home())] + ([str(local.root)] if isinstance(local, LocalStore) else [])
+    # this worker's CATS_HOME and the submitting one's (whose runs folder holds run_dir), and the store
+    hidden = [str(home()), str(Path(run_dir).parent.parent)] + \
+        ([str(local.root)] if isinstance(local, LocalStore) else [])
     box = confine_.sandbox(confine_.key(run_dir, str(fn.code), fn.entry, fn.params, confine),
                            code_folder(store, fn.code),
                            {"module": fn.module, "qualname": fn.qualname, "params": fn.params},
