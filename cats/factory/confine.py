@@ -133,14 +133,17 @@ def _inside(path: str, folder: str) -> bool:
 
 
 def _python_paths() -> list[str]:
-    """The folders this worker imports from (its interpreter, its sys.path, the cats package), as
-    real paths, minus any that would show a home folder or CATS_HOME whole."""
+    """The folders this worker imports from: its Python installation, the cats package and the
+    PYTHONPATH its operator set, as real paths, minus any that would show a home folder or CATS_HOME
+    whole. Not the rest of sys.path: Ray puts the submitting program's working folder there (whatever
+    its user keeps beside it), and a worker that loaded sealed code has that code's folder there."""
     import cats
     from cats.config import home
 
     guarded = [os.path.realpath(Path.home()), os.path.realpath(home())]
     found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
-    found |= {os.path.realpath(p) for p in sys.path if p and os.path.exists(p)}
+    found |= {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+              if p and os.path.isabs(p) and os.path.exists(p)}
     found.add(os.path.realpath(Path(cats.__file__).parent))
     found.add(os.path.dirname(os.path.realpath(sys.executable)))
     kept: list[str] = []
@@ -179,7 +182,8 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
                    **env, "CATS_MAX_OUTPUT": str(policy.max_output)}
     for name, value in environment.items():
         args += ["--setenv", name, value]
-    boot = (f"import sys; sys.path[:] = {[p for p in sys.path if p]!r}; "
+    imports = [p for p in sys.path if p and any(_inside(os.path.realpath(p), s) for s in shown)]
+    boot = (f"import sys; sys.path[:] = {imports!r}; "
             "from cats.factory._confined import main; sys.exit(main())")
     return [*args, "--", sys.executable, "-I", "-c", boot]
 
