@@ -120,10 +120,11 @@ class Raised(CatsError):
 
 
 # What a confined process sees of the machine besides its Python: the system's programs and
-# libraries, and the few files of /etc they read (no /etc/shadow, no host names beyond its own).
+# libraries, and the few files of /etc they read (no /etc/shadow, no host names beyond its own, no
+# /etc/ssl/private: a sandbox of a worker running as root reads what root owns).
 _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
-        "nsswitch.conf", "ssl", "ca-certificates", "mime.types", "protocols", "services")
+        "nsswitch.conf", "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "mime.types", "protocols", "services")
 _ETC_NETWORK = ("resolv.conf", "hosts", "gai.conf", "host.conf")
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 
