@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from cats.errors import CatsError
 from cats.factory import _confined
-from cats.factory._confined import CODE, SCRATCH, Broken
+from cats.factory._confined import CODE, SCRATCH, SHM, Broken
 
 if TYPE_CHECKING:
     from cats.order import Order
@@ -176,9 +176,11 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
     for path in hidden:
         real = os.path.realpath(path)
         if any(_inside(real, s) for s in shown) and os.path.isdir(real):
-            args += ["--tmpfs", real]
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(policy.scratch), "--tmpfs", SCRATCH,
-             "--symlink", SCRATCH, "/tmp", "--ro-bind", str(code), CODE, "--remount-ro", "/", "--chdir", SCRATCH]
+            args += ["--tmpfs", real, "--remount-ro", real]
+    # /dev is a tmpfs of bubblewrap's, uncapped: read-only, but for /dev/shm, capped as the scratch is
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(policy.scratch), "--tmpfs", SHM, "--remount-ro", "/dev",
+             "--size", str(policy.scratch), "--tmpfs", SCRATCH, "--symlink", SCRATCH, "/tmp",
+             "--ro-bind", str(code), CODE, "--remount-ro", "/", "--chdir", SCRATCH]
     environment = {"PATH": _PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": SCRATCH, "TMPDIR": SCRATCH,
                    **env, "CATS_MAX_OUTPUT": str(policy.max_output)}
     for name, value in environment.items():
