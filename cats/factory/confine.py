@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cats.errors import CatsError
-from cats.factory import _confined
+from cats.factory import _confined, results
 from cats.factory._confined import CODE, SCRATCH, SHM, Broken
 
 if TYPE_CHECKING:
@@ -233,9 +233,11 @@ class Sandbox:
             answer = _confined.read_header(self._out)
             if "error" in answer:
                 raise (Refused if answer.get("reason") else Raised)(str(answer["error"]))
-            size, got = answer.get("size"), 0
+            size, got, encoding = answer.get("size"), 0, answer.get("encoding")
             if not isinstance(size, int) or size > self.policy.max_output:
                 raise Broken(f"a result of {size} bytes announced")
+            if encoding not in results.ENCODINGS:  # "ref" would have the run claim it wrote a URI
+                raise Broken(f"an encoding {encoding!r} announced")
             for chunk in _confined.read_body(self._out):
                 got += len(chunk)
                 if got > size:
@@ -243,7 +245,7 @@ class Sandbox:
                 sink.write(chunk)
             if got != size:
                 raise Broken("fewer bytes than announced")
-            return str(answer["encoding"])
+            return str(encoding)
         except (Broken, OSError, ValueError) as e:
             self.close()
             status = self.proc.returncode
