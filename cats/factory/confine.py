@@ -55,13 +55,16 @@ def bwrap() -> str | None:
     return os.environ.get("CATS_BWRAP") or shutil.which("bwrap")
 
 
+_INSTALL = "on Debian or Ubuntu: apt install bubblewrap"
+
+
 @functools.cache
 def _probe(binary: str) -> str | None:
     try:
         done = subprocess.run([binary, *_namespaces(network=False), "--ro-bind", "/", "/", "--", "true"],
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"{binary} does not run: {e}"
+        return f"bubblewrap ({binary}) does not run: {getattr(e, 'strerror', None) or e}; {_INSTALL}"
     if done.returncode != 0:
         said = done.stderr.decode(errors="replace").strip().splitlines()
         return f"{binary} cannot make a sandbox here: {said[-1] if said else f'exit status {done.returncode}'}"
@@ -72,7 +75,7 @@ def unavailable() -> str | None:
     """Why this machine cannot confine code (None: it can)."""
     binary = bwrap()
     if binary is None:
-        return "bubblewrap (bwrap) is not installed; on Debian or Ubuntu: apt install bubblewrap"
+        return f"bubblewrap (bwrap) is not installed; {_INSTALL}"
     return _probe(binary)
 
 
