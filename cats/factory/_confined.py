@@ -5,7 +5,7 @@ The worker and this process talk over this process's stdin and stdout, moved at 
 descriptors (so what the user's code prints, or the programs it starts write, goes to stderr).
 Messages are framed: a header (4-byte length, JSON), then for a slice's argument or result a body
 of chunks (4-byte length each, an empty chunk ends it). After each slice every other process in the
-sandbox is killed and the scratch folder emptied before the answer goes back, so nothing a slice
+sandbox is killed and the scratch folder and /dev/shm emptied before the answer goes back, so nothing a slice
 started outlives it.
 
 It imports only what it runs (the protocol, `guard`, `results`), not the Factory's driver and the
@@ -30,6 +30,7 @@ from cats.factory import guard
 from cats.factory.results import encode
 
 SCRATCH = "/scratch"
+SHM = "/dev/shm"
 CODE = "/code"
 CHUNK = 1 << 20
 _LENGTH = struct.Struct(">I")
@@ -196,6 +197,7 @@ def main() -> int:
             answer = {"error": traceback.format_exc()}
         _sweep()
         _empty(SCRATCH)
+        _empty(SHM)
         send_header(answers, answer)
         if "encoding" in answer:
             send_body(answers, data)

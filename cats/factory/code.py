@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import filecmp
 import importlib
+import itertools
 import os
 import shutil
 import stat
@@ -81,15 +83,42 @@ def _read_only(folder: Path) -> None:
 
 
 def code_folder(store: BlockStore, code: CID) -> Path:
-    """The code DAG as read-only files in a folder of this process's own, laid out from the store
-    once per process by `reader.get` (code whose symlinks lead outside its folder, or whose names
-    are unsafe, is refused and leaves nothing; a block that does not match its CID is an
-    IntegrityError naming it)."""
+    """The code DAG as read-only files in a folder of this process's own, laid out from the store by
+    `reader.get` (code whose symlinks lead outside its folder, or whose names are unsafe, is refused
+    and leaves nothing; a block that does not match its CID is an IntegrityError naming it). Read-only
+    stops no process of the same user: each use lays the code out again and compares, and a folder
+    changed on disk is set aside and replaced, so only the sealed code is ever handed out."""
     folder = _process_root() / str(code)
-    if not folder.exists():
-        reader.get(store, code, folder)
-        _read_only(folder)
+    fresh = _process_root() / f".{code}.{next(_layouts)}"
+    reader.get(store, code, fresh)
+    if folder.exists() and _same_tree(folder, fresh):
+        _remove(fresh)
+        return folder
+    if folder.exists():  # a sandbox may still have it mounted: moved aside, removed with the process's folder
+        folder.rename(_process_root() / f".{code}.altered.{next(_layouts)}")
+    _read_only(fresh)
+    fresh.rename(folder)
     return folder
+
+
+_layouts = itertools.count()
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    """Whether two folders hold the same names, symlinks and bytes."""
+    def listing(root: Path) -> dict[str, tuple[str, str]]:
+        found = {}
+        for parent, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = os.path.join(parent, name)
+                kind = "link" if os.path.islink(path) else "dir" if os.path.isdir(path) else "file"
+                found[os.path.relpath(path, root)] = (kind, os.readlink(path) if kind == "link" else "")
+        return found
+
+    names = listing(a)
+    if names != listing(b):
+        return False
+    return all(filecmp.cmp(a / rel, b / rel, shallow=False) for rel, (kind, _) in names.items() if kind == "file")
 
 
 def load(store: BlockStore, fn: Function, purpose: str) -> Callable[..., Any]:

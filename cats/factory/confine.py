@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from cats.errors import CatsError
-from cats.factory import _confined
-from cats.factory._confined import CODE, SCRATCH, Broken
+from cats.factory import _confined, results
+from cats.factory._confined import CODE, SCRATCH, SHM, Broken
 from cats.factory.code import laid_out_here
 
 if TYPE_CHECKING:
@@ -57,13 +57,16 @@ def bwrap() -> str | None:
     return os.environ.get("CATS_BWRAP") or shutil.which("bwrap")
 
 
+_INSTALL = "on Debian or Ubuntu: apt install bubblewrap"
+
+
 @functools.cache
 def _probe(binary: str) -> str | None:
     try:
         done = subprocess.run([binary, *_namespaces(network=False), "--ro-bind", "/", "/", "--", "true"],
                               stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"{binary} does not run: {e}"
+        return f"bubblewrap ({binary}) does not run: {getattr(e, 'strerror', None) or e}; {_INSTALL}"
     if done.returncode != 0:
         said = done.stderr.decode(errors="replace").strip().splitlines()
         return f"{binary} cannot make a sandbox here: {said[-1] if said else f'exit status {done.returncode}'}"
@@ -74,7 +77,7 @@ def unavailable() -> str | None:
     """Why this machine cannot confine code (None: it can)."""
     binary = bwrap()
     if binary is None:
-        return "bubblewrap (bwrap) is not installed; on Debian or Ubuntu: apt install bubblewrap"
+        return f"bubblewrap (bwrap) is not installed; {_INSTALL}"
     return _probe(binary)
 
 
@@ -122,10 +125,11 @@ class Raised(CatsError):
 
 
 # What a confined process sees of the machine besides its Python: the system's programs and
-# libraries, and the few files of /etc they read (no /etc/shadow, no host names beyond its own).
+# libraries, and the few files of /etc they read (no /etc/shadow, no host names beyond its own, no
+# /etc/ssl/private: a sandbox of a worker running as root reads what root owns).
 _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "passwd", "group",
-        "nsswitch.conf", "ssl", "ca-certificates", "mime.types", "protocols", "services")
+        "nsswitch.conf", "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "mime.types", "protocols", "services")
 _ETC_NETWORK = ("resolv.conf", "hosts", "gai.conf", "host.conf")
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _TAIL = 4000
@@ -149,9 +153,10 @@ def _imports() -> list[str]:
 
 def _python_paths() -> list[str]:
     """The folders this worker's Python imports from, as real paths: its interpreter's prefixes,
-    package folders on its path (site-packages, zip files) and the cats package. Other folders on the
-    path (a driver's working folder or script folder, which Ray adds) are not shown, nor anything that
-    would show a home folder, CATS_HOME or the temporary folder whole."""
+    package folders on its path (site-packages, zip files), the PYTHONPATH its operator set and the
+    cats package. Not the rest of sys.path: Ray puts the submitting program's working folder there
+    (whatever its user keeps beside it), and a worker that loaded sealed code has that code's folder
+    there; nor anything that would show a home folder, CATS_HOME or the temporary folder whole."""
     import tempfile
 
     import cats
@@ -161,6 +166,8 @@ def _python_paths() -> list[str]:
     found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) if p}
     found |= {os.path.realpath(p) for p in _imports()
               if os.path.exists(p) and (os.path.isfile(p) or Path(p).name in ("site-packages", "dist-packages"))}
+    found |= {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+              if p and os.path.isabs(p) and os.path.exists(p)}
     found.add(os.path.realpath(Path(cats.__file__).parent))
     kept: list[str] = []
     for path in sorted(found):
@@ -191,14 +198,17 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
     for path in hidden:
         real = os.path.realpath(path)
         if any(_inside(real, s) for s in shown) and os.path.isdir(real):
-            args += ["--tmpfs", real]
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(policy.scratch), "--tmpfs", SCRATCH,
-             "--symlink", SCRATCH, "/tmp", "--ro-bind", str(code), CODE, "--remount-ro", "/", "--chdir", SCRATCH]
+            args += ["--tmpfs", real, "--remount-ro", real]
+    # /dev is a tmpfs of bubblewrap's, uncapped: read-only, but for /dev/shm, capped as the scratch is
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(policy.scratch), "--tmpfs", SHM, "--remount-ro", "/dev",
+             "--size", str(policy.scratch), "--tmpfs", SCRATCH, "--symlink", SCRATCH, "/tmp",
+             "--ro-bind", str(code), CODE, "--remount-ro", "/", "--chdir", SCRATCH]
     environment = {"PATH": _PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": SCRATCH, "TMPDIR": SCRATCH,
                    **env, "CATS_MAX_OUTPUT": str(policy.max_output)}
     for name, value in environment.items():
         args += ["--setenv", name, value]
-    boot = f"import sys; sys.path[:] = {_imports()!r}; from cats.factory import _confined; sys.exit(_confined.main())"
+    imports = [p for p in _imports() if any(_inside(os.path.realpath(p), s) for s in shown)]
+    boot = f"import sys; sys.path[:] = {imports!r}; from cats.factory import _confined; sys.exit(_confined.main())"
     return [*args, "--", sys.executable, "-I", "-c", boot]
 
 
@@ -208,8 +218,10 @@ class Sandbox:
     def __init__(self, code: Path, function: dict[str, Any], policy: Policy, network: bool, env: dict[str, str],
                  hidden: list[str]) -> None:
         self.policy = policy
+        # bubblewrap gets an empty environment: its pid 1 in the sandbox keeps the one it was started with,
+        # and /proc/1/environ is readable there (the worker's would hand over its credentials)
         self.proc = subprocess.Popen(command(code, policy, network, env, hidden), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env={})
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self._in: IO[bytes] = self.proc.stdin
         self._out: IO[bytes] = self.proc.stdout
@@ -256,9 +268,11 @@ class Sandbox:
             answer = _confined.read_header(self._out)
             if "error" in answer:
                 raise (Refused if answer.get("reason") else Raised)(str(answer["error"]))
-            size, got = answer.get("size"), 0
+            size, got, encoding = answer.get("size"), 0, answer.get("encoding")
             if not isinstance(size, int) or size > self.policy.max_output:
                 raise Broken(f"a result of {size} bytes announced")
+            if encoding not in results.ENCODINGS:  # "ref" would have the run claim it wrote a URI
+                raise Broken(f"an encoding {encoding!r} announced")
             for chunk in _confined.read_body(self._out):
                 got += len(chunk)
                 if got > size:
@@ -266,7 +280,7 @@ class Sandbox:
                 sink.write(chunk)
             if got != size:
                 raise Broken("fewer bytes than announced")
-            return str(answer["encoding"])
+            return str(encoding)
         except (Broken, OSError, ValueError) as e:
             self.close()
             status = self.proc.returncode
