@@ -148,7 +148,7 @@ def test_what_cannot_run_confined_is_refused_before_anything_runs(cats_home: Pat
     with pytest.raises(CatsError, match=r"takes its Slice"):
         factory.run(slice_fn)
     monkeypatch.setenv("CATS_BWRAP", str(tmp_path / "no-bwrap"))
-    with pytest.raises(CatsError, match=r"cannot confine code on this machine: .*no-bwrap does not run"):
+    with pytest.raises(CatsError, match=r"cannot confine code on this machine: bubblewrap \(.*no-bwrap\) does not run"):
         factory.run(_order(tmp_path, "upper", [folder], confined=True))
 
 
