@@ -53,6 +53,17 @@ def dies(data):
 def big(data):
     return b"x" * 5_000_000
 
+def outlive(data):
+    import subprocess
+    from cats.factory import _confined
+    _confined._sweep = lambda: None  # the sweep inside runs in this very process
+    subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    return open("/proc/1/cmdline", "rb").read()
+
+def needs(data):
+    import inflection  # installed by Ray from the Order's requirements only
+    return inflection.__version__ + " " + __import__("sys").prefix
+
 def hang(data):
     import subprocess, time
     subprocess.Popen(["sleep", "1000"], start_new_session=True)  # a background process of its own session
@@ -192,3 +203,34 @@ def test_a_slice_over_its_time_is_killed_with_everything_it_started(cats_home: P
     while set(_sandboxes()) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not set(_sandboxes()) - before  # the sleep it left in the background died with the sandbox
+
+
+def test_a_slice_that_disables_the_sweep_inside_still_loses_what_it_started(cats_home: Path, tmp_path: Path) -> None:
+    """The worker kills every process of the sandbox but its own two from outside after each slice, and
+    bubblewrap's command line (pid 1's, readable inside) names neither CATS_HOME nor the store."""
+    import time
+
+    before = set(_sandboxes())
+    folder = jobs.folder(tmp_path, {"a": b"a"})
+    run = factory.run(_order(tmp_path, "outlive", [folder], confined=True), force=True)
+    deadline = time.monotonic() + 10
+    while set(_sandboxes()) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(_sandboxes()) - before
+    cmdline = _texts(cats_home, run.output)["a"]
+    assert b"bwrap\0--args\0" in cmdline
+    assert str(cats_home).encode() not in cmdline and b"/blocks" not in cmdline
+
+
+@pytest.mark.slow
+def test_a_confined_order_with_requirements_runs_in_the_virtualenv_ray_made(cats_home: Path, tmp_path: Path) -> None:
+    """Ray installs an Order's requirements in a virtualenv under its temporary folder: the sandbox shows
+    that virtualenv (under a /tmp of its own) and nothing else of the host's /tmp."""
+    from cats.order import Structure
+
+    folder = jobs.folder(tmp_path, {"a": b"a"})
+    order = _order(tmp_path, "needs", [folder], confined=True, timeout_s=240)
+    run = factory.run(order.model_copy(update={"structure": Structure(requirements=["inflection==0.5.1"])}),
+                      quiet=True, force=True)
+    version, prefix = _texts(cats_home, run.output)["a"].decode().split(" ", 1)
+    assert version == "0.5.1" and prefix.startswith("/tmp/")

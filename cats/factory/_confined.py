@@ -196,8 +196,8 @@ def main() -> int:
         except BaseException:
             answer = {"error": traceback.format_exc()}
         _sweep()
-        _empty(SCRATCH)
-        _empty(SHM)
+        for folder in (SCRATCH, "/tmp", SHM):
+            _empty(folder)
         send_header(answers, answer)
         if "encoding" in answer:
             send_body(answers, data)

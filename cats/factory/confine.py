@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -133,15 +134,17 @@ _ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime"
 _ETC_NETWORK = ("resolv.conf", "hosts", "gai.conf", "host.conf")
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _TAIL = 4000
+_RELAYED = 16 << 20  # bytes of a sandbox's stderr passed on to the worker's
 
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-# The sandbox's own folders: a folder of the worker's there (a driver script's in /tmp, whose folder
-# Ray puts on its workers' sys.path) could not be shown, and bubblewrap would refuse to start.
-_OWN = ("/tmp", SCRATCH, CODE, "/proc", "/dev")
+# The sandbox's own folders: a folder of the worker's there could not be shown, and bubblewrap would
+# refuse to start. (/tmp is a tmpfs of the sandbox's own, under which folders of the worker's, a
+# virtualenv Ray made for an Order's requirements, can be shown.)
+_OWN = (SCRATCH, CODE, "/proc", "/dev")
 
 
 def _imports() -> list[str]:
@@ -180,8 +183,9 @@ def _python_paths() -> list[str]:
 
 def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidden: list[str]) -> list[str]:
     """The bubblewrap command running the confined process: an empty root holding only what is listed
-    here, read-only but for the scratch tmpfs; `hidden` (CATS_HOME, the store) covered where a folder
-    shown would hold them."""
+    here, read-only but for the capped tmpfs of /scratch, /tmp and /dev/shm; `hidden` (CATS_HOME, the
+    store) covered where a folder shown would hold them. `Sandbox` hands bubblewrap the options through
+    a descriptor, so its command line, visible inside as pid 1's, names none of those folders."""
     binary = bwrap()
     assert binary is not None
     args = [binary, *_namespaces(network)]
@@ -192,6 +196,7 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
             args += ["--ro-bind", path, path]
     for name in _ETC + (_ETC_NETWORK if network else ()):
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    args += ["--size", str(policy.scratch), "--tmpfs", "/tmp"]
     shown = _python_paths()
     for path in shown:
         args += ["--ro-bind", path, path]
@@ -201,7 +206,7 @@ def command(code: Path, policy: Policy, network: bool, env: dict[str, str], hidd
             args += ["--tmpfs", real, "--remount-ro", real]
     # /dev is a tmpfs of bubblewrap's, uncapped: read-only, but for /dev/shm, capped as the scratch is
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(policy.scratch), "--tmpfs", SHM, "--remount-ro", "/dev",
-             "--size", str(policy.scratch), "--tmpfs", SCRATCH, "--symlink", SCRATCH, "/tmp",
+             "--size", str(policy.scratch), "--tmpfs", SCRATCH,
              "--ro-bind", str(code), CODE, "--remount-ro", "/", "--chdir", SCRATCH]
     environment = {"PATH": _PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": SCRATCH, "TMPDIR": SCRATCH,
                    **env, "CATS_MAX_OUTPUT": str(policy.max_output)}
@@ -218,10 +223,20 @@ class Sandbox:
     def __init__(self, code: Path, function: dict[str, Any], policy: Policy, network: bool, env: dict[str, str],
                  hidden: list[str]) -> None:
         self.policy = policy
+        self.used, self.busy = time.monotonic(), False
+        argv = command(code, policy, network, env, hidden)
+        options, run = argv[1:argv.index("--")], argv[argv.index("--"):]
+        feed, given = os.pipe()
+        threading.Thread(target=_write_all, args=(given, b"".join(a.encode() + b"\0" for a in options)),
+                         daemon=True).start()
         # bubblewrap gets an empty environment: its pid 1 in the sandbox keeps the one it was started with,
         # and /proc/1/environ is readable there (the worker's would hand over its credentials)
-        self.proc = subprocess.Popen(command(code, policy, network, env, hidden), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env={})
+        try:
+            self.proc = subprocess.Popen([argv[0], "--args", str(feed), *run], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                         env={}, pass_fds=(feed,))
+        finally:
+            os.close(feed)
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self._in: IO[bytes] = self.proc.stdin
         self._out: IO[bytes] = self.proc.stdout
@@ -240,13 +255,32 @@ class Sandbox:
             self.close()
             raise Refused(f"loading {function['module']}:{function['qualname']} in the sandbox failed:\n"
                           f"{answer['error']}")
+        init = _children(self.proc.pid)  # bubblewrap's process in the namespace, and the confined Python
+        self._keep = set(init) | {pid for i in init for pid in _children(i)}
 
     def _relay(self, stream: IO[bytes]) -> None:
-        """What the confined code prints goes on to the worker's stderr, as an unconfined slice's would."""
+        """What the confined code prints goes on to the worker's stderr, as an unconfined slice's would,
+        up to a limit: past it, only the tail is kept (for the message if it fails)."""
+        relayed = 0
         for line in iter(stream.readline, b""):
             self._tail = (self._tail + line)[-_TAIL:]
-            with contextlib.suppress(OSError, ValueError):
-                sys.stderr.write(line.decode(errors="replace"))
+            if relayed <= _RELAYED:
+                relayed += len(line)
+                text = line.decode(errors="replace") if relayed <= _RELAYED else \
+                    f"[the sandbox wrote more than {_RELAYED} bytes to stderr: the rest is not shown]\n"
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stderr.write(text)
+
+    def sweep(self) -> None:
+        """Kill, from outside, every process of the sandbox but its init and the confined Python: the
+        sweep inside runs in the process the slice's code ran in, which that code could have changed."""
+        for _ in range(100):
+            others = [pid for pid in _descendants(self.proc.pid) if pid not in self._keep]
+            if not others:
+                return
+            for pid in others:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _said(self) -> str:
         text = self._tail.decode(errors="replace").strip()
@@ -259,8 +293,19 @@ class Sandbox:
     def call(self, index: int, kind: str, name: str | None, seed: int, argument: bytes | memoryview,
              sink: IO[bytes]) -> str:
         """Run one slice; its result goes into `sink` as it arrives, at most the policy's bytes.
-        Returns the result's encoding; Refused for a failure with a reason, CatsError with the
-        slice's traceback otherwise. A sandbox that broke the protocol is closed."""
+        Returns the result's encoding; Refused for a failure with a reason, Raised with the slice's
+        traceback. A sandbox that broke the protocol is closed; after any other answer, every process
+        the slice started is killed."""
+        self.busy = True
+        try:
+            return self._call(index, kind, name, seed, argument, sink)
+        finally:
+            if self.alive:
+                self.sweep()
+            self.used, self.busy = time.monotonic(), False
+
+    def _call(self, index: int, kind: str, name: str | None, seed: int, argument: bytes | memoryview,
+              sink: IO[bytes]) -> str:
         try:
             _confined.send_header(self._in, {"index": index, "kind": kind, "name": name, "seed": seed})
             _confined.send_body(self._in, argument)
@@ -298,22 +343,65 @@ class Sandbox:
                 f.close()
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], _children(pid)
+    while todo:
+        found.append(child := todo.pop())
+        todo += _children(child)
+    return found
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    with open(fd, "wb") as f, contextlib.suppress(OSError):
+        f.write(data)
+
+
 _current: tuple[str, Sandbox] | None = None
+_lock = threading.Lock()
+IDLE_S = 30.0  # a sandbox no slice used for this long is closed
 
 
 def sandbox(key: str, code: Path, function: dict[str, Any], policy: Policy, network: bool, env: dict[str, str],
             hidden: list[str]) -> Sandbox:
     """This worker's sandbox for `key` (one run's Function under one policy), started if it has none
-    alive; another run's is closed first: a sandbox never serves two runs."""
+    alive; another run's is closed first: a sandbox never serves two runs. One left idle is closed
+    after IDLE_S, so nothing of a run stays in a worker long after it."""
     global _current
-    if _current is not None:
-        if _current[0] == key and _current[1].alive:
-            return _current[1]
-        _current[1].close()
-        _current = None
-    box = Sandbox(code, function, policy, network, env, hidden)
-    _current = (key, box)
-    return box
+    with _lock:
+        if _current is not None:
+            if _current[0] == key and _current[1].alive:
+                _current[1].used = time.monotonic()
+                return _current[1]
+            _current[1].close()
+            _current = None
+        box = Sandbox(code, function, policy, network, env, hidden)
+        if not _reaper.is_alive():
+            with contextlib.suppress(RuntimeError):
+                _reaper.start()
+        _current = (key, box)
+        return box
+
+
+def _reap() -> None:
+    global _current
+    while True:
+        time.sleep(1.0)
+        with _lock:
+            if _current is not None and not _current[1].busy and time.monotonic() - _current[1].used > IDLE_S:
+                _current[1].close()
+                _current = None
+
+
+_reaper = threading.Thread(target=_reap, name="cats-sandbox-reaper", daemon=True)
 
 
 def key(*parts: Any) -> str:
