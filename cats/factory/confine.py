@@ -196,8 +196,11 @@ class Sandbox:
     def __init__(self, code: Path, function: dict[str, Any], policy: Policy, network: bool, env: dict[str, str],
                  hidden: list[str]) -> None:
         self.policy = policy
+        # bubblewrap starts with an empty environment, not the worker's: its process that stays in the
+        # sandbox as PID 1 keeps the environment it was started with in its memory, which the confined
+        # code can read (/proc/1/environ, /proc/1/mem); --clearenv cleans only what it runs.
         self.proc = subprocess.Popen(command(code, policy, network, env, hidden), stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, env={})
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self._in: IO[bytes] = self.proc.stdin
         self._out: IO[bytes] = self.proc.stdout
