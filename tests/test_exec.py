@@ -127,3 +127,16 @@ def test_verification_re_runs_the_command(ray_session: str, cats_home: Path, tmp
 
     assert _outputs(cats_home, str(run.output)) == {"p.txt": b"ABC\n", "q.txt": b"XYZ\n"}
     assert verify(jobs.home_store(cats_home), run.bom).verified
+
+
+def test_the_output_limit_of_a_confined_command(ray_session: str, cli, cats_home: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", ray_session)
+    cid = jobs.add(jobs.home_store(cats_home), jobs.folder(tmp_path, {"a": b"a"}))
+    res = cli("exec", "-e", "head -c 3000000 /dev/zero", "-c", cid, "--max-output", "1000000", "--json")
+    assert res.code == 1 and "wrote more than the limit of 1000000 bytes to stdout" in res.err, res.err
+    assert res.out == ""
+    ok = cli("exec", "-e", "head -c 3000000 /dev/zero | wc -c", "-c", cid, "--max-output", "1000000", "--json")
+    assert ok.code == 0, ok.err
+    cli("exec", "-e", "cat", "-c", cid, "--max-output", "10", "--unconfined").error_line("--max-output",
+                                                                                         "--unconfined")

@@ -120,9 +120,10 @@ def _result_only_on_stdout() -> TextIO:
     return result
 
 
-def execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
-    """Run the Order `make` builds (or loads from its file); the result goes to stdout, and everything
-    else, from the moment `make` starts, to stderr. An Order `make` cannot build is one line."""
+def execute(make: Callable[[], Any], as_json: bool, force: bool, confine: Any = None) -> None:
+    """Run the Order `make` builds (or loads from its file), confined under the policy `confine` if
+    given; the result goes to stdout, and everything else, from the moment `make` starts, to stderr.
+    An Order `make` cannot build is one line."""
     from pydantic import ValidationError
 
     from cats import factory
@@ -133,14 +134,14 @@ def execute(make: Callable[[], Any], as_json: bool, force: bool) -> None:
     except ValidationError as e:
         raise CatsError(_invalid(e)) from None
     if as_json:  # the result line alone: no bar to draw, so rich is not even loaded
-        result = factory.run(order, force=force, quiet=True)
+        result = factory.run(order, force=force, quiet=True, confine=confine)
         print(json.dumps(result.summary()), file=out, flush=True)
         return
     from rich.console import Console
 
     err = Console(stderr=True)
     with slice_progress(err) as progress:
-        result = factory.run(order, force=force, quiet=False, progress=progress)
+        result = factory.run(order, force=force, quiet=False, progress=progress, confine=confine)
     state = "reused (identical Order already run; --force re-runs)" if result.reused else \
         f"{result.executed} of {result.slices} slices run"
     err.print(f"[green]done[/green] in {result.duration_s:.2f} s: {state}")
