@@ -13,8 +13,6 @@ import pytest
 
 from cats import factory
 from cats.bom import load as load_bom
-from cats.cas import reader
-from cats.cas.cid import CID
 from cats.errors import CatsError, SliceFailed
 from cats.factory.confine import Policy
 from cats.order import Function, InfraFunction, Order
@@ -88,11 +86,6 @@ def _load(module: Path) -> object:
     return mod
 
 
-def _texts(cats_home: Path, output: CID) -> dict[str, bytes]:
-    store = jobs.home_store(cats_home)
-    return {name: b"".join(reader.read(store, cid)) for name, cid, _ in reader.entries(store, output)}
-
-
 def _files(tmp_path: Path) -> Path:
     return jobs.folder(tmp_path, {"a.txt": b"alpha\n", "b.txt": b"beta\n", "c.txt": b"gamma\n"})
 
@@ -102,11 +95,11 @@ def test_confined_results_match_unconfined_for_bytes_paths_and_tables(cats_home:
     free = factory.run(_order(tmp_path, "upper", [folder]), force=True)
     boxed = factory.run(_order(tmp_path, "upper", [folder], confined=True), force=True)
     assert free.output == boxed.output
-    assert _texts(cats_home, boxed.output)["a.txt"] == b"ALPHA\n"
+    assert jobs.outputs(cats_home, boxed.output)["a.txt"] == b"ALPHA\n"
     assert load_bom(jobs.home_store(cats_home), boxed.bom).invoice.confined is True
     assert load_bom(jobs.home_store(cats_home), free.bom).invoice.confined is None
     boxed = factory.run(_order(tmp_path, "size", [folder], confined=True), force=True)
-    assert _texts(cats_home, boxed.output)["a.txt"] == b"a.txt 6 True"  # a file in its own scratch
+    assert jobs.outputs(cats_home, boxed.output)["a.txt"] == b"a.txt 6 True"  # a file in its own scratch
     pq.write_table(pa.table({"x": list(range(10))}), tmp_path / "t.parquet", row_group_size=4)
     table = [tmp_path / "t.parquet"]
     split = InfraFunction(split="row-groups", merge="list")
@@ -120,7 +113,7 @@ def test_inside_the_code_sees_itself_its_scratch_and_the_declared_environment(ca
                                                                               tmp_path: Path) -> None:
     folder = jobs.folder(tmp_path, {"one": b"1"})
     run = factory.run(_order(tmp_path, "seen", [folder], confined=True, env={"MODE": "fast"}), force=True)
-    seen = json.loads(_texts(cats_home, run.output)["one"])
+    seen = json.loads(jobs.outputs(cats_home, run.output)["one"])
     assert seen["uid"] == 65534 and seen["pid"] == 2 and seen["procs"] == ["1", "2"]
     assert seen["cwd"] == "/scratch" and seen["seed"] is not None
     assert set(seen["env"]) == {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PWD", "MODE", "CATS_MAX_OUTPUT"}
@@ -131,7 +124,7 @@ def test_inside_the_code_sees_itself_its_scratch_and_the_declared_environment(ca
 def test_scratch_is_emptied_between_slices(cats_home: Path, tmp_path: Path) -> None:
     folder = jobs.folder(tmp_path, {f"f{i}": b"x" for i in range(4)})
     run = factory.run(_order(tmp_path, "leave", [folder], confined=True, batch=4), force=True)
-    assert set(_texts(cats_home, run.output).values()) == {b"['left']"}
+    assert set(jobs.outputs(cats_home, run.output).values()) == {b"['left']"}
 
 
 def test_a_sandbox_that_dies_fails_its_slice_and_the_next_one_starts_afresh(cats_home: Path, tmp_path: Path) -> None:
@@ -176,33 +169,19 @@ def test_verification_re_executes_a_confined_run_confined(cats_home: Path, tmp_p
     assert report.verified and report.mode == "reexecute"  # "seen" reports pid 2 and uid 65534 only in a sandbox
 
 
-def _sandboxes() -> list[int]:
-    """Live `sleep 1000` processes on this machine."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and cmdline[:2] == [b"sleep", b"1000"]:
-            found.append(int(proc.name))
-    return found
-
-
 def test_a_slice_over_its_time_is_killed_with_everything_it_started(cats_home: Path, tmp_path: Path) -> None:
     import time
 
-    before = set(_sandboxes())
+    before = set(jobs.live("sleep 1000"))
     folder = jobs.folder(tmp_path, {"a": b"a"})
     started = time.monotonic()
     with pytest.raises(SliceFailed, match=r"timed out after 2(\.0)? s per slice"):
         factory.run(_order(tmp_path, "hang", [folder], confined=True, timeout_s=2, retries=0), force=True)
     assert time.monotonic() - started < 30
     deadline = time.monotonic() + 10
-    while set(_sandboxes()) - before and time.monotonic() < deadline:
+    while set(jobs.live("sleep 1000")) - before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not set(_sandboxes()) - before  # the sleep it left in the background died with the sandbox
+    assert not set(jobs.live("sleep 1000")) - before  # the sleep it left in the background died with the sandbox
 
 
 def test_a_slice_that_disables_the_sweep_inside_still_loses_what_it_started(cats_home: Path, tmp_path: Path) -> None:
@@ -210,14 +189,14 @@ def test_a_slice_that_disables_the_sweep_inside_still_loses_what_it_started(cats
     bubblewrap's command line (pid 1's, readable inside) names neither CATS_HOME nor the store."""
     import time
 
-    before = set(_sandboxes())
+    before = set(jobs.live("sleep 1000"))
     folder = jobs.folder(tmp_path, {"a": b"a"})
     run = factory.run(_order(tmp_path, "outlive", [folder], confined=True), force=True)
     deadline = time.monotonic() + 10
-    while set(_sandboxes()) - before and time.monotonic() < deadline:
+    while set(jobs.live("sleep 1000")) - before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not set(_sandboxes()) - before
-    cmdline = _texts(cats_home, run.output)["a"]
+    assert not set(jobs.live("sleep 1000")) - before
+    cmdline = jobs.outputs(cats_home, run.output)["a"]
     assert b"bwrap\0--args\0" in cmdline
     assert str(cats_home).encode() not in cmdline and b"/blocks" not in cmdline
 
@@ -232,5 +211,5 @@ def test_a_confined_order_with_requirements_runs_in_the_virtualenv_ray_made(cats
     order = _order(tmp_path, "needs", [folder], confined=True, timeout_s=240)
     run = factory.run(order.model_copy(update={"structure": Structure(requirements=["inflection==0.5.1"])}),
                       quiet=True, force=True)
-    version, prefix = _texts(cats_home, run.output)["a"].decode().split(" ", 1)
+    version, prefix = jobs.outputs(cats_home, run.output)["a"].decode().split(" ", 1)
     assert version == "0.5.1" and prefix.startswith("/tmp/")

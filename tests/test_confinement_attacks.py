@@ -27,7 +27,6 @@ from servers import FileServer, serving
 from cats import factory
 from cats.bom import load as load_bom
 from cats.cas import reader
-from cats.cas.cid import CID
 from cats.cas.multibase import b58encode
 from cats.errors import CatsError, SliceFailed
 from cats.factory import confine, shell
@@ -272,25 +271,6 @@ def _key_forms(home: Path) -> list[str]:
             b58encode(raw)]
 
 
-def _outputs(home: Path, output: CID | str) -> dict[str, bytes]:
-    store = jobs.home_store(home)
-    return {name: b"".join(reader.read(store, cid)) for name, cid, _ in reader.entries(store, CID.parse(str(output)))}
-
-
-def _live(word: str) -> list[int]:
-    """Live (not zombie) processes on the host whose command line holds `word`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if word.encode() in cmdline and state != "Z":
-            found.append(int(proc.name))
-    return found
-
-
 def _ray_sockets() -> list[str]:
     import ray
 
@@ -335,7 +315,7 @@ def scene(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield Scene(base, home, token, secret, env_secret, _key_forms(home), sacrifice, server, src, conf)
         sacrifice.kill()
         sacrifice.wait()
-        for pid in _live(token):
+        for pid in jobs.live(token):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -343,7 +323,7 @@ def scene(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def confined_report(scene: Scene) -> dict[str, Any]:
     """The hostile Order run confined through factory.run on the session's Ray: both slices' reports."""
     run = factory.run(scene.order(confined=True))
-    outputs = _outputs(scene.home, run.output)
+    outputs = jobs.outputs(scene.home, run.output)
     assert load_bom(jobs.home_store(scene.home), run.bom).invoice.confined  # it ran, to the end, confined
     return {"text": {k: v.decode() for k, v in outputs.items()},
             "probe": json.loads(outputs["a.json"]), "after": json.loads(outputs["b.json"])}
@@ -411,7 +391,7 @@ def test_nothing_it_starts_or_keeps_outlives_its_slice(scene: Scene, confined_re
     assert after["shm"] == [], after
     assert len(after["pids"]) == 2, after  # the sandbox's init and the probe
     time.sleep(scene.conf["delay"] + 0.5)
-    assert _live(scene.token) == []  # not on the host either
+    assert jobs.live(scene.token) == []  # not on the host either
     assert not list(scene.base.glob(f"late-{scene.token}*"))
 
 
@@ -428,7 +408,7 @@ def test_unconfined_the_same_probe_finds_everything(scene: Scene, confined_repor
                   plant=Plant(batch=1), name="hostile-unconfined")
     try:
         run = factory.run(order)
-        text = _outputs(scene.home, run.output)["a.json"].decode()
+        text = jobs.outputs(scene.home, run.output)["a.json"].decode()
         r = json.loads(text)
         assert scene.secret in r["files"][str(scene.base / "secret.txt")], r["files"]  # the planted secret
         assert r["files"][str(scene.home / "identity" / "ed25519.pem")] == scene.key_forms[0]  # the key
@@ -438,12 +418,12 @@ def test_unconfined_the_same_probe_finds_everything(scene: Scene, confined_repor
         assert [s for s in scene.server.log if "hostile" in str(s)]
         assert r["writes"][str(scene.base / f"escaped-{scene.token}")] == "written"
         deadline = time.monotonic() + 10
-        while not _live(conf["token"]) and time.monotonic() < deadline:
+        while not jobs.live(conf["token"]) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _live(conf["token"])  # its background processes outlived the slice
+        assert jobs.live(conf["token"])  # its background processes outlived the slice
     finally:
         sacrifice.kill()
-        for pid in _live(conf["token"]):
+        for pid in jobs.live(conf["token"]):
             os.kill(pid, signal.SIGKILL)
         for path in [*scene.base.glob("*escaped*"), *scene.base.glob("unconfined-late-*")]:
             path.unlink()
@@ -471,13 +451,13 @@ def test_the_cli_run_of_a_hostile_order_returns_no_secret(scene: Scene, cli, cat
     res = cli("run", "hostile_order.py", "--json", cwd=tmp_path)
 
     assert res.code == 0, res.err
-    text = _outputs(cats_home, json.loads(res.out.strip().splitlines()[-1])["output"])["a.json"].decode()
+    text = jobs.outputs(cats_home, json.loads(res.out.strip().splitlines()[-1])["output"])["a.json"].decode()
     r = json.loads(text)
     assert [s for s in [scene.secret, *_key_forms(cats_home), *scene.key_forms] if s in text] == []
     assert r["walk"]["found"] == [], r["walk"]
     assert r["listings"][str(tmp_path)].startswith("!FileNotFoundError"), r["listings"][str(tmp_path)]
     time.sleep(scene.conf["delay"] + 0.5)
-    assert _live(conf["token"]) == []
+    assert jobs.live(conf["token"]) == []
 
 
 def test_results_past_the_limit_and_forged_answers_are_refused(scene: Scene) -> None:
@@ -508,7 +488,7 @@ def test_scratch_and_shared_memory_are_capped(scene: Scene) -> None:
 
     run = factory.run(order, confine=Policy(scratch=8 << 20))
 
-    filled = json.loads(_outputs(scene.home, run.output)["fill.json"])
+    filled = json.loads(jobs.outputs(scene.home, run.output)["fill.json"])
     tmp_written, tmp_error = filled["/scratch/fill"]
     assert tmp_written <= 8 << 20 and tmp_error == "No space left on device", filled
     shm_written, shm_error = filled["/dev/shm/fill"]
@@ -535,7 +515,7 @@ def _exec(cli, command: str, cid: str, *more: str) -> tuple[Any, str]:
     if res.code != 0:
         return res, ""
     output = json.loads(res.out.strip().splitlines()[-1])["output"]
-    return res, _outputs(Path(os.environ["CATS_HOME"]), output)["x.txt"].decode(errors="replace")
+    return res, jobs.outputs(Path(os.environ["CATS_HOME"]), output)["x.txt"].decode(errors="replace")
 
 
 def test_exec_commands_find_no_secret(scene: Scene, exec_scene: dict[str, Any], cli, cats_home: Path,
@@ -563,7 +543,7 @@ def test_exec_background_processes_and_escapes_die_with_the_slice(exec_scene: di
     assert res.code == 0, res.err
     assert "secret.txt" not in text, text
     time.sleep(2)
-    assert _live(token) == [] and not marker.exists() and not Path(f"/tmp/m-{token}").exists()
+    assert jobs.live(token) == [] and not marker.exists() and not Path(f"/tmp/m-{token}").exists()
     assert not list(tmp_path.glob(f"escape-{token}")) and not Path(f"/escape-{token}").exists()
 
 
@@ -600,7 +580,7 @@ def test_sealed_code_edited_on_disk_never_runs(ray_session: str, cli, cats_home:
                   plant=Plant(confined=True), name="sealed")
     run = factory.run(order)
     store = jobs.home_store(cats_home)
-    assert _outputs(cats_home, run.output) == {"p.txt": b"ABC"}
+    assert jobs.outputs(cats_home, run.output) == {"p.txt": b"ABC"}
     code = load_bom(store, run.bom).code
     evil = "def shout(data):\n    return b'EVIL'\n"
     planted = [cats_home / "code" / str(code) / "sealed_shout.py"]
@@ -614,7 +594,7 @@ def test_sealed_code_edited_on_disk_never_runs(ray_session: str, cli, cats_home:
 
     again = factory.run(order, force=True)
 
-    assert _outputs(cats_home, again.output) == {"p.txt": b"ABC"}
+    assert jobs.outputs(cats_home, again.output) == {"p.txt": b"ABC"}
     res = cli("verify", str(run.bom))
     assert res.code == 0 and "EVIL" not in res.out, (res.out, res.err)
 

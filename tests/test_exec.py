@@ -12,7 +12,7 @@ import pytest
 
 from cats import factory
 from cats.bom import load as load_bom
-from cats.cas import dagcbor, reader
+from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.errors import CatsError
 from cats.factory import shell
@@ -20,26 +20,6 @@ from cats.verification.audit import verify
 
 # What the command may see: the runner's variables, and those the shell sets itself.
 ALLOWED = {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "CATS_INPUT", "PWD", "SHLVL", "OLDPWD", "_"}
-
-
-def _outputs(cats_home: Path, output: str) -> dict[str, bytes]:
-    store = jobs.home_store(cats_home)
-    return {name: b"".join(reader.read(store, cid))
-            for name, cid, _ in reader.entries(store, CID.parse(output))}
-
-
-def _live(word: str) -> list[int]:
-    """Live (not zombie) processes whose command line holds `word`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if word.encode() in cmdline and state != "Z":
-            found.append(int(proc.name))
-    return found
 
 
 def test_a_grep_sed_filter_per_file_with_its_tools_in_the_bom(ray_session: str, cli, cats_home: Path,
@@ -54,7 +34,7 @@ def test_a_grep_sed_filter_per_file_with_its_tools_in_the_bom(ray_session: str, 
 
     assert res.code == 0, res.err
     summary = json.loads(res.out.strip().splitlines()[-1])
-    assert _outputs(cats_home, summary["output"]) == {"a.log": b"E disk\n", "b.log": b"E net\nE cpu\n",
+    assert jobs.outputs(cats_home, summary["output"]) == {"a.log": b"E disk\n", "b.log": b"E net\nE cpu\n",
                                                       "c.log": b""}
     store = jobs.home_store(cats_home)
     bom = load_bom(store, CID.parse(summary["bom"]))
@@ -75,7 +55,7 @@ def test_the_command_sees_no_secrets_and_its_scratch_is_removed(ray_session: str
 
     run = factory.run(shell.order("env; echo TMP=$TMPDIR; pwd; cat > kept; wc -c < \"$CATS_INPUT\"", [folder]))
 
-    text = _outputs(cats_home, str(run.output))["x.txt"].decode()
+    text = jobs.outputs(cats_home, str(run.output))["x.txt"].decode()
     lines = text.splitlines()
     names = {line.split("=", 1)[0] for line in lines if "=" in line and not line.startswith("TMP=")}
     assert names <= ALLOWED, names - ALLOWED  # the Ray worker's own variables (CATS_HOME, RAY_*) stay out
@@ -102,7 +82,7 @@ def test_limits_and_failures_name_the_file(ray_session: str, cats_home: Path, tm
         factory.run(shell.order("sleep 37 | cat", [folder], timeout=1))
     assert time.monotonic() - started < 15
     time.sleep(0.2)
-    assert not _live("sleep 37")  # the whole process group was killed
+    assert not jobs.live("sleep 37")  # the whole process group was killed
 
     with pytest.raises(CatsError, match=r"(?s)slow\.txt.*status 1.*memory limit of 200 MB.*MemoryError"):
         factory.run(shell.order('python3 -c "x = bytearray(800 * 2**20)"', [folder], memory=200))
@@ -125,7 +105,7 @@ def test_verification_re_runs_the_command(ray_session: str, cats_home: Path, tmp
 
     run = factory.run(shell.order("tr a-z A-Z", [folder]))
 
-    assert _outputs(cats_home, str(run.output)) == {"p.txt": b"ABC\n", "q.txt": b"XYZ\n"}
+    assert jobs.outputs(cats_home, str(run.output)) == {"p.txt": b"ABC\n", "q.txt": b"XYZ\n"}
     assert verify(jobs.home_store(cats_home), run.bom).verified
 
 
