@@ -135,6 +135,7 @@ _ETC_NETWORK = ("resolv.conf", "hosts", "gai.conf", "host.conf")
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _TAIL = 4000
 _RELAYED = 16 << 20  # bytes of a sandbox's stderr passed on to the worker's
+_PIECE = 64 << 10  # the most of one line of its stderr read at once: a line may never end
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -241,7 +242,7 @@ class Sandbox:
         self._in: IO[bytes] = self.proc.stdin
         self._out: IO[bytes] = self.proc.stdout
         self._tail = bytearray()  # the last of what it wrote to stderr, for the message when it fails
-        threading.Thread(target=self._relay, args=(self.proc.stderr,), daemon=True).start()
+        threading.Thread(target=self._relay, args=(self.proc.stderr,), name="cats-sandbox-stderr", daemon=True).start()
         try:
             _confined.send_header(self._in, {"module": function["module"], "qualname": function["qualname"],
                                              "params": function["params"], "max_output": policy.max_output})
@@ -260,9 +261,10 @@ class Sandbox:
 
     def _relay(self, stream: IO[bytes]) -> None:
         """What the confined code prints goes on to the worker's stderr, as an unconfined slice's would,
-        up to a limit: past it, only the tail is kept (for the message if it fails)."""
+        up to a limit: past it, only the tail is kept (for the message if it fails). Read a piece of a
+        line at a time, so output without newlines is never held whole."""
         relayed = 0
-        for line in iter(stream.readline, b""):
+        for line in iter(lambda: stream.readline(_PIECE), b""):
             self._tail = (self._tail + line)[-_TAIL:]
             if relayed <= _RELAYED:
                 relayed += len(line)
