@@ -62,6 +62,9 @@ def needs(data):
     import inflection  # installed by Ray from the Order's requirements only
     return inflection.__version__ + " " + __import__("sys").prefix
 
+def frame(table):
+    return table.to_pandas()  # the index a DataFrame was written with comes back from the schema's metadata
+
 def hang(data):
     import subprocess, time
     subprocess.Popen(["sleep", "1000"], start_new_session=True)  # a background process of its own session
@@ -72,7 +75,7 @@ def hang(data):
 def _order(tmp_path: Path, entry: str, inputs: list, **plant: object) -> Order:
     module = jobs.module(tmp_path, "confjob", JOB)
     return Order(function=Function.of(getattr(_load(module), entry), **({"takes": "path"} if entry == "size" else {})
-                                      | ({"takes": "table"} if entry == "rows" else {})),
+                                      | ({"takes": "table"} if entry in ("rows", "frame") else {})),
                  inputs=inputs, plant=Plant(**plant))
 
 
@@ -106,6 +109,19 @@ def test_confined_results_match_unconfined_for_bytes_paths_and_tables(cats_home:
     free = factory.run(_order(tmp_path, "rows", table).model_copy(update={"infra": split}), force=True)
     boxed = factory.run(_order(tmp_path, "rows", table, confined=True).model_copy(update={"infra": split}),
                         force=True)
+    assert free.output == boxed.output
+
+
+def test_a_table_reaches_confined_code_with_its_schema_metadata(cats_home: Path, tmp_path: Path) -> None:
+    """A table is handed over as it was read, metadata and all: pandas keeps a DataFrame's index there,
+    so without it `to_pandas()` gave other columns than unconfined, and another output."""
+    import pandas as pd
+
+    df = pd.DataFrame({"x": [3, 1, 2]}, index=pd.Index([10, 20, 30], name="key"))
+    df.to_parquet(tmp_path / "f.parquet")
+    table = [tmp_path / "f.parquet"]
+    free = factory.run(_order(tmp_path, "frame", table), force=True)
+    boxed = factory.run(_order(tmp_path, "frame", table, confined=True), force=True)
     assert free.output == boxed.output
 
 
