@@ -17,9 +17,13 @@ ENCODINGS = ("bytes", "text", "arrow", "npy", "dag-cbor")
 
 
 def _arrow(table: Any) -> bytes:
+    return arrow_stream(table.replace_schema_metadata(None))
+
+
+def arrow_stream(table: Any) -> bytes:
+    """An Arrow table as an IPC stream, as it is (its schema's metadata too)."""
     import pyarrow as pa
 
-    table = table.replace_schema_metadata(None)
     sink = io.BytesIO()
     options = pa.ipc.IpcWriteOptions(compression=None, use_threads=False)
     with pa.ipc.new_stream(sink, table.schema, options=options) as writer:

@@ -118,12 +118,14 @@ def _confined_call(store: BlockStore, fn: Function, run_dir: str, confine: dict[
 def confined_argument(store: BlockStore, piece: Slice, takes: str, scratch: Path,
                       cache: Cache | None) -> tuple[str, bytes, int]:
     """What a confined function takes, as bytes to send: the input's bytes (as they are, or for a
-    path, to become a file in its scratch folder), or a table or array in its result encoding."""
+    path, to become a file in its scratch folder), a table as an Arrow stream with its schema's
+    metadata (pandas keeps a DataFrame's index there), or an array in its result encoding."""
     value, bytes_in = materialize(store, piece, "bytes" if takes == "path" else takes, scratch, cache)
     if isinstance(value, bytes):
         return ("path" if takes == "path" else "bytes"), value, bytes_in
-    data, encoding = results.encode(value)
-    return ("table" if encoding == "arrow" else "npy"), data, bytes_in
+    if type(value).__module__.split(".")[0] == "pyarrow":
+        return "table", results.arrow_stream(value), bytes_in
+    return "npy", results.encode(value)[0], bytes_in
 
 
 def _attempt(run_dir: str, batch: int) -> int:
