@@ -65,6 +65,12 @@ def needs(data):
 def frame(table):
     return table.to_pandas()  # the index a DataFrame was written with comes back from the schema's metadata
 
+def peek(data, path):
+    try:
+        return open(path, "rb").read()
+    except OSError as e:
+        return type(e).__name__
+
 def hang(data):
     import subprocess, time
     subprocess.Popen(["sleep", "1000"], start_new_session=True)  # a background process of its own session
@@ -123,6 +129,29 @@ def test_a_table_reaches_confined_code_with_its_schema_metadata(cats_home: Path,
     free = factory.run(_order(tmp_path, "frame", table), force=True)
     boxed = factory.run(_order(tmp_path, "frame", table, confined=True), force=True)
     assert free.output == boxed.output
+
+
+def test_the_declared_environment_adds_no_option_of_the_sandbox(cats_home: Path, tmp_path: Path) -> None:
+    """bubblewrap reads its options NUL-separated: a NUL in Plant.env added options of its own (binding
+    the host's root, where confined code read any file). Such a Plant is refused, as an Order block a
+    node decodes too."""
+    from pydantic import ValidationError
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"the node's key")
+    folder = jobs.folder(tmp_path, {"a": b"a"})
+    module = _load(jobs.module(tmp_path, "confpeek", JOB))
+    order = Order(function=Function.of(module.peek, path=f"/tmp/host{secret}"), inputs=[folder],
+                  plant=Plant(confined=True))
+    for env in ({"A": "x\0--ro-bind\0/\0/tmp/host"}, {"A\0--ro-bind\0/\0/tmp/host\0--setenv\0B": "x"},
+                {"A=B": "x"}, {"": "x"}):
+        with pytest.raises(ValidationError, match=r"env .*NUL"):
+            Plant(confined=True, env=env)
+        with pytest.raises(ValidationError, match=r"env .*NUL"):
+            Order.model_validate({**order.model_dump(), "plant": {"confined": True, "env": env}})
+    run = factory.run(order.model_copy(update={"plant": Plant(confined=True, env={"A": "x --ro-bind / /tmp/host"})}),
+                      force=True)
+    assert jobs.outputs(cats_home, run.output)["a"] == b"FileNotFoundError"  # a value with spaces is one value
 
 
 def test_inside_the_code_sees_itself_its_scratch_and_the_declared_environment(cats_home: Path,
