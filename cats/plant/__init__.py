@@ -59,6 +59,17 @@ class Plant(BaseModel):
                                  f"not resources={{{name!r}: …}}")
         return resources
 
+    @field_validator("env")
+    @classmethod
+    def _plain_variables(cls, env: dict[str, str]) -> dict[str, str]:
+        """Names and values the sandbox can set as they are: its options travel NUL-separated, so a NUL
+        would add options of its own (showing the machine's files), and a name with `=` is no name."""
+        for name, value in env.items():
+            if not name or "=" in name or "\0" in name or "\0" in value:
+                raise ValueError(f"env {name[:40]!r}: a variable's name must be non-empty without '=' or NUL, "
+                                 "its value without NUL")
+        return env
+
     @model_serializer(mode="wrap")
     def _drop_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Leave the GPU, replication and locality fields out at their defaults, so every Order written before
