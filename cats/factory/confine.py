@@ -275,7 +275,8 @@ class Sandbox:
 
     def sweep(self) -> None:
         """Kill, from outside, every process of the sandbox but its init and the confined Python: the
-        sweep inside runs in the process the slice's code ran in, which that code could have changed."""
+        sweep inside runs in the process the slice's code ran in, which that code could have changed.
+        Processes forking faster than they die (a fork bomb) end with the whole sandbox."""
         for _ in range(100):
             others = [pid for pid in _descendants(self.proc.pid) if pid not in self._keep]
             if not others:
@@ -283,6 +284,7 @@ class Sandbox:
             for pid in others:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+        self.close()
 
     def _said(self) -> str:
         text = self._tail.decode(errors="replace").strip()

@@ -367,12 +367,12 @@ class Runner:
     @staticmethod
     def _end(child: subprocess.Popen[bytes]) -> None:
         """SIGINT the child (Ray shuts down in it), then SIGKILL its process group if it does not end in time."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, signal.SIGINT)
-        try:
-            child.wait(_INTERRUPT_GRACE_S)
-        except subprocess.TimeoutExpired:
-            log.warning("the run in process %d did not stop on SIGINT; killing it", child.pid)
+        if child.poll() is None:  # never a signal to a pid that may have been reused
+            child.send_signal(signal.SIGINT)
+            try:
+                child.wait(_INTERRUPT_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("the run in process %d did not stop on SIGINT; killing it", child.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)  # the session it leads: the child, if still there, and its own
         child.wait()
