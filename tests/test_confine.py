@@ -10,6 +10,7 @@ import jobs
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import WorkerEnv
 
 from cats import factory
 from cats.bom import load as load_bom
@@ -258,3 +259,19 @@ def test_a_confined_order_with_requirements_runs_in_the_virtualenv_ray_made(cats
                       quiet=True, force=True)
     version, prefix = jobs.outputs(cats_home, run.output)["a"].decode().split(" ", 1)
     assert version == "0.5.1" and prefix.startswith("/tmp/")
+
+
+def test_replicas_and_results_written_to_a_uri_run_confined(cats_home: Path, tmp_path: Path,
+                                                             worker_env: WorkerEnv) -> None:
+    """Replicas (actors, each with a sandbox of its own) agree, and a result written to a URI is the
+    confined result's bytes, the same as unconfined."""
+    folder = _files(tmp_path)
+    free = factory.run(_order(tmp_path, "upper", [folder]), force=True)
+    boxed = factory.run(_order(tmp_path, "upper", [folder], confined=True, replicas=2), force=True)
+    assert boxed.output == free.output and boxed.replicas == 2 and boxed.disagreed == 0
+    out = worker_env.data_root / "confined-out"
+    run = factory.run(_order(tmp_path, "upper", [folder], confined=True).model_copy(
+        update={"output_uri": f"file://{out}"}), force=True)
+    assert load_bom(jobs.home_store(cats_home), run.bom).invoice.confined is True
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"a.txt": b"ALPHA\n", "b.txt": b"BETA\n",
+                                                              "c.txt": b"GAMMA\n"}
