@@ -35,7 +35,7 @@ from cats.cas.importer import Importer
 from cats.cas.pins import Pins, gc
 from cats.cas.store.local import LocalStore
 from cats.errors import CatsError, SliceFailed
-from cats.factory import driver, results
+from cats.factory import driver, evaluation, results
 from cats.factory.outputs import read
 from cats.order import Function, InfraFunction, Order, Plant, Structure
 from cats.order.infra import Slice
@@ -55,9 +55,10 @@ def _tree(store: LocalStore, cid: CID) -> dict[str, bytes]:
     return {name: _cat(store, child) for name, child, _ in reader.entries(store, cid)}
 
 
-def _seed(order: CID, index: int) -> int:
-    """The documented seed: the first 4 bytes of sha256(order CID bytes + 8-byte big-endian index)."""
-    return int.from_bytes(hashlib.sha256(bytes(order) + index.to_bytes(8, "big")).digest()[:4], "big")
+def _seed(store: LocalStore, order: CID, piece: Slice) -> int:
+    """The documented seed: the first 4 bytes of sha256 of the slice's evaluation key (its CID's bytes)."""
+    sealed = Order.model_validate(dagcbor.decode(store.get(order)))
+    return int.from_bytes(hashlib.sha256(bytes(evaluation.key(sealed, piece))).digest()[:4], "big")
 
 
 # -- 1. files -> directory, and the BOM ------------------------------------------------------------
@@ -97,7 +98,7 @@ def test_files_to_directory_and_bom(ray_session: str, cats_home: Path, tmp_path:
     outputs = {name: child for name, child, _ in reader.entries(store, result.output)}
     for r in recs:
         assert r.output == outputs[r.input.name]
-        assert r.seed == _seed(result.order, r.index)
+        assert r.seed == _seed(store, result.order, r.input)
         assert r.node and r.node in bom.invoice.nodes
         assert 0 <= r.duration_s < 60
         assert r.attempts == 1
@@ -146,7 +147,8 @@ def test_determinism(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
     assert second.order == first.order
     assert second.output == first.output
     seeds = [[r.seed for r in bom_records(store, load_bom(store, run.bom))] for run in (first, second)]
-    assert seeds[0] == seeds[1] == [_seed(first.order, i) for i in range(5)]
+    recs = list(bom_records(store, load_bom(store, first.bom)))
+    assert seeds[0] == seeds[1] == [_seed(store, first.order, r.input) for r in recs]
     tree = _tree(store, first.output)
     assert tree["a.txt"] == b"\nahpla#%d" % seeds[0][0]
 

@@ -60,6 +60,8 @@ class SliceRecord(BaseModel):
     replicas: list[ReplicaOutcome] | None = Field(default=None, description="every replica, in replica order")
     agreed: bool | None = Field(default=None, description="False when a majority won over dissent")
     children: list[Child] | None = Field(default=None, description="sub-Orders this slice submitted, in order")
+    reused_from: CIDField | None = Field(default=None, description="the BOM of the run that computed this "
+                                         "evaluation, when this run took its result instead of executing it")
 
 
 class DataUse(BaseModel):
@@ -100,6 +102,8 @@ class Invoice(BaseModel):
     slices: int
     executed: int = Field(description="slices run in this invocation")
     resumed: int = Field(description="slices taken from an earlier, interrupted run of the same Order")
+    reused: int | None = Field(default=None, description="slices whose evaluation a finished run of any Order "
+                               "computed: not executed, their records name that run's BOM (`reused_from`)")
     bytes_in: int
     bytes_out: int
     executor: str = Field(description="host and Ray node of the driver")

@@ -1,6 +1,7 @@
 """The run index, an embedded SQLite file in CATS_HOME: Order -> BOM (memoization), output ->
 the BOM that made it (lineage parents), slice result -> its encoding (reading a result back
-without its BOM at hand), and finished slices of unfinished runs (resume).
+without its BOM at hand), finished slices of unfinished runs (resume), and evaluation key -> the
+slice's outcome (reuse across Orders, counted only once its run has a BOM).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ CREATE TABLE IF NOT EXISTS outputs (cid TEXT PRIMARY KEY, bom TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (cid TEXT PRIMARY KEY, encoding TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS slices (order_cid TEXT NOT NULL, idx INTEGER NOT NULL, record TEXT NOT NULL,
                                    PRIMARY KEY (order_cid, idx));
+CREATE TABLE IF NOT EXISTS evaluations (key TEXT PRIMARY KEY, order_cid TEXT NOT NULL, record TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
 """
 
@@ -64,10 +66,24 @@ class Index:
         learned = [row[0] for row in self.db.execute("SELECT DISTINCT bom FROM outputs ORDER BY bom")]
         return list(dict.fromkeys([*ran, *learned]))
 
-    def save_slices(self, order_cid: str, records: list[dict[str, Any]]) -> None:
+    def save_slices(self, order_cid: str, records: list[dict[str, Any]],
+                    evaluations: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Slices an Order's run finished, and (key, outcome) of the evaluations it offers to others."""
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO slices VALUES (?, ?, ?)",
                                 [(order_cid, r["index"], json.dumps(r)) for r in records])
+            self.db.executemany("INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?)",
+                                [(key, order_cid, json.dumps(r)) for key, r in evaluations])
+
+    def evaluations(self, keys: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+        """key -> (the BOM of the finished run that computed it, the slice's outcome), for the keys known."""
+        found: dict[str, tuple[str, dict[str, Any]]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = self.db.execute("SELECT e.key, r.bom, e.record FROM evaluations e JOIN runs r "
+                                   f"ON r.order_cid = e.order_cid WHERE e.key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update((key, (bom, json.loads(record))) for key, bom, record in rows)
+        return found
 
     def done_slices(self, order_cid: str) -> dict[int, dict[str, Any]]:
         rows = self.db.execute("SELECT idx, record FROM slices WHERE order_cid = ?", (order_cid,))

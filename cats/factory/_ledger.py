@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from cats.bom import DataUse, Moved, RecordBlocks
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
-from cats.factory._plan import seed
+from cats.factory import evaluation
 from cats.factory.ingress import Piece
 from cats.factory.outcome import DataCounts, MovedCounts, SliceOutcome
 
@@ -30,8 +30,8 @@ class Result(NamedTuple):
 class Ledger:
     """The slices of one invocation of an Order (`pieces`, from its split), as they finish."""
 
-    def __init__(self, store: BlockStore, order_cid: CID, pieces: list[Piece]) -> None:
-        self.order_cid, self.pieces = order_cid, pieces
+    def __init__(self, store: BlockStore, keys: list[CID], pieces: list[Piece]) -> None:
+        self.keys, self.pieces = keys, pieces  # each slice's evaluation key, whose seed it is given
         self.records = RecordBlocks(store, len(pieces))
         self.results: list[Result | None] = [None] * len(pieces)
         self.done = 0
@@ -43,10 +43,11 @@ class Ledger:
         self.moved: MovedCounts | None = None
 
     def add(self, outcome: SliceOutcome, executed: bool = True) -> None:
-        """A successful slice: executed in this invocation, or resumed from an interrupted one."""
+        """A successful slice: executed in this invocation, or resumed from an interrupted one, or
+        reused from another run's evaluation."""
         i = outcome.index
         piece, assembly = self.pieces[i]
-        record = outcome.record(piece, assembly, seed(self.order_cid, i))
+        record = outcome.record(piece, assembly, evaluation.seed(self.keys[i]))
         self.records.add(record)
         self.results[i] = Result(record.output, record.encoding, record.size, record.tsize)
         self.done += 1

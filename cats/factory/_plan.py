@@ -10,12 +10,10 @@ with the same function, so a re-execution runs exactly as the run did, only with
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cats.cas.cid import CID
 from cats.errors import CatsError
 from cats.factory.confine import Policy
 from cats.order import Order
@@ -75,12 +73,6 @@ class Plan:
     @property
     def slices(self) -> int:
         return sum(len(b.items) for b in self.batches)
-
-
-def seed(order_cid: CID, index: int) -> int:
-    """A per-slice seed derived from the Order and the slice, the same on every machine."""
-    digest = hashlib.sha256(bytes(order_cid) + index.to_bytes(8, "big")).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 def runtime_env(order: Order) -> dict[str, Any] | None:

@@ -31,10 +31,10 @@ from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError, SliceFailed
-from cats.factory import egress, gate, guard, ingress, nested
+from cats.factory import egress, evaluation, gate, guard, ingress, nested
 from cats.factory._execute import execute
 from cats.factory._ledger import Ledger
-from cats.factory._plan import Plan, plan, seed
+from cats.factory._plan import Plan, plan
 from cats.factory.confine import Policy, check_confinable
 from cats.factory.outcome import SliceOutcome
 from cats.order import Order, label
@@ -48,8 +48,9 @@ from cats.plant.cluster import ClusterStore
 @dataclass
 class Run:
     """What `run` returns: the BOM's CID (the handle for everything), the output's and the sealed
-    Order's; whether an earlier BOM of the same Order was reused; slices in all and executed now;
-    the reports of the checks that gated it (None: the Order does not ask, or its BOM was reused)."""
+    Order's; whether an earlier BOM of the same Order was reused; slices in all, executed now, and
+    taken from earlier runs' evaluations (`reused_slices`); the reports of the checks that gated it
+    (None: the Order does not ask, or its BOM was reused)."""
 
     bom: CID
     output: CID
@@ -57,6 +58,7 @@ class Run:
     reused: bool = False
     slices: int = 0
     executed: int = 0
+    reused_slices: int = 0
     duration_s: float = 0.0
     replicas: int = 1
     disagreed: int | None = None  # slices kept by a majority over dissent; None with one replica
@@ -66,6 +68,8 @@ class Run:
         summary = {"bom": str(self.bom), "output": str(self.output), "order": str(self.order),
                    "reused": self.reused, "slices": self.slices, "executed": self.executed,
                    "duration_s": round(self.duration_s, 3), "replicas": self.replicas}
+        if self.reused_slices:
+            summary["reused_slices"] = self.reused_slices
         if self.disagreed is not None:
             summary["disagreed"] = self.disagreed
         if self.checks is not None:
@@ -144,11 +148,20 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
         if twice := sorted(n for n, k in names.items() if k > 1):
             raise CatsError(f"slices would write the same URI under {order.output_uri}: "
                             f"{', '.join(twice[:10])} (inputs with files of the same name); nothing was run")
-    ledger = Ledger(store, order_cid, pieces)
+    keys = [evaluation.key(order, piece) for piece, _ in pieces]
+    ledger = Ledger(store, keys, pieces)
     if not force:  # slices an interrupted run finished
         for r in index.done_slices(str(order_cid)).values():
             ledger.add(SliceOutcome.model_validate(r), executed=False)
     resumed = ledger.done
+    reuse = evaluation.reusable(order)
+    if reuse and not force:  # slices a finished run of any Order computed: the same evaluation, the same result
+        missing = [i for i in range(len(pieces)) if not ledger.has(i)]
+        known = index.evaluations([str(keys[i]) for i in missing])
+        for i in missing:
+            if (hit := known.get(str(keys[i]))) is not None and store.has(CID.parse(hit[1]["output"])):
+                ledger.add(SliceOutcome.model_validate({**hit[1], "index": i, "reused_from": hit[0]}), executed=False)
+    reused = ledger.done - resumed
     todo = [i for i in range(len(pieces)) if not ledger.has(i)]
     if progress:
         progress(ledger.done, len(pieces))
@@ -159,12 +172,15 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
     placed: dict[str, int] = {}
     if todo:
         assert ray is not None
-        work = plan(ray, order, url, [(i, pieces[i][0], seed(order_cid, i)) for i in todo], nodes, confine=policy,
-                    hide=[str(home.folder)])
+        work = plan(ray, order, url, [(i, pieces[i][0], evaluation.seed(keys[i])) for i in todo], nodes,
+                    confine=policy, hide=[str(home.folder)])
         placed = work.placed
 
         def finished(ok: list[SliceOutcome]) -> None:
-            index.save_slices(str(order_cid), [o.model_dump(mode="json", exclude_none=True) for o in ok])
+            done = [o.model_dump(mode="json", exclude_none=True) for o in ok]
+            # a slice that submitted sub-Orders is not offered to other runs: its record carries their BOMs
+            offered = [(str(keys[o.index]), d) for o, d in zip(ok, done, strict=True) if reuse and not o.children]
+            index.save_slices(str(order_cid), done, offered)
             for o in ok:
                 ledger.add(o)
             if progress:
@@ -201,7 +217,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
         children=sorted(ledger.children),
         invoice=Invoice(
             started=_iso(started), finished=_iso(finished_at), duration_s=finished_at - started,
-            slices=len(pieces), executed=len(todo), resumed=resumed,
+            slices=len(pieces), executed=len(todo), resumed=resumed, reused=reused or None,
             bytes_in=ledger.bytes_in, bytes_out=ledger.bytes_out,
             executor=socket.gethostname(), cats_version=__version__,
             nodes=sorted(ledger.nodes), data=ledger.data_use(),
@@ -220,7 +236,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
     index.record_run(str(order_cid), str(bom_cid), [str(o) for o in outputs] + written, order.name,
                      [(str(r.output), r.encoding) for r in results])
     replicas = order.plant.replicas
-    return Run(bom_cid, outputs[0], order_cid, slices=len(pieces), executed=len(todo),
+    return Run(bom_cid, outputs[0], order_cid, slices=len(pieces), executed=len(todo), reused_slices=reused,
                duration_s=finished_at - started, replicas=replicas,
                disagreed=None if replicas == 1 else ledger.disagreed, checks=checks)
 

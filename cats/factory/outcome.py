@@ -79,6 +79,7 @@ class SliceOutcome(BaseModel):
     cid: str | None = Field(default=None, description="the block a `missing`/`integrity` failure is about")
     uri: str | None = Field(default=None, description="the URI a `data`/`integrity` failure is about")
     disagreement: bool = Field(default=False, description="the replicas' quorum, not a worker, failed it")
+    reused_from: CIDField | None = Field(default=None, description="the BOM whose run computed this evaluation")
 
     @property
     def failed(self) -> bool:
@@ -92,4 +93,4 @@ class SliceOutcome(BaseModel):
 
 # What a slice's BOM record takes from its outcome.
 _RECORDED = {"index", "output", "encoding", "size", "tsize", "node", "duration_s", "attempts", "bytes_in", "replicas",
-             "agreed", "children"}
+             "agreed", "children", "reused_from"}

@@ -1,0 +1,122 @@
+"""Evaluation keys and reuse: a slice that any finished run computed (same code, entry, parameters,
+input and environment) is taken from it instead of executed, and the run's output is exactly what a
+run from scratch gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jobs
+import pytest
+
+from cats import factory
+from cats.bom import load as load_bom
+from cats.bom import records as bom_records
+from cats.bom.home import Home
+from cats.cas import dagcbor
+from cats.cas.cid import CID
+from cats.factory import evaluation
+from cats.order import Function, Order, Plant, Structure
+from cats.order.infra import Slice
+from cats.verification.audit import verify
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+JOB = """
+import os
+
+def shout(data, times=1):
+    return data.upper() * times
+
+def noisy(data, seed):
+    return data + b" " + str(seed).encode()
+
+def counted(data, marker, x=0):
+    with open(marker, "ab") as f:  # one line per execution
+        f.write(data + b"\\n")
+    return data[::-1]
+"""
+
+
+def _fn(tmp_path: Path, entry: str, **params: object) -> Function:
+    jobs.module(tmp_path, "evaljob", JOB)
+    return Function(entry=f"evaljob:{entry}", source=tmp_path / "evaljob.py", params=params)
+
+
+def _folder(tmp_path: Path, name: str, n: int) -> Path:
+    return jobs.folder(tmp_path, {f"f{i:03}.txt": f"line {i}\n".encode() for i in range(n)}, name=name)
+
+
+def test_a_folder_with_one_file_more_executes_one_slice(cats_home: Path, tmp_path: Path) -> None:
+    store = jobs.home_store(cats_home)
+    first = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[_folder(tmp_path, "v1", 30)]))
+    second = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[_folder(tmp_path, "v2", 31)]))
+    assert (first.executed, second.executed, second.reused_slices) == (30, 1, 30)
+    assert second.summary()["reused_slices"] == 30
+    bom = load_bom(store, second.bom)
+    assert bom.invoice.reused == 30 and bom.invoice.executed == 1
+    recs = list(bom_records(store, bom))
+    assert [r.reused_from for r in recs] == [first.bom] * 30 + [None]
+    # exactly what a run from scratch gives, in a home that never saw the first run
+    fresh = Home.open(tmp_path / "fresh")
+    try:
+        scratch = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[_folder(tmp_path, "v3", 31)]),
+                              home=fresh)
+        assert scratch.executed == 31 and scratch.output == second.output
+        assert [r.seed for r in bom_records(fresh.store, load_bom(fresh.store, scratch.bom))] == \
+            [r.seed for r in recs]
+    finally:
+        fresh.close()
+    report = verify(store, second.bom)  # a reused slice is re-executed like any other
+    assert report.verified and len(report.slices) == 31 and all(s.ok for s in report.slices)
+
+
+def test_code_parameters_inputs_and_environment_change_the_key(cats_home: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran.log"
+    folder = _folder(tmp_path, "in", 3)
+    base = Order(function=_fn(tmp_path, "counted", marker=str(marker)), inputs=[folder])
+    assert factory.run(base).executed == 3
+    assert factory.run(base.model_copy(update={"name": "another name, another Order"})).executed == 0
+    assert factory.run(Order(function=_fn(tmp_path, "counted", marker=str(marker), x=1), inputs=[folder])).executed == 3
+    assert factory.run(base, force=True).executed == 3  # force executes everything
+    (tmp_path / "evaljob.py").write_text((tmp_path / "evaljob.py").read_text() + "\n# changed\n")
+    changed = Order(function=Function(entry="evaljob:counted", source=tmp_path / "evaljob.py",
+                                      params={"marker": str(marker)}), inputs=[folder])
+    assert factory.run(changed).executed == 3
+    assert marker.read_bytes().count(b"line") == 12  # 3 + 3 + 3 + 3 executions, none for the renamed Order
+    # the environment: the lock and the requirements are in the key
+    sealed = Order.model_validate(dagcbor.decode(jobs.home_store(cats_home).get(factory.run(base).order)))
+    piece = Slice(cid=CID.parse(str(jobs.add(jobs.home_store(cats_home), folder / "f000.txt"))))
+    keys = {evaluation.key(sealed, piece),
+            evaluation.key(sealed.model_copy(update={"structure": sealed.structure.model_copy(
+                update={"requirements": ["inflection==0.5.1"]})}), piece),
+            evaluation.key(sealed.model_copy(update={"structure": sealed.structure.model_copy(
+                update={"lock": piece.cid})}), piece),
+            evaluation.key(sealed.model_copy(update={"plant": Plant(timeout_s=5, batch=2, confined=True)}), piece)}
+    assert len(keys) == 3  # how a slice runs (time limit, batching, confinement) is not in the key
+
+
+def test_seeds_come_from_the_key_so_seeded_functions_reuse(cats_home: Path, tmp_path: Path) -> None:
+    a = factory.run(Order(function=_fn(tmp_path, "noisy"), inputs=[_folder(tmp_path, "a", 4)]))
+    b = factory.run(Order(function=_fn(tmp_path, "noisy"), inputs=[_folder(tmp_path, "b", 5)]))
+    assert (a.executed, b.executed) == (4, 1)
+    store = jobs.home_store(cats_home)
+    fresh = Home.open(tmp_path / "fresh")
+    try:
+        scratch = factory.run(Order(function=_fn(tmp_path, "noisy"), inputs=[_folder(tmp_path, "c", 5)]),
+                              home=fresh)
+    finally:
+        fresh.close()
+    assert scratch.output == b.output
+    assert len({r.seed for r in bom_records(store, load_bom(store, b.bom))}) == 5
+
+
+def test_replicated_runs_and_unfinished_runs_offer_and_take_nothing(cats_home: Path, tmp_path: Path) -> None:
+    folder = _folder(tmp_path, "r", 3)
+    factory.run(Order(function=_fn(tmp_path, "shout", times=2), inputs=[folder]))
+    replicated = factory.run(Order(function=_fn(tmp_path, "shout", times=2), inputs=[folder],
+                                   plant=Plant(replicas=2)))
+    assert replicated.executed == 3 and replicated.reused_slices == 0
+    structure = Structure(requirements=[])
+    assert factory.run(Order(function=_fn(tmp_path, "shout", times=2), inputs=[folder], structure=structure,
+                             name="same evaluations")).executed == 0
