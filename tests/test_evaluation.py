@@ -16,7 +16,7 @@ from cats.bom.home import Home
 from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.factory import evaluation
-from cats.order import Function, Order, Plant, Structure
+from cats.order import Function, InfraFunction, Order, Plant, Structure
 from cats.order.infra import Slice
 from cats.verification.audit import verify
 
@@ -120,3 +120,23 @@ def test_replicated_runs_and_unfinished_runs_offer_and_take_nothing(cats_home: P
     structure = Structure(requirements=[])
     assert factory.run(Order(function=_fn(tmp_path, "shout", times=2), inputs=[folder], structure=structure,
                              name="same evaluations")).executed == 0
+
+
+def test_appending_to_a_file_split_by_lines_executes_only_its_last_slices(cats_home: Path, tmp_path: Path) -> None:
+    """A range of a stored file is keyed by the leaves that hold it: bytes appended to the file change
+    only the slices whose bytes reach its last (partial) leaf, at most two of slices a leaf long."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"".join(b"%08d some log line with words\n" % i for i in range(100_000)))  # 3.7 MB
+    infra = InfraFunction(split="lines", merge="concat", chunk_bytes=256 * 1024)  # one leaf's bytes
+    first = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra))
+    with open(log, "ab") as f:
+        f.write(b"".join(b"%08d appended line\n" % i for i in range(1_000)))  # +0.5%
+    second = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra))
+    assert first.slices >= 12 and second.slices >= first.slices
+    assert second.executed <= 2 + (second.slices - first.slices) and second.reused_slices >= first.slices - 2
+    fresh = Home.open(tmp_path / "fresh")
+    try:
+        scratch = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra), home=fresh)
+    finally:
+        fresh.close()
+    assert scratch.output == second.output and scratch.executed == scratch.slices

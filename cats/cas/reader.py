@@ -195,6 +195,34 @@ class FileTree:
         if spans:
             yield from self._walk(self.cid, 0, self.size, starts, ends)
 
+    def leaves(self, start: int, end: int) -> list[tuple[int, CID]]:
+        """(file offset, CID) of each leaf that overlaps [start, end), in file order, found through the
+        inner nodes only (no leaf is fetched): the identity of a range's bytes, which stays the same
+        when bytes are appended to the file (chunks are cut from its start)."""
+        found: list[tuple[int, CID]] = []
+
+        def walk(cid: CID, at: int) -> None:
+            if cid.codec == RAW or cid not in self._inner and not self._has_links(cid):
+                found.append((at, cid))
+                return
+            data, children, sizes = self._node(cid)
+            if data:  # a node holding bytes of its own as well as children: it stands for them
+                found.append((at, cid))
+            pos = at + len(data)
+            for child, size in zip(children, sizes, strict=True):
+                if pos >= end:
+                    break
+                if pos + size > start:
+                    walk(child, pos)
+                pos += size
+
+        if start < end:
+            walk(self.cid, 0)
+        return found
+
+    def _has_links(self, cid: CID) -> bool:
+        return bool(self._node(cid)[1])
+
     def _walk(self, cid: CID, at: int, expected: int, starts: list[int],
               ends: list[int]) -> Iterator[tuple[int, bytes]]:
         if cid.codec == RAW:

@@ -148,7 +148,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
         if twice := sorted(n for n, k in names.items() if k > 1):
             raise CatsError(f"slices would write the same URI under {order.output_uri}: "
                             f"{', '.join(twice[:10])} (inputs with files of the same name); nothing was run")
-    keys = [evaluation.key(order, piece) for piece, _ in pieces]
+    keys = evaluation.keys(order, [piece for piece, _ in pieces], looked)
     ledger = Ledger(store, keys, pieces)
     if not force:  # slices an interrupted run finished
         for r in index.done_slices(str(order_cid)).values():

@@ -1,11 +1,13 @@
 """Evaluation keys: the result of a function on a slice, addressed by everything that determines it.
 
 A slice's key is the CID of a DAG-CBOR block naming the code (its CID and entry), the parameters,
-what the function takes, the slice's input (a CID and range, a URI at its pinned version and range,
-a view, and the split's name for it), the environment (the lock's CID and the requirements), and the
-rules of result encodings and seeds. What only says how or where a slice runs (the Plant's CPUs,
-time limit, batching, confinement) is not in it. Two Orders sharing a slice share its key, so a
-run looks its slices up in the run index and executes only those no finished run has computed.
+what the function takes, the slice's input (a CID, a URI at its pinned version and range, a view,
+and the split's name for it; a byte range of a stored file by the leaves that hold it, so bytes
+appended to a file leave the keys of its earlier ranges as they were), the environment (the lock's
+CID and the requirements), and the rules of result encodings and seeds. What only says how or
+where a slice runs (the Plant's CPUs, time limit, batching, confinement) is not in it. Two Orders
+sharing a slice share its key, so a run looks its slices up in the run index and executes only
+those no finished run has computed.
 
 Seeds derive from the key, so a seeded function gives the same result for the same evaluation
 whatever Order it is part of.
@@ -16,8 +18,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from cats.cas import dagcbor
+from cats.cas import dagcbor, reader
 from cats.cas.cid import CID, DAG_CBOR
+from cats.cas.store import BlockStore
 from cats.order import Order
 from cats.order.infra import Slice
 
@@ -26,16 +29,43 @@ from cats.order.infra import Slice
 RULES = "cats.evaluation/1"
 
 
-def key(order: Order, piece: Slice) -> CID:
-    """The evaluation key of one slice of a sealed Order."""
+def keys(order: Order, pieces: list[Slice], store: BlockStore) -> list[CID]:
+    """The evaluation key of each slice of a sealed Order (whose inputs are in `store`)."""
+    trees: dict[CID, reader.FileTree] = {}
+    return [key(order, piece, trees, store) for piece in pieces]
+
+
+def key(order: Order, piece: Slice, trees: dict[CID, reader.FileTree] | None = None,
+        store: BlockStore | None = None) -> CID:
+    """The evaluation key of one slice of a sealed Order; with the store, a byte range of a stored
+    file is named by its leaves (`trees` keeps each file's walked tree between slices)."""
     fn = order.function
     assert fn.code is not None
     block: dict[str, Any] = {
         "rules": RULES, "code": fn.code, "entry": fn.entry, "params": fn.params, "takes": fn.takes,
-        "input": piece.model_dump(mode="json", exclude_none=True),
+        # a function taking its Slice may read the whole file: its input is the file, not the range
+        "input": _input(piece, trees if trees is not None else {}, None if fn.takes == "slice" else store),
         "lock": order.structure.lock, "requirements": list(order.structure.requirements),
     }
     return CID.hash(dagcbor.encode({k: v for k, v in block.items() if v is not None}), DAG_CBOR)
+
+
+def _input(piece: Slice, trees: dict[CID, reader.FileTree], store: BlockStore | None) -> dict[str, Any]:
+    described = piece.model_dump(mode="json", exclude_none=True)
+    if store is None or piece.cid is None or piece.row_group is not None or \
+            (piece.offset is None and piece.length is None):
+        return described
+    tree = trees.get(piece.cid)
+    if tree is None:
+        tree = trees[piece.cid] = reader.FileTree(store, piece.cid)
+    start = piece.offset or 0
+    end = tree.size if piece.length is None else min(tree.size, start + piece.length)
+    held = tree.leaves(start, end)
+    if not held:
+        return described
+    del described["cid"]
+    described.pop("offset", None)
+    return {**described, "leaves": [cid for _, cid in held], "skip": start - held[0][0], "length": end - start}
 
 
 def seed(evaluation: CID) -> int:
