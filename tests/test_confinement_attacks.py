@@ -254,6 +254,14 @@ class Scene:
         return Order(function=Function(entry="hostile_probe:probe", source=self.src, takes="path"),
                      inputs=[folder], plant=Plant(confined=confined, batch=2), name=name)
 
+    def single(self, name: str, spec: dict[str, Any], plant: Plant, file: str = "a.json") -> Order:
+        """The probe over a folder of one file, `spec` (what the probe is to do), named for `name`."""
+        folder = self.base / f"inputs-{name}"
+        folder.mkdir()
+        (folder / file).write_text(json.dumps(spec))
+        return Order(function=Function(entry="hostile_probe:probe", source=self.src, takes="path"),
+                     inputs=[folder], plant=plant, name=f"hostile-{name}")
+
     def leaked(self, text: str) -> list[str]:
         """The secrets found in `text`."""
         return [s for s in [self.secret, self.env_secret, *self.key_forms] if s in text]
@@ -401,11 +409,7 @@ def test_unconfined_the_same_probe_finds_everything(scene: Scene, confined_repor
     sacrifice = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "victim"])
     conf = {**scene.conf, "ptrace": [sacrifice.pid], "walk": 0.5, "token": scene.token + "u",
             "marker": str(scene.base / f"unconfined-late-{scene.token}")}
-    folder = scene.base / "inputs-unconfined"
-    folder.mkdir()
-    (folder / "a.json").write_text(json.dumps({**conf, "role": "probe"}))
-    order = Order(function=Function(entry="hostile_probe:probe", source=scene.src, takes="path"), inputs=[folder],
-                  plant=Plant(batch=1), name="hostile-unconfined")
+    order = scene.single("unconfined", {**conf, "role": "probe"}, Plant(batch=1))
     try:
         run = factory.run(order)
         text = jobs.outputs(scene.home, run.output)["a.json"].decode()
@@ -461,30 +465,19 @@ def test_the_cli_run_of_a_hostile_order_returns_no_secret(scene: Scene, cli, cat
 
 
 def test_results_past_the_limit_and_forged_answers_are_refused(scene: Scene) -> None:
-    folder = scene.base / "inputs-big"
-    folder.mkdir()
-    (folder / "big.json").write_text(json.dumps({"role": "big", "size": 64 << 20}))
-    order = Order(function=Function(entry="hostile_probe:probe", source=scene.src, takes="path"), inputs=[folder],
-                  plant=Plant(batch=1), name="hostile-big")
+    order = scene.single("big", {"role": "big", "size": 64 << 20}, Plant(batch=1), file="big.json")
     with pytest.raises(SliceFailed, match=r"(?s)big\.json.*67108864 bytes, over this machine's limit of 1048576"):
         factory.run(order, confine=Policy(max_output=1 << 20))
 
     for kind, said in (("huge", "a result of 1099511627776 bytes announced"), ("ref", "an encoding 'ref'")):
-        forged = scene.base / f"inputs-forge-{kind}"
-        forged.mkdir()
-        (forged / "f.json").write_text(json.dumps({"role": "forge", "kind": kind}))
-        order = Order(function=Function(entry="hostile_probe:probe", source=scene.src, takes="path"),
-                      inputs=[forged], plant=Plant(batch=1, confined=True), name=f"hostile-forge-{kind}")
+        order = scene.single(f"forge-{kind}", {"role": "forge", "kind": kind}, Plant(batch=1, confined=True),
+                             file="f.json")
         with pytest.raises(SliceFailed, match=said):
             factory.run(order)
 
 
 def test_scratch_and_shared_memory_are_capped(scene: Scene) -> None:
-    folder = scene.base / "inputs-fill"
-    folder.mkdir()
-    (folder / "fill.json").write_text(json.dumps({"role": "fill", "most": 64 << 20}))
-    order = Order(function=Function(entry="hostile_probe:probe", source=scene.src, takes="path"), inputs=[folder],
-                  plant=Plant(batch=1), name="hostile-fill")
+    order = scene.single("fill", {"role": "fill", "most": 64 << 20}, Plant(batch=1), file="fill.json")
 
     run = factory.run(order, confine=Policy(scratch=8 << 20))
 
