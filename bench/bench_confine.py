@@ -25,12 +25,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import machine, save
+from common import machine, save, slice_files, spin_workspace
 
 TARGETS = {"work_ratio_max": 1.3, "exec_overhead_ms_max": 20.0}
 STARTS = 10  # sandboxes started for the start-up figures; their median counts
@@ -41,11 +40,8 @@ def make_inputs(folder: Path, n: int) -> str:
     from cats.cas.importer import Importer
     from cats.cas.store import open_store
 
-    folder.mkdir(parents=True)
-    for i in range(n):
-        (folder / f"f{i:05d}.txt").write_bytes(f"slice {i} ".encode() * 8)
     with Importer(open_store(), cid_version=1) as imp:
-        *_, root = imp.add_path(folder)
+        *_, root = imp.add_path(slice_files(folder, n))
     return str(root.cid)
 
 
@@ -123,10 +119,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each contender; the median counts")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="cats-bench-confine-"))
-    os.environ["CATS_HOME"] = str(work / "home")
-    (work / "bench_job.py").write_text((Path(__file__).parent / "spinjob.py").read_text())
-    sys.path.insert(0, str(work))  # the driver's, to make the Function; workers import it from its code CID
+    work = spin_workspace("cats-bench-confine-")
     try:
         import bench_job
         import ray

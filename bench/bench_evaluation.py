@@ -11,14 +11,11 @@ Targets:
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import machine, save
+from common import machine, save, slice_files, spin_workspace
 
 TARGETS = {"append_s_max": 3.0, "lookup_share_max": 0.02}
 
@@ -28,10 +25,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "evaluation.json")
     parser.add_argument("--files", type=int, default=10_000)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="cats-bench-evaluation-"))
-    os.environ["CATS_HOME"] = str(work / "home")
-    (work / "bench_job.py").write_text((Path(__file__).parent / "spinjob.py").read_text())
-    sys.path.insert(0, str(work))
+    work = spin_workspace("cats-bench-evaluation-")
     try:
         import ray
 
@@ -45,11 +39,7 @@ def main() -> None:
         from cats.order.seal import seal
 
         def folder(name: str, n: int) -> Path:
-            path = work / name
-            path.mkdir()
-            for i in range(n):
-                (path / f"f{i:05d}.txt").write_bytes(f"slice {i} ".encode() * 8)
-            return path
+            return slice_files(work / name, n)
 
         def timed(order: Order, **kw: object) -> tuple[float, object]:
             start = time.perf_counter()

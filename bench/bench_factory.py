@@ -18,11 +18,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import machine, save
+from common import machine, save, slice_files, spin_workspace
 
 TARGETS = {"work_ratio_max": 1.10, "trivial_rate_ratio_min": 0.5, "memo_s_max": 0.5}
 MEMO_CLI_RUNS = 5  # the command's figure is their median, after a first run that compiles the bytecode
@@ -33,12 +32,6 @@ from cats.order import Function, Order
 from bench_job import spin
 order = Order(function=Function.of(spin, ms={ms}), inputs=["{cid}"])
 '''
-
-
-def make_inputs(folder: Path, n: int) -> None:
-    folder.mkdir(parents=True)
-    for i in range(n):
-        (folder / f"f{i:05d}.txt").write_bytes(f"slice {i} ".encode() * 8)
 
 
 def plain_ray(ray, paths: list[str], ms: float) -> float:
@@ -84,10 +77,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each contender; the best counts")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="cats-bench-factory-"))
-    os.environ["CATS_HOME"] = str(work / "home")
-    (work / "bench_job.py").write_text((Path(__file__).parent / "spinjob.py").read_text())
-    sys.path.insert(0, str(work))
+    work = spin_workspace("cats-bench-factory-")
     # the job's module, then whichever `cats` this script imports (a checkout's, when PYTHONPATH names it)
     path = os.pathsep.join([str(work), *filter(None, [os.environ.get("PYTHONPATH")])])
     try:
@@ -98,7 +88,7 @@ def main() -> None:
         rows: dict[str, dict[str, float]] = {}
         for label, n, ms in (("work", args.small, 10.0), ("trivial", args.trivial, 0.0)):
             folder = work / label
-            make_inputs(folder, n)
+            slice_files(folder, n)
             cid = add_folder(folder)
             paths = sorted(str(p) for p in folder.iterdir())
             plain_ray(ray, paths[:50], ms)  # warm the workers

@@ -9,14 +9,11 @@ slice <= 1.05x the run (Ray start-up excluded: Ray is started before either is t
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import machine, save
+from common import machine, save, slice_files, spin_workspace
 
 TARGET = 0.03
 FULL_TARGET = 1.05
@@ -29,10 +26,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "verify.json")
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="cats-bench-verify-"))
-    os.environ["CATS_HOME"] = str(work / "home")
-    (work / "bench_vjob.py").write_text((Path(__file__).parent / "spinjob.py").read_text())
-    sys.path.insert(0, str(work))
+    work = spin_workspace("cats-bench-verify-", "bench_vjob")
     try:
         import bench_vjob
         import ray
@@ -44,10 +38,7 @@ def main() -> None:
         from cats.verification.audit import verify
 
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        folder = work / "inputs"
-        folder.mkdir()
-        for i in range(args.slices):
-            (folder / f"f{i:05d}.txt").write_bytes(f"slice {i} ".encode() * 8)
+        folder = slice_files(work / "inputs", args.slices)
         store = open_store()
         with Importer(store, cid_version=1) as imp:
             *_, root = imp.add_path(folder)
