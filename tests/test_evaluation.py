@@ -14,7 +14,9 @@ from cats.bom import load as load_bom
 from cats.bom import records as bom_records
 from cats.bom.home import Home
 from cats.cas import dagcbor
-from cats.cas.cid import CID
+from cats.cas.cid import CID, DAG_CBOR, RAW
+from cats.cas.dag import put_cbor
+from cats.cas.store.local import LocalStore
 from cats.factory import evaluation
 from cats.order import Function, InfraFunction, Order, Plant, Structure
 from cats.order.infra import Slice
@@ -140,3 +142,68 @@ def test_appending_to_a_file_split_by_lines_executes_only_its_last_slices(cats_h
     finally:
         fresh.close()
     assert scratch.output == second.output and scratch.executed == scratch.slices
+
+
+def _other_lock(store: LocalStore, sealed: Order) -> CID:
+    """A lock block this machine did not make: the sealed one with one distribution at another version,
+    as a run under another environment would record."""
+    assert sealed.structure.lock is not None
+    dists = dagcbor.decode(store.get(sealed.structure.lock))
+    return put_cbor(store, {**dists, "pydantic": "0.0.1"})
+
+
+def test_a_different_environment_reexecutes_unless_the_order_keys_on_code(cats_home: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran.log"
+    store = jobs.home_store(cats_home)
+    folder = _folder(tmp_path, "env", 3)
+
+    def order(**structure: object) -> Order:
+        return Order(function=_fn(tmp_path, "counted", marker=str(marker)), inputs=[folder],
+                     structure=Structure(**structure))
+
+    first = factory.run(order())
+    sealed = Order.model_validate(dagcbor.decode(store.get(first.order)))
+    other = _other_lock(store, sealed)
+    # by default the environment is in the key: another lock, or another Python, executes every slice
+    assert factory.run(order(lock=other)).executed == 3
+    assert factory.run(order(python="3.0.1")).executed == 3
+    assert marker.read_bytes().count(b"line") == 9
+    # keyed on code: the first such run executes (environment-keyed results are not its evaluations) ...
+    coded = factory.run(order(reuse="code"))
+    assert coded.executed == 3
+    # ... and a run under another lock and Python takes its results, naming its BOM
+    moved = factory.run(order(reuse="code", lock=other, python="3.0.1"))
+    assert (moved.executed, moved.reused_slices) == (0, 3)
+    recs = list(bom_records(store, load_bom(store, moved.bom)))
+    assert [r.reused_from for r in recs] == [coded.bom] * 3
+    assert load_bom(store, moved.bom).structure.lock == other  # the BOM records the environment it ran under
+    assert marker.read_bytes().count(b"line") == 12
+    # requirements are declared, not the machine's: they stay in a code-only key
+    assert factory.run(order(reuse="code", requirements=["inflection==0.5.1"])).executed == 3
+
+
+def test_code_only_keys_leave_out_the_environment_and_differ_from_environment_keys() -> None:
+    piece = Slice(cid=CID.hash(b"input", RAW), name="a.txt")
+
+    def sealed(**structure: object) -> Order:
+        return Order(function=Function(entry="job:f", code=CID.hash(b"code", RAW)), inputs=[CID.hash(b"in", RAW)],
+                     structure=Structure(**{"python": "3.11.9", "lock": CID.hash(b"lock", RAW), **structure}))
+
+    environments = [{}, {"lock": CID.hash(b"another lock", RAW)}, {"python": "3.12.0"}, {"tools": {"grep": "3.11"}}]
+    by_environment = {evaluation.key(sealed(**e), piece) for e in environments}
+    by_code = {evaluation.key(sealed(reuse="code", **e), piece) for e in environments}
+    assert len(by_environment) == 4 and len(by_code) == 1 and not by_code & by_environment
+    assert evaluation.key(sealed(reuse="code", requirements=["x==1"]), piece) not in by_code
+
+
+def test_the_default_reuse_is_left_out_of_the_encoding() -> None:
+    """Orders and BOMs made before an Order could key on code keep their CIDs."""
+    order = Order(function=Function(entry="job:f", code=CID.hash(b"code", RAW)), inputs=[CID.hash(b"input", RAW)],
+                  structure=Structure(python="3.11.9", lock=CID.hash(b"lock", RAW)))
+    assert "reuse" not in dagcbor.decode(order.block())["structure"]
+    assert str(CID.hash(order.block(), DAG_CBOR)) == "bafyreicbbnr43c3fypztkeadioskj4lxwwvxfxng3at4asmieeyqtaxy6e"
+    coded = order.model_copy(update={"structure": order.structure.model_copy(update={"reuse": "code"})})
+    assert dagcbor.decode(coded.block())["structure"]["reuse"] == "code"
+    assert CID.hash(coded.block(), DAG_CBOR) != CID.hash(order.block(), DAG_CBOR)
+    with pytest.raises(ValueError, match="reuse"):
+        Structure(reuse="anything")  # type: ignore[arg-type]

@@ -3,8 +3,11 @@
 A slice's key is the CID of a DAG-CBOR block naming the code (its CID and entry), the parameters,
 what the function takes, the slice's input (a CID, a URI at its pinned version and range, a view,
 and the split's name for it; a byte range of a stored file by the leaves that hold it, so bytes
-appended to a file leave the keys of its earlier ranges as they were), the environment (the lock's
-CID and the requirements), and the rules of result encodings and seeds. What only says how or
+appended to a file leave the keys of its earlier ranges as they were), the requirements, the
+environment (the Python version, the lock's CID, the versions of the tools a command calls), and
+the rules of result encodings and seeds. An Order whose Structure says `reuse="code"` keys on code
+only: its keys leave the environment out but say so, so they never match those of an Order keyed
+on its environment, and a different environment never reuses silently. What only says how or
 where a slice runs (the Plant's CPUs, time limit, batching, confinement) is not in it. Two Orders
 sharing a slice share its key, so a run looks its slices up in the run index and executes only
 those no finished run has computed.
@@ -23,6 +26,7 @@ from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.store import BlockStore
 from cats.order import Order
 from cats.order.infra import Slice
+from cats.order.structure import Structure
 
 # The version of the rules a key stands for: result encodings, seeds from keys. A change to either
 # must change this, so no result made under other rules is reused.
@@ -45,9 +49,16 @@ def key(order: Order, piece: Slice, trees: dict[CID, reader.FileTree] | None = N
         "rules": RULES, "code": fn.code, "entry": fn.entry, "params": fn.params, "takes": fn.takes,
         # a function taking its Slice may read the whole file: its input is the file, not the range
         "input": _input(piece, trees if trees is not None else {}, None if fn.takes == "slice" else store),
-        "lock": order.structure.lock, "requirements": list(order.structure.requirements),
+        "requirements": list(order.structure.requirements), **_environment(order.structure),
     }
     return CID.hash(dagcbor.encode({k: v for k, v in block.items() if v is not None}), DAG_CBOR)
+
+
+def _environment(structure: Structure) -> dict[str, Any]:
+    """What of the machine a result depends on, or on code only the mode itself (so such keys differ)."""
+    if structure.reuse == "code":
+        return {"reuse": "code"}
+    return {"python": structure.python, "lock": structure.lock, "tools": structure.tools or None}
 
 
 def _input(piece: Slice, trees: dict[CID, reader.FileTree], store: BlockStore | None) -> dict[str, Any]:

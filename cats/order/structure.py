@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,7 +14,8 @@ from cats.cas.fields import CIDField
 class Structure(BaseModel):
     """The environment an Order ran in, recorded so a verifier can rebuild it or see the drift: the
     Python version, the lock of installed distributions (sealing fills both in from this machine),
-    pip requirements for the workers, and an infrastructure-as-code folder."""
+    pip requirements for the workers, and an infrastructure-as-code folder; and whether a slice may
+    reuse a result made in another environment (`reuse`), for code whose results do not depend on it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -27,4 +29,9 @@ class Structure(BaseModel):
     command: str | None = Field(default=None, description="the shell command run per slice")
     tools: dict[str, str] = Field(default_factory=dict, exclude_if=lambda tools: not tools,
                                   description="program -> version (or path and SHA-256) the command calls")
-
+    # Left out of the encoding at its default, so every Order and BOM keeps the CID it always had.
+    reuse: Literal["environment", "code"] = Field(
+        default="environment", exclude_if=lambda reuse: reuse == "environment",
+        description='what a slice\'s evaluation key holds besides code, parameters, input and requirements: '
+                    '"environment" also the Python version, lock and tools (a result made under others is '
+                    'never reused), "code" nothing more (results made under any of them are reused)')
