@@ -19,7 +19,8 @@ def verify(
     seed: int | None = typer.Option(None, "--seed", help="Seed of the random sample (reported when chosen)."),
     recursive: bool = typer.Option(False, "--recursive",
                                    help="Verify the whole lineage back to its roots, and every sub-Order."),
-    integrity: bool = typer.Option(False, "--integrity", help="No re-execution: every block exists and hashes."),
+    integrity: bool = typer.Option(False, "--integrity", help="No re-execution: every block exists and hashes, "
+                                   "and each reused slice's source BOM is intact, signed and computed it."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """Verify a BOM from the store alone; the report names every mismatch and its reason.
@@ -27,6 +28,10 @@ def verify(
     Every signature kept for the BOM must hold: one that does not (forged, another key, another
     CID, a malformed envelope) is a signature-invalid failure naming its signer; an unsigned BOM
     is reported as unsigned, not as a failure.
+
+    Slices a run reused from another run's BOM are re-executed like any other. With --integrity,
+    each source BOM must be here and hash, carry a signature by this node or a trusted peer, and
+    hold a record of its own execution giving the reused output.
 
     With --recursive, ancestors missing here are pulled from trusted peers' nodes (`cats mesh trust
     add DID --url URL`); one whose code or data cannot be read here is accepted on the signature of
@@ -68,6 +73,9 @@ def print_report(report: Report, depth: int = 0, role: str = "", out: Console | 
         console.print(f"{'  ' * depth}{ok} of {len(report.slices)} slices re-executed to their recorded CIDs")
     if report.mode == "integrity":
         console.print(f"{'  ' * depth}{report.blocks_checked} blocks checked")
+    for source in report.reused_from:
+        state = f"signed by {', '.join(source.signers)}" if source.verified else "[red]does not vouch for them[/]"
+        console.print(f"{'  ' * depth}{source.slices} slice(s) reused from BOM {source.bom}: {state}")
     if report.signers:
         console.print(f"{'  ' * depth}signed by {', '.join(report.signers)}")
     if report.signature == "unsigned":

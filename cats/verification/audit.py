@@ -25,7 +25,7 @@ from cats.factory import SliceOutcome, egress, ingress, reexecute
 from cats.factory.confine import Policy
 from cats.order import Order, label
 from cats.verification import drift, sampling
-from cats.verification.report import Problem, Reason, Report, Sample, SliceResult
+from cats.verification.report import Problem, Reason, Report, Sample, SliceResult, SourceBOM
 
 
 class _Stop(Exception):
@@ -44,7 +44,8 @@ def verify(store: BlockStore, bom_cid: CID, *, sample: int | None = None, fracti
     missing here is asked of `fetch(cid)` (e.g. a pull from the peers' nodes; it returns an error text
     or None); one whose code or data cannot be read here is accepted on a signature by one of the
     `trusted` DIDs, and its report says so (mode "signature"). Every signature kept for a BOM is
-    checked in every mode: one that does not hold fails it (signature-invalid)."""
+    checked in every mode: one that does not hold fails it (signature-invalid). With `integrity`, the
+    source BOM of each reused slice must bear a signature by one of the `trusted` DIDs."""
     with Home.given(home, store) as here:
         return _verify(store, bom_cid, sample, fraction, seed, recursive, integrity, quiet, trusted, fetch, here)
 
@@ -58,7 +59,7 @@ def _verify(store: BlockStore, bom_cid: CID, sample: int | None, fraction: float
         bom, order = _load(store, bom_cid, report)
         report.name = bom.name
         if integrity:
-            _integrity(store, bom_cid, bom, report)
+            _integrity(store, bom, report, trusted, home.signatures)
         else:
             _reexecute(store, bom, order, report, sample, fraction, seed, quiet, home)
         if order.checks:
@@ -154,10 +155,11 @@ def _check_dag(store: BlockStore, root: CID, report: Report, reason: Reason, wha
     return False
 
 
-def _integrity(store: BlockStore, bom_cid: CID, bom: BOM, report: Report) -> None:
-    """No re-execution: every block the BOM reaches exists and hashes to its CID. Each block is
-    checked once, under the part of the lineage it belongs to: the slice records link inputs and
-    outputs, so an altered input block reads as input-altered, not as altered records."""
+def _integrity(store: BlockStore, bom: BOM, report: Report, trusted: Collection[str], signatures: Signatures) -> None:
+    """No re-execution: every block the BOM reaches exists and hashes to its CID, and each reused
+    slice's source BOM vouches for it. Each block is checked once, under the part of the lineage it
+    belongs to: the slice records link inputs and outputs, so an altered input block reads as
+    input-altered, not as altered records."""
     report.blocks_checked += 2
     seen: set[CID] = set()
     _check_dag(store, bom.code, report, "code-altered", "code", seen=seen)
@@ -180,6 +182,54 @@ def _integrity(store: BlockStore, bom_cid: CID, bom: BOM, report: Report) -> Non
             ref = load_ref(store, rec.output)
             _check_source(Info(ref.uri, ref.size, ref.version), report, "output-differs",
                           f"output of slice {rec.index} at {ref.uri}", rec.index)
+    _check_reused(store, recs, report, trusted, signatures)
+
+
+def _check_reused(store: BlockStore, recs: list[SliceRecord], report: Report, trusted: Collection[str],
+                   signatures: Signatures) -> None:
+    """A reused slice stands on the run that computed it: the BOM its record names must be here and
+    hash, be signed by one of the `trusted` DIDs (this node, its trusted peers), and hold a record of
+    its own execution (not itself reused) giving the same output. Each reused slice whose source
+    fails gets one problem naming the slice and the source BOM."""
+    taken: dict[CID, list[SliceRecord]] = {}
+    for rec in recs:
+        if rec.reused_from is not None:
+            taken.setdefault(rec.reused_from, []).append(rec)
+    for source, reused in taken.items():
+        computed, signers, fault = _vouching(store, source, report, trusted, signatures)
+        failed = 0
+        for rec in reused:
+            wrong = fault or (None if (rec.output, rec.encoding) in computed else
+                              ("bom-altered", f"it never computed output {rec.output} ({rec.encoding})"))
+            if wrong is not None:
+                failed += 1
+                _problem(report, wrong[0], f"slice {rec.index} reused from BOM {source}: {wrong[1]}", source, rec.index)
+        report.reused_from.append(SourceBOM(bom=str(source), slices=len(reused), signers=signers, verified=not failed))
+
+
+def _vouching(store: BlockStore, source: CID, report: Report, trusted: Collection[str],
+            signatures: Signatures) -> tuple[set[tuple[CID, str]], list[str], tuple[Reason, str] | None]:
+    """A source BOM's (output, encoding) of the slices it executed, the trusted DIDs that signed it,
+    and what is wrong with it (reason, detail), if anything."""
+    try:
+        bom = BOM.model_validate(dagcbor.decode(store.get(source)))
+        recs = list(records(store, bom))
+    except BlockNotFound as e:
+        what = "the source BOM" if e.cid == source else f"its slice records: block {e.cid}"
+        return set(), [], ("block-missing", f"{what} is not in the store")
+    except (IntegrityError, DecodeError, ValueError) as e:
+        return set(), [], ("bom-altered", f"the source BOM is not intact: {str(e).splitlines()[0]}")
+    report.blocks_checked += 1 + len(bom.slices)
+    valid, bad = signatures.check(source, trusted)
+    signers = [did for did in valid if did in trusted]
+    if bad:
+        first = bad[0]
+        return set(), signers, ("signature-invalid", f"a signature kept for it does not hold: "
+                                f"{f'{first.signer}: ' if first.signer else ''}{first.reason}")
+    if not signers:
+        others = f" (only by {', '.join(valid)})" if valid else ""
+        return set(), [], ("source-unsigned", f"it is signed by neither this node nor a trusted peer{others}")
+    return {(r.output, r.encoding) for r in recs if r.reused_from is None}, signers, None
 
 
 def _check_source(pinned: Info, report: Report, reason: Reason, what: str, slice: int | None = None) -> bool:

@@ -19,6 +19,7 @@ Reason = Literal[
     "check-failed",        # a validator of the Order rejected the output
     "child-differs",       # a re-executed slice submitted other sub-Orders than its record attributes to it
     "signature-invalid",   # a signature kept for the BOM does not hold (forged, another key, another CID, malformed)
+    "source-unsigned",     # the source BOM of a reused slice bears no signature by this node or a trusted peer
 ]
 
 
@@ -41,6 +42,16 @@ class SliceResult(BaseModel):
     recomputed: str | None = None
     ok: bool
     reason: Reason | None = None
+
+
+class SourceBOM(BaseModel):
+    """A BOM that reused slices name as the run that computed them, as `--integrity` found it: intact,
+    signed by a trusted DID, and holding a record of its own execution giving each reused output."""
+
+    bom: str
+    slices: int = Field(description="how many slices of the verified BOM were reused from it")
+    signers: list[str] = Field(default_factory=list, description="trusted DIDs whose signatures on it hold")
+    verified: bool
 
 
 class Drift(BaseModel):
@@ -82,6 +93,8 @@ class Report(BaseModel):
     slices: list[SliceResult] = Field(default_factory=list)
     problems: list[Problem] = Field(default_factory=list)
     drift: list[Drift] = Field(default_factory=list)
+    reused_from: list[SourceBOM] = Field(default_factory=list,
+                                         description="in integrity mode: the BOMs its reused slices were taken from")
     checks: list[dict[str, Any]] = Field(default_factory=list, description="the Order's validators' reports")
     ancestors: list[Report] = Field(default_factory=list)
     children: list[Report] = Field(default_factory=list, description="the sub-Orders' BOMs, with --recursive")
