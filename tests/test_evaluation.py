@@ -152,7 +152,8 @@ def _other_lock(store: LocalStore, sealed: Order) -> CID:
     return put_cbor(store, {**dists, "pydantic": "0.0.1"})
 
 
-def test_a_different_environment_reexecutes_unless_the_order_keys_on_code(cats_home: Path, tmp_path: Path) -> None:
+def test_a_different_environment_reexecutes_unless_the_order_keys_on_code(cats_home: Path, tmp_path: Path,
+                                                                           cli) -> None:
     marker = tmp_path / "ran.log"
     store = jobs.home_store(cats_home)
     folder = _folder(tmp_path, "env", 3)
@@ -177,6 +178,9 @@ def test_a_different_environment_reexecutes_unless_the_order_keys_on_code(cats_h
     recs = list(bom_records(store, load_bom(store, moved.bom)))
     assert [r.reused_from for r in recs] == [coded.bom] * 3
     assert load_bom(store, moved.bom).structure.lock == other  # the BOM records the environment it ran under
+    shown = cli("bom", "show", str(moved.bom))
+    assert shown.code == 0 and "keyed on code only" in shown.out, (shown.out, shown.err)
+    assert "keyed on code only" not in cli("bom", "show", str(first.bom)).out
     assert marker.read_bytes().count(b"line") == 12
     # requirements are declared, not the machine's: they stay in a code-only key
     assert factory.run(order(reuse="code", requirements=["inflection==0.5.1"])).executed == 3

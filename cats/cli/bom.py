@@ -128,6 +128,8 @@ def show(
         ("lock", [str(env.lock)]),
         ("requirements", env.requirements or ["-"]),
         ("iac", [str(env.iac) if env.iac else "-"]),
+        *([("reuse", ["keyed on code only: takes results made under any Python and lock"])]
+          if env.reuse == "code" else []),
         ("inputs", [input_label(c) for c in bom.inputs]),
         ("outputs", [str(c) for c in bom.outputs]),
         ("encoding", [bom.output_encoding]),
