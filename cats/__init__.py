@@ -60,6 +60,7 @@ _EXPORTS = {
     "DataIntegrityError": "cats.errors",
     "ViewError": "cats.errors",
     "SliceFailed": "cats.errors",
+    "StageFailed": "cats.errors",
     "ChildFailed": "cats.errors",
     "MeshError": "cats.errors",
 }
@@ -91,6 +92,7 @@ if TYPE_CHECKING:
         MeshError,
         PathNotFound,
         SliceFailed,
+        StageFailed,
         ViewError,
     )
     from cats.factory.driver import Run, run

@@ -134,6 +134,11 @@ class SliceFailed(CatsError):
     remote traceback, or which replica said what."""
 
 
+class StageFailed(CatsError):
+    """A stage of a pipeline failed; the message names the stage and why, and `__cause__` is its own error.
+    The stages before it are recorded, so a re-run reuses them."""
+
+
 class CheckFailed(CatsError):
     """A check of an Order that gates its run (`check_on_run`) rejected the output, or could not run on it;
     the message names the check and says nothing was recorded."""

@@ -70,22 +70,28 @@ def _invalid(e: ValidationError) -> str:
 
 
 def _replicated(order: Order, replicas: int | None) -> Order:
-    """The Order with its Plant's replica count overridden (a different Order, so its own BOM)."""
+    """The Order (every stage of its pipeline) with its Plant's replica count overridden (a different
+    Order, so its own BOM)."""
     if replicas is None:
         return order
-    return order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": replicas})})
+    from cats.factory import pipeline
+
+    return pipeline.each(order, lambda stage: stage.model_copy(
+        update={"plant": stage.plant.model_copy(update={"replicas": replicas})}))
 
 
 def _deployed(order: Order, deployment: Path | None) -> Order:
-    """The Order on a deployment's Ray, with this process storing blocks in its IPFS node (a
-    different Plant, so a different Order and BOM: where it ran is part of its lineage)."""
+    """The Order (every stage of its pipeline) on a deployment's Ray, with this process storing blocks
+    in its IPFS node (a different Plant, so a different Order and BOM: where it ran is part of its
+    lineage)."""
     if deployment is None:
         return order
+    from cats.factory import pipeline
     from cats.plant.deployment import Deployment
 
     deployed = Deployment.from_outputs(deployment)
     os.environ.update(deployed.environment())
-    return order.model_copy(update={"plant": deployed.plant(order.plant)})
+    return pipeline.each(order, lambda stage: stage.model_copy(update={"plant": deployed.plant(stage.plant)}))
 
 
 @contextlib.contextmanager
@@ -142,9 +148,9 @@ def execute(make: Callable[[], Any], as_json: bool, force: bool, confine: Any = 
     err = Console(stderr=True)
     with slice_progress(err) as progress:
         result = factory.run(order, force=force, quiet=False, progress=progress, confine=confine)
-    state = "reused (identical Order already run; --force re-runs)" if result.reused else \
-        f"{result.executed} of {result.slices} slices run"
-    err.print(f"[green]done[/green] in {result.duration_s:.2f} s: {state}")
+    for k, stage in enumerate(result.stages or [], 1):
+        err.print(f"stage {k} of {len(result.stages or [])}: {_state(stage)}  [dim]bom {stage.bom}[/]", soft_wrap=True)
+    err.print(f"[green]done[/green] in {result.duration_s:.2f} s: {_state(result)}")
     if result.disagreed:
         err.print(f"[yellow]replicas disagreed[/yellow] on {result.disagreed} of {result.slices} slices; "
                   f"the majority's outputs were kept and the BOM marks them (agreed: false)")
@@ -157,6 +163,14 @@ def execute(make: Callable[[], Any], as_json: bool, force: bool, confine: Any = 
               soft_wrap=True)
 
 
+def _state(result: Any) -> str:
+    """What a run (or a pipeline's stage) did, in words."""
+    if result.reused:
+        return "reused (identical Order already run; --force re-runs)"
+    reused = f", {result.reused_slices} taken from earlier runs" if result.reused_slices else ""
+    return f"{result.executed} of {result.slices} slices run{reused}"
+
+
 def run(
     order_file: Path = typer.Argument(..., metavar="ORDER.py", help="A Python file defining `order`."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -166,7 +180,9 @@ def run(
                                            help="Run on a deployed Plant: `terraform output -json` of terraform/ "
                                                 "(its Ray address; its IPFS node as the store)."),
 ) -> None:
-    """Run an Order on the Plant (the embedded local Ray by default); stdout gets its BOM CID (`bom CID`)."""
+    """Run an Order on the Plant (the embedded local Ray by default); stdout gets its BOM CID (`bom CID`).
+    An Order whose inputs are Orders runs them first, each a stage with its own BOM; unchanged stages
+    are reused, and `--json` lists every stage under `stages`."""
     execute(lambda: _deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
 
 
@@ -202,6 +218,40 @@ def submit(
     execute(make, as_json, force)
 
 
+def dag(
+    order_file: Path = typer.Argument(..., metavar="ORDER.py", help="A Python file defining `order`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stages as one JSON list, the only line on stdout."),
+) -> None:
+    """Show the stages of ORDER.py's pipeline in run order and which would run, without running anything:
+    `current` (already run: its BOM), `run`, or `waits` (an upstream stage runs first; its Order is
+    known only then). Sealing adds each stage's code and local inputs to the store."""
+    from pydantic import ValidationError
+
+    from cats import factory
+
+    out = _result_only_on_stdout()
+    try:
+        stages = factory.dag(_load_order(order_file))
+    except ValidationError as e:
+        raise CatsError(_invalid(e)) from None
+    if as_json:
+        print(json.dumps([s.summary() for s in stages]), file=out, flush=True)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("#", "stage", "reads", "state", "order", "bom", box=None)
+    colour = {"current": "green", "run": "yellow", "waits": "dim"}
+    for k, s in enumerate(stages, 1):
+        table.add_row(str(k), s.name, ", ".join(str(u + 1) for u in s.upstream) or "-",
+                      f"[{colour[s.state]}]{s.state}[/]", str(s.order or "-"), str(s.bom or "-"))
+    Console(file=out, width=None if out.isatty() else 400).print(table)  # whole CIDs where a terminal allows
+    would = sum(s.state != "current" for s in stages)
+    print(f"{would} of {len(stages)} stages would run" if would else "every stage is current: nothing would run",
+          file=out, flush=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(run)
+    app.command()(dag)
     app.command()(submit)

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cats.bom.home import Home
-    from cats.factory.driver import Run, reexecute, run
+    from cats.factory.driver import Run, Stage, dag, reexecute, run
     from cats.factory.nested import slice_store, submit
     from cats.factory.outcome import SliceOutcome
     from cats.order.function import Function
 
 _WHERE = {"run": "cats.factory.driver", "reexecute": "cats.factory.driver", "Run": "cats.factory.driver",
+          "dag": "cats.factory.driver", "Stage": "cats.factory.driver",
           "Home": "cats.bom.home", "SliceOutcome": "cats.factory.outcome", "Function": "cats.order.function",
           "submit": "cats.factory.nested", "slice_store": "cats.factory.nested"}
 
@@ -31,4 +32,4 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = ["run", "reexecute", "Run", "Home", "SliceOutcome", "Function", "submit", "slice_store"]
+__all__ = ["run", "dag", "reexecute", "Run", "Stage", "Home", "SliceOutcome", "Function", "submit", "slice_store"]

@@ -8,6 +8,7 @@ resumes with the missing ones, and an Order that already has a BOM returns it wi
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import socket
 import tempfile
@@ -16,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from cats import __version__
 from cats.bom import BOM, Invoice, SliceRecord
@@ -30,8 +31,8 @@ from cats.cas.dag import walk
 from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
-from cats.errors import CatsError, SliceFailed
-from cats.factory import egress, evaluation, gate, guard, ingress, nested
+from cats.errors import CatsError, SliceFailed, StageFailed
+from cats.factory import egress, evaluation, gate, guard, ingress, nested, pipeline
 from cats.factory._execute import execute
 from cats.factory._ledger import Ledger
 from cats.factory._plan import Plan, plan
@@ -50,7 +51,8 @@ class Run:
     """What `run` returns: the BOM's CID (the handle for everything), the output's and the sealed
     Order's; whether an earlier BOM of the same Order was reused; slices in all, executed now, and
     taken from earlier runs' evaluations (`reused_slices`); the reports of the checks that gated it
-    (None: the Order does not ask, or its BOM was reused)."""
+    (None: the Order does not ask, or its BOM was reused). A pipeline's Run is its final stage's,
+    with every stage's Run in run order (`stages`, the final one last) and the whole run's time."""
 
     bom: CID
     output: CID
@@ -63,6 +65,7 @@ class Run:
     replicas: int = 1
     disagreed: int | None = None  # slices kept by a majority over dissent; None with one replica
     checks: list[CheckReport] | None = None
+    stages: list[Run] | None = None
 
     def summary(self) -> dict[str, Any]:
         summary = {"bom": str(self.bom), "output": str(self.output), "order": str(self.order),
@@ -74,7 +77,36 @@ class Run:
             summary["disagreed"] = self.disagreed
         if self.checks is not None:
             summary["checks"] = [c.model_dump(mode="json") for c in self.checks]
+        if self.stages is not None:
+            summary["stages"] = [s.stage_summary() for s in self.stages]
         return summary
+
+    def stage_summary(self) -> dict[str, Any]:
+        """What a pipeline's result says of this stage."""
+        summary = {"order": str(self.order), "bom": str(self.bom), "output": str(self.output),
+                   "executed": self.executed, "reused": self.reused}
+        if self.reused_slices:
+            summary["reused_slices"] = self.reused_slices
+        return summary
+
+
+@dataclass
+class Stage:
+    """A stage of a pipeline as `dag` sees it without running: its name, the stages it reads (by their
+    place in the list), and whether it is `current` (its Order has a BOM: its output is known), would
+    `run`, or `waits` for an upstream stage that would run (its Order, hence its CID, is not known
+    until then)."""
+
+    name: str
+    upstream: list[int]
+    state: Literal["current", "run", "waits"]
+    order: CID | None = None
+    bom: CID | None = None
+    output: CID | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "upstream": self.upstream, "state": self.state,
+                **{k: str(v) for k in ("order", "bom", "output") if (v := getattr(self, k)) is not None}}
 
 
 Progress = Callable[[int, int], None]
@@ -98,8 +130,56 @@ def run(order: Order, *, home: Home | None = None, store: BlockStore | None = No
     guard.check()
     started = time.time()
     with Home.given(home, store) as here:
-        return _run(order, here, store if store is not None else here.store, force, quiet, progress, started,
-                    confine)
+        where = store if store is not None else here.store
+        ordered = pipeline.stages(order)
+        if len(ordered) == 1:
+            return _run(order, here, where, force, quiet, progress, started, confine)
+        outputs: dict[int, CID] = {}
+        runs: list[Run] = []
+        for k, stage in enumerate(ordered, 1):
+            try:
+                done = _run(pipeline.resolved(stage, outputs), here, where, force, quiet, progress, time.time(),
+                            confine)
+            except CatsError as e:
+                first, *rest = str(e).split("\n", 1)  # a slice's remote traceback stays below the line
+                kept = "" if k == 1 else "; stage 1 is recorded (a re-run reuses it)" if k == 2 else \
+                    f"; stages 1-{k - 1} are recorded (a re-run reuses them)"
+                raise StageFailed("\n".join([f"stage {k} of {len(ordered)} ({pipeline.name(stage)}): {first}{kept}",
+                                             *rest])) from e
+            outputs[id(stage)] = done.output
+            runs.append(done)
+        return dataclasses.replace(runs[-1], stages=runs, duration_s=time.time() - started)
+
+
+def dag(order: Order, *, home: Home | None = None, store: BlockStore | None = None) -> list[Stage]:
+    """The stages of an Order's pipeline in run order (the Order itself last), and which would run:
+    each is sealed (its code and local inputs added to the store) and looked up, nothing runs."""
+    with Home.given(home, store) as here:
+        where = store if store is not None else here.store
+        ordered = pipeline.stages(order)
+        place = {id(stage): k for k, stage in enumerate(ordered)}
+        outputs: dict[int, CID] = {}
+        found: list[Stage] = []
+        for stage in ordered:
+            upstream = pipeline.upstream_of(stage)
+            named = Stage(pipeline.name(stage), [place[id(u)] for u in upstream], "waits")
+            if all(id(u) in outputs for u in upstream):
+                named.order = seal(pipeline.resolved(stage, outputs), where).cid
+                known = _memoized(here, where, named.order)
+                named.state = "run" if known is None else "current"
+                if known is not None:
+                    named.bom, named.output = known
+                    outputs[id(stage)] = named.output
+            found.append(named)
+        return found
+
+
+def _memoized(home: Home, store: BlockStore, order_cid: CID) -> tuple[CID, CID] | None:
+    """The BOM and output of an Order already run here, if its BOM is still in the store."""
+    known = home.index.bom_for(str(order_cid))
+    if known is None or not store.has(CID.parse(known)):
+        return None
+    return CID.parse(known), CID.parse(home.index.output_of(known))
 
 
 def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, progress: Progress | None,
@@ -111,10 +191,9 @@ def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, 
     block = sealed.block()
     order_cid = CID.hash(block, DAG_CBOR)
     store.put(order_cid, block)
-    known = None if force else home.index.bom_for(str(order_cid))
-    if known is not None and store.has(CID.parse(known)):
-        bom = CID.parse(known)
-        output = CID.parse(home.index.output_of(known))
+    known = None if force else _memoized(home, store, order_cid)
+    if known is not None:
+        bom, output = known
         replicas = sealed.plant.replicas
         disagreed = None if replicas == 1 else \
             sum(r.agreed is False for r in bom_records(store, load_bom(store, bom)))

@@ -81,9 +81,10 @@ class Order(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     function: Function
-    inputs: list[Input] = Field(
+    inputs: list[Input | Order] = Field(
         min_length=1, description="CIDs, local files and folders (pathlib.Path) that sealing adds, data URIs "
-                                  "(mem://, file://, http(s)://, s3://, ipfs://) or views of them that sealing pins")
+                                  "(mem://, file://, http(s)://, s3://, ipfs://) or views of them that sealing pins, "
+                                  "and other Orders (their outputs: the Factory runs them first)")
     infra: InfraFunction = Field(default_factory=InfraFunction)
     structure: Structure = Field(default_factory=Structure)
     plant: Plant = Field(default_factory=Plant)
@@ -130,9 +131,11 @@ class Order(BaseModel):
     @property
     def sources(self) -> list[CID | Info | View]:
         """The inputs of a sealed Order: CIDs, pinned URIs and views."""
-        unsealed = [str(i) for i in self.inputs if not isinstance(i, (CID, Info, View))]
+        unsealed = [f"{i.name or i.function.entry} (an Order)" if isinstance(i, Order) else str(i)
+                    for i in self.inputs if not isinstance(i, (CID, Info, View))]
         if unsealed:
-            raise CatsError(f"the Order is not sealed: inputs {', '.join(unsealed)} are local paths or unpinned URIs")
+            raise CatsError(f"the Order is not sealed: inputs {', '.join(unsealed)} are local paths, unpinned URIs "
+                            "or Orders")
         return [i for i in self.inputs if isinstance(i, (CID, Info, View))]
 
     @property

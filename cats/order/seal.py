@@ -79,10 +79,13 @@ def _add_iac(store: BlockStore, folder: Path) -> CID:
     return top.cid
 
 
-def _add_input(importer: Importer, item: CID | Info | View | str | Path) -> CID | Info | View:
+def _add_input(importer: Importer, item: CID | Info | View | str | Path | Order) -> CID | Info | View:
     """A CID as it is; a URI pinned now, at job start (a pinned Info or view must still be that version)."""
     if isinstance(item, CID):
         return item
+    if isinstance(item, Order):
+        raise CatsError(f"input {item.name or item.function.entry} is an Order: a pipeline's stages are sealed one "
+                        "at a time, each once the stages it reads have run (cats.factory.run does both)")
     if isinstance(item, View) and item.version is None:
         raise DataIntegrityError(f"the view of {item.uri} is not pinned: make it with cats.data.views.view(uri)",
                                  item.uri)

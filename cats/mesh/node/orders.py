@@ -127,6 +127,8 @@ def load_order(store: BlockStore, cid: CID) -> Order:
         raise OrderRejected(422, f"{cid} is not an Order: {str(e).splitlines()[0]}") from None
     unsealed = [f"function {f.entry}" for f in _functions(order) if f.code is None]
     unsealed += [f"input {i}" for i in order.inputs if isinstance(i, Path)]
+    unsealed += [f"input {k} (an Order: send a pipeline's stages one by one)"
+                 for k, i in enumerate(order.inputs) if isinstance(i, Order)]
     if unsealed:
         raise OrderRejected(422, f"Order {cid} is not sealed: {', '.join(unsealed)} have no CID (seal it with "
                                  "cats.order.seal.seal before pushing it)")
