@@ -76,6 +76,15 @@ def _replicated(order: Order, replicas: int | None) -> Order:
     return order.model_copy(update={"plant": order.plant.model_copy(update={"replicas": replicas})})
 
 
+def _reusing(order: Order, urls: list[str] | None) -> Order:
+    """The Order with its Plant asking these peers' nodes for evaluations (the same Order: its CID does
+    not depend on where results may come from)."""
+    if not urls:
+        return order
+    return order.model_copy(update={"plant": order.plant.model_validate(
+        {**order.plant.model_dump(), "reuse_from": [*order.plant.reuse_from, *urls]})})
+
+
 def _deployed(order: Order, deployment: Path | None) -> Order:
     """The Order on a deployment's Ray, with this process storing blocks in its IPFS node (a
     different Plant, so a different Order and BOM: where it ran is part of its lineage)."""
@@ -165,9 +174,13 @@ def run(
     deployment: Path | None = typer.Option(None, "--deployment", metavar="OUTPUTS.json",
                                            help="Run on a deployed Plant: `terraform output -json` of terraform/ "
                                                 "(its Ray address; its IPFS node as the store)."),
+    reuse_from: list[str] | None = typer.Option(None, "--reuse-from", metavar="URL",
+                                                help="A peer's node to ask for slices it computed (repeatable); an "
+                                                     "answer is taken only if a peer this home trusts signed it."),
 ) -> None:
     """Run an Order on the Plant (the embedded local Ray by default); stdout gets its BOM CID (`bom CID`)."""
-    execute(lambda: _deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
+    execute(lambda: _reusing(_deployed(_replicated(_load_order(order_file), replicas), deployment), reuse_from),
+            as_json, force)
 
 
 def submit(
