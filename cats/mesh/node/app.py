@@ -471,12 +471,15 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             raise HTTPException(404, f"no signatures over BOM {parsed} on this node")
         return JSONResponse(envelope.model_dump())
 
-    @app.get("/evaluations/{key}", response_model=Evaluation, response_model_exclude_none=True,
-             dependencies=signed, responses=_errors(400, 401, 403, 404, 409, 422),
+    @app.get("/evaluations/{key}", dependencies=signed,
+             responses={200: {"description": "The evaluation, the BOM that computed it and this node's envelope "
+                                             "over that BOM",
+                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Evaluation"}}}},
+                        **_errors(400, 401, 403, 404, 409, 422)},
              summary="A slice's evaluation this node computed: its outcome, and the BOM and signature vouching for it",
              description="For a trusted peer whose Factory would take the result instead of running the slice. "
                          "Only evaluations of runs whose BOM this node signed itself are answered.")
-    def evaluation(key: CidPath, signer: Signer) -> Evaluation:
+    def evaluation(key: CidPath, signer: Signer) -> JSONResponse:
         parsed = _stored_cid(key)
         with _run_index() as index:
             found = index.evaluations([str(parsed)]).get(str(parsed)) if index is not None else None
@@ -492,7 +495,8 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             raise HTTPException(404, f"no evaluation {parsed} on this node: BOM {bom} that computed it is not "
                                      "signed by this node")
         log.info("%s asked for evaluation %s (BOM %s)", signer.did, parsed, bom)
-        return Evaluation(key=str(parsed), bom=bom, record=SliceOutcome.model_validate(record), envelope=envelope)
+        answer = Evaluation(key=str(parsed), bom=bom, record=SliceOutcome.model_validate(record), envelope=envelope)
+        return JSONResponse(answer.model_dump(mode="json", exclude_none=True))
 
     @app.get("/lineage/{cid}", response_model=m.Lineage, dependencies=reads,
              responses=_errors(400, *read_errors, 404, 422),
@@ -643,13 +647,15 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         return m.OrderStatus.of(node.orders.get(id) or row)
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's schema, plus the BOM's: CIDs are strings in JSON, which only its validation schema can say."""
+        """FastAPI's schema, plus the BOM's and the evaluation's: CIDs are strings in JSON, which only their
+        validation schemas can say."""
         schema = app.openapi_schema
         if schema is None:
-            schema = FastAPI.openapi(app)  # kept as app.openapi_schema too, so the BOM's is added once
-            bom_schema = BOM.model_json_schema(mode="validation", ref_template="#/components/schemas/{model}")
+            schema = FastAPI.openapi(app)  # kept as app.openapi_schema too, so these are added once
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update({**bom_schema.pop("$defs", {}), "BOM": bom_schema})
+            for model in (BOM, Evaluation):
+                found = model.model_json_schema(mode="validation", ref_template="#/components/schemas/{model}")
+                components.update({**found.pop("$defs", {}), model.__name__: found})
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
