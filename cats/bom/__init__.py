@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, field_validator
 
 from cats.bom.child import Child
 from cats.cas import dagcbor
@@ -35,6 +35,22 @@ class ReplicaOutcome(BaseModel):
     worker: int | None = Field(default=None, description="pid of the worker process")
     output: CIDField | None = Field(default=None, description="its output; None when it failed")
     error: str | None = Field(default=None, description="last line of its error, when it failed")
+
+
+class Vouched(BaseModel):
+    """A trusted peer's evaluation a run took instead of executing the slice: the BOM whose run computed it
+    and the peer whose signature over that BOM was checked. The BOM is named by its CID's text, not linked:
+    only the result's blocks were fetched, so a link would make this BOM's DAG reach a lineage that is not here."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bom: str = Field(description="CID of the peer's BOM that computed this evaluation")
+    signer: str = Field(description="the did:key, trusted here, that signed that BOM")
+
+    @field_validator("bom")
+    @classmethod
+    def _cid(cls, text: str) -> str:
+        return str(CID.parse(text))
 
 
 class SliceRecord(BaseModel):
@@ -62,6 +78,8 @@ class SliceRecord(BaseModel):
     children: list[Child] | None = Field(default=None, description="sub-Orders this slice submitted, in order")
     reused_from: CIDField | None = Field(default=None, description="the BOM of the run that computed this "
                                          "evaluation, when this run took its result instead of executing it")
+    vouched: Vouched | None = Field(default=None, description="a trusted peer's evaluation taken instead of "
+                                    "executing the slice: its BOM and signer")
 
 
 class DataUse(BaseModel):
@@ -103,7 +121,8 @@ class Invoice(BaseModel):
     executed: int = Field(description="slices run in this invocation")
     resumed: int = Field(description="slices taken from an earlier, interrupted run of the same Order")
     reused: int | None = Field(default=None, description="slices whose evaluation a finished run of any Order "
-                               "computed: not executed, their records name that run's BOM (`reused_from`)")
+                               "computed: not executed, their records name that run's BOM (`reused_from`, or "
+                               "`vouched` for a trusted peer's)")
     bytes_in: int
     bytes_out: int
     executor: str = Field(description="host and Ray node of the driver")

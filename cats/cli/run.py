@@ -80,6 +80,17 @@ def _replicated(order: Order, replicas: int | None) -> Order:
         update={"plant": stage.plant.model_copy(update={"replicas": replicas})}))
 
 
+def _reusing(order: Order, urls: list[str] | None) -> Order:
+    """The Order (every stage of its pipeline) with its Plant asking these peers' nodes for evaluations
+    (the same Order: its CID does not depend on where results may come from)."""
+    if not urls:
+        return order
+    from cats.factory import pipeline
+
+    return pipeline.each(order, lambda stage: stage.model_copy(update={"plant": stage.plant.model_validate(
+        {**stage.plant.model_dump(), "reuse_from": [*stage.plant.reuse_from, *urls]})}))
+
+
 def _deployed(order: Order, deployment: Path | None) -> Order:
     """The Order (every stage of its pipeline) on a deployment's Ray, with this process storing blocks
     in its IPFS node (a different Plant, so a different Order and BOM: where it ran is part of its
@@ -179,11 +190,15 @@ def run(
     deployment: Path | None = typer.Option(None, "--deployment", metavar="OUTPUTS.json",
                                            help="Run on a deployed Plant: `terraform output -json` of terraform/ "
                                                 "(its Ray address; its IPFS node as the store)."),
+    reuse_from: list[str] | None = typer.Option(None, "--reuse-from", metavar="URL",
+                                                help="A peer's node to ask for slices it computed (repeatable); an "
+                                                     "answer is taken only if a peer this home trusts signed it."),
 ) -> None:
     """Run an Order on the Plant (the embedded local Ray by default); stdout gets its BOM CID (`bom CID`).
     An Order whose inputs are Orders runs them first, each a stage with its own BOM; unchanged stages
     are reused, and `--json` lists every stage under `stages`."""
-    execute(lambda: _deployed(_replicated(_load_order(order_file), replicas), deployment), as_json, force)
+    execute(lambda: _reusing(_deployed(_replicated(_load_order(order_file), replicas), deployment), reuse_from),
+            as_json, force)
 
 
 def submit(

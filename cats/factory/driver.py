@@ -38,6 +38,7 @@ from cats.factory._ledger import Ledger
 from cats.factory._plan import Plan, plan
 from cats.factory.confine import Policy, check_confinable
 from cats.factory.outcome import SliceOutcome
+from cats.factory.peers import from_peers
 from cats.order import Order, label
 from cats.order.checks import CheckReport
 from cats.order.function import Function
@@ -240,6 +241,9 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
         for i in missing:
             if (hit := known.get(str(keys[i]))) is not None and store.has(CID.parse(hit[1]["output"])):
                 ledger.add(SliceOutcome.model_validate({**hit[1], "index": i, "reused_from": hit[0]}), executed=False)
+    if reuse and not force and order.plant.reuse_from:  # and those a trusted peer computed and proves
+        for outcome in from_peers(order, keys, [i for i in range(len(pieces)) if not ledger.has(i)], home, store):
+            ledger.add(outcome, executed=False)
     reused = ledger.done - resumed
     todo = [i for i in range(len(pieces)) if not ledger.has(i)]
     if progress:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cats.bom import ReplicaOutcome, SliceRecord
+from cats.bom import ReplicaOutcome, SliceRecord, Vouched
 from cats.bom.child import Child
 from cats.cas.fields import CIDField
 from cats.order.infra import Slice
@@ -80,6 +80,7 @@ class SliceOutcome(BaseModel):
     uri: str | None = Field(default=None, description="the URI a `data`/`integrity` failure is about")
     disagreement: bool = Field(default=False, description="the replicas' quorum, not a worker, failed it")
     reused_from: CIDField | None = Field(default=None, description="the BOM whose run computed this evaluation")
+    vouched: Vouched | None = Field(default=None, description="the trusted peer's BOM that computed it, and its signer")
 
     @property
     def failed(self) -> bool:
@@ -93,4 +94,4 @@ class SliceOutcome(BaseModel):
 
 # What a slice's BOM record takes from its outcome.
 _RECORDED = {"index", "output", "encoding", "size", "tsize", "node", "duration_s", "attempts", "bytes_in", "replicas",
-             "agreed", "children", "reused_from"}
+             "agreed", "children", "reused_from", "vouched"}

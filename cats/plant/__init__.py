@@ -26,7 +26,8 @@ Float = Annotated[float, AfterValidator(float)]
 class Plant(BaseModel):
     """Where and how the slices run: which Ray (none: the embedded local one), CPUs and resources per
     task, retries, a time limit per slice, batching, redundant execution (`replicas`), and confinement
-    (`confined`, with the `network` and `env` confined code gets)."""
+    (`confined`, with the `network` and `env` confined code gets), and the peers' nodes whose evaluations
+    may be taken instead of running a slice (`reuse_from`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -49,6 +50,12 @@ class Plant(BaseModel):
                           "if its policy allows)")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables of confined code "
                                 "(it starts with an empty environment)")
+    # Never encoded: where results may be fetched from is not what the Order asks for. A slice taken from a
+    # trusted peer is the same evaluation, with the same output CID, as one run here, so the Order, its CID
+    # and its memoized BOM must not depend on which peers were asked (or on their URLs changing).
+    reuse_from: list[str] = Field(default_factory=list, exclude=True,
+                                  description="CAT Node URLs asked for the evaluations of slices no run here has "
+                                  "computed; an answer is taken only if a peer this home trusts signed its BOM")
 
     @field_validator("resources")
     @classmethod
@@ -58,6 +65,14 @@ class Plant(BaseModel):
                 raise ValueError(f"{name}s are asked for with {field}={resources[name]:g}, "
                                  f"not resources={{{name!r}: …}}")
         return resources
+
+    @field_validator("reuse_from")
+    @classmethod
+    def _node_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url[:80]!r} is not a node URL: it must start with http:// or https://")
+        return [url.rstrip("/") for url in urls]
 
     @field_validator("env")
     @classmethod

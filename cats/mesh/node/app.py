@@ -14,6 +14,7 @@ up to the route's limit and checked against the signed digest as it arrives.
                                       &dag-scope=block: that block only
     GET  /bom/{cid}                   the BOM as JSON
     GET  /bom/{cid}/signatures        its DSSE envelope
+    GET  /evaluations/{key}           a slice's evaluation this node computed, with its BOM and signature (signed)
     GET  /lineage/{cid}               the lineage graph as JSON
     GET  /ui/lineage/{cid}            the lineage as a self-contained HTML page
     POST /blocks                      a CARv1 body: every block checked, all or nothing
@@ -77,6 +78,8 @@ from cats.cas.store.local import LocalStore
 from cats.config import home
 from cats.data.resolvers import env_number
 from cats.errors import BlockNotFound, CarError, CatsError, EnvelopeError, IntegrityError
+from cats.factory.outcome import SliceOutcome
+from cats.factory.peers import Evaluation
 from cats.identity import Identity
 from cats.identity.requests import HEADERS, RequestRejected, Signed, verify_request
 from cats.identity.trust import Trust
@@ -468,6 +471,33 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             raise HTTPException(404, f"no signatures over BOM {parsed} on this node")
         return JSONResponse(envelope.model_dump())
 
+    @app.get("/evaluations/{key}", dependencies=signed,
+             responses={200: {"description": "The evaluation, the BOM that computed it and this node's envelope "
+                                             "over that BOM",
+                              "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Evaluation"}}}},
+                        **_errors(400, 401, 403, 404, 409, 422)},
+             summary="A slice's evaluation this node computed: its outcome, and the BOM and signature vouching for it",
+             description="For a trusted peer whose Factory would take the result instead of running the slice. "
+                         "Only evaluations of runs whose BOM this node signed itself are answered.")
+    def evaluation(key: CidPath, signer: Signer) -> JSONResponse:
+        parsed = _stored_cid(key)
+        with _run_index() as index:
+            found = index.evaluations([str(parsed)]).get(str(parsed)) if index is not None else None
+        if found is None:
+            raise HTTPException(404, f"no evaluation {parsed} on this node")
+        bom, record = found
+        try:
+            envelope = node.signatures.get(CID.parse(bom))
+        except EnvelopeError as e:
+            log.warning("%s", e)
+            raise HTTPException(409, f"the signatures kept for BOM {bom} on this node cannot be read") from None
+        if envelope is None or node.identity.did not in envelope.signers():
+            raise HTTPException(404, f"no evaluation {parsed} on this node: BOM {bom} that computed it is not "
+                                     "signed by this node")
+        log.info("%s asked for evaluation %s (BOM %s)", signer.did, parsed, bom)
+        answer = Evaluation(key=str(parsed), bom=bom, record=SliceOutcome.model_validate(record), envelope=envelope)
+        return JSONResponse(answer.model_dump(mode="json", exclude_none=True))
+
     @app.get("/lineage/{cid}", response_model=m.Lineage, dependencies=reads,
              responses=_errors(400, *read_errors, 404, 422),
              summary="A BOM's lineage: its ancestors and, from this node's run index, its descendants")
@@ -617,13 +647,15 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         return m.OrderStatus.of(node.orders.get(id) or row)
 
     def openapi() -> dict[str, Any]:
-        """FastAPI's schema, plus the BOM's: CIDs are strings in JSON, which only its validation schema can say."""
+        """FastAPI's schema, plus the BOM's and the evaluation's: CIDs are strings in JSON, which only their
+        validation schemas can say."""
         schema = app.openapi_schema
         if schema is None:
-            schema = FastAPI.openapi(app)  # kept as app.openapi_schema too, so the BOM's is added once
-            bom_schema = BOM.model_json_schema(mode="validation", ref_template="#/components/schemas/{model}")
+            schema = FastAPI.openapi(app)  # kept as app.openapi_schema too, so these are added once
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update({**bom_schema.pop("$defs", {}), "BOM": bom_schema})
+            for model in (BOM, Evaluation):
+                found = model.model_json_schema(mode="validation", ref_template="#/components/schemas/{model}")
+                components.update({**found.pop("$defs", {}), model.__name__: found})
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
