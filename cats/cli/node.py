@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -34,6 +35,14 @@ def start(
     max_order_seconds: float = typer.Option(3600.0, "--max-order-seconds", min=0.001, metavar="S",
                                             help="Wall time one order may run before it is stopped and recorded "
                                                  "failed (whatever its Plant's timeout_s)."),
+    data_root: list[str] | None = typer.Option(
+        None, "--data-root", metavar="PATH",
+        help="A folder whose files peers' Orders may name as file:// inputs (repeatable; adds to CATS_DATA_ROOTS; "
+             "never CATS_HOME)."),
+    allow_host: list[str] | None = typer.Option(
+        None, "--allow-host", help="A host name, IP address or network (10.0.0.0/8) peers' Orders may name in "
+                                   "http(s):// inputs although it is loopback, private or link-local (repeatable; "
+                                   "adds to CATS_DATA_ALLOW_HOSTS)."),
     log_level: str = typer.Option("warning", "--log-level", help="Log level: debug, info, warning, error."),
 ) -> None:
     """Run the node in the foreground (state in CATS_HOME; its own in CATS_HOME/node/) until Ctrl-C or SIGTERM.
@@ -41,15 +50,19 @@ def start(
     Peers' Orders run one at a time, each confined (a sandbox: its input, its code read-only, no
     identity key, no other process, no network unless allowed), unless --unconfined. On Ctrl-C or
     SIGTERM the node takes no new order, cancels the one running and keeps the queued ones for its
-    next start.
+    next start. The node reads a confined Order's input URIs as the Data Service reads for its callers:
+    file:// only inside CATS_DATA_ROOTS and --data-root (nothing while neither is set), never inside
+    CATS_HOME; no loopback, private or link-local host unless allowed; ipfs:// only pinned DAGs.
     """
+    from cats.data.reach import Reach
     from cats.mesh.node.app import create_app, log
     from cats.mesh.node.orders import NodePolicy
     from cats.web import listen, run, state_dir, url_of
 
     folder = state_dir("node")
+    reach = Reach.service(allow_hosts=allow_host, roots=data_root)
     policy = NodePolicy(unconfined=unconfined, allow_network=allow_network, max_output=max_output,
-                        max_order_seconds=max_order_seconds)
+                        max_order_seconds=max_order_seconds, reach=reach)
     sock = listen(host, port)
 
     def ready(app: Any) -> None:
@@ -67,6 +80,9 @@ def start(
         else:
             typer.echo(f"Orders run confined; network {'given to those declaring it' if allow_network else 'refused'};"
                        f" at most {max_output} bytes per slice and {max_order_seconds:g} s per order", err=True)
+            where = f"inside {os.pathsep.join(reach.roots)}" if reach.roots else "nowhere (see --data-root)"
+            typer.echo(f"their file:// inputs are read {where}, never inside CATS_HOME; special addresses "
+                       f"(loopback, private, link-local, ...) their inputs may name: {reach.hosts}", err=True)
         if host not in ("127.0.0.1", "::1", "localhost"):
             typer.echo("warning: plain HTTP beyond loopback; put TLS in front (requests are signed, not encrypted)",
                        err=True)

@@ -106,9 +106,9 @@ def write(uri: str, data: bytes) -> Info:
     return resolve(uri).write(uri, data)
 
 
-def pin(uri: str) -> Info:
+def pin(uri: str, reach: Reach | None = None) -> Info:
     """Record the source's current version, for `read(..., expect=info)` to insist on later."""
-    info = stat(uri)
+    info = stat(uri, reach)
     if info.version is None:
         raise DataError(f"{uri} has no version token (no ETag or Last-Modified), so it cannot be pinned", uri)
     return info

@@ -10,7 +10,8 @@ kinds of reader exist:
   than the operator chose to share. Files only inside `CATS_DATA_ROOTS` (none while it is unset)
   and never inside `CATS_HOME` (the node's keys, the service's HMAC key and state live there);
   no connection to loopback, private, link-local, multicast or otherwise special addresses unless
-  the operator allow-lists them; `ipfs://` only under DAGs pinned on this machine.
+  the operator allow-lists them; `ipfs://` only under DAGs pinned on this machine. A CAT node
+  reads the inputs of its peers' Orders within such a reach, its operator's (`cats node start`).
 
 Paths are checked on real paths (symlinks and `..` resolved), and again on the file actually
 opened, so a symlink swapped in between the check and the open gains nothing. Hosts are checked
@@ -29,6 +30,7 @@ import re
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
 
 from cats.cas.cid import CID
 from cats.cas.pins import Pins
@@ -38,7 +40,8 @@ from cats.errors import CatsError, DataForbidden
 IPAddress = IPv4Address | IPv6Address
 _NAT64 = (IPv6Network("64:ff9b::/96"), IPv6Network("64:ff9b:1::/48"))
 _NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?")
-_ALLOW_HINT = "CATS_DATA_ALLOW_HOSTS (or `cats data serve --allow-host`)"
+_ALLOW_HINT = "CATS_DATA_ALLOW_HOSTS (or --allow-host of `cats data serve`, `cats node start`)"
+_ROOTS_HINT = "CATS_DATA_ROOTS (or --data-root of `cats node start`)"
 
 
 def special(ip: IPAddress) -> str | None:
@@ -112,7 +115,7 @@ class Hosts:
         if not allowed:
             raise DataForbidden(f"refusing to connect to {host} on behalf of a caller: "
                                 f"{', '.join(dict.fromkeys(refused))}; "
-                                f"the data service connects there only if {_ALLOW_HINT} lists it")
+                                f"a read for someone else connects there only if {_ALLOW_HINT} lists it")
         return list(dict.fromkeys(allowed))
 
 
@@ -152,34 +155,47 @@ class Reach:
         return cls(tuple(os.path.realpath(p) for p in text.split(os.pathsep) if p))
 
     @classmethod
-    def service(cls, allow_hosts: list[str] | None = None) -> Reach:
-        """The Data Service's: `CATS_DATA_ROOTS` (nothing if unset) minus `CATS_HOME`, special addresses only
-        if `CATS_DATA_ALLOW_HOSTS` (comma-separated) or `allow_hosts` list them, ipfs:// only under pinned DAGs.
+    def service(cls, allow_hosts: list[str] | None = None, roots: list[str] | None = None) -> Reach:
+        """The Data Service's (and a CAT node's, for its peers): `CATS_DATA_ROOTS` and `roots` (nothing if
+        neither is set) minus `CATS_HOME`, special addresses only if `CATS_DATA_ALLOW_HOSTS` (comma-separated)
+        or `allow_hosts` list them, ipfs:// only under pinned DAGs.
 
         A root inside `CATS_HOME` is an operator's mistake worth stopping at: CatsError naming it.
         """
         text = os.environ.get("CATS_DATA_ROOTS", "")
-        roots = tuple(os.path.realpath(p) for p in text.split(os.pathsep) if p)
+        shared = tuple(dict.fromkeys(os.path.realpath(p) for p in [*text.split(os.pathsep), *(roots or [])] if p))
         cats_home = os.path.realpath(home())
-        for root in roots:
+        for root in shared:
             if _under(root, cats_home):
-                raise CatsError(f"CATS_DATA_ROOTS entry {root} lies inside CATS_HOME ({cats_home}), which holds "
-                                "the node's keys and the service's state; the data service never serves it")
+                raise CatsError(f"data root {root} (CATS_DATA_ROOTS, --data-root) lies inside CATS_HOME ({cats_home}), "
+                                "which holds the node's keys and the service's state; no peer or caller reads it")
         entries = [*os.environ.get("CATS_DATA_ALLOW_HOSTS", "").split(","), *(allow_hosts or [])]
-        return cls(roots, (cats_home,), Hosts.parse(entries), Pins(home() / "pins"))
+        return cls(shared, (cats_home,), Hosts.parse(entries), Pins(home() / "pins"))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, for a reach decided in one process to confine the reads of another (a node's runs)."""
+        return {"roots": list(self.roots), "hidden": list(self.hidden),
+                "hosts": None if self.hosts is None else [*sorted(self.hosts.names), *map(str, self.hosts.networks)],
+                "pins": None if self.pins is None else str(self.pins.folder)}
+
+    @classmethod
+    def from_dict(cls, given: dict[str, Any]) -> Reach:
+        hosts, pins = given.get("hosts"), given.get("pins")
+        return cls(tuple(given["roots"]), tuple(given.get("hidden", ())),
+                   None if hosts is None else Hosts.parse(hosts), None if pins is None else Pins(pins))
 
     def path(self, uri: str, path: str) -> str:
         """The real path of `path` (absolute, from `uri`), refused unless inside a root and outside `hidden`."""
         if not self.roots:
             raise DataForbidden(f"{uri}: no data roots are set, so no file:// URI is readable here; "
-                                "set CATS_DATA_ROOTS to the folders that may be read", uri)
+                                f"set {_ROOTS_HINT} to the folders that may be read", uri)
         real = os.path.realpath(path)
         if not any(_under(real, root) for root in self.roots):
             raise DataForbidden(f"{uri} lies outside the data roots ({os.pathsep.join(self.roots)}); "
-                                "set CATS_DATA_ROOTS to allow it", uri)
+                                f"set {_ROOTS_HINT} to allow it", uri)
         for folder in self.hidden:
             if _under(real, folder):
-                raise DataForbidden(f"{uri} lies inside CATS_HOME ({folder}), which the data service never serves",
+                raise DataForbidden(f"{uri} lies inside CATS_HOME ({folder}), which is never read for someone else",
                                     uri)
         return real
 
@@ -204,8 +220,8 @@ class Reach:
         # A hard link has a path of its own inside the root: only the file's identity can tell it is a
         # hidden one. Looked for only when the file has other names, which data files rarely do.
         if held.st_nlink > 1 and any((held.st_dev, held.st_ino) in _files(folder) for folder in self.hidden):
-            raise DataForbidden(f"{uri} is another name (a hard link) of a file inside CATS_HOME, which the data "
-                                "service never serves", uri)
+            raise DataForbidden(f"{uri} is another name (a hard link) of a file inside CATS_HOME, which is never "
+                                "read for someone else", uri)
 
     def ipfs(self, uri: str, root: CID) -> None:
         """Refuse a DAG not pinned here, when reading for someone else.
@@ -216,5 +232,5 @@ class Reach:
         inside the pinned DAG.
         """
         if self.pins is not None and root not in self.pins:
-            raise DataForbidden(f"{uri}: {root} is not pinned on this machine; the data service reads only pinned "
-                                f"DAGs (its operator may `cats pin add {root}`)", uri)
+            raise DataForbidden(f"{uri}: {root} is not pinned on this machine; a read for someone else reads only "
+                                f"pinned DAGs (its operator may `cats pin add {root}`)", uri)

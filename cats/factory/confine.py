@@ -25,10 +25,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from cats.data.reach import Reach
 from cats.errors import CatsError
 from cats.factory import _confined, results
 from cats.factory._confined import CODE, SCRATCH, SHM, Broken
@@ -43,14 +44,28 @@ GiB = 1 << 30
 @dataclass(frozen=True)
 class Policy:
     """What a machine grants the code it confines: network (to an Order declaring it), the bytes of
-    one slice's result, and the bytes of its scratch folder."""
+    one slice's result, the bytes of its scratch folder, and what the Order's input URIs may reach.
+
+    The inputs are read outside the sandbox, by the driver and the workers, for the code: `reach`
+    None reads them as the user's own (`Reach.local()`); a node running its peers' Orders gives its
+    operator's `Reach.service(...)`, so no peer names the node's keys, its loopback services or DAGs
+    it did not pin as an input. Decided once, where the run is asked for, it travels with the run.
+    """
 
     network: bool = True
     max_output: int = GiB
     scratch: int = GiB
+    reach: Reach | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able, for the run's other processes (`from_dict`)."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)},
+                "reach": None if self.reach is None else self.reach.as_dict()}
+
+    @classmethod
+    def from_dict(cls, given: dict[str, Any]) -> Policy:
+        reach = given.get("reach")
+        return cls(**{**given, "reach": None if reach is None else Reach.from_dict(reach)})
 
 
 def bwrap() -> str | None:

@@ -123,7 +123,8 @@ def run(order: Order, *, home: Home | None = None, store: BlockStore | None = No
     unless `force`; one that failed resumes, running only its missing slices. `progress(done,
     total)` is called as slices finish; `quiet` keeps the workers' output off the terminal. With
     `confine` (a node running a peer's Order), every slice runs in a sandbox under that policy, as
-    it does when the Order's Plant is `confined` (under the default policy). Raises SliceFailed,
+    it does when the Order's Plant is `confined` (under the default policy), and its input URIs are
+    pinned and read within the policy's reach. Raises SliceFailed,
     naming the failed slices, with the remote traceback; CheckFailed when the Order's `check_on_run`
     checks reject its output (no BOM is recorded); ReentrantRun when called from code the Factory is
     loading or running.
@@ -188,7 +189,7 @@ def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, 
     if store.url is None:
         raise CatsError("the Factory needs a store its Ray workers can open too (file://…, an IPFS daemon); "
                         f"{type(store).__name__} lives in this process only")
-    sealed = seal(order, store)
+    sealed = seal(order, store, confine.reach if confine is not None else None)
     block = sealed.block()
     order_cid = CID.hash(block, DAG_CBOR)
     store.put(order_cid, block)
@@ -222,7 +223,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
 
     index = home.index
     looked = ClusterStore(store, peers, keep=False)
-    pieces = ingress.split(order, looked)
+    pieces = ingress.split(order, looked, policy.reach if policy is not None else None)
     if order.output_uri:  # each result has its own URI: two slices of one name would overwrite each other
         names = Counter(egress.entry_name(p.name, i) for i, (p, _) in enumerate(pieces))
         if twice := sorted(n for n, k in names.items() if k > 1):

@@ -15,7 +15,7 @@ from cats.cas import names, reader
 from cats.cas.cid import CID
 from cats.cas.reader import RangeFile
 from cats.cas.store import BlockStore
-from cats.data import Cache, Info
+from cats.data import Cache, Info, Reach
 from cats.data.views import View
 from cats.errors import CatsError
 from cats.factory.code import load
@@ -29,12 +29,13 @@ _PROBE = 64 * 1024
 Piece = tuple[Slice, dict[str, Any]]
 
 
-def split(order: Order, store: BlockStore) -> list[Piece]:
-    """The Order's slices, each with its assembly record. A slice's name goes into the BOM as
-    DAG-CBOR text, so a file name that is not UTF-8 is refused here, before anything runs."""
+def split(order: Order, store: BlockStore, reach: Reach | None = None) -> list[Piece]:
+    """The Order's slices, each with its assembly record; URIs are read within `reach` (default:
+    the user's own). A slice's name goes into the BOM as DAG-CBOR text, so a file name that is not
+    UTF-8 is refused here, before anything runs."""
     kind = order.infra.split
     pieces = _user_split(kind, order.sources, store) if isinstance(kind, Function) else \
-        _built_in(order, kind, store)
+        _built_in(order, kind, store, reach)
     for piece, assembly in pieces:
         if piece.name is not None and not names.is_text(piece.name):
             where = label(order.sources[assembly["input"]]) if "input" in assembly else piece.origin
@@ -43,39 +44,42 @@ def split(order: Order, store: BlockStore) -> list[Piece]:
     return pieces
 
 
-def _built_in(order: Order, kind: str, store: BlockStore) -> list[Piece]:
+def _built_in(order: Order, kind: str, store: BlockStore, reach: Reach | None) -> list[Piece]:
     pieces: list[Piece] = []
     for i, item in enumerate(order.sources):
         if isinstance(item, View):
-            pieces += ((s, {"input": i, "part": k}) for k, s in enumerate(_view_slices(item, kind)))
+            pieces += ((s, {"input": i, "part": k}) for k, s in enumerate(_view_slices(item, kind, reach)))
         elif kind == "files":
             found = files(store, item) if isinstance(item, CID) else [Slice(source=item, name=_basename(item))]
             pieces += ((s, {"input": i, "name": s.name}) for s in found)
         elif kind == "lines":
             pieces += ((s, {"input": i, "offset": s.offset} | ({"name": s.name} if s.name else {}))
-                       for s in lines(store, item, order.infra.chunk_bytes))
+                       for s in lines(store, item, order.infra.chunk_bytes, reach))
         else:
             pieces += ((s, {"input": i, "row_group": s.row_group} | ({"name": s.name} if s.name else {}))
-                       for s in row_groups(store, item))
+                       for s in row_groups(store, item, reach))
     return pieces
 
 
-def open_input(store: BlockStore, item: CID | Info, cache: Cache | None = None) -> RangeFile:
+def open_input(store: BlockStore, item: CID | Info, cache: Cache | None = None,
+               reach: Reach | None = None) -> RangeFile:
     """A seekable file over an input: a file CID read from the store, or a URI read by range at its
-    pinned version (through `cache` when given); either way each read fetches only what it covers."""
+    pinned version (through `cache`, or within `reach`, when given); either way each read fetches
+    only what it covers."""
     if isinstance(item, CID):
         return reader.FileReader(store, item)
-    return RangeFile(item.size, lambda offset, n: data.read(item.uri, offset, n, expect=item, cache=cache), item.uri)
+    return RangeFile(item.size, lambda offset, n: data.read(item.uri, offset, n, expect=item, cache=cache,
+                                                            reach=reach), item.uri)
 
 
-def _view_slices(item: View, kind: str) -> list[Slice]:
+def _view_slices(item: View, kind: str, reach: Reach | None) -> list[Slice]:
     """`row-groups`: one slice per storage unit the view covers (Parquet row group, Arrow record
     batch, a chunk of .npy rows); `files`: the whole view as one slice."""
     if kind == "files":
         return [Slice(view=item)]
     if kind == "lines":
         raise CatsError(f"{item.label()} is split by rows: use split='row-groups' (or 'files' for one slice)")
-    return [Slice(view=part) for part in item.partitions()]
+    return [Slice(view=part) for part in item.partitions(reach=reach)]
 
 
 def _basename(info: Info) -> str:
@@ -103,14 +107,14 @@ def files(store: BlockStore, cid: CID, prefix: str = "") -> Iterator[Slice]:
             yield Slice(cid=child, name=path)
 
 
-def lines(store: BlockStore, item: CID | Info, chunk: int) -> Iterator[Slice]:
+def lines(store: BlockStore, item: CID | Info, chunk: int, reach: Reach | None = None) -> Iterator[Slice]:
     """Byte ranges of about `chunk` bytes, each ending just after a newline (or at the end), of a file
     or of every file under a folder, named as the file."""
     texts = files(store, item) if isinstance(item, CID) and reader.is_folder(store, item) else [None]
     for text in texts:
         part = item if text is None else text.cid
         assert part is not None
-        f = open_input(store, part)
+        f = open_input(store, part, reach=reach)
         size, origin, name = f.size, _origin(part), None if text is None else text.name
         start = 0
         while start < size or start == 0:
@@ -132,7 +136,7 @@ def _next_line_end(f: RangeFile, pos: int) -> int:
     return f.size
 
 
-def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
+def row_groups(store: BlockStore, item: CID | Info, reach: Reach | None = None) -> Iterator[Slice]:
     """One slice per row group of a Parquet file, or of every file under a folder (shards), named as the file."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -142,7 +146,7 @@ def row_groups(store: BlockStore, item: CID | Info) -> Iterator[Slice]:
         part = item if shard is None else shard.cid
         assert part is not None
         try:
-            meta = pq.ParquetFile(open_input(store, part)).metadata
+            meta = pq.ParquetFile(open_input(store, part, reach=reach)).metadata
         except pa.ArrowInvalid as e:
             what = label(item) if shard is None else f"{shard.name} in {label(item)}"
             raise CatsError(f"input {what} is not a Parquet file: {e}") from None

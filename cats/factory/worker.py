@@ -20,7 +20,7 @@ from cats.cas.importer import Importer
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.local import LocalStore
 from cats.config import home
-from cats.data import Cache
+from cats.data import Cache, Reach
 from cats.errors import BlockNotFound, DataError, DataIntegrityError, IntegrityError, ReentrantRun
 from cats.factory import confine as confine_
 from cats.factory import guard, nested, results
@@ -38,14 +38,15 @@ from cats.plant.cluster import ClusterStore
 
 
 def materialize(store: BlockStore, piece: Slice, takes: str, scratch: Path,
-                cache: Cache | None = None) -> tuple[Any, int]:
-    """The function's argument for a slice, and the bytes read to make it."""
+                cache: Cache | None = None, reach: Reach | None = None) -> tuple[Any, int]:
+    """The function's argument for a slice, and the bytes read to make it (a URI through `cache`, or
+    within `reach`: the one the run's policy gives)."""
     if takes == "slice":
         return piece, 0
     if piece.view is not None:
-        value = piece.view.materialize(cache)
+        value = piece.view.materialize(cache, reach=reach)
         return value, value.nbytes
-    f = open_input(store, piece.cid or piece.source, cache)  # type: ignore[arg-type]  # a Slice has one
+    f = open_input(store, piece.cid or piece.source, cache, reach)  # type: ignore[arg-type]  # a Slice has one
     if piece.row_group is not None or takes == "table":
         import pyarrow.parquet as pq
 
@@ -88,7 +89,7 @@ def _confined_call(store: BlockStore, fn: Function, run_dir: str, confine: dict[
     """A slice run in this worker's sandbox for the run: the worker reads its input and sends it in,
     the result comes back, at most the policy's bytes, spooled to disk past a few MiB."""
     assert fn.code is not None
-    policy = Policy(**confine["policy"])
+    policy = Policy.from_dict(confine["policy"])
     local = store.local if isinstance(store, ClusterStore) else store
     hidden = [str(home()), *confine.get("hide", [])] + ([str(local.root)] if isinstance(local, LocalStore) else [])
     key = confine_.key(run_dir, str(fn.code), fn.entry, fn.params, confine)
@@ -102,7 +103,7 @@ def _confined_call(store: BlockStore, fn: Function, run_dir: str, confine: dict[
 
     def call(index: int, piece: Slice, seed: int, scratch: Path, cache: Cache | None) -> \
             tuple[bytes | BinaryIO, str, int]:
-        kind, argument, bytes_in = confined_argument(store, piece, fn.takes, scratch, cache)
+        kind, argument, bytes_in = confined_argument(store, piece, fn.takes, scratch, cache, policy.reach)
         sink = tempfile.SpooledTemporaryFile(max_size=_SPOOL, mode="w+b", dir=str(scratch))  # noqa: SIM115
         try:
             encoding = box().call(index, kind, piece.name or piece.origin, seed, argument, sink)
@@ -116,11 +117,11 @@ def _confined_call(store: BlockStore, fn: Function, run_dir: str, confine: dict[
 
 
 def confined_argument(store: BlockStore, piece: Slice, takes: str, scratch: Path,
-                      cache: Cache | None) -> tuple[str, bytes, int]:
+                      cache: Cache | None, reach: Reach | None) -> tuple[str, bytes, int]:
     """What a confined function takes, as bytes to send: the input's bytes (as they are, or for a
     path, to become a file in its scratch folder), a table as an Arrow stream with its schema's
     metadata (pandas keeps a DataFrame's index there), or an array in its result encoding."""
-    value, bytes_in = materialize(store, piece, "bytes" if takes == "path" else takes, scratch, cache)
+    value, bytes_in = materialize(store, piece, "bytes" if takes == "path" else takes, scratch, cache, reach)
     if isinstance(value, bytes):
         return ("path" if takes == "path" else "bytes"), value, bytes_in
     if type(value).__module__.split(".")[0] == "pyarrow":
@@ -166,7 +167,9 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     except Exception as e:
         failure = _failure(e, f"loading {fn.entry} from {fn.code} failed:\n")
         return [SliceOutcome(index=i, **failure) for i, _, _ in items]
-    cache = Cache() if any("source" in piece or "view" in piece for _, piece, _ in items) else None
+    # URIs read for someone else (the policy's reach) skip this machine's cache, which is its user's own reads
+    own = confine is None or confine["policy"].get("reach") is None
+    cache = Cache() if own and any("source" in piece or "view" in piece for _, piece, _ in items) else None
     out: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="cats-slice-") as tmp, \
             Importer(store if write and not output_uri else None, cid_version=1) as importer:

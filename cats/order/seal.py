@@ -13,7 +13,7 @@ from cats.cas import reader
 from cats.cas.cid import CID
 from cats.cas.importer import Importer
 from cats.cas.store import BlockStore
-from cats.data import Info
+from cats.data import Info, Reach
 from cats.data.views import View
 from cats.errors import CatsError, DataIntegrityError, UnsafePath
 from cats.order import Order
@@ -33,9 +33,10 @@ def _seal_function(fn: Function, importer: Importer) -> Function:
     return fn.model_copy(update={"code": code.cid, "source": None})
 
 
-def seal(order: Order, store: BlockStore) -> Order:
+def seal(order: Order, store: BlockStore, reach: Reach | None = None) -> Order:
     """Add code, IaC and the environment lock to the store; return the Order with their CIDs. Each
-    Function's entry is checked against its code first, so a mistyped name writes nothing."""
+    Function's entry is checked against its code first, so a mistyped name writes nothing. URIs are
+    pinned within `reach` (default: this user's own, `Reach.local()`)."""
     for fn in (order.function, order.infra.split, order.infra.merge):
         if isinstance(fn, Function):
             check_entry(fn, store)
@@ -54,7 +55,7 @@ def seal(order: Order, store: BlockStore) -> Order:
             structure = structure.model_copy(update={"lock": environment_lock(store)})
         if structure.iac_path is not None:
             structure = structure.model_copy(update={"iac": _add_iac(store, structure.iac_path), "iac_path": None})
-        inputs = [_add_input(importer, i) for i in order.inputs]
+        inputs = [_add_input(importer, i, reach) for i in order.inputs]
     for fn in (function, infra.split, infra.merge):
         if isinstance(fn, Function) and fn.code is not None:
             try:
@@ -79,7 +80,8 @@ def _add_iac(store: BlockStore, folder: Path) -> CID:
     return top.cid
 
 
-def _add_input(importer: Importer, item: CID | Info | View | str | Path | Order) -> CID | Info | View:
+def _add_input(importer: Importer, item: CID | Info | View | str | Path | Order,
+               reach: Reach | None) -> CID | Info | View:
     """A CID as it is; a URI pinned now, at job start (a pinned Info or view must still be that version)."""
     if isinstance(item, CID):
         return item
@@ -91,7 +93,7 @@ def _add_input(importer: Importer, item: CID | Info | View | str | Path | Order)
                                  item.uri)
     if isinstance(item, (Info, View, str)):
         uri = item if isinstance(item, str) else item.uri
-        pinned = data.pin(uri)
+        pinned = data.pin(uri, reach)
         if not isinstance(item, str) and item.version != pinned.version:
             raise DataIntegrityError(f"input {uri} changed since it was pinned: version {item.version} then, "
                                      f"{pinned.version} now", uri)

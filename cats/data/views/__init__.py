@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cats import data
 from cats.data.cache import Cache
+from cats.data.reach import Reach
 from cats.data.resolvers import Info
 from cats.data.views._io import Meter, forget
 from cats.data.views.ops import Cast, Columns, Op, Reshape, Rows, Transpose, Window
@@ -155,23 +156,25 @@ class View(BaseModel):
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def materialize(self, cache: Cache | None = None, meter: Meter | None = None) -> pa.Table | np.ndarray:
-        """The view as a pyarrow Table (Parquet, Arrow) or a numpy array (.npy), reading only what it needs."""
+    def materialize(self, cache: Cache | None = None, meter: Meter | None = None,
+                    reach: Reach | None = None) -> pa.Table | np.ndarray:
+        """The view as a pyarrow Table (Parquet, Arrow) or a numpy array (.npy), reading only what it needs
+        (within `reach` when reading for someone else, as a node does for its peers: then without `cache`)."""
         from cats.data.views import engine
 
-        return engine.materialize(self, cache, meter)
+        return engine.materialize(self, cache, meter, reach)
 
-    def partitions(self, rows: int | None = None) -> list[View]:
+    def partitions(self, rows: int | None = None, reach: Reach | None = None) -> list[View]:
         """This view split into row views along the storage units, covering its rows once, in order.
 
         Parquet: one per row group (split further into at most `rows` rows if given); Arrow: one per
         record batch (likewise); .npy: chunks of `rows` source rows (default: about 1 MiB of them).
         A view whose rows no longer map to source rows (after a transpose or reshape) is cut into
-        chunks of `rows` of its own rows.
+        chunks of `rows` of its own rows. Its footer or header is read within `reach` when given.
         """
         from cats.data.views import engine
 
-        return engine.partitions(self, rows)
+        return engine.partitions(self, rows, reach)
 
     # -- internals --------------------------------------------------------------------------------
 

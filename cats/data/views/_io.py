@@ -2,7 +2,8 @@
 in-process cache of parsed footers and headers that every backend shares.
 
 Every byte a view reads goes through `cats.data.read(uri, offset, length, expect=pinned, cache=cache)`,
-so a changed source raises DataIntegrityError and a `Cache` serves repeated ranges from disk.
+so a changed source raises DataIntegrityError and a `Cache` serves repeated ranges from disk; or, read
+on someone else's behalf, through `reach=` instead (cats.data.reach).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cats.errors import ViewError
 
 if TYPE_CHECKING:
     from cats.data.cache import Cache
+    from cats.data.reach import Reach
 
 PIECE = 16 << 20  # the most one request transfers: bigger ranges are split and fetched in parallel
 WORKERS = 8  # parallel requests per fetch, unless CATS_VIEW_WORKERS says otherwise
@@ -43,15 +45,17 @@ class Meter:
 
 
 class Reader:
-    """Range reads of one pinned source, counted into an optional Meter and served through an optional Cache."""
+    """Range reads of one pinned source, counted into an optional Meter and served through an optional Cache,
+    or read within a `Reach` (someone else's reads: never cached)."""
 
-    def __init__(self, info: Info, cache: Cache | None = None, meter: Meter | None = None) -> None:
-        self.info, self.cache, self.meter = info, cache, meter
+    def __init__(self, info: Info, cache: Cache | None = None, meter: Meter | None = None,
+                 reach: Reach | None = None) -> None:
+        self.info, self.cache, self.meter, self.reach = info, cache, meter, reach
         self.uri = info.uri
         self._expect = info if info.version is not None else None  # a view made by hand without a pin reads unpinned
 
     def read(self, offset: int, length: int) -> bytes:
-        out = data.read(self.uri, offset, length, expect=self._expect, cache=self.cache)
+        out = data.read(self.uri, offset, length, expect=self._expect, cache=self.cache, reach=self.reach)
         if self.meter is not None:
             with _METER_LOCK:
                 self.meter.requests += 1

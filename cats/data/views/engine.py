@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cats.data.cache import Cache
+from cats.data.reach import Reach
 from cats.data.views import arrow as _arrow
 from cats.data.views import npy as _npy
 from cats.data.views import parquet as _parquet
@@ -28,8 +29,9 @@ LOADERS = {"parquet": _parquet.load, "arrow": _arrow.load, "npy": _npy.load}
 PARTITION_BYTES = 1 << 20  # default npy partition: about this many bytes of rows
 
 
-def resolve(view: View, cache: Cache | None = None, meter: Meter | None = None) -> tuple[Any, Plan]:
-    reader = Reader(view.info, cache, meter)
+def resolve(view: View, cache: Cache | None = None, meter: Meter | None = None,
+            reach: Reach | None = None) -> tuple[Any, Plan]:
+    reader = Reader(view.info, cache, meter, reach)
     src = source(view.format, reader, LOADERS[view.format])
     if isinstance(src, _npy.NpySource):
         return src, plan_array(view, src.shape, src.dtype, not src.fortran)
@@ -47,9 +49,10 @@ def byte_ranges(view: View) -> list[tuple[int, int]]:
     return coalesce(src.ranges(plan.rows, plan.columns), _npy.GAP)
 
 
-def materialize(view: View, cache: Cache | None, meter: Meter | None) -> pa.Table | np.ndarray:
-    src, plan = resolve(view, cache, meter)
-    reader = Reader(view.info, cache, meter)
+def materialize(view: View, cache: Cache | None, meter: Meter | None,
+                reach: Reach | None = None) -> pa.Table | np.ndarray:
+    src, plan = resolve(view, cache, meter, reach)
+    reader = Reader(view.info, cache, meter, reach)
     if plan.schema is not None:
         table = src.read(plan.rows, plan.columns, reader)
         for dtype in plan.casts:
@@ -66,10 +69,10 @@ def materialize(view: View, cache: Cache | None, meter: Meter | None) -> pa.Tabl
     return out
 
 
-def partitions(view: View, rows: int | None) -> list[View]:
+def partitions(view: View, rows: int | None, reach: Reach | None = None) -> list[View]:
     if rows is not None and rows < 1:
         raise ViewError(f"partitions(rows={rows}) of {view.label()}: rows must be at least 1", view.uri)
-    src, plan = resolve(view)
+    src, plan = resolve(view, reach=reach)  # the row views below find the parsed source in this process
     if not plan.shape:
         raise ViewError(f"{view.label()} is a 0-d array, which has no rows to partition", view.uri)
     n = plan.shape[0]

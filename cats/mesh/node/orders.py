@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,7 @@ from cats.cas.cid import CID
 from cats.cas.dag import walk
 from cats.cas.store import BlockStore
 from cats.config import home
+from cats.data.reach import Reach
 from cats.errors import BlockNotFound, CatsError
 from cats.factory.confine import GiB, Policy, check_confinable, unavailable
 
@@ -72,19 +73,23 @@ class OrderRejected(CatsError):
 @dataclass(frozen=True)
 class NodePolicy:
     """What this node gives the Orders its peers submit: confinement (unless its operator opted out with
-    `unconfined`), network to a confined Order declaring it, the bytes of one slice's result, and the
-    wall time of one order (a larger `Plant.timeout_s` does not extend it)."""
+    `unconfined`), network to a confined Order declaring it, the bytes of one slice's result, the wall
+    time of one order (a larger `Plant.timeout_s` does not extend it), and what a confined Order's input
+    URIs may reach: the operator's `Reach.service(...)`, as the Data Service gives its callers (files
+    only under the data roots and never in CATS_HOME, no loopback or private address unless allowed,
+    ipfs:// only under pinned DAGs). Its inputs are read by the node, outside the sandbox."""
 
     unconfined: bool = False
     allow_network: bool = False
     max_output: int = GiB
     max_order_seconds: float = 3600.0
+    reach: Reach = field(default_factory=Reach.service)
 
     def confine(self) -> Policy | None:
         """The sandbox policy its runs get (None: unconfined)."""
         if self.unconfined:
             return None
-        return Policy(network=self.allow_network, max_output=self.max_output)
+        return Policy(network=self.allow_network, max_output=self.max_output, reach=self.reach)
 
     def refusal(self) -> str | None:
         """Why this node refuses every Order (it cannot confine code and was not told to run it unconfined)."""
@@ -99,6 +104,10 @@ class NodePolicy:
             raise OrderRejected(422, f"Order {cid} asks for network access (plant.network), which this node does "
                                      "not give (its operator can start it with --allow-network)")
         if (policy := self.confine()) is not None:
+            if order.output_uri is not None:  # written by the node, with its rights and credentials
+                raise OrderRejected(422, f"Order {cid} writes its results to {order.output_uri} (output_uri): this "
+                                         "node writes a peer's results only into its store; submit it without "
+                                         "output_uri")
             try:
                 check_confinable(order, policy)
             except CatsError as e:

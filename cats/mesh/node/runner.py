@@ -4,9 +4,10 @@
 
 The Order block (sealed, admitted by the node) is read from the on-disk store in STORE_DIR and run with
 `cats.factory.run` on the embedded local Ray, or on RAY_ADDRESS's, every slice confined under POLICY
-(the JSON of a `cats.factory.confine.Policy`; `null`: unconfined, the operator's choice); its BOM is
-signed with CATS_HOME's identity, the node's. RESULT.json gets `{"bom", "output"}`, or `{"error"}` when
-the run fails. SIGINT stops the run (and the Ray it started).
+(the JSON of a `cats.factory.confine.Policy`, the node's reach for the Order's inputs included; `null`:
+unconfined, the operator's choice); its BOM is signed with CATS_HOME's identity, the node's.
+RESULT.json gets `{"bom", "output"}`, or `{"error"}` when the run fails. SIGINT stops the run (and the
+Ray it started).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main(argv: list[str]) -> int:
     from cats.mesh.node.orders import load_order
 
     given = json.loads(policy)
-    confine = None if given is None else Policy(**given)
+    confine = None if given is None else Policy.from_dict(given)
     try:
         store = LocalStore(store_dir)
         run = factory.run(load_order(store, CID.parse(order_cid)), store=store, quiet=True, confine=confine)
