@@ -29,8 +29,9 @@ def verify(bom: CID | str, *, sample: int | None = None, fraction: float | None 
     give the recorded output CIDs, and the recorded results must merge to the recorded output;
     `sample` (a count) or `fraction` re-executes a random choice (`seed` fixes it; the report gives
     the odds of catching m corrupted slices); `integrity` re-executes nothing and checks that every
-    block exists and hashes to its CID, and the BOM each reused slice names as its source is intact,
-    signed by this node or a trusted peer, and records computing that output. The Order's checks
+    block exists and hashes to its CID, and the BOM each reused slice names as its source (a trusted
+    peer's, for one it took from that peer) is intact, signed by this node or a trusted peer, and
+    records computing that output. The Order's checks
     run in every mode. With `recursive`, the BOMs that made its inputs and its sub-Orders' BOMs are
     verified too: one missing here is pulled from the nodes of trusted peers, and one whose code or
     data cannot be read here is accepted on the signature of this node or a trusted peer (its

@@ -25,10 +25,10 @@ import pytest
 from nodes import RealNode, run_cli
 from servers import free_port
 
-from cats import factory
+from cats import api, factory
+from cats.bom import Vouched, write_records
 from cats.bom import load as load_bom
 from cats.bom import records as bom_records
-from cats.bom import write_records
 from cats.bom.home import Home
 from cats.bom.index import Index
 from cats.bom.signatures import Envelope, Signature, Signatures, sign
@@ -36,11 +36,13 @@ from cats.cas import car
 from cats.cas.cid import CID, DAG_CBOR
 from cats.cas.dag import put_cbor, walk
 from cats.cas.importer import Importer
+from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
 from cats.identity import Identity
 from cats.identity.requests import sign_request
 from cats.identity.trust import Trust
 from cats.order import Function, Order, Plant
+from cats.verification.report import Report, SourceBOM
 
 JOB = "peerreuse_job"
 FILES = 3
@@ -131,10 +133,12 @@ def test_a_trusted_peers_evaluations_are_taken_and_only_the_outputs_fetched(peer
         assert home.store.get(peer.bom) == a.store.get(peer.bom)
         envelope = Signatures(home.folder / "signatures").get(peer.bom)
         assert envelope is not None and envelope.signers() == [a.did]
-        # only those: not the rest of A's BOM (its record blocks), though they were read to check the answers
-        assert not any(home.store.has(c) for c in load_bom(a.store, peer.bom).slices)
-        # this home's BOM walks whole here: the peer's BOM is named, not linked
-        assert sum(1 for _ in walk(home.store, run.bom)) > 0
+        # and the record block that proved the answers, for `cats verify --integrity` to check again
+        (held,) = load_bom(a.store, peer.bom).slices
+        assert home.store.get(held) == a.store.get(held)
+        # this home's BOM walks whole here, and not into A's: the peer's BOM is named, not linked
+        reached = set(walk(home.store, run.bom))
+        assert run.bom in reached and peer.bom not in reached and held not in reached
         again = factory.run(order, home=home, quiet=True)
         assert again.reused and again.bom == run.bom
     finally:
@@ -417,6 +421,164 @@ def test_blocks_slipped_into_a_car_are_not_kept(peer: Peer, fake: Fake, tmp_path
         assert not home.store.has(cid)
     finally:
         home.close()
+
+
+# -- cats verify --integrity: a slice taken from a peer stands on the peer's BOM kept here ----------------------
+
+
+@dataclass
+class Taken:
+    """A fresh home whose run took every slice from A: its BOM, records and blocks folder."""
+
+    home: Home
+    bom: CID
+    recs: list[Any]
+    held: CID  # A's record block, kept here
+
+    @property
+    def blocks(self) -> LocalStore:
+        return LocalStore(self.home.folder / "blocks")
+
+    def forge(self, index: int, **changes: Any) -> CID:
+        """This home's BOM with slice `index`'s record changed, written straight into the store and signed
+        by this home (an attacker holding this home's key)."""
+        recs = [r.model_copy(update=changes) if r.index == index else r for r in self.recs]
+        bom = load_bom(self.home.store, self.bom).model_copy(update={"slices": write_records(self.home.store, recs)})
+        cid = put_cbor(self.home.store, bom.model_dump(exclude_none=True))
+        self.home.signatures.add(sign(self.home.identity, cid))
+        return cid
+
+
+@pytest.fixture
+def taken(peer: Peer, tmp_path: Path) -> Iterator[Taken]:
+    home = _home(tmp_path / "b", [peer.node.did], peer.node)
+    try:
+        run = factory.run(peer.order(peer.node.url), home=home, quiet=True)
+        assert run.reused_slices == FILES
+        (held,) = load_bom(home.store, peer.bom).slices
+        yield Taken(home, run.bom, _records(home, run.bom), held)
+    finally:
+        home.close()
+
+
+def _integrity(taken: Taken, bom: CID) -> Report:
+    return api.verify(bom, integrity=True, home=taken.home)
+
+
+@pytest.mark.slow
+def test_integrity_checks_the_peer_bom_a_slice_was_taken_from(peer: Peer, taken: Taken) -> None:
+    a = peer.node
+    report = _integrity(taken, taken.bom)
+    assert report.verified, report.problems
+    assert report.reused_from == [SourceBOM(bom=str(peer.bom), slices=FILES, signers=[a.did], verified=True,
+                                            peer=True)]
+    res = run_cli(taken.home.folder, "verify", str(taken.bom), "--integrity", "--json")
+    assert res.code == 0, res.out + res.err
+    assert json.loads(res.out)["reused_from"] == [{"bom": str(peer.bom), "slices": FILES, "signers": [a.did],
+                                                  "verified": True, "peer": True}]
+    res = run_cli(taken.home.folder, "verify", str(taken.bom), "--integrity")
+    assert res.code == 0, res.out + res.err
+    assert f"{FILES} slice(s) taken from the peer BOM {peer.bom}: signed by {a.did}" in res.out
+
+
+def _tamper(store: LocalStore, cid: CID) -> None:
+    path = store.path(cid)
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes() + b"\x00tampered")
+    path.chmod(0o444)
+
+
+def _untrusted(peer: Peer, taken: Taken) -> str:
+    Trust(taken.home.folder / "trust.json").rm(peer.node.did)
+    return f"signed by neither this node nor a trusted peer (only by {peer.node.did})"
+
+
+def _bom_deleted(peer: Peer, taken: Taken) -> str:
+    taken.blocks.delete(peer.bom)  # as a gc would: nothing this home pins links it
+    return "the source BOM is not in the store"
+
+
+def _records_deleted(peer: Peer, taken: Taken) -> str:
+    taken.blocks.delete(taken.held)
+    return "none of its 1 record blocks is in the store"
+
+
+def _bom_altered(peer: Peer, taken: Taken) -> str:
+    _tamper(taken.blocks, peer.bom)
+    return "the source BOM is not intact"
+
+
+def _records_altered(peer: Peer, taken: Taken) -> str:
+    _tamper(taken.blocks, taken.held)
+    return "the source BOM is not intact"
+
+
+def _signature_forged(peer: Peer, taken: Taken) -> str:
+    """This home's envelope over its own BOM, filed as A's: it names A's BOM's file but is over another CID."""
+    envelope = taken.home.signatures.get(taken.bom)
+    assert envelope is not None
+    (taken.home.folder / "signatures" / f"{peer.bom}.json").write_text(json.dumps(envelope.model_dump()))
+    return f"the payload is BOM {taken.bom}, not this one"
+
+
+VOUCHING_FAULTS: dict[str, tuple[Callable[[Peer, Taken], str], str]] = {
+    "peer no longer trusted": (_untrusted, "source-unsigned"),
+    "peer BOM deleted": (_bom_deleted, "block-missing"),
+    "record block deleted": (_records_deleted, "block-missing"),
+    "peer BOM altered": (_bom_altered, "bom-altered"),
+    "record block altered": (_records_altered, "bom-altered"),
+    "signature forged": (_signature_forged, "signature-invalid"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", list(VOUCHING_FAULTS))
+def test_a_peer_bom_that_does_not_vouch_fails_integrity(peer: Peer, taken: Taken, fault: str) -> None:
+    spoil, reason = VOUCHING_FAULTS[fault]
+    said = spoil(peer, taken)
+
+    report = _integrity(taken, taken.bom)
+
+    assert not report.verified
+    # one problem per slice, naming the slice and the peer's BOM
+    assert [(p.reason, p.slice, p.cid) for p in report.problems] == [(reason, i, str(peer.bom)) for i in range(FILES)]
+    for i, problem in enumerate(report.problems):
+        assert problem.detail.startswith(f"slice {i} taken from the peer BOM {peer.bom}: "), problem.detail
+        assert said in problem.detail and "\n" not in problem.detail, problem.detail
+    assert [(s.bom, s.peer, s.verified) for s in report.reused_from] == [(str(peer.bom), True, False)]
+    res = run_cli(taken.home.folder, "verify", str(taken.bom), "--integrity", "--json")
+    assert res.code == 1, res.out + res.err
+    assert [p["reason"] for p in json.loads(res.out)["problems"]] == [reason] * FILES
+
+
+@pytest.mark.slow
+def test_a_forged_vouched_claim_fails_integrity(peer: Peer, taken: Taken) -> None:
+    kept = MemoryStore()
+    evil = _evil(kept)
+    taken.home.store.put(evil, kept.get(evil))  # the attacker's output is here, whole: only the claim is false
+    vouched = taken.recs[0].vouched
+    assert vouched is not None
+    # slice 0 says A's BOM computed an output A never computed
+    forged = taken.forge(0, output=evil)
+    report = _integrity(taken, forged)
+    assert not report.verified
+    assert [(p.reason, p.slice, p.cid) for p in report.problems] == [("bom-altered", 0, str(peer.bom))]
+    assert report.problems[0].detail == (f"slice 0 taken from the peer BOM {peer.bom}: it never computed output "
+                                         f"{evil} ({taken.recs[0].encoding})")
+    assert [(s.slices, s.verified) for s in report.reused_from] == [(FILES, False)]
+
+    # slice 1 names this home as the peer that signed A's BOM: it did not
+    me = taken.home.identity.did
+    forged = taken.forge(1, vouched=vouched.model_copy(update={"signer": me}))
+    report = _integrity(taken, forged)
+    assert [(p.reason, p.slice) for p in report.problems] == [("source-unsigned", 1)]
+    assert f"no signature by {me}, the signer its record names, is kept for it" in report.problems[0].detail
+
+    # slice 2 says this home's own BOM, signed by this home, computed it: that run took it from A, it never ran it
+    relay = taken.forge(2, vouched=Vouched(bom=str(taken.bom), signer=me))
+    report = _integrity(taken, relay)
+    assert [(p.reason, p.slice, p.cid) for p in report.problems] == [("bom-altered", 2, str(taken.bom))]
+    assert "it never computed output" in report.problems[0].detail
 
 
 # -- the node's route ----------------------------------------------------------------------------------------

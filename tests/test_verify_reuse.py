@@ -131,7 +131,7 @@ def test_integrity_lists_the_source_boms_it_checked(reused: Reused, cats_home: P
     res = cli("verify", str(reused.b.bom), "--integrity", "--json")
     assert res.code == 0, (res.out, res.err)
     assert json.loads(res.out)["reused_from"] == [{"bom": str(reused.a.bom), "slices": 3, "signers": [me],
-                                                "verified": True}]
+                                                "verified": True, "peer": False}]
     res = cli("verify", str(reused.b.bom), "--integrity")
     assert res.code == 0, (res.out, res.err)
     assert f"3 slice(s) reused from BOM {reused.a.bom}: signed by {me}" in res.out

@@ -81,6 +81,12 @@ class SliceRecord(BaseModel):
     vouched: Vouched | None = Field(default=None, description="a trusted peer's evaluation taken instead of "
                                     "executing the slice: its BOM and signer")
 
+    @property
+    def executed(self) -> bool:
+        """Whether the run computed this slice itself, alone: not taken from another run, submitting no
+        sub-Orders, with one replica; only such a record can vouch for a slice another run takes."""
+        return self.reused_from is None and self.vouched is None and not self.children and not self.replicas
+
 
 class DataUse(BaseModel):
     """What the workers' data caches did for the slices executed in this invocation."""
@@ -220,4 +226,9 @@ _RECORD_BLOCK = TypeAdapter(list[SliceRecord])
 
 def records(store: BlockStore, bom: BOM) -> Iterator[SliceRecord]:
     for block in bom.slices:
-        yield from _RECORD_BLOCK.validate_python(dagcbor.decode(store.get(block)))
+        yield from record_block(store, block)
+
+
+def record_block(store: BlockStore, cid: CID) -> list[SliceRecord]:
+    """The records one of a BOM's record blocks holds."""
+    return _RECORD_BLOCK.validate_python(dagcbor.decode(store.get(cid)))

@@ -31,7 +31,9 @@ def verify(
 
     Slices a run reused from another run's BOM are re-executed like any other. With --integrity,
     each source BOM must be here and hash, carry a signature by this node or a trusted peer, and
-    hold a record of its own execution giving the reused output.
+    hold a record of its own execution giving the reused output. A slice taken from a trusted peer
+    (`--reuse-from`) stands on the peer's BOM and the record blocks kept when it was taken: the
+    signature must be by the peer its record names.
 
     With --recursive, ancestors missing here are pulled from trusted peers' nodes (`cats mesh trust
     add DID --url URL`); one whose code or data cannot be read here is accepted on the signature of
@@ -75,7 +77,8 @@ def print_report(report: Report, depth: int = 0, role: str = "", out: Console | 
         console.print(f"{'  ' * depth}{report.blocks_checked} blocks checked")
     for source in report.reused_from:
         state = f"signed by {', '.join(source.signers)}" if source.verified else "[red]does not vouch for them[/]"
-        console.print(f"{'  ' * depth}{source.slices} slice(s) reused from BOM {source.bom}: {state}")
+        how = "taken from the peer BOM" if source.peer else "reused from BOM"
+        console.print(f"{'  ' * depth}{source.slices} slice(s) {how} {source.bom}: {state}")
     if report.signers:
         console.print(f"{'  ' * depth}signed by {', '.join(report.signers)}")
     if report.signature == "unsigned":

@@ -8,8 +8,9 @@ when it proves itself:
 - the evaluation key computed from that BOM's Order and the record's input is the key asked for: the
   peer's run computed this very evaluation, not some other output it signed.
 
-Then only the output's blocks are fetched (each checked against its CID), the peer's BOM block and its
-envelope are kept, and the slice's record names the BOM and its signer (`Vouched`). A peer that is down,
+Then only the output's blocks are fetched (each checked against its CID); the peer's BOM block, its
+envelope and the record blocks that were checked are kept, so `cats verify --integrity` can check them
+again, and the slice's record names the BOM and its signer (`Vouched`). A peer that is down,
 slow, refuses this home or answers what does not hold is skipped with a warning on stderr and the slice
 runs here: taking a peer's work saves time, it never fails a run.
 """
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cats.bom import BOM, RECORDS_PER_BLOCK, SliceRecord, Vouched
+from cats.bom import BOM, RECORDS_PER_BLOCK, SliceRecord, Vouched, record_block
 from cats.bom import load as load_bom
 from cats.bom.home import Home
 from cats.bom.signatures import Envelope
@@ -123,8 +124,9 @@ def _ask(peer: _Peer, order: Order, keys: list[CID], wanted: list[int], trusted:
     if refused:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         _warn(f"refused the answer of {peer.url} for {refused[0]}{more}")
-    for bom, (block, envelope) in proofs.vouching(found.values()).items():
-        store.put(bom, block)
+    for blocks, envelope in proofs.vouching(found.values()):
+        for cid, block in blocks:  # named by text, not linked: this BOM's DAG does not reach them
+            store.put(cid, block)
         home.signatures.add(envelope)  # so whoever reads this BOM can see who vouched for what it took
     return found
 
@@ -136,6 +138,7 @@ class _Proofs:
         self.peer, self.trusted, self.store = peer, trusted, store
         self.blocks = MemoryStore()  # the peer's blocks fetched so far, each checked as it came
         self.envelopes: dict[CID, Envelope] = {}
+        self.checked: dict[int, CID] = {}  # slice index -> the peer's record block that proved its answer
         self.trees: dict[CID, reader.FileTree] = {}
 
     def take(self, key: CID, index: int) -> SliceOutcome | None:
@@ -151,11 +154,11 @@ class _Proofs:
         if answer.key != str(key):
             raise _Refused(f"it answered for evaluation {answer.key[:80]}")
         signer = self._signer(answer.envelope, bom)
-        record = self._record(bom, answer.record.index)
+        record, held = self._record(bom, answer.record.index)
         if record.output != answer.record.output:
             raise _Refused(f"BOM {bom} records output {record.output} for slice {record.index}, not "
                            f"{answer.record.output}")
-        if record.reused_from or record.vouched or record.children or record.replicas or record.encoding == "ref":
+        if not record.executed or record.encoding == "ref":
             raise _Refused(f"slice {record.index} of BOM {bom} was not computed by that run alone")
         theirs = self._order(self._bom(bom).order)
         if not evaluation.reusable(theirs):
@@ -170,15 +173,21 @@ class _Proofs:
         if _sizes(self.store, record.output) != (record.size, record.tsize):
             raise _Refused(f"output {record.output} is not the size BOM {bom} records")
         self.envelopes[bom] = answer.envelope
+        self.checked[index] = held
         return SliceOutcome(index=index, output=record.output, encoding=record.encoding, size=record.size,
                             tsize=record.tsize, node=record.node, attempts=record.attempts,
                             duration_s=record.duration_s, bytes_in=record.bytes_in,
                             vouched=Vouched(bom=str(bom), signer=signer))
 
-    def vouching(self, taken: Iterable[SliceOutcome]) -> dict[CID, tuple[bytes, Envelope]]:
-        """The BOM blocks and envelopes of the answers taken, by BOM."""
-        used = {CID.parse(o.vouched.bom) for o in taken if o.vouched is not None}
-        return {bom: (self.blocks.get(bom, verify=False), self.envelopes[bom]) for bom in used}
+    def vouching(self, taken: Iterable[SliceOutcome]) -> list[tuple[list[tuple[CID, bytes]], Envelope]]:
+        """For each BOM the answers taken came from: its block and the record blocks that proved them (CID,
+        bytes), and its envelope."""
+        kept: dict[CID, set[CID]] = {}
+        for o in taken:
+            if o.vouched is not None:
+                kept.setdefault(CID.parse(o.vouched.bom), set()).add(self.checked[o.index])
+        return [([(cid, self.blocks.get(cid, verify=False)) for cid in (bom, *sorted(held))], self.envelopes[bom])
+                for bom, held in kept.items()]
 
     def _signer(self, envelope: Envelope, bom: CID) -> str:
         valid, bad = envelope.check(bom)
@@ -207,7 +216,8 @@ class _Proofs:
         except CatsError as e:
             raise _Refused(str(e)) from None
 
-    def _record(self, bom: CID, index: int) -> SliceRecord:
+    def _record(self, bom: CID, index: int) -> tuple[SliceRecord, CID]:
+        """The BOM's record of slice `index`, and the record block holding it."""
         found = self._bom(bom)
         if not 0 <= index < found.invoice.slices:
             raise _Refused(f"BOM {bom} has no slice {index}")
@@ -215,13 +225,14 @@ class _Proofs:
         if k >= len(found.slices):
             raise _Refused(f"BOM {bom} has no record block for slice {index}")
         try:
-            held = [SliceRecord.model_validate(r) for r in dagcbor.decode(self._block(found.slices[k]))]
+            self._block(found.slices[k])
+            held = record_block(self.blocks, found.slices[k])
         except (CatsError, ValueError, TypeError) as e:
             raise _Refused(f"record block {found.slices[k]} of BOM {bom} is not one: {str(e)[:200]}") from None
         record = next((r for r in held if r.index == index), None)
         if record is None:
             raise _Refused(f"BOM {bom} has no record of slice {index}")
-        return record
+        return record, found.slices[k]
 
     def _order(self, cid: CID) -> Order:
         try:

@@ -9,9 +9,10 @@ checked against its CID, and each kind of failure gets its own reason.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
 
 from cats import data
-from cats.bom import BOM, SliceRecord, records
+from cats.bom import BOM, SliceRecord, record_block, records
 from cats.bom.home import Home
 from cats.bom.ref import load_ref
 from cats.bom.signatures import Signatures
@@ -187,49 +188,84 @@ def _integrity(store: BlockStore, bom: BOM, report: Report, trusted: Collection[
 
 def _check_reused(store: BlockStore, recs: list[SliceRecord], report: Report, trusted: Collection[str],
                    signatures: Signatures) -> None:
-    """A reused slice stands on the run that computed it: the BOM its record names must be here and
-    hash, be signed by one of the `trusted` DIDs (this node, its trusted peers), and hold a record of
-    its own execution (not itself reused) giving the same output. Each reused slice whose source
-    fails gets one problem naming the slice and the source BOM."""
-    taken: dict[CID, list[SliceRecord]] = {}
+    """A slice taken instead of executed stands on the run that computed it. The BOM its record names
+    (`reused_from`, or `vouched` for a trusted peer's) must be here and hash, bear a signature by one of
+    the `trusted` DIDs (this node, its trusted peers; for a peer's BOM, by the signer the record names),
+    and hold a record of its own execution giving the same output. Each slice whose source fails gets
+    one problem naming the slice and the source BOM."""
+    taken: dict[tuple[CID, bool], list[SliceRecord]] = {}
     for rec in recs:
         if rec.reused_from is not None:
-            taken.setdefault(rec.reused_from, []).append(rec)
-    for source, reused in taken.items():
-        computed, signers, fault = _vouching(store, source, report, trusted, signatures)
+            taken.setdefault((rec.reused_from, False), []).append(rec)
+        elif rec.vouched is not None:
+            taken.setdefault((CID.parse(rec.vouched.bom), True), []).append(rec)
+    for (source, peer), reused in taken.items():
+        source_check = _vouching(store, source, report, trusted, signatures, peer)
         failed = 0
         for rec in reused:
-            wrong = fault or (None if (rec.output, rec.encoding) in computed else
-                              ("bom-altered", f"it never computed output {rec.output} ({rec.encoding})"))
+            wrong = source_check.fault or source_check.against(rec)
             if wrong is not None:
                 failed += 1
-                _problem(report, wrong[0], f"slice {rec.index} reused from BOM {source}: {wrong[1]}", source, rec.index)
-        report.reused_from.append(SourceBOM(bom=str(source), slices=len(reused), signers=signers, verified=not failed))
+                how = "taken from the peer BOM" if peer else "reused from BOM"
+                _problem(report, wrong[0], f"slice {rec.index} {how} {source}: {wrong[1]}", source, rec.index)
+        report.reused_from.append(SourceBOM(bom=str(source), slices=len(reused), signers=source_check.signers,
+                                            verified=not failed, peer=peer))
 
 
-def _vouching(store: BlockStore, source: CID, report: Report, trusted: Collection[str],
-            signatures: Signatures) -> tuple[set[tuple[CID, str]], list[str], tuple[Reason, str] | None]:
-    """A source BOM's (output, encoding) of the slices it executed, the trusted DIDs that signed it,
-    and what is wrong with it (reason, detail), if anything."""
+@dataclass
+class _Source:
+    """What a source BOM vouches for: the (output, encoding) of the slices it executed, the DIDs whose
+    signatures on it hold (`valid`) and those of them trusted here (`signers`), and what is wrong with
+    it as a whole (reason, detail), if anything."""
+
+    computed: set[tuple[CID, str]] = field(default_factory=set)
+    valid: list[str] = field(default_factory=list)
+    signers: list[str] = field(default_factory=list)
+    fault: tuple[Reason, str] | None = None
+    partial: bool = False  # only some of its record blocks are here (a peer's: those that proved what was taken)
+
+    def against(self, rec: SliceRecord) -> tuple[Reason, str] | None:
+        """What is wrong with `rec` standing on this source: a peer's slice names the DID that vouched for
+        it, whose signature must hold and be trusted here; and the source must have computed its output."""
+        if rec.vouched is not None and rec.vouched.signer not in self.signers:
+            signer = rec.vouched.signer
+            if signer in self.valid:
+                return "source-unsigned", f"its signer {signer} is neither this node nor a trusted peer"
+            return "source-unsigned", f"no signature by {signer}, the signer its record names, is kept for it"
+        if (rec.output, rec.encoding) in self.computed:
+            return None
+        return "bom-altered", (f"it never computed output {rec.output} ({rec.encoding})"
+                               f"{' in the record blocks of it kept here' if self.partial else ''}")
+
+
+def _vouching(store: BlockStore, source: CID, report: Report, trusted: Collection[str], signatures: Signatures,
+              peer: bool) -> _Source:
+    """A source BOM as `_Source` sees it. A peer's BOM is here with only the record blocks that proved
+    what was taken from it: those that are here are read, and there must be one."""
     try:
         bom = BOM.model_validate(dagcbor.decode(store.get(source)))
-        recs = list(records(store, bom))
+        kept = [cid for cid in bom.slices if store.has(cid)] if peer else bom.slices
+        recs = [r for cid in kept for r in record_block(store, cid)]
     except BlockNotFound as e:
         what = "the source BOM" if e.cid == source else f"its slice records: block {e.cid}"
-        return set(), [], ("block-missing", f"{what} is not in the store")
+        return _Source(fault=("block-missing", f"{what} is not in the store"))
     except (IntegrityError, DecodeError, ValueError) as e:
-        return set(), [], ("bom-altered", f"the source BOM is not intact: {str(e).splitlines()[0]}")
-    report.blocks_checked += 1 + len(bom.slices)
+        return _Source(fault=("bom-altered", f"the source BOM is not intact: {str(e).splitlines()[0]}"))
+    report.blocks_checked += 1 + len(kept)
     valid, bad = signatures.check(source, trusted)
-    signers = [did for did in valid if did in trusted]
+    found = _Source(valid=valid, signers=[did for did in valid if did in trusted], partial=len(kept) < len(bom.slices))
     if bad:
         first = bad[0]
-        return set(), signers, ("signature-invalid", f"a signature kept for it does not hold: "
-                                f"{f'{first.signer}: ' if first.signer else ''}{first.reason}")
-    if not signers:
+        found.fault = ("signature-invalid", f"a signature kept for it does not hold: "
+                       f"{f'{first.signer}: ' if first.signer else ''}{first.reason}")
+    elif not found.signers:
         others = f" (only by {', '.join(valid)})" if valid else ""
-        return set(), [], ("source-unsigned", f"it is signed by neither this node nor a trusted peer{others}")
-    return {(r.output, r.encoding) for r in recs if r.reused_from is None}, signers, None
+        found.fault = ("source-unsigned", f"it is signed by neither this node nor a trusted peer{others}")
+    elif not kept:
+        found.fault = ("block-missing", f"none of its {len(bom.slices)} record blocks is in the store")
+    else:
+        found.computed = {(r.output, r.encoding) for r in recs if r.executed}
+    return found
 
 
 def _check_source(pinned: Info, report: Report, reason: Reason, what: str, slice: int | None = None) -> bool:

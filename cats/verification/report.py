@@ -52,6 +52,8 @@ class SourceBOM(BaseModel):
     slices: int = Field(description="how many slices of the verified BOM were reused from it")
     signers: list[str] = Field(default_factory=list, description="trusted DIDs whose signatures on it hold")
     verified: bool
+    peer: bool = Field(default=False, description="a trusted peer's BOM (the slices' `vouched`): only its block, "
+                                                  "its signature and the record blocks that proved them are here")
 
 
 class Drift(BaseModel):
