@@ -33,6 +33,9 @@ def shout(data, times=1):
 def noisy(data, seed):
     return data + b" " + str(seed).encode()
 
+def mode(data):
+    return os.environ.get("MODE", "unset").encode()
+
 def counted(data, marker, x=0):
     with open(marker, "ab") as f:  # one line per execution
         f.write(data + b"\\n")
@@ -211,3 +214,21 @@ def test_the_default_reuse_is_left_out_of_the_encoding() -> None:
     assert CID.hash(coded.block(), DAG_CBOR) != CID.hash(order.block(), DAG_CBOR)
     with pytest.raises(ValueError, match="reuse"):
         Structure(reuse="anything")  # type: ignore[arg-type]
+
+
+def test_the_environment_confined_code_is_given_is_in_the_key(cats_home: Path, tmp_path: Path) -> None:
+    """`Plant.env` is what confined code reads as its environment: a result made under one value is not
+    another value's, so it must not be taken for it."""
+    folder = _folder(tmp_path, "modes", 2)
+
+    def order(env: dict[str, str]) -> Order:
+        return Order(function=_fn(tmp_path, "mode"), inputs=[folder], plant=Plant(confined=True, env=env))
+
+    fast = factory.run(order({"MODE": "fast"}))
+    slow = factory.run(order({"MODE": "slow"}))
+    assert (slow.executed, slow.reused_slices) == (2, 0)
+    assert set(jobs.outputs(cats_home, fast.output).values()) == {b"fast"}
+    assert set(jobs.outputs(cats_home, slow.output).values()) == {b"slow"}
+    again = factory.run(order({"MODE": "fast"}).model_copy(update={"name": "fast again"}))
+    assert (again.executed, again.reused_slices, again.output) == (0, 2, fast.output)
+

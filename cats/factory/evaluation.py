@@ -4,13 +4,14 @@ A slice's key is the CID of a DAG-CBOR block naming the code (its CID and entry)
 what the function takes, the slice's input (a CID, a URI at its pinned version and range, a view,
 and the split's name for it; a byte range of a stored file by the leaves that hold it, so bytes
 appended to a file leave the keys of its earlier ranges as they were), the requirements, the
-environment (the Python version, the lock's CID, the versions of the tools a command calls), and
-the rules of result encodings and seeds. An Order whose Structure says `reuse="code"` keys on code
-only: its keys leave the environment out but say so, so they never match those of an Order keyed
-on its environment, and a different environment never reuses silently. What only says how or
-where a slice runs (the Plant's CPUs, time limit, batching, confinement) is not in it. Two Orders
-sharing a slice share its key, so a run looks its slices up in the run index and executes only
-those no finished run has computed.
+environment (the Python version, the lock's CID, the versions of the tools a command calls), the
+variables confined code is given (`Plant.env`: declared, like the parameters, so a code-only key
+keeps them), and the rules of result encodings and seeds. An Order whose Structure says
+`reuse="code"` keys on code only: its keys leave the environment out but say so, so they never
+match those of an Order keyed on its environment, and a different environment never reuses
+silently. What only says how or where a slice runs (the Plant's CPUs, time limit, batching,
+confinement) is not in it. Two Orders sharing a slice share its key, so a run looks its slices up
+in the run index and executes only those no finished run has computed.
 
 Seeds derive from the key, so a seeded function gives the same result for the same evaluation
 whatever Order it is part of.
@@ -49,7 +50,8 @@ def key(order: Order, piece: Slice, trees: dict[CID, reader.FileTree] | None = N
         "rules": RULES, "code": fn.code, "entry": fn.entry, "params": fn.params, "takes": fn.takes,
         # a function taking its Slice may read the whole file: its input is the file, not the range
         "input": _input(piece, trees if trees is not None else {}, None if fn.takes == "slice" else store),
-        "requirements": list(order.structure.requirements), **_environment(order.structure),
+        "requirements": list(order.structure.requirements), "env": order.plant.env or None,
+        **_environment(order.structure),
     }
     return CID.hash(dagcbor.encode({k: v for k, v in block.items() if v is not None}), DAG_CBOR)
 
