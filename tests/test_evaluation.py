@@ -9,7 +9,7 @@ from pathlib import Path
 import jobs
 import pytest
 
-from cats import factory
+from cats import api, factory
 from cats.bom import load as load_bom
 from cats.bom import records as bom_records
 from cats.bom.home import Home
@@ -35,6 +35,9 @@ def noisy(data, seed):
 
 def mode(data):
     return os.environ.get("MODE", "unset").encode()
+
+def fresh(data):
+    return os.urandom(8)
 
 def counted(data, marker, x=0):
     with open(marker, "ab") as f:  # one line per execution
@@ -232,3 +235,23 @@ def test_the_environment_confined_code_is_given_is_in_the_key(cats_home: Path, t
     again = factory.run(order({"MODE": "fast"}).model_copy(update={"name": "fast again"}))
     assert (again.executed, again.reused_slices, again.output) == (0, 2, fast.output)
 
+
+def test_a_forced_rerun_offers_its_own_results_not_those_its_bom_does_not_record(cats_home: Path,
+                                                                                   tmp_path: Path) -> None:
+    """A forced re-run of a function whose results differ each time replaces the Order's BOM: the
+    evaluations offered afterwards are that BOM's, so a run taking one names a BOM that records it."""
+    folder = _folder(tmp_path, "fresh", 3)
+    store = jobs.home_store(cats_home)
+    order = Order(function=_fn(tmp_path, "fresh"), inputs=[folder])
+    first = factory.run(order)
+    second = factory.run(order, force=True)
+    assert first.output != second.output
+    taking = factory.run(order.model_copy(update={"name": "taking"}))
+    assert taking.reused_slices == 3
+    recs = list(bom_records(store, load_bom(store, taking.bom)))
+    source = {r.index: r.output for r in bom_records(store, load_bom(store, second.bom))}
+    assert [r.reused_from for r in recs] == [second.bom] * 3
+    assert [r.output for r in recs] == [source[r.index] for r in recs]
+    assert taking.output == second.output
+    report = api.verify(taking.bom, integrity=True)  # the BOM it names vouches for what it took
+    assert report.verified, report.problems

@@ -1,7 +1,9 @@
 """The run index, an embedded SQLite file in CATS_HOME: Order -> BOM (memoization), output ->
 the BOM that made it (lineage parents), slice result -> its encoding (reading a result back
 without its BOM at hand), finished slices of unfinished runs (resume), and evaluation key -> the
-slice's outcome (reuse across Orders, counted only once its run has a BOM).
+slice's outcome (reuse across Orders). A run's evaluations wait in `pending` until its BOM is
+recorded, and then replace whatever its Order offered before: an Order run again (forced, or its
+BOM lost) offers what its new BOM records, never what an earlier run of it computed differently.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ CREATE TABLE IF NOT EXISTS results (cid TEXT PRIMARY KEY, encoding TEXT NOT NULL
 CREATE TABLE IF NOT EXISTS slices (order_cid TEXT NOT NULL, idx INTEGER NOT NULL, record TEXT NOT NULL,
                                    PRIMARY KEY (order_cid, idx));
 CREATE TABLE IF NOT EXISTS evaluations (key TEXT PRIMARY KEY, order_cid TEXT NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending (order_cid TEXT NOT NULL, key TEXT NOT NULL, record TEXT NOT NULL,
+                                    PRIMARY KEY (order_cid, key));
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
 """
 
@@ -68,12 +72,13 @@ class Index:
 
     def save_slices(self, order_cid: str, records: list[dict[str, Any]],
                     evaluations: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
-        """Slices an Order's run finished, and (key, outcome) of the evaluations it offers to others."""
+        """Slices an Order's run finished, and (key, outcome) of the evaluations it offers to others once
+        its BOM is recorded."""
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO slices VALUES (?, ?, ?)",
                                 [(order_cid, r["index"], json.dumps(r)) for r in records])
-            self.db.executemany("INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?)",
-                                [(key, order_cid, json.dumps(r)) for key, r in evaluations])
+            self.db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)",
+                                [(order_cid, key, json.dumps(r)) for key, r in evaluations])
 
     def evaluations(self, keys: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """key -> (the BOM of the finished run that computed it, the slice's outcome), for the keys known."""
@@ -98,6 +103,10 @@ class Index:
             self.db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])
             self.db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)", results)
             self.db.execute("DELETE FROM slices WHERE order_cid = ?", (order_cid,))
+            self.db.execute("DELETE FROM evaluations WHERE order_cid = ?", (order_cid,))
+            self.db.execute("INSERT OR REPLACE INTO evaluations SELECT key, order_cid, record FROM pending "
+                            "WHERE order_cid = ?", (order_cid,))
+            self.db.execute("DELETE FROM pending WHERE order_cid = ?", (order_cid,))
 
     def recent(self, limit: int | None = 20) -> list[dict[str, Any]]:
         """Runs, newest first; all of them with limit=None."""
