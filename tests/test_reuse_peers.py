@@ -9,9 +9,11 @@ index, store and signatures, so every forgery starts from genuine, signed materi
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +40,7 @@ from cats.cas.dag import put_cbor, walk
 from cats.cas.importer import Importer
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
+from cats.factory import peers
 from cats.identity import Identity
 from cats.identity.requests import sign_request
 from cats.identity.trust import Trust
@@ -238,6 +241,8 @@ class Fake:
     slipped: list[tuple[CID, bytes]] = field(default_factory=list)
     forge: Callable[[str, dict[str, Any]], dict[str, Any]] = lambda key, answer: answer
     url: str = ""
+    # answers a request itself (True) instead of the fake's usual answer: a hostile server's own behaviour
+    serve: Callable[[BaseHTTPRequestHandler, str], bool] = lambda handler, path: False
 
     def block(self, cid: CID) -> bytes | None:
         if cid in self.corrupt:
@@ -278,6 +283,8 @@ def fake(peer: Peer, tmp_path: Path) -> Iterator[Fake]:
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
+            if state.serve(self, self.path):
+                return None
             if parts.path == "/id":
                 return self._send(200, json.dumps({"did": state.did, "version": "0", "private": False}).encode())
             if parts.path.startswith("/evaluations/"):
@@ -419,6 +426,91 @@ def test_blocks_slipped_into_a_car_are_not_kept(peer: Peer, fake: Fake, tmp_path
         run = factory.run(peer.order(fake.url), home=home, quiet=True)
         assert (run.executed, run.reused_slices, run.output) == (0, FILES, peer.output)
         assert not home.store.has(cid)
+    finally:
+        home.close()
+
+
+def _dribble(handler: BaseHTTPRequestHandler, declared: int, seconds: float) -> None:
+    """A body that never ends in time: one byte every 0.2 s (each within any read timeout)."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(declared))
+    handler.end_headers()
+    stop = time.monotonic() + seconds
+    try:
+        while time.monotonic() < stop:
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            time.sleep(0.2)
+    except OSError:
+        pass  # the client hung up: what it should do
+
+
+def _endless(handler: BaseHTTPRequestHandler, head: bytes, piece: bytes, seconds: float, pause: float = 0.0) -> None:
+    """`head`, then `piece` again and again, `pause` between two (chunked: no length)."""
+    handler.send_response(200)
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    stop = time.monotonic() + seconds
+    try:
+        for chunk in itertools.chain([head] if head else [], itertools.repeat(piece)):
+            if time.monotonic() > stop:
+                break
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            time.sleep(pause)
+        handler.wfile.write(b"0\r\n\r\n")
+    except OSError:
+        pass
+
+
+def _slow_answer(fake: Fake) -> Callable[[BaseHTTPRequestHandler, str], bool]:
+    return lambda h, path: path.startswith("/evaluations/") and (_dribble(h, 1 << 20, 40) or True)
+
+
+def _huge_answer(fake: Fake) -> Callable[[BaseHTTPRequestHandler, str], bool]:
+    return lambda h, path: path.startswith("/evaluations/") and (_endless(h, b"", b" " * 65536, 40, 0.02) or True)
+
+
+def _endless_car(fake: Fake) -> Callable[[BaseHTTPRequestHandler, str], bool]:
+    """The output's genuine CAR, then tiny blocks nobody asked for, without end."""
+    stray = MemoryStore()
+    with Importer(stray, cid_version=1) as importer:
+        cid = importer.add_bytes(b"x").cid
+    tiny = car.section(cid, stray.get(cid)) * 4096
+
+    def serve(h: BaseHTTPRequestHandler, path: str) -> bool:
+        if not (path.startswith("/ipfs/") and "format=car" in path):
+            return False
+        genuine = fake.car(CID.parse(urlsplit(path).path[len("/ipfs/"):]))
+        _endless(h, genuine, tiny, 40)
+        return True
+
+    return serve
+
+
+HOSTILE: dict[str, tuple[Callable[[Fake], Callable[[BaseHTTPRequestHandler, str], bool]], str]] = {
+    "an answer dribbled a byte at a time": (_slow_answer, "stopped asking {url}: no answer within 3 s"),
+    "an endless answer": (_huge_answer, "answered more than 1048576 bytes"),
+    "an endless CAR of blocks nobody asked for": (_endless_car, "is larger than"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hostile", list(HOSTILE))
+def test_a_hostile_peer_costs_a_bounded_time_and_the_slices_run_here(
+        peer: Peer, fake: Fake, tmp_path: Path, hostile: str, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """However slowly or endlessly a peer answers, asking it costs at most the budget (each byte in time
+    for the read timeout does not keep it going) and the bytes an answer may take, never the run."""
+    monkeypatch.setattr(peers, "BUDGET_S", 3.0)
+    make, why = HOSTILE[hostile]
+    fake.serve = make(fake)
+    home = _home(tmp_path / "victim", [peer.node.did], None)
+    try:
+        started = time.monotonic()
+        _runs_everything(peer, home, fake.url)
+        assert time.monotonic() - started < 25
+        err = capfd.readouterr().err
+        assert why.format(url=fake.url) in err, err
     finally:
         home.close()
 

@@ -17,6 +17,7 @@ runs here: taking a peer's work saves time, it never fails a run.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -48,8 +49,10 @@ if TYPE_CHECKING:
     import httpx
 
 TIMEOUT_S = 10.0  # to connect, and between two pieces of an answer
-BUDGET_S = 60.0  # asking one peer for every missing slice: later ones run here
+BUDGET_S = 60.0  # asking one peer for every missing slice, answers and outputs read: later ones run here
 THREADS = 8  # requests in flight to one peer
+ANSWER_MAX = 1 << 20  # an evaluation's answer: a record and an envelope
+SLACK = 1 << 20  # what an output's CAR may hold beyond twice its blocks' bytes (headers, CIDs)
 
 
 class Evaluation(BaseModel):
@@ -99,17 +102,15 @@ def _ask(peer: _Peer, order: Order, keys: list[CID], wanted: list[int], trusted:
         _warn(f"not reusing from {peer.url}: {e}")
         return {}
     proofs = _Proofs(peer, trusted, store)
-    deadline = time.monotonic() + BUDGET_S
+    peer.deadline = time.monotonic() + BUDGET_S  # every read checks it: a peer answering slowly is left
     refused: list[str] = []
     stopped: list[str] = []
 
     def one(i: int) -> SliceOutcome | None:
         if stopped:
             return None
-        if time.monotonic() > deadline:
-            stopped.append(f"no answer within {BUDGET_S:g} s")
-            return None
         try:
+            peer.in_time()
             return proofs.take(keys[i], i)
         except _Unreachable as e:
             stopped.append(str(e))
@@ -143,11 +144,11 @@ class _Proofs:
 
     def take(self, key: CID, index: int) -> SliceOutcome | None:
         """Slice `index`'s outcome from the peer's evaluation `key`, proved; None if the peer has none."""
-        response = self.peer.get(f"/evaluations/{key}", missing_ok=True)
+        response = self.peer.get(f"/evaluations/{key}", ANSWER_MAX, missing_ok=True)
         if response is None:
             return None
         try:
-            answer = Evaluation.model_validate_json(response.content)
+            answer = Evaluation.model_validate_json(response)
             bom = CID.parse(answer.bom)
         except (ValidationError, CatsError, ValueError) as e:
             raise _Refused(f"not an evaluation: {str(e).splitlines()[0][:200]}") from None
@@ -169,7 +170,7 @@ class _Proofs:
             raise _Refused(f"its input cannot be read here to check the evaluation: {str(e)[:200]}") from None
         if computed != key:
             raise _Refused(f"slice {record.index} of BOM {bom} is evaluation {computed}, not this one")
-        self._pull(record.output)
+        self._pull(record.output, record.tsize)
         if _sizes(self.store, record.output) != (record.size, record.tsize):
             raise _Refused(f"output {record.output} is not the size BOM {bom} records")
         self.envelopes[bom] = answer.envelope
@@ -201,9 +202,8 @@ class _Proofs:
     def _block(self, cid: CID) -> bytes:
         if self.blocks.has(cid):
             return self.blocks.get(cid, verify=False)
-        response = self.peer.get(f"/ipfs/{cid}?format=raw")
-        assert response is not None
-        block = response.content
+        block = self.peer.get(f"/ipfs/{cid}?format=raw", car.MAX_BLOCK)
+        assert block is not None
         if not cid.verify(block):
             raise _Refused(f"the block it sent for {cid} does not match that CID")
         self.blocks.put(cid, block)
@@ -243,9 +243,10 @@ class _Proofs:
             raise _Refused(f"Order {cid} is not sealed")
         return order
 
-    def _pull(self, output: CID) -> None:
+    def _pull(self, output: CID, tsize: int) -> None:
         """The output's DAG into the store: from the peer's CAR, keeping only blocks the DAG links, each
-        checked against its CID; then walked, so a DAG the peer sent in part is not taken."""
+        checked against its CID; then walked, so a DAG the peer sent in part is not taken. A CAR past
+        twice the DAG's recorded bytes (and some slack) holds what was not asked for: it is cut off."""
         if output.codec not in (RAW, DAG_PB):
             raise _Refused(f"output {output} is not a UnixFS file")
         try:
@@ -254,10 +255,16 @@ class _Proofs:
         except CatsError:
             pass
         wanted = {output.to_v1()}
-        with self.peer.stream(f"/ipfs/{output}?format=car") as chunks:
+        limit, read = 2 * tsize + SLACK, 0
+        with self.peer.stream(f"/ipfs/{output}?format=car") as response:
+            assert response is not None
             sections = car.Sections(verify=True, root=output)
             try:
-                for chunk in chunks:
+                for chunk in self.peer.chunks(response):
+                    read += len(chunk)
+                    if read > limit:
+                        raise _Refused(f"its CAR of output {output} is larger than {limit} bytes, for a DAG of "
+                                       f"{tsize}")
                     for cid, block in sections.feed(chunk):
                         if cid.to_v1() not in wanted:
                             continue
@@ -298,6 +305,7 @@ class _Peer:
         import httpx
 
         self.url, self.identity = url, identity
+        self.deadline = time.monotonic() + BUDGET_S
         self._did: str | None = None
         self.http = httpx.Client(base_url=url, timeout=httpx.Timeout(TIMEOUT_S), follow_redirects=False,
                                  headers={"User-Agent": "cats-factory"})
@@ -311,11 +319,17 @@ class _Peer:
     def did(self) -> str:
         """The DID the node gives itself: in GET /id, or, on a private node, in the 401's challenge."""
         if self._did is None:
-            response = self._send(self.http.build_request("GET", "/id"))
+            response = self._send(self.http.build_request("GET", "/id"), stream=True)
             found = None
+            try:
+                body = self._body(response, ANSWER_MAX, "/id")
+            except _Refused as e:
+                raise _Unreachable(str(e)) from None
+            finally:
+                response.close()
             if response.status_code == 200:
                 with suppress(ValueError, AttributeError):
-                    found = response.json().get("did")
+                    found = json.loads(body).get("did")
             elif response.status_code == 401 and (match := re.search(
                     r'\bnode="(did:key:[1-9A-HJ-NP-Za-km-z]+)"', response.headers.get("www-authenticate", ""))):
                 found = match.group(1)
@@ -324,28 +338,51 @@ class _Peer:
             self._did = found
         return self._did
 
-    def get(self, path: str, missing_ok: bool = False) -> httpx.Response | None:
-        """The answer to a signed GET; None for a 404 when `missing_ok`."""
-        response = self._send(self._signed(path))
-        return None if missing_ok and response.status_code == 404 else self._checked(path, response)
+    def in_time(self) -> None:
+        """_Unreachable once the time to ask this peer is spent."""
+        if time.monotonic() > self.deadline:
+            raise _Unreachable(f"no answer within {BUDGET_S:g} s")
+
+    def get(self, path: str, limit: int, missing_ok: bool = False) -> bytes | None:
+        """The body of the answer to a signed GET, refused past `limit` bytes; None for a 404 when `missing_ok`."""
+        with self.stream(path, missing_ok) as response:
+            return None if response is None else self._body(response, limit, path)
 
     @contextmanager
-    def stream(self, path: str) -> Iterator[Iterator[bytes]]:
+    def stream(self, path: str, missing_ok: bool = False) -> Iterator[httpx.Response | None]:
+        """The answer to a signed GET, its body still to read (`chunks`); None for a 404 when `missing_ok`."""
         response = self._send(self._signed(path), stream=True)
         try:
-            if response.status_code >= 400:
-                response.read()
-            self._checked(path, response)
-            yield self._chunks(response)
+            if missing_ok and response.status_code == 404:
+                yield None
+                return
+            if response.status_code != 200:
+                detail = _detail(self._body(response, ANSWER_MAX, path), response.reason_phrase)
+                if response.status_code in (401, 403):
+                    raise _Unreachable(f"it refuses this home ({response.status_code}: {detail})")
+                raise _Refused(f"GET {path.split('?')[0]} answered {response.status_code}: {detail}")
+            yield response
         finally:
             response.close()
 
-    @staticmethod
-    def _chunks(response: httpx.Response) -> Iterator[bytes]:
+    def _body(self, response: httpx.Response, limit: int, path: str) -> bytes:
+        """A whole body, read in time and refused past `limit` bytes, so no peer sets what it costs."""
+        body = bytearray()
+        for chunk in self.chunks(response):
+            body += chunk
+            if len(body) > limit:
+                raise _Refused(f"GET {path.split('?')[0]} answered more than {limit} bytes")
+        return bytes(body)
+
+    def chunks(self, response: httpx.Response) -> Iterator[bytes]:
+        """A body's pieces as they come; _Unreachable once the time to ask this peer is spent, since each
+        piece may come just in time for the read timeout and the whole never."""
         import httpx
 
         try:
-            yield from response.iter_bytes()
+            for chunk in response.iter_bytes():
+                self.in_time()
+                yield chunk
         except httpx.HTTPError as e:
             raise _Unreachable(f"the transfer broke off: {_reason(e)}") from None
 
@@ -362,20 +399,13 @@ class _Peer:
         except httpx.HTTPError as e:
             raise _Unreachable(f"cannot reach it: {_reason(e)}") from None
 
-    def _checked(self, path: str, response: httpx.Response) -> httpx.Response:
-        if response.status_code in (401, 403):
-            raise _Unreachable(f"it refuses this home ({response.status_code}: {_detail(response)})")
-        if response.status_code != 200:
-            raise _Refused(f"GET {path.split('?')[0]} answered {response.status_code}: {_detail(response)}")
-        return response
 
-
-def _detail(response: httpx.Response) -> str:
+def _detail(body: bytes, reason: str) -> str:
     try:
-        detail = response.json().get("detail")
+        detail = json.loads(body).get("detail")
     except (ValueError, AttributeError):
         detail = None
-    return str(detail)[:200] if detail else response.reason_phrase
+    return str(detail)[:200] if detail else reason
 
 
 def _reason(e: Exception) -> str:
