@@ -15,7 +15,7 @@ from cats.bom import records as bom_records
 from cats.bom.home import Home
 from cats.cas import dagcbor
 from cats.cas.cid import CID, DAG_CBOR, RAW
-from cats.cas.dag import put_cbor
+from cats.cas.dag import put_cbor, walk
 from cats.cas.store.local import LocalStore
 from cats.factory import evaluation
 from cats.order import Function, InfraFunction, Order, Plant, Structure
@@ -255,3 +255,20 @@ def test_a_forced_rerun_offers_its_own_results_not_those_its_bom_does_not_record
     assert taking.output == second.output
     report = api.verify(taking.bom, integrity=True)  # the BOM it names vouches for what it took
     assert report.verified, report.problems
+
+
+def test_a_result_whose_blocks_are_not_all_here_is_computed_again(cats_home: Path, tmp_path: Path) -> None:
+    """A finished run's result is taken only if its whole DAG is in the store: one whose root is here but
+    a leaf was lost (a repaired store, a deleted block) is executed again, not linked into a new BOM."""
+    big = jobs.folder(tmp_path, {"big.txt": b"0123456789abcdef" * 40_000, "small.txt": b"tiny\n"}, name="big")
+    store = jobs.home_store(cats_home)
+    first = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[big]))
+    recs = list(bom_records(store, load_bom(store, first.bom)))
+    large = next(r for r in recs if r.input.name == "big.txt")
+    assert large.output.codec != RAW  # a file of several blocks
+    leaves = [c for c in walk(store, large.output) if c.codec == RAW]
+    store.delete(leaves[-1])
+    second = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[big], name="after the loss"))
+    assert (second.executed, second.reused_slices) == (1, 1)
+    assert second.output == first.output
+    assert all(store.has(c) for c in walk(store, second.output))

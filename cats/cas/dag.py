@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from cats.cas import dagpb
 from cats.cas.cid import CID, DAG_CBOR, DAG_JSON, DAG_PB, RAW
 from cats.cas.store import BlockStore, missing
-from cats.errors import DecodeError, InvalidCID, UnknownCodec
+from cats.errors import CatsError, DecodeError, InvalidCID, UnknownCodec
 
 
 def links(cid: CID, block: bytes) -> list[CID]:
@@ -55,6 +55,16 @@ def walk(store: BlockStore, cid: CID, *, read_leaves: bool = False, seen: set[CI
             raise DecodeError(f"{here}: {e}") from None
         yield here
         stack.extend(reversed(children))
+
+
+def whole(store: BlockStore, cid: CID) -> bool:
+    """Whether a DAG is all in the store (its root alone may be, the rest lost): `walk` finds every block."""
+    try:
+        for _ in walk(store, cid):
+            pass
+    except CatsError:
+        return False
+    return True
 
 
 def put_cbor(store: BlockStore, value: object) -> CID:

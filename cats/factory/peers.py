@@ -34,7 +34,7 @@ from cats.bom.home import Home
 from cats.bom.signatures import Envelope
 from cats.cas import car, dagcbor, dagpb, reader
 from cats.cas.cid import CID, DAG_PB, RAW
-from cats.cas.dag import links, walk
+from cats.cas.dag import links, walk, whole
 from cats.cas.store import BlockStore
 from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError
@@ -249,11 +249,8 @@ class _Proofs:
         twice the DAG's recorded bytes (and some slack) holds what was not asked for: it is cut off."""
         if output.codec not in (RAW, DAG_PB):
             raise _Refused(f"output {output} is not a UnixFS file")
-        try:
-            _whole(self.store, output)
+        if whole(self.store, output):
             return  # here already
-        except CatsError:
-            pass
         wanted = {output.to_v1()}
         limit, read = 2 * tsize + SLACK, 0
         with self.peer.stream(f"/ipfs/{output}?format=car") as response:
