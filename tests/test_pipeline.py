@@ -17,9 +17,10 @@ from cats import factory
 from cats.bom import load as load_bom
 from cats.bom.home import Home
 from cats.cas import dagcbor
-from cats.cas.cid import CID
+from cats.cas.cid import CID, RAW
 from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError, StageFailed
+from cats.factory import pipeline
 from cats.mesh.node.orders import OrderRejected, load_order
 from cats.order import Function, InfraFunction, Order
 from cats.order.seal import seal
@@ -179,3 +180,27 @@ def test_a_failing_stage_raises_stage_failed_from_the_api(cats_home: Path, tmp_p
     with pytest.raises(StageFailed, match=r"stage 1 of 2 \(first\)") as raised:
         factory.run(top)
     assert "recorded" not in str(raised.value)
+
+
+def _chain(n: int) -> list[Order]:
+    fn = Function(entry="chain_job:f", code=CID.hash(b"code", RAW))
+    chain = [Order(name="stage 0", function=fn, inputs=[CID.hash(b"input", RAW)])]
+    for k in range(1, n):
+        chain.append(Order(name=f"stage {k}", function=fn, inputs=[chain[-1], chain[-1]]))
+    return chain
+
+
+def test_a_long_chain_and_an_upstream_read_twice_are_ordered_once_each() -> None:
+    """Thousands of stages deep is a loop, not a recursion; a stage read twice by one Order is one stage."""
+    chain = _chain(5000)
+    assert pipeline.stages(chain[-1]) == chain
+    made = pipeline.each(chain[-1], lambda stage: stage.model_copy(update={"name": f"{stage.name}!"}))
+    assert [s.name for s in pipeline.stages(made)][:2] == ["stage 0!", "stage 1!"]
+
+
+def test_stages_reading_each_other_in_a_loop_are_refused_naming_them() -> None:
+    """Frozen as an Order is, its input list is a list: code can make one read itself, through others."""
+    first, second, third = _chain(3)
+    first.inputs.append(third)
+    with pytest.raises(CatsError, match="read each other in a loop: stage 2 reads stage 1 reads stage 0 reads stage 2"):
+        pipeline.stages(third)

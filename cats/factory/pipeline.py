@@ -11,24 +11,34 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from cats.cas.cid import CID
+from cats.errors import CatsError
 from cats.order import Order
 
 
 def stages(order: Order) -> list[Order]:
     """The Orders `order` depends on and itself, each once (the same object feeding two stages runs
-    once), every stage after the stages it reads."""
+    once), every stage after the stages it reads. A walk with a stack of its own, so a chain of any
+    length is ordered; CatsError names the stages of a loop (code can make one: an Order's input list
+    is a list)."""
     ordered: list[Order] = []
     placed: set[int] = set()
-
-    def visit(stage: Order) -> None:
+    path: list[Order] = []  # the stages being visited, each reading the next
+    stack: list[tuple[Order, bool]] = [(order, False)]
+    while stack:
+        stage, upstream_done = stack.pop()
+        if upstream_done:
+            path.pop()
+            placed.add(id(stage))
+            ordered.append(stage)
+            continue
         if id(stage) in placed:
-            return
-        for upstream in upstream_of(stage):
-            visit(upstream)
-        placed.add(id(stage))
-        ordered.append(stage)
-
-    visit(order)
+            continue
+        if any(s is stage for s in path):
+            loop = [name(s) for s in path[next(k for k, s in enumerate(path) if s is stage):]]
+            raise CatsError(f"the pipeline's stages read each other in a loop: {' reads '.join([*loop, loop[0]])}")
+        path.append(stage)
+        stack.append((stage, True))
+        stack.extend((u, False) for u in reversed(upstream_of(stage)) if id(u) not in placed)
     return ordered
 
 
