@@ -122,26 +122,6 @@ def test_replicated_runs_and_unfinished_runs_offer_and_take_nothing(cats_home: P
                              name="same evaluations")).executed == 0
 
 
-def test_appending_to_a_file_split_by_lines_executes_only_its_last_slices(cats_home: Path, tmp_path: Path) -> None:
-    """A range of a stored file is keyed by the leaves that hold it: bytes appended to the file change
-    only the slices whose bytes reach its last (partial) leaf, at most two of slices a leaf long."""
-    log = tmp_path / "app.log"
-    log.write_bytes(b"".join(b"%08d some log line with words\n" % i for i in range(100_000)))  # 3.7 MB
-    infra = InfraFunction(split="lines", merge="concat", chunk_bytes=256 * 1024)  # one leaf's bytes
-    first = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra))
-    with open(log, "ab") as f:
-        f.write(b"".join(b"%08d appended line\n" % i for i in range(1_000)))  # +0.5%
-    second = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra))
-    assert first.slices >= 12 and second.slices >= first.slices
-    assert second.executed <= 2 + (second.slices - first.slices) and second.reused_slices >= first.slices - 2
-    fresh = Home.open(tmp_path / "fresh")
-    try:
-        scratch = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra), home=fresh)
-    finally:
-        fresh.close()
-    assert scratch.output == second.output and scratch.executed == scratch.slices
-
-
 def test_a_parquet_shard_more_executes_only_its_row_groups(cats_home: Path, tmp_path: Path) -> None:
     """A new shard in a folder split by `row-groups`, sorting between the others so their slices move:
     a slice's key names its shard and row group, not its place, so only the new row groups execute."""
@@ -187,3 +167,23 @@ def test_a_file_more_in_the_same_folder_executes_only_it(cats_home: Path, tmp_pa
     second = factory.run(order)
     assert (first.executed, second.slices, second.executed, second.reused_slices) == (6, 7, 1, 6)
     assert marker.read_bytes()[ran:] == b"new file\n\n"  # the second run's one execution
+
+
+def test_appending_to_a_file_split_by_lines_executes_only_its_last_slices(cats_home: Path, tmp_path: Path) -> None:
+    """A range of a stored file is keyed by the leaves that hold it: bytes appended to the file change
+    only the slices whose bytes reach its last (partial) leaf, at most two of slices a leaf long."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"".join(b"%08d some log line with words\n" % i for i in range(100_000)))  # 3.7 MB
+    infra = InfraFunction(split="lines", merge="concat", chunk_bytes=256 * 1024)  # one leaf's bytes
+    first = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra))
+    with open(log, "ab") as f:
+        f.write(b"".join(b"%08d appended line\n" % i for i in range(1_000)))  # +0.5%
+    second = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra))
+    assert first.slices >= 12 and second.slices >= first.slices
+    assert second.executed <= 2 + (second.slices - first.slices) and second.reused_slices >= first.slices - 2
+    fresh = Home.open(tmp_path / "fresh")
+    try:
+        scratch = factory.run(Order(function=_fn(tmp_path, "shout"), inputs=[log], infra=infra), home=fresh)
+    finally:
+        fresh.close()
+    assert scratch.output == second.output and scratch.executed == scratch.slices
