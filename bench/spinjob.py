@@ -13,3 +13,8 @@ def spin(data: bytes, ms: float = 10.0) -> bytes:
     while time.perf_counter() < end:
         pass
     return data.upper()
+
+
+def count_lines(data: bytes) -> bytes:
+    """The lines of a slice, counted: work that costs next to nothing beside reading the slice."""
+    return b"%d\n" % data.count(b"\n")

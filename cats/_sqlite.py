@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 TIMEOUT_S = 30
@@ -34,3 +35,17 @@ def connect(path: str | Path, schema: str = "", pragmas: Sequence[str] = ("synch
                 db.close()
                 raise
             time.sleep(0.05)
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One transaction: committed if the block finishes, rolled back if it raises. A connection in
+    autocommit mode (as `connect` makes) needs it to group statements: `with db:` alone begins no
+    transaction there, so each row of an `executemany` would be a commit of its own."""
+    db.execute("BEGIN IMMEDIATE")  # the write lock now, not at the first write: no deadlock between two writers
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

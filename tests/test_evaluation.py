@@ -130,6 +130,53 @@ def test_replicated_runs_and_unfinished_runs_offer_and_take_nothing(cats_home: P
                              name="same evaluations")).executed == 0
 
 
+def test_a_parquet_shard_more_executes_only_its_row_groups(cats_home: Path, tmp_path: Path) -> None:
+    """A new shard in a folder split by `row-groups`, sorting between the others so their slices move:
+    a slice's key names its shard and row group, not its place, so only the new row groups execute."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    jobs.module(tmp_path, "rowjob", """
+        def rows(table):
+            return table.num_rows
+    """)
+    count = Function(entry="rowjob:rows", source=tmp_path / "rowjob.py", takes="table")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name, rows in (("part-0.parquet", 30), ("part-1.parquet", 12)):
+        pq.write_table(pa.table({"v": list(range(rows))}), shards / name, row_group_size=10)
+    infra = InfraFunction(split="row-groups", merge="list")
+    first = factory.run(Order(function=count, inputs=[shards], infra=infra))
+    pq.write_table(pa.table({"v": list(range(15))}), shards / "part-0a.parquet", row_group_size=10)
+    second = factory.run(Order(function=count, inputs=[shards], infra=infra))
+    assert (first.executed, second.slices, second.executed, second.reused_slices) == (5, 7, 2, 5)
+    store = jobs.home_store(cats_home)
+    recs = list(bom_records(store, load_bom(store, second.bom)))
+    assert [(r.input.name, r.input.row_group, r.reused_from) for r in recs] == [
+        ("part-0.parquet", 0, first.bom), ("part-0.parquet", 1, first.bom), ("part-0.parquet", 2, first.bom),
+        ("part-0a.parquet", 0, None), ("part-0a.parquet", 1, None),
+        ("part-1.parquet", 0, first.bom), ("part-1.parquet", 1, first.bom)]
+    fresh = Home.open(tmp_path / "fresh")
+    try:
+        scratch = factory.run(Order(function=count, inputs=[shards], infra=infra), home=fresh)
+    finally:
+        fresh.close()
+    assert scratch.executed == 7 and scratch.output == second.output
+
+
+def test_a_file_more_in_the_same_folder_executes_only_it(cats_home: Path, tmp_path: Path) -> None:
+    """The folder split by `files` grows in place, the new file sorting first, so every other slice moves."""
+    marker = tmp_path / "ran.log"
+    folder = _folder(tmp_path, "grows", 6)
+    order = Order(function=_fn(tmp_path, "counted", marker=str(marker)), inputs=[folder])
+    first = factory.run(order)
+    ran = marker.stat().st_size
+    (folder / "a-first.txt").write_bytes(b"new file\n")
+    second = factory.run(order)
+    assert (first.executed, second.slices, second.executed, second.reused_slices) == (6, 7, 1, 6)
+    assert marker.read_bytes()[ran:] == b"new file\n\n"  # the second run's one execution
+
+
 def test_appending_to_a_file_split_by_lines_executes_only_its_last_slices(cats_home: Path, tmp_path: Path) -> None:
     """A range of a stored file is keyed by the leaves that hold it: bytes appended to the file change
     only the slices whose bytes reach its last (partial) leaf, at most two of slices a leaf long."""

@@ -12,11 +12,12 @@ import pytest
 from wrapping import Forwarding
 
 from cats.cas.cid import CID, DAG_PB, RAW
-from cats.cas.dag import walk
+from cats.cas.dag import put_cbor, walk
 from cats.cas.importer import CHUNK_SIZE, Importer
 from cats.cas.pins import Pins, gc
 from cats.cas.store import BlockStore
 from cats.cas.store.local import LocalStore
+from cats.cas.store.memory import MemoryStore
 from cats.errors import BlockNotFound, CatsError
 
 
@@ -227,3 +228,92 @@ def test_gc_with_an_incomplete_pinned_dag_removes_nothing(store: BlockStore, pin
     assert str(missing) in str(e.value)
     assert set(store) == before
     assert root in pins
+
+
+# -- pins that walk only what is new --------------------------------------------------------------
+def _linking(store: BlockStore, *roots: CID, tag: str = "new") -> CID:
+    """A new dag-cbor block (with a new raw leaf) linking `roots`, as a BOM links earlier inputs and results."""
+    leaf = CID.hash(tag.encode(), RAW)
+    store.put(leaf, tag.encode())
+    return put_cbor(store, {"tag": tag, "links": [leaf, *roots]})
+
+
+class _Reading(LocalStore):
+    """A local store that notes every block a walk reads or checks."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.touched: set[CID] = set()
+
+    def _has(self, cid: CID) -> bool:
+        self.touched.add(cid.to_v1())
+        return super()._has(cid)
+
+    def _get_unverified(self, cid: CID) -> bytes:
+        self.touched.add(cid.to_v1())
+        return super()._get_unverified(cid)
+
+
+def test_a_pin_of_what_is_new_stops_at_what_pins_reached(pins: Pins, tmp_path: Path) -> None:
+    store = _Reading(tmp_path / "blocks")
+    old = _tree(store, tmp_path / "a", 50)
+    assert pins.add(store, old) == len(_dag(store, old))
+    on_top = _linking(store, old)
+    store.touched.clear()
+    assert pins.add(store, on_top, whole=False) == 2  # the new block and its new leaf
+    assert store.touched == {on_top, CID.hash(b"new", RAW)}  # nothing of the old DAG was read
+    assert on_top in pins
+    assert pins.add(store, on_top, whole=False) == 0  # pinned again: all of it reached already
+    assert pins.add(store, on_top) == len(_dag(store, on_top))  # a whole pin still walks and counts it all
+
+
+def test_a_pin_of_what_is_new_in_memory_walks_everything(pins: Pins, tmp_path: Path) -> None:
+    store = MemoryStore()  # nothing outlives the process: no block is taken as reached
+    old = _tree(store, tmp_path / "a", 51)
+    pins.add(store, old)
+    on_top = _linking(store, old)
+    assert pins.add(store, on_top, whole=False) == len(_dag(store, on_top))
+
+
+def test_gc_keeps_all_a_pin_of_what_is_new_reaches(local_store: LocalStore, pins: Pins, tmp_path: Path) -> None:
+    old = _tree(local_store, tmp_path / "a", 52)
+    pins.add(local_store, old)
+    on_top = _linking(local_store, old)
+    pins.add(local_store, on_top, whole=False)
+    pins.rm(local_store, old)
+    _loose(local_store, 3)
+    _settle()
+    removed = gc(local_store, pins)
+    assert len(removed) == 3
+    assert set(local_store) == _dag(local_store, on_top)  # gc walked on_top to its leaves
+
+
+def test_after_gc_a_pin_of_what_is_new_finds_a_removed_block_missing(local_store: LocalStore, pins: Pins,
+                                                                      tmp_path: Path) -> None:
+    """gc forgets what the pins reached before it removes anything, so a block it removed is never
+    taken as reached: a later pin linking it fails, naming it, and pins nothing."""
+    old = _tree(local_store, tmp_path / "a", 53)
+    pins.add(local_store, old)
+    dag = _dag(local_store, old)
+    pins.rm(local_store, old)
+    _settle()
+    assert set(gc(local_store, pins)) == dag
+    on_top = _linking(local_store, old)
+    with pytest.raises(BlockNotFound) as e:
+        pins.add(local_store, on_top, whole=False)
+    assert str(old) in str(e.value)
+    assert on_top not in pins
+
+
+def test_gc_remembers_what_it_kept(pins: Pins, tmp_path: Path) -> None:
+    store = _Reading(tmp_path / "blocks")
+    old = _tree(store, tmp_path / "a", 54)
+    pins.add(store, old)
+    for made in pins.folder.glob(".reached.sqlite*"):  # pins from before the reached blocks were kept
+        made.unlink()
+    _settle()
+    gc(store, pins)
+    on_top = _linking(store, old)
+    store.touched.clear()
+    assert pins.add(store, on_top, whole=False) == 2
+    assert old not in store.touched

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cats._sqlite import connect
+from cats._sqlite import connect, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (order_cid TEXT PRIMARY KEY, bom TEXT NOT NULL, output TEXT NOT NULL,
@@ -60,7 +60,7 @@ class Index:
         """Record another node's BOM as the producer of its outputs (pulled lineage), so a local Order
         reading one names it as parent, and its slice results' encodings; what this node produced
         itself stays as it is."""
-        with self.db:
+        with transaction(self.db):
             self.db.executemany("INSERT OR IGNORE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])
             self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?)", results)
 
@@ -74,7 +74,7 @@ class Index:
                     evaluations: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
         """Slices an Order's run finished, and (key, outcome) of the evaluations it offers to others once
         its BOM is recorded."""
-        with self.db:
+        with transaction(self.db):
             self.db.executemany("INSERT OR REPLACE INTO slices VALUES (?, ?, ?)",
                                 [(order_cid, r["index"], json.dumps(r)) for r in records])
             self.db.executemany("INSERT OR REPLACE INTO pending VALUES (?, ?, ?)",
@@ -97,7 +97,7 @@ class Index:
     def record_run(self, order_cid: str, bom: str, outputs: list[str], name: str | None,
                    results: Iterable[tuple[str, str]] = ()) -> None:
         """A finished run: its BOM, its outputs, and (result CID, encoding) of each slice."""
-        with self.db:
+        with transaction(self.db):
             self.db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
                             (order_cid, bom, outputs[0], name, time.time()))
             self.db.executemany("INSERT OR REPLACE INTO outputs VALUES (?, ?)", [(o, bom) for o in outputs])

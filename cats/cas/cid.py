@@ -6,6 +6,8 @@ block, so construction must stay a few microseconds.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from cats.cas import multibase, multihash, varint
 from cats.cas.multihash import SHA2_256
 from cats.errors import CatsError, InvalidCID, UnknownCodec
@@ -100,6 +102,10 @@ class CID:
             return text
         if isinstance(text, (bytes, bytearray, memoryview)):
             return cls.from_bytes(text)
+        return _parse_text(text)
+
+    @classmethod
+    def _parse_text(cls, text: str) -> CID:
         try:
             if text != text.strip():
                 raise InvalidCID("a CID has no whitespace")
@@ -112,6 +118,8 @@ class CID:
                 cid = cls.from_bytes(raw)
         except (InvalidCID, UnknownCodec) as e:
             raise InvalidCID(f"malformed CID {text!r}: {e}") from None
+        if text[0] == "b":  # base32, checked canonical: str() need not encode it again
+            object.__setattr__(cid, "_str", text)
         return cid
 
     # -- forms ----------------------------------------------------------------------------
@@ -177,6 +185,11 @@ class CID:
         """True when data hashes to this CID's multihash."""
         code = self.hashfn
         return multihash.digest(data, code) == self.multihash
+
+
+# A run reads the same CIDs as text many times over (a result's CID in the run index, the record, the
+# merge): CIDs are immutable, so one parse serves every later one of the same text.
+_parse_text = lru_cache(maxsize=1 << 14)(CID._parse_text)
 
 
 def cls_cache(cid: CID, raw: bytes) -> CID:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from cats.cas import dagpb
 from cats.cas.cid import CID, DAG_CBOR, DAG_JSON, DAG_PB, RAW
@@ -26,15 +26,19 @@ def links(cid: CID, block: bytes) -> list[CID]:
     raise UnknownCodec(f"cannot follow links of {cid}: codec {cid.codec_name} is not supported")
 
 
-def walk(store: BlockStore, cid: CID, *, read_leaves: bool = False, seen: set[CID] | None = None) -> Iterator[CID]:
+def walk(store: BlockStore, cid: CID, *, read_leaves: bool = False, seen: set[CID] | None = None,
+         skip: Callable[[list[CID]], Iterable[CID]] | None = None) -> Iterator[CID]:
     """Every CID of a DAG, each once, parents before children (dag-pb, dag-cbor, dag-json, raw).
 
     Every block is proven present: linking blocks are read (and so verified); raw leaves, which
     link nothing, are checked with `has` so a walk over a large file does not read its data, unless
     `read_leaves` asks for them to be read and hashed too. CIDs in `seen` (as v1) are skipped, so
-    several walks can share the work.
+    several walks can share the work; so are those `skip` picks (as v1) from the root and from each
+    block's links, asked once per block: DAGs the caller already knows complete.
     """
     seen = set() if seen is None else seen
+    if skip is not None:
+        seen.update(skip([cid.to_v1()]))
     stack = [cid]
     while stack:
         here = stack.pop()
@@ -54,6 +58,8 @@ def walk(store: BlockStore, cid: CID, *, read_leaves: bool = False, seen: set[CI
         except InvalidCID as e:
             raise DecodeError(f"{here}: {e}") from None
         yield here
+        if skip is not None and children:
+            seen.update(skip([c.to_v1() for c in children]))
         stack.extend(reversed(children))
 
 

@@ -77,3 +77,13 @@ def main() -> None:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         sys.exit(130)
+    finally:
+        _leave_ray()
+
+
+def _leave_ray() -> None:
+    """Leave the Ray a command joined (a run's), if any, before exiting: Ray's own exit handler takes
+    about a second longer to do the same."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

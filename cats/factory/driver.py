@@ -312,7 +312,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
     block = bom.block()
     bom_cid = CID.hash(block, DAG_CBOR)
     store.put(bom_cid, block)  # only now: every output and record it links is already stored
-    home.pins.add(store, bom_cid)
+    home.pins.add(store, bom_cid, whole=False)  # the walk stops at what earlier BOMs' pins reached
     home.signatures.add(sign(home.identity, bom_cid))  # this node vouches for what it produced
     nested.keep_signatures(ledger.envelopes, home.signatures)
     # results written to URIs are outputs too: an Order reading one at that version names this BOM as parent

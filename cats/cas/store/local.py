@@ -63,6 +63,7 @@ class LocalStore(BlockStore):
         `cats repair` reads and hashes every block instead."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.root)  # block paths are joined as text: a Path per block costs more than the stat
         self.sync = sync
         self.sample = sample
         # made on first write, so opening a store to read it writes nothing
@@ -77,14 +78,21 @@ class LocalStore(BlockStore):
         return f"file://{self.root.resolve()}"
 
     def path(self, cid: CID) -> Path:
+        return Path(self._file(cid))
+
+    def _file(self, cid: CID) -> str:
         key = _key(cid)
-        return self.root / key[-3:-1] / key
+        return f"{self._root}/{key[-3:-1]}/{key}"
 
     def _has(self, cid: CID) -> bool:
-        return self.path(cid).exists()
+        try:
+            os.stat(self._file(cid))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
 
     def put(self, cid: CID, data: bytes | memoryview) -> None:
-        final = self.path(cid)
+        final = self._file(cid)
         try:
             size = os.stat(final).st_size
         except FileNotFoundError:
@@ -97,10 +105,10 @@ class LocalStore(BlockStore):
     def restore(self, cid: CID, data: bytes | memoryview) -> None:
         if not cid.verify(data):
             raise IntegrityError(f"block {cid} does not match its bytes; not stored", cid)
-        self._write(self.path(cid), data)
+        self._write(self._file(cid), data)
 
     @staticmethod
-    def _sample_matches(final: Path, data: bytes | memoryview, sample: int) -> bool:
+    def _sample_matches(final: str, data: bytes | memoryview, sample: int) -> bool:
         """Whether a window of the stored block equals the same window of data (the whole block when small)."""
         at = random.randrange(max(1, len(data) - sample + 1))
         try:
@@ -114,7 +122,7 @@ class LocalStore(BlockStore):
         return stored == memoryview(data)[at:at + sample]
 
     @staticmethod
-    def _refresh(final: Path) -> bool:
+    def _refresh(final: str) -> bool:
         """Stamp the block as written now; False if it is gone (gc took it: write it again)."""
         try:
             os.utime(final)
@@ -122,10 +130,10 @@ class LocalStore(BlockStore):
             return False
         return True
 
-    def _write(self, final: Path, data: bytes | memoryview) -> None:
-        shard = final.parent.name
+    def _write(self, final: str, data: bytes | memoryview) -> None:
+        shard = os.path.dirname(final)
         if shard not in self._shards:
-            final.parent.mkdir(exist_ok=True)
+            os.makedirs(shard, exist_ok=True)
             with self._lock:
                 self._shards.add(shard)
         tmp = self._tmp / f"{os.getpid()}.{threading.get_ident()}.{next(_counter)}.tmp"
@@ -144,7 +152,8 @@ class LocalStore(BlockStore):
         os.replace(tmp, final)
 
     def delete(self, cid: CID) -> None:
-        self.path(cid).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._file(cid))
 
     def __iter__(self) -> Iterator[CID]:
         for shard in sorted(os.scandir(self.root), key=lambda e: e.name):
@@ -157,14 +166,14 @@ class LocalStore(BlockStore):
 
     def _get_unverified(self, cid: CID) -> bytes:
         try:
-            with open(self.path(cid), "rb") as f:
+            with open(self._file(cid), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             raise missing(cid) from None
 
     def mtime(self, cid: CID) -> float:
         try:
-            return self.path(cid).stat().st_mtime
+            return os.stat(self._file(cid)).st_mtime
         except FileNotFoundError:
             return 0.0
 
