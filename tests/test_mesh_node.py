@@ -270,8 +270,8 @@ def test_read_errors(served: Served) -> None:
     assert "format=raw" in detail(neither) and "format=car" in detail(neither)
     assert node.get(f"/ipfs/{root}", headers={"Accept": "*/*"}).status_code == 406
     assert node.get(f"/ipfs/{root}?format=tar").status_code == 406
-    scope = node.get(f"/ipfs/{root}?format=car&dag-scope=entity")
-    assert scope.status_code == 400 and "entity" in detail(scope)
+    scope = node.get(f"/ipfs/{root}?format=car&dag-scope=everything")
+    assert scope.status_code == 400 and "everything" in detail(scope)
     malformed = node.get("/ipfs/not-a-cid?format=raw")
     assert malformed.status_code == 400 and "not-a-cid" in detail(malformed)
     text = str(root.to_v1())  # 36 bytes in base32: the last character has 2 unused bits; setting one mistypes it

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cats.cas import multihash
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, missing
 from cats.errors import CatsError, IntegrityError
@@ -161,6 +162,31 @@ class LocalStore(BlockStore):
                 return f.read()
         except FileNotFoundError:
             raise missing(cid) from None
+
+    def size(self, cid: CID) -> int:
+        if cid.hashfn == multihash.IDENTITY:
+            return len(cid.digest)
+        try:
+            return os.stat(self.path(cid)).st_size
+        except FileNotFoundError:
+            raise missing(cid) from None
+
+    def read_into(self, cid: CID, buffer: memoryview) -> None:
+        if cid.hashfn == multihash.IDENTITY:
+            super().read_into(cid, buffer)
+            return
+        try:
+            fd = os.open(self.path(cid), os.O_RDONLY)
+        except FileNotFoundError:
+            raise missing(cid) from None
+        try:
+            got = 0
+            while got < len(buffer) and (n := os.readv(fd, [buffer[got:]])):
+                got += n
+            if got != len(buffer) or os.read(fd, 1):
+                raise IntegrityError(f"block {cid} changed size while it was read", cid)
+        finally:
+            os.close(fd)
 
     def mtime(self, cid: CID) -> float:
         try:
