@@ -81,6 +81,18 @@ class BlockStore(ABC):
             raise IntegrityError(f"block {cid} holds {len(data)} bytes, not the {len(buffer)} expected", cid)
         buffer[:] = data
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Callable[[CID, bytes | memoryview], bool]]:
+        """A `put` for many blocks at once (a pull's, from several threads), answering whether the block
+        was not here before: a store may gather them (the local store packs them); each is stored by
+        the end of the block, and may be visible sooner."""
+        def put(cid: CID, data: bytes | memoryview) -> bool:
+            here = self.has(cid)
+            self.put(cid, data)
+            return not here
+
+        yield put
+
     def put_verified(self, cid: CID, data: bytes | memoryview) -> None:
         """Store bytes that came from elsewhere, after checking they match cid."""
         if not cid.verify(data):

@@ -9,12 +9,13 @@ in SQLite until its window closes, so a replay is refused, restarts included. Th
 up to the route's limit and checked against the signed digest as it arrives.
 
     GET  /id                          {did, version, private}
-    GET  /ipfs/{cid}?format=raw       one block (application/vnd.ipld.raw)
+    GET  /ipfs/{cid}?format=raw       one block (application/vnd.ipld.raw); HEAD too
     GET  /ipfs/{cid}?format=car       the DAG under cid as a CARv1 (application/vnd.ipld.car), streamed;
-                                      &dag-scope=block: that block only
+                                      dag-scope=all|entity|block, entity-bytes=from:to (`gateway`)
     GET  /bom/{cid}                   the BOM as JSON
     GET  /bom/{cid}/signatures        its DSSE envelope
     GET  /evaluations/{key}           a slice's evaluation this node computed, with its BOM and signature (signed)
+    GET  /routing/v1/providers/{cid}  who holds it: this node, and trusted peers known to (IPFS routing v1)
     GET  /lineage/{cid}               the lineage graph as JSON
     GET  /ui/lineage/{cid}            the lineage as a self-contained HTML page
     POST /blocks                      a CARv1 body: every block checked, all or nothing
@@ -29,11 +30,12 @@ The operator is whoever signs with the node's own identity (it holds the key in 
 run under the node's `NodePolicy` (confined unless it was started `--unconfined`); a node that cannot
 confine code refuses them all (503) and says why.
 
-A CAR streams parents before children, each block once (`cats.cas.dag.walk`), every block read
-through the store, which checks it against its CID. The root is checked before the answer starts
-(404 if absent); a block missing or corrupted deeper in the DAG can only cut the stream short: the
-connection is closed without the final chunk, so a client sees an incomplete transfer and never a
-CAR that merely looks complete. Clients check every block against its CID anyway.
+A CAR streams parents before children, each block once (`gateway`): the blocks that link are read
+through the store, which checks them against their CIDs; leaves go from their files into the buffer
+sent to the socket and nowhere else (they were checked when they came in). The root is checked
+before the answer starts (404 if absent); a block missing or corrupted deeper in the DAG can only
+cut the stream short: the connection is closed without the final chunk, so a client sees an
+incomplete transfer and never a CAR that merely looks complete. Clients check every block anyway.
 
 Bodies larger than their route takes (`CATS_NODE_MAX_BODY` bytes, 256 MiB by default, for a CAR; 1 MiB
 for JSON; none for a pin) are refused with 413 as soon as Content-Length (or the bytes received so far)
@@ -83,6 +85,7 @@ from cats.factory.peers import Evaluation
 from cats.identity import Identity
 from cats.identity.requests import HEADERS, RequestRejected, Signed, verify_request
 from cats.identity.trust import Trust
+from cats.mesh import routing
 from cats.mesh.node import gateway
 from cats.mesh.node import models as m
 from cats.mesh.node.nonces import Nonces
@@ -453,6 +456,35 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             return Response(media_type=want.media_type, headers=headers)
         return _CarResponse(_car(node.store, parsed, blocks), media_type=want.media_type, headers=headers)
 
+    @app.get("/routing/v1/providers/{cid}", response_class=Response, dependencies=reads,
+             responses={200: {"description": "The provider records (the spec's peer schema): this node, if it holds "
+                                             "the block, and the trusted peers known to hold the DAG",
+                              "content": {routing.JSON: {"schema": {"type": "object"}},
+                                          routing.NDJSON: {"schema": {"type": "string"}}}},
+                        **_errors(400, *read_errors, 404)},
+             summary="Who holds a CID (IPFS HTTP routing v1)",
+             description="This node, when the block is here (with the bytes its DAG declares and whether it is "
+                         "pinned, so whole, in the `cats` field), and the trusted peers known to hold the DAG "
+                         "without asking anyone: those that pinned it here and those it was pulled from. JSON, or "
+                         "NDJSON for `Accept: application/x-ndjson`; 404 when nobody is known to hold it.")
+    def providers(request: Request, cid: CidPath) -> Response:
+        parsed = _cid(cid)
+        found = []
+        if node.store.has(parsed):
+            block = node.store.get(parsed, verify=False)
+            found.append(routing.record(node.identity.did, str(request.base_url).rstrip("/"),
+                                        bytes=routing.dag_bytes(parsed, block), pinned=parsed in node.pins))
+        for did, url in routing.Sources(home() / "sources.sqlite").holders(parsed):
+            peer = node.trust.get(did)
+            if peer is not None and did != node.identity.did and (peer.url or url):
+                found.append(routing.record(did, peer.url or url or ""))
+        headers = {"Vary": "Accept", "Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=15"}
+        if not found:
+            return JSONResponse({"detail": f"no provider of {parsed} is known here"}, 404, headers=headers)
+        ndjson = routing.NDJSON in request.headers.get("accept", "")[:1024]
+        return Response(routing.encode(found, ndjson), media_type=routing.NDJSON if ndjson else routing.JSON,
+                        headers=headers)
+
     @app.get("/bom/{cid}", dependencies=reads,
              responses={200: {"description": "The BOM (its DAG-CBOR block as JSON)",
                               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BOM"}}}},
@@ -549,6 +581,8 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         parsed = _stored_cid(cid)
         try:
             count = node.pins.add(node.store, parsed)
+            if signer.did != node.identity.did:  # the peer that pinned it here holds it: it pushed it
+                routing.Sources(home() / "sources.sqlite").add(parsed, signer.did, None)
         except BlockNotFound as e:
             missing = e.cid if e.cid is not None else parsed
             raise HTTPException(404, f"cannot pin {parsed}: block {missing} is not on this node (push the whole "
