@@ -117,8 +117,7 @@ class LocalStore(BlockStore):
                 key = _key(cid)
                 if size < 0 and self._packs.refresh(key, len(data)):
                     return False
-                pack.append(key, data)
-                return True
+                return pack.append(key, data)
 
             yield put
 

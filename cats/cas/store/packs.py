@@ -190,10 +190,15 @@ class PackWriter:
         self._offset = 0
         self._rows: list[tuple[str, str, int, int, float]] = []
         self._pending = 0
+        self._keys: set[str] = set()  # appended here already
 
-    def append(self, key: str, data: bytes | memoryview) -> None:
+    def append(self, key: str, data: bytes | memoryview) -> bool:
+        """Append a block; False (and nothing written) if this pack has it already."""
         view = memoryview(data)
         with self._lock:
+            if key in self._keys:
+                return False
+            self._keys.add(key)
             at = self._offset
             while view:
                 view = view[os.write(self.fd, view):]
@@ -203,6 +208,7 @@ class PackWriter:
             full = self._pending >= BATCH
         if full:
             self.commit()
+        return True
 
     def commit(self) -> None:
         with self._lock:
