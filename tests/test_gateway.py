@@ -10,6 +10,7 @@ answer.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nodes import RealNode, start_all
+from nodes import RealNode, run_cli, start_all
 
 from cats.cas import car, varint
 from cats.cas.cid import CID, RAW
@@ -347,3 +348,61 @@ def test_kubo_finds_the_node_by_routing_v1(gate: Gate, kubo_bin: str, tmp_path: 
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
+
+
+# -- cats mesh submit --to auto --------------------------------------------------------------------------
+@pytest.mark.slow
+def test_submit_to_auto_sends_the_order_to_the_peer_holding_most_input_bytes(tmp_path: Path, ray_session: str) -> None:
+    """Two trusted peers; Y holds the Order's input (a 2 MiB file), X holds a small part of it only:
+    the Order goes to Y, the stderr line and --json say which and why, and Y's node ran it."""
+    x, y = RealNode(tmp_path / "x", ray_session), RealNode(tmp_path / "y", ray_session)
+    submitter = tmp_path / "submitter"
+    data = random.Random(21).randbytes(2 << 20)
+    for node in (x, y):
+        node.home.mkdir(parents=True)
+    from cats.cas.store.local import LocalStore
+
+    with Importer(LocalStore(submitter / "blocks"), cid_version=1) as importer:  # the submitter pushes them
+        source = importer.add_bytes(data).cid
+        importer.add_bytes(data[:1000])
+    with Importer(y.store, cid_version=1) as importer:
+        assert importer.add_bytes(data).cid == source
+    with Importer(x.store, cid_version=1) as importer:
+        small = importer.add_bytes(data[:1000]).cid
+    me = Identity.load(submitter / "identity")
+    for node in (x, y):
+        Trust(node.home / "trust.json").add(me.did, name="submitter")
+    start_all(x, y)
+    try:
+        Trust(submitter / "trust.json").add(x.did, name="x", url=x.url)
+        Trust(submitter / "trust.json").add(y.did, name="y", url=y.url)
+        order = tmp_path / "auto_order.py"
+        order.write_text(f"""
+from cats.cas.cid import CID
+from cats.order import Function, Order
+
+
+def size(data: bytes) -> bytes:
+    return str(len(data)).encode()
+
+
+order = Order(function=Function.of(size), inputs=[CID.parse({str(source)!r}), CID.parse({str(small)!r})],
+              name="auto")
+""")
+        res = run_cli(submitter, "mesh", "submit", str(order), "--to", "auto", "--json", "--timeout", "180",
+                      RAY_ADDRESS=ray_session)
+        assert res.code == 0, res.err
+        result = json.loads(res.out)
+        placement = result["placement"]
+        assert placement["url"] == y.url == result["url"] and placement["did"] == y.did
+        held = {h["did"]: h["bytes"] for h in placement["asked"]}
+        assert held[y.did] >= len(data) > held[x.did] >= 1000
+        assert f"--to auto: {y.url} ({y.did}): it holds {held[y.did]} of the input bytes" in res.err
+        assert result["status"] == "done" and y.store.has(CID.parse(result["bom"]))
+        assert not x.store.has(CID.parse(result["bom"]))
+    finally:
+        for node in (x, y):
+            node.stop()
+    # no trusted peer answers: one line naming them, nothing sent
+    res = run_cli(submitter, "mesh", "submit", str(order), "--to", "auto")
+    res.error_line("--to auto", x.url, y.url)

@@ -229,7 +229,12 @@ class Node:
         try:
             while True:
                 buffer = bytearray(PIECE)
-                if not (n := response.readinto(buffer)):
+                try:
+                    n = response.readinto(buffer)
+                except http.client.IncompleteRead as e:  # what came before the cut is still whole sections
+                    yield memoryview(e.partial)
+                    raise
+                if not n:
                     return
                 yield memoryview(buffer)[:n]
         except TimeoutError:

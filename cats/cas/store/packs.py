@@ -152,7 +152,8 @@ class Packs:
 
     @contextlib.contextmanager
     def writer(self, sync: bool) -> Iterator[PackWriter]:
-        """A pack of this process's own; what was appended is visible once the block ends (or sooner)."""
+        """A pack of this process's own; what was appended is visible once the block ends, however it
+        ends (or sooner)."""
         self._index(create=True)
         name = f"{os.getpid()}.{secrets.token_hex(6)}.pack"
         self._writing.add(name)
@@ -160,10 +161,12 @@ class Packs:
         writer = PackWriter(self, name, fd, sync)
         try:
             yield writer
-            writer.commit()
         finally:
-            os.close(fd)
-            self._writing.discard(name)
+            try:
+                writer.commit()  # whatever stopped the writer, what it appended is whole
+            finally:
+                os.close(fd)
+                self._writing.discard(name)
             self._drop_if_empty(name)
 
     def _commit(self, rows: list[tuple[str, str, int, int, float]]) -> None:

@@ -299,37 +299,48 @@ class CarWriter:
     def __init__(self, store: BlockStore, root: CID, blocks: Iterator[Section]) -> None:
         self.store, self.root, self.blocks = store, root, blocks
         self.buffer = bytearray(CHUNK + car.MAX_SECTION)
+        self.used = 0  # bytes of the buffer holding whole sections not sent yet
         self.sent = 0
 
     def pieces(self) -> Iterator[memoryview]:
+        """The CAR in pieces; a block that cannot be read ends it after the whole sections before it."""
         view = memoryview(self.buffer)
         head = car.header([self.root])
         view[:len(head)] = head
-        used = len(head)
-        for section in self.blocks:
-            cid = section.cid
-            if cid.hashfn == multihash.IDENTITY:
-                continue  # its bytes are in the CID (and so in whatever links it)
-            size = len(section.block) if section.block is not None else self.store.size(cid)
-            if size > car.MAX_BLOCK:
-                raise CatsError(f"block {cid} holds {size} bytes, more than a CAR section may ({car.MAX_BLOCK})")
-            raw = bytes(cid)
-            prefix = varint.encode(len(raw) + size) + raw
-            if used + len(prefix) + size > len(self.buffer):
-                yield view[:used]
-                self.sent += used
-                used = 0
-            view[used:used + len(prefix)] = prefix
-            used += len(prefix)
-            if section.block is not None:
-                view[used:used + size] = section.block
-            else:
-                self.store.read_into(cid, view[used:used + size])
-            used += size
-            if used >= CHUNK:
-                yield view[:used]
-                self.sent += used
-                used = 0
-        if used:
-            yield view[:used]
-            self.sent += used
+        self.used = len(head)
+        try:
+            for section in self.blocks:
+                if section.cid.hashfn == multihash.IDENTITY:
+                    continue  # its bytes are in the CID (and so in whatever links it)
+                yield from self._add(view, section)
+        except CatsError:
+            if self.used:
+                yield self._flush(view)
+            raise
+        if self.used:
+            yield self._flush(view)
+
+    def _add(self, view: memoryview, section: Section) -> Iterator[memoryview]:
+        """Lay one section into the buffer, sending the buffer first if it would not fit, and after if full."""
+        cid = section.cid
+        size = len(section.block) if section.block is not None else self.store.size(cid)
+        if size > car.MAX_BLOCK:
+            raise CatsError(f"block {cid} holds {size} bytes, more than a CAR section may ({car.MAX_BLOCK})")
+        raw = bytes(cid)
+        prefix = varint.encode(len(raw) + size) + raw
+        if self.used + len(prefix) + size > len(self.buffer):
+            yield self._flush(view)
+        at = self.used + len(prefix)
+        if section.block is not None:
+            view[at:at + size] = section.block
+        else:
+            self.store.read_into(cid, view[at:at + size])  # before the prefix: a failed read leaves no trace
+        view[self.used:at] = prefix
+        self.used = at + size
+        if self.used >= CHUNK:
+            yield self._flush(view)
+
+    def _flush(self, view: memoryview) -> memoryview:
+        piece, self.used = view[:self.used], 0
+        self.sent += len(piece)
+        return piece
