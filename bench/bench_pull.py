@@ -1,32 +1,31 @@
-"""Benchmark `cats.mesh.client.pull` of a ~200 MB lineage from a real CAT Node against a plain HTTP
-download of the same number of bytes, on loopback, on the same machine, in the same run.
+"""Benchmark `cats mesh pull` of a file's DAG from a real CAT Node against `curl` downloading the same
+bytes from `python -m http.server`: both whole commands, on loopback, on the same machine, in one run.
 
-Lineage: Order 1 digests every file of a folder of random files (--mib in total, in --files files);
-Order 2 reads Order 1's output, so its BOM names Order 1's as a parent. Pulling BOM 2 into an
-empty store fetches everything: both BOMs, their Orders, code, lock, records, outputs and the input
-folder, every block hashed against its CID and written to its own file.
+A file of --mib random MiB is added to the node's store (`cats add`: 256 KiB raw leaves under
+dag-pb nodes) and served as it is by `http.server`. Each round, interleaved: `curl -o FILE URL`;
+`cats mesh pull CID --from NODE` into an empty CATS_HOME (identity made, every block hashed against
+its CID and stored, the DAG pinned); and, to tell the node's part from the client's, `curl` of the
+node's CAR to /dev/null. Before each run the previous output of its kind is removed and os.sync()
+writes dirty pages back, so every run starts from the same state. Target: pull >= 0.7x curl.
 
-Baseline: one file of exactly the DAG's total block bytes, served by `python -m http.server` and
-streamed to a file by httpx and by http.client (the better of the two is the baseline), and by
-curl for scale. Runs are interleaved; before each, the previous output of its kind is removed and
-os.sync() writes back dirty pages, so every run starts from the same state. Target:
-pull throughput >= 0.5x the baseline.
+    python bench/bench_pull.py [--mib 1024] [--repeat 3] [--checkout PATH] [--json bench/results/pull.json]
 
-    python bench/bench_pull.py [--mib 200] [--files 8] [--repeat 5] [--json bench/results/pull.json]
+--checkout runs another checkout's `cats` (node and CLI), to measure a before and an after in the
+same conditions.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -34,19 +33,13 @@ import httpx
 from common import machine, save
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # this checkout's cats, in this process and (below) in the node's
-TARGET = 0.5
-PULL = "cats mesh pull (node CAR stream -> verify -> a file per block)"
-HTTPX = "plain HTTP download (http.server -> httpx -> file)"
-HTTP_CLIENT = "plain HTTP download (http.server -> http.client -> file)"
-CURL = "plain HTTP download (http.server -> curl -> file)"
-CEILING = "the node's CAR alone (node -> http.client -> nowhere)"
-STORE = "the store alone (the DAG's blocks, in memory -> an empty store)"
+TARGET = 0.7
+PULL = "cats mesh pull CID --from NODE (an empty home)"
+CURL = "curl -o FILE (python -m http.server)"
+NODE_CAR = "curl -o /dev/null (the node's CAR)"
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -67,58 +60,6 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float
         time.sleep(0.1)
 
 
-def build_lineage(work: Path, mib: int, files: int) -> tuple[str, str]:
-    """Run the two Orders in CATS_HOME (the node's home); return the second BOM's CID and Ray's address."""
-    import ray
-
-    from cats import factory
-    from cats.order import Function, Order
-
-    inputs = work / "inputs"
-    inputs.mkdir()
-    rng = random.Random(6)
-    each = (mib << 20) // files
-    for i in range(files):
-        (inputs / f"part-{i:02d}.bin").write_bytes(rng.randbytes(each))
-    code = work / "bench_pull_jobs.py"
-    code.write_text(textwrap.dedent("""
-        import hashlib
-
-        def digest(data):
-            return hashlib.sha256(data).hexdigest().encode() + b"\\n"
-
-        def shout(data):
-            return data.upper()
-    """))
-    first = factory.run(Order(function=Function(entry="bench_pull_jobs:digest", source=code), inputs=[inputs],
-                              name="bench_pull digest"), quiet=True)
-    second = factory.run(Order(function=Function(entry="bench_pull_jobs:shout", source=code), inputs=[first.output],
-                               name="bench_pull shout"), quiet=True)
-    return str(second.bom), ray.get_runtime_context().gcs_address
-
-
-def start_node(home: Path, ray_address: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "CATS_HOME": str(home), "RAY_ADDRESS": ray_address, "PYTHONPATH": path}
-    out = open(log, "wb")  # noqa: SIM115 - the node writes here for its whole life
-    proc = subprocess.Popen([sys.executable, "-m", "cats", "node", "start", "--port", str(port)], stdout=out,
-                            stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/id", proc, "cats node start")
-    return proc, url
-
-
-def dag_bytes(home: Path, bom: str) -> tuple[int, int]:
-    from cats.cas.cid import CID
-    from cats.cas.dag import walk
-    from cats.cas.store.local import LocalStore
-
-    store = LocalStore(home / "blocks")
-    sizes = [store.path(c).stat().st_size for c in walk(store, CID.parse(bom))]
-    return len(sizes), sum(sizes)
-
-
 def settle(dest: Path) -> None:
     """Remove what the previous run of this kind wrote and write back what is dirty: every run starts
     with the same files on disk and no dirty pages, so no run pays for another's."""
@@ -130,189 +71,104 @@ def settle(dest: Path) -> None:
     time.sleep(0.5)
 
 
-def time_pull(url: str, bom: str, target: Path) -> tuple[float, dict]:
-    from cats.bom.signatures import Signatures
-    from cats.cas.cid import CID
-    from cats.cas.store.local import LocalStore
-    from cats.mesh.client import pull
-
-    settle(target)
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, bytes]:
     start = time.perf_counter()
-    report = pull(LocalStore(target / "blocks"), CID.parse(bom), url, signatures=Signatures(target / "signatures"))
-    return time.perf_counter() - start, report.summary()
+    done = subprocess.run(argv, env=env, capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} … exited {done.returncode}: {done.stderr.decode()[-500:]}")
+    return elapsed, done.stdout
 
 
-def time_httpx(url: str, dest: Path) -> float:
-    settle(dest)
-    start = time.perf_counter()
-    with httpx.stream("GET", url, timeout=60) as response, open(dest, "wb") as f:
-        response.raise_for_status()
-        for chunk in response.iter_raw():
-            f.write(chunk)
-    return time.perf_counter() - start
-
-
-def time_http_client(url: str, dest: Path) -> float:
-    import http.client
-    from urllib.parse import urlsplit
-
-    settle(dest)
-    parts = urlsplit(url)
-    start = time.perf_counter()
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    conn.request("GET", parts.path)
-    response = conn.getresponse()
-    with open(dest, "wb") as f:
-        while piece := response.read1(1 << 20):
-            f.write(piece)
-    conn.close()
-    return time.perf_counter() - start
-
-
-def time_node_car(url: str, bom: str) -> float:
-    """The node's CAR read and dropped: what the node can serve, the most any pull can get."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    os.sync()
-    time.sleep(0.5)
-    parts = urlsplit(url)
-    start = time.perf_counter()
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    conn.request("GET", f"/ipfs/{bom}?format=car")
-    response = conn.getresponse()
-    while response.read1(1 << 20):
-        pass
-    conn.close()
-    return time.perf_counter() - start
-
-
-def time_store(blocks: list[tuple[object, bytes]], target: Path) -> float:
-    """Writing the blocks into an empty store, as a pull does (4 threads), without a network or hashing."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cats.cas.store.local import LocalStore
-
-    settle(target)
-    start = time.perf_counter()
-    store = LocalStore(target)
-    with ThreadPoolExecutor(4) as pool:
-        for _ in pool.map(lambda item: store.put(*item), blocks):
-            pass
-    return time.perf_counter() - start
-
-
-def time_curl(url: str, dest: Path) -> float | None:
-    if shutil.which("curl") is None:
-        return None
-    settle(dest)
-    start = time.perf_counter()
-    subprocess.run(["curl", "-sS", "-o", str(dest), url], check=True)
-    return time.perf_counter() - start
-
-
-def stats(samples: list[float], size: int) -> dict[str, float]:
+def stats(samples: list[float], size: int) -> dict[str, object]:
     med = statistics.median(samples)
-    return {"median_s": med, "min_s": min(samples), "mb_per_s": size / med / 1e6,
+    return {"median_s": round(med, 4), "min_s": round(min(samples), 4), "mb_per_s": round(size / med / 1e6, 1),
             "samples_s": [round(s, 4) for s in samples]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mib", type=int, default=200, help="MiB of input files.")
-    parser.add_argument("--files", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--mib", type=int, default=1024, help="MiB of the file (default 1024)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--checkout", type=Path, default=REPO, help="the checkout whose cats runs (default: this one)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "pull.json")
     args = parser.parse_args()
+    if shutil.which("curl") is None:
+        raise SystemExit("curl is needed: it is the baseline")
+    checkout = args.checkout.resolve()
 
     work = Path(tempfile.mkdtemp(prefix="bench-pull-"))
-    home = work / "node-home"
-    os.environ["CATS_HOME"] = str(home)
+    base_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(checkout), *filter(None, [os.environ.get(
+        "PYTHONPATH")])])}
+    base_env.pop("CATS_STORE", None)
+    base_env.pop("CATS_IPFS_API", None)
+    cats = [sys.executable, "-m", "cats"]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        print(f"building the lineage: two Orders over {args.mib} MiB in {args.files} files …", file=sys.stderr)
-        bom, ray_address = build_lineage(work, args.mib, args.files)
-        blocks, size = dag_bytes(home, bom)
-        node, url = start_node(home, ray_address, work / "node.log")
-        procs.append(node)
-
         static = work / "static"
         static.mkdir()
-        with open(static / "same-bytes.bin", "wb") as f:  # the DAG's bytes, as one plain file
-            rng = random.Random(7)
-            left = size
-            while left:
-                n = min(left, 8 << 20)
-                f.write(rng.randbytes(n))
-                left -= n
+        data = static / "data.bin"
+        print(f"writing {args.mib} MiB and adding it to the node's store …", file=sys.stderr)
+        with open(data, "wb") as f:
+            for _ in range(args.mib):
+                f.write(os.urandom(1 << 20))
+        node_env = {**base_env, "CATS_HOME": str(work / "node-home")}
+        _, out = timed([*cats, "add", str(data)], env=node_env)
+        cid = out.decode().split()[-2]
+
+        port = free_port()
+        log = open(work / "node.log", "wb")  # noqa: SIM115 - the node writes here for its whole life
+        node = subprocess.Popen([*cats, "node", "start", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                env=node_env, cwd=checkout)
+        procs.append(node)
+        node_url = f"http://127.0.0.1:{port}"
+        wait_http(node_url + "/id", node, "cats node start")
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
                                    "--directory", str(static)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(server)
-        file_url = f"http://127.0.0.1:{port}/same-bytes.bin"
+        file_url = f"http://127.0.0.1:{port}/data.bin"
         wait_http(file_url, server, "python -m http.server")
 
-        runs: dict[str, list[float]] = {PULL: [], HTTPX: [], HTTP_CLIENT: [], CURL: [], CEILING: [], STORE: []}
-        from cats.cas.cid import CID
-        from cats.cas.dag import walk
-        from cats.cas.store.local import LocalStore
-
-        source = LocalStore(home / "blocks")
-        held = [(cid, source.get(cid)) for cid in walk(source, CID.parse(bom))]
+        runs: dict[str, list[float]] = {PULL: [], CURL: [], NODE_CAR: []}
         reports = []
-        downloads = work / "downloads"
-        downloads.mkdir()
+        home, download = work / "pulled-home", work / "download.bin"
         for _ in range(args.repeat):  # interleaved, so a slow moment of the machine hits every kind alike
-            elapsed, report = time_pull(url, bom, work / "pulled")
+            settle(download)
+            elapsed, _ = timed(["curl", "-sS", "-o", str(download), file_url])
+            runs[CURL].append(elapsed)
+            if download.stat().st_size != args.mib << 20:
+                raise SystemExit(f"curl got {download.stat().st_size} bytes")
+            settle(home)
+            elapsed, out = timed([*cats, "mesh", "pull", cid, "--from", node_url, "--json"],
+                                 env={**base_env, "CATS_HOME": str(home)})
             runs[PULL].append(elapsed)
-            reports.append(report)
-            runs[HTTPX].append(time_httpx(file_url, downloads / "httpx.bin"))
-            runs[HTTP_CLIENT].append(time_http_client(file_url, downloads / "http.client.bin"))
-            curl = time_curl(file_url, downloads / "curl.bin")
-            if curl is not None:
-                runs[CURL].append(curl)
-            runs[CEILING].append(time_node_car(url, bom))
-            runs[STORE].append(time_store(held, work / "stored"))
-            for f in downloads.iterdir():
-                if f.stat().st_size != size:
-                    raise SystemExit(f"download {f.name} got {f.stat().st_size} bytes, not {size}")
+            reports.append(json.loads(out))
+            os.sync()
+            time.sleep(0.5)
+            elapsed, _ = timed(["curl", "-sS", "-o", "/dev/null", f"{node_url}/ipfs/{cid}?format=car"])
+            runs[NODE_CAR].append(elapsed)
+        size = reports[-1]["fetched_bytes"]
         for r in reports:
-            if r["fetched_blocks"] != blocks or r["fetched_bytes"] != size:
-                raise SystemExit(f"a pull fetched {r['fetched_blocks']} blocks / {r['fetched_bytes']} bytes, "
-                                 f"expected {blocks} / {size}")
-        runs = {k: v for k, v in runs.items() if v}
+            if r["fetched_blocks"] != r["blocks"] or r["fetched_bytes"] != size or not r["pinned"]:
+                raise SystemExit(f"a pull did not fetch and pin the whole DAG: {r}")
 
         medians = {k: statistics.median(v) for k, v in runs.items()}
-        baseline = min(medians[HTTPX], medians[HTTP_CLIENT])
-        ratio = baseline / medians[PULL]
+        ratio = medians[CURL] / medians[PULL]
         result = {
-            "bom": bom, "blocks": blocks, "bytes": size, "input_mib": args.mib, "input_files": args.files,
-            "repeat": args.repeat,
-            "machine": machine(),
-            "runs": {k: stats(v, size) for k, v in runs.items()},
-            "requests_per_pull": reports[-1]["requests"],
-            "signers": reports[-1]["signers"],
-            "baseline": HTTPX if medians[HTTPX] <= medians[HTTP_CLIENT] else HTTP_CLIENT,
-            "pull_vs_plain_http": ratio,
-            "pull_vs_httpx": medians[HTTPX] / medians[PULL],
-            "pull_vs_http_client": medians[HTTP_CLIENT] / medians[PULL],
-            "pull_vs_curl": medians[CURL] / medians[PULL] if CURL in medians else None,
-            "pull_vs_node_ceiling": medians[CEILING] / medians[PULL],
-            "node_ceiling_vs_plain_http": baseline / medians[CEILING],
-            "store_alone_s": medians[STORE],
+            "cid": cid, "file_bytes": args.mib << 20, "dag_blocks": reports[-1]["blocks"], "dag_bytes": size,
+            "repeat": args.repeat, "checkout": str(checkout), "machine": machine(),
+            "runs": {k: stats(v, args.mib << 20) for k, v in runs.items()},
+            "pull_vs_curl": round(ratio, 3),
+            "node_car_vs_curl": round(medians[CURL] / medians[NODE_CAR], 3),
             "target": TARGET,
             "met": ratio >= TARGET,
         }
-        print(f"\n{blocks} blocks, {size / 1e6:.1f} MB (BOM {bom})\n")
-        print(f"{'':62} {'median s':>9} {'MB/s':>8} {'pull is':>8}")
+        print(f"\n{args.mib} MiB file: {result['dag_blocks']} blocks, {size / 1e6:.1f} MB in the DAG ({cid})\n")
+        print(f"{'':48} {'median s':>9} {'MB/s':>8}")
         for name, row in result["runs"].items():
-            print(f"{name:62} {row['median_s']:9.3f} {row['mb_per_s']:8.1f} "
-                  f"{medians[name] / medians[PULL]:7.2f}x")
-        print(f"\npull / plain HTTP throughput: {ratio:.2f}x against the better Python download "
-              f"(target >= {TARGET}: {'met' if result['met'] else 'MISSED'})")
-        print(f"the node's CAR alone reaches {result['node_ceiling_vs_plain_http']:.2f}x of it; the pull gets "
-              f"{result['pull_vs_node_ceiling']:.2f}x of what the node serves; storing the blocks alone takes "
-              f"{medians[STORE]:.2f} s")
+            print(f"{name:48} {row['median_s']:9.3f} {row['mb_per_s']:8.1f}")
+        print(f"\npull / curl throughput: {ratio:.2f}x (target >= {TARGET}: {'met' if result['met'] else 'MISSED'})")
         save(result, args.json)
     finally:
         for proc in procs:
@@ -321,12 +177,6 @@ def main() -> None:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        try:
-            import ray
-
-            ray.shutdown()
-        except Exception:  # best effort at exit
-            pass
         shutil.rmtree(work, ignore_errors=True)
 
 

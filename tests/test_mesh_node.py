@@ -270,8 +270,8 @@ def test_read_errors(served: Served) -> None:
     assert "format=raw" in detail(neither) and "format=car" in detail(neither)
     assert node.get(f"/ipfs/{root}", headers={"Accept": "*/*"}).status_code == 406
     assert node.get(f"/ipfs/{root}?format=tar").status_code == 406
-    scope = node.get(f"/ipfs/{root}?format=car&dag-scope=entity")
-    assert scope.status_code == 400 and "entity" in detail(scope)
+    scope = node.get(f"/ipfs/{root}?format=car&dag-scope=everything")
+    assert scope.status_code == 400 and "everything" in detail(scope)
     malformed = node.get("/ipfs/not-a-cid?format=raw")
     assert malformed.status_code == 400 and "not-a-cid" in detail(malformed)
     text = str(root.to_v1())  # 36 bytes in base32: the last character has 2 unused bits; setting one mistypes it
@@ -660,7 +660,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(served: Served, 
              "--request-timeout", "20", "--suppress-health-check", "all"],
             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
-    assert "Selected: 14/14" in proc.stdout and "Tested: 14" in proc.stdout, proc.stdout[-3000:]
+    assert "Selected: 16/16" in proc.stdout and "Tested: 16" in proc.stdout, proc.stdout[-3000:]
     assert "401 Unauthorized" not in proc.stdout, "the proxy's signatures were refused"
     assert served.node.get("/id").status_code == 200
 

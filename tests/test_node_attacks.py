@@ -235,18 +235,20 @@ def test_unknown_hash_functions_and_identity_cids(nodes: Nodes) -> None:
     assert refused.status_code == 400, refused.text
     assert "unsupported multihash function 0x1234" in detail(refused) and "\n" not in detail(refused)
 
-    # an identity CID is its own block: served inline, accepted in a CAR (and not stored), refused where
-    # a stored BOM, pin or Order is looked up
+    # an identity CID is its own block: served inline, accepted in a CAR (and not stored), never sent as a
+    # block of a CAR (the trustless gateway spec: its bytes are in the CID), refused where a stored BOM,
+    # pin or Order is looked up
     inline = b"hello, inline world"
     ident = CID(1, RAW, multihash.digest(inline, multihash.IDENTITY))
     raw = node.get(f"/ipfs/{ident}?format=raw")
     assert raw.status_code == 200 and raw.content == inline
-    assert parse_car(node.get(f"/ipfs/{ident}?format=car").content) == ([ident], [(ident, inline)])
+    assert parse_car(node.get(f"/ipfs/{ident}?format=car").content) == ([ident], [])
     holder = dagcbor.encode({"inline": ident})
     holder_cid = CID.hash(holder, DAG_CBOR)
     pushed = node.request("POST", "/blocks", who=peer, body=raw_car([ident, holder_cid],
                                                                     [(ident, inline), (holder_cid, holder)]))
     assert pushed.status_code == 200 and pushed.json() == {"roots": [str(ident), str(holder_cid)], "blocks": 2}
+    assert parse_car(node.get(f"/ipfs/{holder_cid}?format=car").content) == ([holder_cid], [(holder_cid, holder)])
     for path in (f"/bom/{ident}", f"/lineage/{ident}", f"/bom/{ident}/signatures"):
         answer = node.get(path)
         assert answer.status_code == 400 and "identity CID" in detail(answer), (path, answer.text)

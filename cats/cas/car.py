@@ -124,16 +124,26 @@ class Sections:
         self._at = 0  # stream offset of the first byte held
 
     def feed(self, piece: bytes | memoryview) -> Iterator[tuple[CID, memoryview]]:
-        """The sections this piece completes."""
-        if not piece:
-            return
-        self._held.append(piece)
-        self._size += len(piece)
-        if self._size < self._need:
-            return
-        data = memoryview(self._held[0] if len(self._held) == 1 else b"".join(self._held))
+        """The sections this piece completes. Only a section split across pieces is copied (once, when its
+        last piece comes); the rest of a piece is read in place."""
+        view = memoryview(piece)
+        while view:
+            if not self._held:
+                yield from self._parse(view)
+                return
+            if self._need and self._size + len(view) < self._need:  # the held section goes on past this piece
+                self._held.append(view)
+                self._size += len(view)
+                return
+            # the held section ends in this piece (or its length is still unknown): join just what it needs
+            take = self._need - self._size if self._need else 16
+            head, view = view[:take], view[take:]
+            yield from self._parse(memoryview(b"".join([*self._held, head])))
+
+    def _parse(self, data: memoryview) -> Iterator[tuple[CID, memoryview]]:
+        """The whole sections at the start of data; what follows them is held for the next piece."""
+        self._held, self._size, self._need = [], 0, 0
         pos = 0
-        self._need = 0
         try:
             while True:
                 try:

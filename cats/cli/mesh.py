@@ -222,14 +222,19 @@ def pull(
     from cats.cas.pins import Pins
     from cats.cas.store import open_store
     from cats.config import home
+    from cats.identity.trust import Trust
+    from cats.mesh.client import Node
     from cats.mesh.client import pull as run
+    from cats.mesh.routing import Sources
 
     root = _cid(cid)
     store = open_store()
-    with store.lease(), _PullBar(not as_json) as progress:
-        report = run(store, root, url, _identity(), progress=progress)
+    with store.lease(), _PullBar(not as_json) as progress, Node(url, _identity()) as node:
+        report = run(store, root, url, progress=progress, node=node)
         if pin:
             Pins(home() / "pins").add(store, root)
+        if node.did in Trust():  # this node now knows that peer holds the DAG (it answers so, routing v1)
+            Sources(home() / "sources.sqlite").add(root, node.did, node.url)
     if as_json:
         _print_json({**report.summary(), "pinned": pin})
         return
@@ -278,7 +283,8 @@ class _null:
 @mesh_app.command()
 def submit(
     order_file: Path = typer.Argument(..., metavar="ORDER.py", help="A Python file defining `order`."),
-    url: str = typer.Option(..., "--to", help="The node that runs it; it must trust this node (`cats id`)."),
+    url: str = typer.Option(..., "--to", help="The node that runs it; it must trust this node (`cats id`). `auto`: "
+                                              "the trusted peer whose node holds the most input bytes."),
     timeout: float = typer.Option(3600.0, "--timeout", min=1, help="Seconds to wait for the run."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, order, output, …)."),
 ) -> None:
@@ -291,19 +297,33 @@ def submit(
     from cats.cli.run import _load_order
 
     order = _load_order(order_file)
+    placement = _place(order) if url == "auto" else None
+    if placement is not None:
+        url = placement.chosen.url
+        _err().print(f"--to auto: {url} ({placement.chosen.did}): {placement.reason}")
     if sys.stderr.isatty() and not as_json:
         with _err().status(f"submitting to {url}", spinner="dots") as status:
             result = run(order, to=url, timeout=timeout, progress=lambda s: status.update(f"order {s} on {url}"))
     else:
         result = run(order, to=url, timeout=timeout)
     if as_json:
-        typer.echo(json.dumps(result.summary()))
+        typer.echo(json.dumps({**result.summary(), **({"placement": placement.summary()} if placement else {})}))
         return
     signers = result.pulled.signers.get(result.bom) or []
     _err().print(f"[green]done[/] on {result.url} in {result.duration_s:.2f} s (job {result.job})\n"
                  f"order  {result.order}\noutput {result.output}\n"
                  + (f"signed by {', '.join(signers)}" if signers else "[yellow]the BOM came back unsigned[/]"))
     typer.echo(result.bom)
+
+
+def _place(order: Any) -> Any:
+    """--to auto: ask every trusted peer's node (IPFS routing v1) where the Order's CID inputs are."""
+    from cats.cas.cid import CID
+    from cats.identity.trust import Trust
+    from cats.mesh.routing import locate
+
+    inputs = [i for i in order.inputs if isinstance(i, CID)]
+    return locate(inputs, [(p.did, p.url) for p in Trust().peers() if p.url])
 
 
 @mesh_app.command()

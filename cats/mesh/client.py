@@ -30,7 +30,7 @@ from cats.cas import car, dagcbor
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import links
 from cats.cas.store import BlockStore
-from cats.errors import CarError, CarTruncated, CatsError, EnvelopeError, MeshError, StreamCut
+from cats.errors import BlockNotFound, CarError, CarTruncated, CatsError, EnvelopeError, MeshError, StreamCut
 
 if TYPE_CHECKING:
     from cats.bom.signatures import Envelope, Signatures
@@ -42,6 +42,7 @@ __all__ = ["Node", "PullReport", "PushReport", "Submitted", "pull", "push", "sub
 
 CAR = "application/vnd.ipld.car"
 PUSH_BATCH = 32 << 20  # bytes of blocks per POST /blocks: each batch is signed, so it sits in memory
+PIECE = 8 << 20  # bytes of a CAR stream read at a time
 
 
 _Response = http.client.HTTPResponse
@@ -183,9 +184,9 @@ class Node:
             response.close()
             conn.close()
 
-    # CAR streams come through http.client, on a connection of their own: it hands over what the
-    # socket has in pieces of up to 1 MiB, where httpx reads 64 KiB at a time through h11, and on
-    # loopback it receives a 200 MB CAR in about 0.45 s where httpx takes 0.6-0.7 s.
+    # CAR streams come through http.client, on a connection of their own: it reads the body (chunked
+    # or not) straight into a buffer of ours, PIECE bytes at a time, where httpx reads 64 KiB at a time
+    # through h11 and copies each.
     def _stream(self, path: str, headers: dict[str, str]) -> tuple[_Response, _Connection]:
         import ssl
 
@@ -222,10 +223,20 @@ class Node:
                 raise self._refused("GET", path, response.status, body, response.reason)
             return response, conn
 
-    def _pieces(self, response: _Response) -> Iterator[bytes]:
+    def _pieces(self, response: _Response) -> Iterator[memoryview]:
+        """The body in pieces of PIECE bytes, each read straight into a buffer of its own (the blocks
+        handed on are views of it, so it is never reused)."""
         try:
-            while piece := response.read1(1 << 20):
-                yield piece
+            while True:
+                buffer = bytearray(PIECE)
+                try:
+                    n = response.readinto(buffer)
+                except http.client.IncompleteRead as e:  # what came before the cut is still whole sections
+                    yield memoryview(e.partial)
+                    raise
+                if not n:
+                    return
+                yield memoryview(buffer)[:n]
         except TimeoutError:
             raise MeshError(f"node at {self.url} stopped sending for {self.timeout:g} s", url=self.url) from None
         except (OSError, http.client.HTTPException) as e:
@@ -291,7 +302,8 @@ def _reason(e: Exception) -> str:
 # -- CAR streams ----------------------------------------------------------------------------------------
 
 
-def read_car(chunks: Iterable[bytes], where: str, root: CID | None = None) -> Iterator[tuple[CID, memoryview]]:
+def read_car(chunks: Iterable[bytes | memoryview], where: str,
+             root: CID | None = None) -> Iterator[tuple[CID, memoryview]]:
     """A CARv1 stream's (CID, block) pairs as its sections complete, not yet verified (see car.Sections).
 
     The header must name `root`, when given. A stream that ends inside a section is a StreamCut; one
@@ -347,17 +359,6 @@ class PullReport:
         return {**asdict(self), "skipped_blocks": self.skipped_blocks, "skipped_bytes": self.skipped_bytes}
 
 
-def _stored_size(store: BlockStore, cid: CID) -> int | None:
-    """The size of a stored block without reading it (a stat on disk), or None if it is absent."""
-    path = getattr(store, "path", None)
-    if callable(path):
-        try:
-            return path(cid).stat().st_size
-        except FileNotFoundError:
-            return None
-    return len(store.get(cid, verify=False)) if store.has(cid) else None
-
-
 def _is_bom(cid: CID, block: bytes) -> bool:
     if cid.codec != DAG_CBOR or b"cats.bom" not in block:
         return False
@@ -389,7 +390,20 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
     started = time.perf_counter()
     own = node is None
     node = node or Node(url, identity)
-    writer = _Writer(store, report)
+    try:
+        with store.writing() as put:  # what arrived is stored, whatever stops the pull
+            _walk(store, cid, node, _Writer(put, report), signatures, report, progress)
+    finally:
+        if own:
+            node.close()
+    _learn_lineage(store, report.boms)
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _walk(store: BlockStore, cid: CID, node: Node, writer: _Writer, signatures: Signatures, report: PullReport,
+          progress: Progress | None) -> None:
+    """pull's walk from the root, asking the node for each missing subtree."""
     try:
         arrived: set[CID] = set()  # every block that arrived in this pull (as v1)
         received: dict[CID, list[CID]] = {}  # the links of those that link anything
@@ -406,7 +420,10 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
             if key in arrived:
                 children = received.pop(key, [])
             else:
-                size = _stored_size(store, here)
+                try:
+                    size: int | None = store.size(here)
+                except BlockNotFound:
+                    size = None
                 if size is None:
                     cut = _fetch_subtree(node, here, report, writer, arrived, received, boms, progress)
                     if key not in arrived:
@@ -429,11 +446,6 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
             stack.extend(reversed(children))
     finally:
         writer.close()
-        if own:
-            node.close()
-    _learn_lineage(store, report.boms)
-    report.duration_s = time.perf_counter() - started
-    return report
 
 
 def from_peers(store: BlockStore, peers: Iterable[Peer], identity: Identity) -> Callable[[CID], str | None]:
@@ -481,10 +493,11 @@ class _Writer:
     """Hashes and stores raw leaves on a few threads (hashlib and file writes release the GIL) while the
     next blocks come off the network; at most `depth` blocks wait, so memory stays bounded."""
 
-    def __init__(self, store: BlockStore, report: PullReport, threads: int = 4, depth: int = 64) -> None:
+    def __init__(self, put: Callable[[CID, bytes | memoryview], bool], report: PullReport,
+                 threads: int = 4, depth: int = 64) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.store, self.report, self.depth = store, report, depth
+        self.put_block, self.report, self.depth = put, report, depth
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cats-pull")
         self.pending: deque[tuple[Future[bool], int]] = deque()
 
@@ -496,9 +509,7 @@ class _Writer:
     def _put(self, cid: CID, block: bytes | memoryview, verified: bool) -> bool:
         if not verified and not cid.verify(block):
             raise _Mismatch(cid)
-        here = self.store.has(cid)
-        self.store.put(cid, block)  # here already: put keeps it only if it matches, and refreshes it for gc
-        return not here
+        return self.put_block(cid, block)  # here already: kept only if it matches, and refreshed for gc
 
     def _collect(self) -> None:
         future, size = self.pending.popleft()

@@ -68,6 +68,31 @@ class BlockStore(ABC):
             raise IntegrityError(f"block {cid} is corrupted: its bytes do not hash to its CID", cid)
         return data
 
+    def size(self, cid: CID) -> int:
+        """The stored block's size in bytes (without reading it, where the store can); BlockNotFound if absent."""
+        return len(self.get(cid, verify=False))
+
+    def read_into(self, cid: CID, buffer: memoryview) -> None:
+        """Copy the stored block, unverified, into buffer, which is `size(cid)` bytes long (what serving a
+        CAR does, so a block goes from its file to the socket's buffer without an object of its own).
+        IntegrityError if the block is not that long any more."""
+        data = self.get(cid, verify=False)
+        if len(data) != len(buffer):
+            raise IntegrityError(f"block {cid} holds {len(data)} bytes, not the {len(buffer)} expected", cid)
+        buffer[:] = data
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Callable[[CID, bytes | memoryview], bool]]:
+        """A `put` for many blocks at once (a pull's, from several threads), answering whether the block
+        was not here before: a store may gather them (the local store packs them); each is stored by
+        the end of the block, and may be visible sooner."""
+        def put(cid: CID, data: bytes | memoryview) -> bool:
+            here = self.has(cid)
+            self.put(cid, data)
+            return not here
+
+        yield put
+
     def put_verified(self, cid: CID, data: bytes | memoryview) -> None:
         """Store bytes that came from elsewhere, after checking they match cid."""
         if not cid.verify(data):

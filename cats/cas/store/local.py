@@ -7,6 +7,8 @@ into place, so readers never see a partial block and concurrent writers of the s
 collide; opening the store removes temporary files whose writer is dead. Writers' leases are files in
 `<root>/.leases`, each held under an exclusive flock for the life of the lease: the kernel drops the
 lock when its process dies, so gc tells a crashed writer's lease from a live one by trying the lock.
+A writer of many blocks at once (`writing`, a pull's) appends them to a pack in `<root>/.packs`
+instead (`cats.cas.store.packs`): a block is read from its file, else from its pack.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cats.cas import multihash
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore, missing
+from cats.cas.store.packs import Packs
 from cats.errors import CatsError, IntegrityError
 
 _counter = itertools.count()
@@ -71,6 +75,7 @@ class LocalStore(BlockStore):
         self._leases = self.root / ".leases"
         self._shards: set[str] = set()
         self._lock = threading.Lock()
+        self._packs = Packs(self.root / ".packs")
         self._clean()
 
     @property
@@ -88,7 +93,7 @@ class LocalStore(BlockStore):
         try:
             os.stat(self._file(cid))
         except (FileNotFoundError, NotADirectoryError):
-            return False
+            return self._packs.find(_key(cid)) is not None
         return True
 
     def put(self, cid: CID, data: bytes | memoryview) -> None:
@@ -100,12 +105,35 @@ class LocalStore(BlockStore):
         if size == len(data) and (not self.sample or self._sample_matches(final, data, self.sample)) \
                 and self._refresh(final):
             return
+        if size < 0 and self._packs.refresh(_key(cid), len(data)):
+            return
         self._write(final, data)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Callable[[CID, bytes | memoryview], bool]]:
+        """Blocks go into a pack of this process's own (visible batch by batch, all by the end of the block);
+        one stored already, as a file or packed, of the same size is refreshed instead."""
+        with self._packs.writer(self.sync) as pack:
+            def put(cid: CID, data: bytes | memoryview) -> bool:
+                final = self._file(cid)
+                try:
+                    size = os.stat(final).st_size
+                except FileNotFoundError:
+                    size = -1
+                if size == len(data) and self._refresh(final):
+                    return False
+                key = _key(cid)
+                if size < 0 and self._packs.refresh(key, len(data)):
+                    return False
+                return pack.append(key, data)
+
+            yield put
 
     def restore(self, cid: CID, data: bytes | memoryview) -> None:
         if not cid.verify(data):
             raise IntegrityError(f"block {cid} does not match its bytes; not stored", cid)
         self._write(self._file(cid), data)
+        self._packs.delete(_key(cid))  # the file is read first anyway
 
     @staticmethod
     def _sample_matches(final: str, data: bytes | memoryview, sample: int) -> bool:
@@ -154,6 +182,7 @@ class LocalStore(BlockStore):
     def delete(self, cid: CID) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(cid))
+        self._packs.delete(_key(cid))
 
     def __iter__(self) -> Iterator[CID]:
         for shard in sorted(os.scandir(self.root), key=lambda e: e.name):
@@ -163,19 +192,56 @@ class LocalStore(BlockStore):
                 if entry.name.startswith("."):
                     continue
                 yield CID.parse("b" + entry.name)
+        for key in self._packs.packed():
+            if not os.path.exists(self.root / key[-3:-1] / key):  # listed above already
+                yield CID.parse("b" + key)
 
     def _get_unverified(self, cid: CID) -> bytes:
         try:
             with open(self._file(cid), "rb") as f:
                 return f.read()
         except FileNotFoundError:
-            raise missing(cid) from None
+            packed = self._packs.read_into(_key(cid))
+            if packed is None:
+                raise missing(cid) from None
+            return packed
+
+    def size(self, cid: CID) -> int:
+        if cid.hashfn == multihash.IDENTITY:
+            return len(cid.digest)
+        try:
+            return os.stat(self._file(cid)).st_size
+        except FileNotFoundError:
+            found = self._packs.find(_key(cid))
+            if found is None:
+                raise missing(cid) from None
+            return found[2]
+
+    def read_into(self, cid: CID, buffer: memoryview) -> None:
+        if cid.hashfn == multihash.IDENTITY:
+            super().read_into(cid, buffer)
+            return
+        try:
+            fd = os.open(self._file(cid), os.O_RDONLY)
+        except FileNotFoundError:
+            if self._packs.read_into(_key(cid), buffer) is None:
+                raise missing(cid) from None
+            return
+        try:
+            got = 0
+            while got < len(buffer) and (n := os.readv(fd, [buffer[got:]])):
+                got += n
+            if got != len(buffer) or os.read(fd, 1):
+                raise IntegrityError(f"block {cid} changed size while it was read", cid)
+        finally:
+            os.close(fd)
 
     def mtime(self, cid: CID) -> float:
         try:
             return os.stat(self._file(cid)).st_mtime
         except FileNotFoundError:
-            return 0.0
+            found = self._packs.find(_key(cid))
+            return found[3] if found is not None else 0.0
 
     def temp_dir(self) -> str:
         self._tmp.mkdir(exist_ok=True)
@@ -242,7 +308,7 @@ class LocalStore(BlockStore):
             aside = Path(self.temp_dir()) / f"{os.getpid()}.gc.{_key(cid)}"
             os.rename(final, aside)
         except FileNotFoundError:
-            return False
+            return self._packs.discard(_key(cid), older_than)
         try:
             if aside.stat().st_mtime < older_than:
                 return True
@@ -253,8 +319,9 @@ class LocalStore(BlockStore):
             aside.unlink(missing_ok=True)
 
     def _clean(self) -> None:
-        """Remove temporary files that dead writers left behind. A block a killed gc had moved aside goes
-        back (it may have been refreshed just before): the next gc decides again."""
+        """Remove temporary files and packs that dead writers left behind. A block a killed gc had moved
+        aside goes back (it may have been refreshed just before): the next gc decides again."""
+        self._packs.clean()
         if not self._tmp.is_dir():
             return
         for entry in os.scandir(self._tmp):

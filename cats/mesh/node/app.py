@@ -9,12 +9,13 @@ in SQLite until its window closes, so a replay is refused, restarts included. Th
 up to the route's limit and checked against the signed digest as it arrives.
 
     GET  /id                          {did, version, private}
-    GET  /ipfs/{cid}?format=raw       one block (application/vnd.ipld.raw)
+    GET  /ipfs/{cid}?format=raw       one block (application/vnd.ipld.raw); HEAD too
     GET  /ipfs/{cid}?format=car       the DAG under cid as a CARv1 (application/vnd.ipld.car), streamed;
-                                      &dag-scope=block: that block only
+                                      dag-scope=all|entity|block, entity-bytes=from:to (`gateway`)
     GET  /bom/{cid}                   the BOM as JSON
     GET  /bom/{cid}/signatures        its DSSE envelope
     GET  /evaluations/{key}           a slice's evaluation this node computed, with its BOM and signature (signed)
+    GET  /routing/v1/providers/{cid}  who holds it: this node, and trusted peers known to (IPFS routing v1)
     GET  /lineage/{cid}               the lineage graph as JSON
     GET  /ui/lineage/{cid}            the lineage as a self-contained HTML page
     POST /blocks                      a CARv1 body: every block checked, all or nothing
@@ -29,11 +30,12 @@ The operator is whoever signs with the node's own identity (it holds the key in 
 run under the node's `NodePolicy` (confined unless it was started `--unconfined`); a node that cannot
 confine code refuses them all (503) and says why.
 
-A CAR streams parents before children, each block once (`cats.cas.dag.walk`), every block read
-through the store, which checks it against its CID. The root is checked before the answer starts
-(404 if absent); a block missing or corrupted deeper in the DAG can only cut the stream short: the
-connection is closed without the final chunk, so a client sees an incomplete transfer and never a
-CAR that merely looks complete. Clients check every block against its CID anyway.
+A CAR streams parents before children, each block once (`gateway`): the blocks that link are read
+through the store, which checks them against their CIDs; leaves go from their files into the buffer
+sent to the socket and nowhere else (they were checked when they came in). The root is checked
+before the answer starts (404 if absent); a block missing or corrupted deeper in the DAG can only
+cut the stream short: the connection is closed without the final chunk, so a client sees an
+incomplete transfer and never a CAR that merely looks complete. Clients check every block anyway.
 
 Bodies larger than their route takes (`CATS_NODE_MAX_BODY` bytes, 256 MiB by default, for a CAR; 1 MiB
 for JSON; none for a pin) are refused with 413 as soon as Content-Length (or the bytes received so far)
@@ -71,7 +73,7 @@ from cats.bom.index import Index
 from cats.bom.signatures import Envelope, Signatures
 from cats.cas import car, multihash
 from cats.cas.cid import CID
-from cats.cas.dag import links, walk
+from cats.cas.dag import links
 from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.local import LocalStore
@@ -83,6 +85,8 @@ from cats.factory.peers import Evaluation
 from cats.identity import Identity
 from cats.identity.requests import HEADERS, RequestRejected, Signed, verify_request
 from cats.identity.trust import Trust
+from cats.mesh import routing
+from cats.mesh.node import gateway
 from cats.mesh.node import models as m
 from cats.mesh.node.nonces import Nonces
 from cats.mesh.node.orders import (
@@ -100,11 +104,9 @@ from cats.web import json_errors
 
 log = logging.getLogger("cats.node")
 
-RAW = "application/vnd.ipld.raw"
-CAR = "application/vnd.ipld.car"
-CAR_TYPE = f"{CAR}; version=1; order=dfs; dups=n"  # parents first, each block once (trustless gateway terms)
+RAW = gateway.RAW_TYPE
+CAR = gateway.CAR_TYPE
 DEFAULT_MAX_BODY = 256 << 20
-CHUNK = 256 << 10  # bytes of CAR sections gathered before they are sent
 _IMMUTABLE = {"Cache-Control": "public, max-age=29030400, immutable", "X-Content-Type-Options": "nosniff"}
 JSON_MAX_BODY = 1 << 20  # an envelope or an order request is a few KiB
 _NO_BODY = ("GET", "HEAD")  # methods whose body is never read
@@ -236,26 +238,16 @@ class _CarResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _car(store: BlockStore, root: CID, first: bytes, children: list[CID] | None) -> Iterator[bytes]:
-    """A CARv1 with one root: the root block (read already), then, given its children (decoded before
-    the answer starts, so a root that does not decode is a 4xx, not a cut stream), the rest of its DAG."""
-    pending = bytearray(car.header([root]) + car.section(root, first))
-    if children is not None:
-        seen = {root.to_v1()}  # the root is sent already
-        try:
-            for cid in (cid for child in children for cid in walk(store, child, seen=seen)):
-                # not re-hashed here: every block was checked when it came in, and clients check each one
-                pending += car.section(cid, store.get(cid, verify=False))
-                if len(pending) >= CHUNK:
-                    out = bytes(pending)
-                    pending.clear()
-                    yield out
-        except CatsError as e:
-            if pending:
-                yield bytes(pending)
-            log.warning("CAR of %s cut short: %s", root, e)
-            raise _CutShort(str(e)) from None
-    yield bytes(pending)
+def _car(store: BlockStore, root: CID, blocks: Iterator[gateway.Section]) -> Iterator[memoryview]:
+    """The CAR's pieces (each sent before the next is made: they share one buffer); a block that cannot
+    be sent cuts the stream short. Leaves are not re-hashed here: every block was checked when it came
+    in, and clients check each one."""
+    writer = gateway.CarWriter(store, root, blocks)
+    try:
+        yield from writer.pieces()
+    except CatsError as e:
+        log.warning("CAR of %s cut short after %d bytes: %s", root, writer.sent, e)
+        raise _CutShort(str(e)) from None
 
 
 def _challenge(node: NodeState) -> dict[str, str]:
@@ -404,46 +396,94 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
     async def ident() -> m.NodeId:
         return m.NodeId(did=node.identity.did, version=__version__, private=node.private)
 
-    @app.get("/ipfs/{cid}", response_class=Response, dependencies=reads,
-             responses={200: {"description": "The block (format=raw), or the DAG as a CARv1 (format=car)",
-                              "content": {RAW: _BINARY, CAR: _BINARY}},
-                        **_errors(400, *read_errors, 404, 406, 422)},
-             summary="A block, or its DAG as a CAR (IPFS trustless gateway)",
-             description="Ask for `format=raw` (or `Accept: application/vnd.ipld.raw`) for the block's bytes, "
-                         "`format=car` (or `Accept: application/vnd.ipld.car`) for a CARv1 whose one root is the "
-                         "CID and whose blocks are the whole DAG, parents before children, each once; with "
-                         "`dag-scope=block`, the block alone. A CAR whose root is here is answered 200 and streamed; "
-                         "if a block deeper in the DAG is missing, the stream ends without its final chunk.")
+    @app.api_route("/ipfs/{cid}", methods=["GET", "HEAD"], response_class=Response, dependencies=reads,
+                   responses={200: {"description": "The block (format=raw), or the DAG as a CARv1 (format=car)",
+                                    "content": {RAW: _BINARY, CAR: _BINARY}},
+                              **_errors(400, *read_errors, 404, 406, 422)},
+                   summary="A block, or its DAG as a CAR (IPFS trustless gateway)",
+                   description="Ask for `format=raw` (or `Accept: application/vnd.ipld.raw`) for the block's bytes, "
+                               "`format=car` (or `Accept: application/vnd.ipld.car`, with `version=1`, `order=dfs` "
+                               "and `dups=y|n` as parameters or as `car-version`, `car-order`, `car-dups` in the "
+                               "query) for a CARv1 whose one root is the CID: with `dag-scope=all` (the default) the "
+                               "whole DAG, parents before children, each once unless `dups=y`; `block`, the block "
+                               "alone; `entity`, a UnixFS file's blocks or a directory's own; `entity-bytes=from:to`, "
+                               "the file's blocks holding that range. HEAD answers the same without a body. A CAR "
+                               "whose root is here is answered 200 and streamed; if a block deeper in the DAG is "
+                               "missing, the stream ends without its final chunk.")
     def ipfs(request: Request, cid: CidPath,
              # plain strings, checked here: another format is answered 406 and another scope 400, not 422
              format: Annotated[str, Query(description="raw or car (takes precedence over Accept)",
                                           json_schema_extra={"enum": ["raw", "car"]})] = None,  # type: ignore[assignment]
-             dag_scope: Annotated[str, Query(alias="dag-scope", description="all (default) or block",
-                                             json_schema_extra={"enum": ["all", "block"]})] = None,  # type: ignore[assignment]
+             dag_scope: Annotated[str, Query(alias="dag-scope", description="all (default), entity or block",
+                                             json_schema_extra={"enum": list(gateway.SCOPES)})] = None,  # type: ignore[assignment]
+             entity_bytes: Annotated[str, Query(alias="entity-bytes", description="from:to, a file's byte range "
+                                                "(inclusive; negative from the end; to may be *)")] = None,  # type: ignore[assignment]
              ) -> Response:
         parsed = _cid(cid)
-        kind = _negotiate(format, request.headers.get("accept", ""))
-        scope = dag_scope or "all"
-        if kind == "car" and scope not in ("all", "block"):
-            raise HTTPException(400, f"dag-scope={scope!r} is not served: ask for dag-scope=all (the default) or "
-                                     "dag-scope=block")
+        try:
+            want = gateway.negotiate(format, request.headers.get("accept", ""), dict(request.query_params))
+            scope = gateway.parse_scope(dag_scope, entity_bytes) if want.kind == "car" else gateway.Scope()
+        except gateway.Refused as e:
+            raise HTTPException(e.status, str(e)) from None
         try:
             block = node.store.get(parsed)
         except BlockNotFound:
             raise HTTPException(404, f"block {parsed} is not on this node") from None
         except IntegrityError as e:
             raise HTTPException(500, f"{e}; it is not served") from None
-        if kind == "raw":
-            return Response(block, media_type=RAW, headers={"ETag": f'"{parsed}.raw"', **_IMMUTABLE})
-        whole = scope == "all"
-        etag = f'"{parsed}.car"' if whole else f'"{parsed}.block.car"'
+        headers = {"Content-Disposition": f'attachment; filename="{parsed}.{"bin" if want.kind == "raw" else "car"}"',
+                   "Vary": "Accept", "X-Ipfs-Path": f"/ipfs/{parsed}", **_IMMUTABLE}
+        if format is None:
+            headers["Content-Location"] = f"/ipfs/{parsed}?" + "&".join(
+                filter(None, [f"format={want.kind}", request.url.query]))
+        if want.kind == "raw":
+            headers["ETag"] = f'"{parsed}.raw"'
+            if request.method == "HEAD":
+                return Response(media_type=RAW, headers={**headers, "Content-Length": str(len(block))})
+            return Response(block, media_type=RAW, headers=headers)
+        plain = scope == gateway.Scope() and not want.dups
+        headers["ETag"] = f'"{parsed}.car"' if plain else f'"{parsed}.{scope.etag}{".dups" if want.dups else ""}.car"'
         try:
-            children = links(parsed, block) if whole else None
+            if scope.name == "all":
+                links(parsed, block)  # a root that does not decode is a 4xx, not a cut stream
+            blocks = gateway.sections(node.store, parsed, block, scope, want.dups)
+        except gateway.Refused as e:
+            raise HTTPException(e.status, str(e)) from None
         except CatsError as e:
             raise HTTPException(422, f"block {parsed} does not decode, so its DAG cannot be walked ({e}); ask for "
                                      "dag-scope=block") from None
-        return _CarResponse(_car(node.store, parsed, block, children), media_type=CAR_TYPE,
-                            headers={"ETag": etag, **_IMMUTABLE})
+        if request.method == "HEAD":
+            return Response(media_type=want.media_type, headers=headers)
+        return _CarResponse(_car(node.store, parsed, blocks), media_type=want.media_type, headers=headers)
+
+    @app.get("/routing/v1/providers/{cid}", response_class=Response, dependencies=reads,
+             responses={200: {"description": "The provider records (the spec's peer schema): this node, if it holds "
+                                             "the block, and the trusted peers known to hold the DAG",
+                              "content": {routing.JSON: {"schema": {"type": "object"}},
+                                          routing.NDJSON: {"schema": {"type": "string"}}}},
+                        **_errors(400, *read_errors, 404)},
+             summary="Who holds a CID (IPFS HTTP routing v1)",
+             description="This node, when the block is here (with the bytes its DAG declares and whether it is "
+                         "pinned, so whole, in the `cats` field), and the trusted peers known to hold the DAG "
+                         "without asking anyone: those that pinned it here and those it was pulled from. JSON, or "
+                         "NDJSON for `Accept: application/x-ndjson`; 404 when nobody is known to hold it.")
+    def providers(request: Request, cid: CidPath) -> Response:
+        parsed = _cid(cid)
+        found = []
+        if node.store.has(parsed):
+            block = node.store.get(parsed, verify=False)
+            found.append(routing.record(node.identity.did, str(request.base_url).rstrip("/"),
+                                        bytes=routing.dag_bytes(parsed, block), pinned=parsed in node.pins))
+        for did, url in routing.Sources(home() / "sources.sqlite").holders(parsed):
+            peer = node.trust.get(did)
+            if peer is not None and did != node.identity.did and (peer.url or url):
+                found.append(routing.record(did, peer.url or url or ""))
+        headers = {"Vary": "Accept", "Access-Control-Allow-Origin": "*", "Cache-Control": "public, max-age=15"}
+        if not found:
+            return JSONResponse({"detail": f"no provider of {parsed} is known here"}, 404, headers=headers)
+        ndjson = routing.NDJSON in request.headers.get("accept", "")[:1024]
+        return Response(routing.encode(found, ndjson), media_type=routing.NDJSON if ndjson else routing.JSON,
+                        headers=headers)
 
     @app.get("/bom/{cid}", dependencies=reads,
              responses={200: {"description": "The BOM (its DAG-CBOR block as JSON)",
@@ -541,6 +581,8 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         parsed = _stored_cid(cid)
         try:
             count = node.pins.add(node.store, parsed)
+            if signer.did != node.identity.did:  # the peer that pinned it here holds it: it pushed it
+                routing.Sources(home() / "sources.sqlite").add(parsed, signer.did, None)
         except BlockNotFound as e:
             missing = e.cid if e.cid is not None else parsed
             raise HTTPException(404, f"cannot pin {parsed}: block {missing} is not on this node (push the whole "
@@ -701,20 +743,3 @@ def _first_error(error: ValidationError) -> str:
         where = ".".join(str(p) for p in e.get("loc", ()))
         problems.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
     return "; ".join(problems)
-
-
-def _negotiate(format: str | None, accept: str) -> str:
-    """"raw" or "car", from ?format= or else the Accept header; 406 otherwise."""
-    if format is not None:
-        if format in ("raw", "car"):
-            return format
-        raise HTTPException(406, f"format={format!r} is not served: ask for format=raw (the block) or format=car "
-                                 "(its DAG as a CAR)")
-    for part in accept.split(","):
-        media = part.split(";")[0].strip().lower()
-        if media == RAW:
-            return "raw"
-        if media == CAR:
-            return "car"
-    raise HTTPException(406, "ask for a format: ?format=raw or Accept: application/vnd.ipld.raw for the block, "
-                             "?format=car or Accept: application/vnd.ipld.car for its DAG as a CAR")
