@@ -432,7 +432,7 @@ def test_orders_import_nothing_from_the_nodes_working_folder(tmp_path: Path, ray
     node.start()
     try:
         done = submit(Order(function=Function(entry=f"{entry}:run", source=src), inputs=[inputs]), node.url, me,
-                      store=store, timeout=240)
+                      store=store, timeout=240, fetch_output=True)
     finally:
         node.stop()
     assert sorted(os.listdir(traces)) == [], "the node imported from the folder it was started in"
