@@ -504,6 +504,8 @@ def test_orders_refused_when_not_runnable(served: Served) -> None:
     assert wrong.status_code == 422 and "order" in detail(wrong)
     assert node.get("/orders/0123456789abcdef", who=peer).status_code == 404
     assert node.get("/orders/0123456789abcdef").status_code == 401
+    too_long = node.get("/orders/0123456789abcdef?wait=21", who=peer)
+    assert too_long.status_code == 422 and "wait" in detail(too_long)
 
 
 # -- signals ----------------------------------------------------------------------------------------

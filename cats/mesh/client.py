@@ -46,6 +46,7 @@ __all__ = ["Node", "PullReport", "PushReport", "Submitted", "pull", "pull_bom", 
 
 CAR = "application/vnd.ipld.car"
 PUSH_BATCH = 32 << 20  # bytes of blocks per POST /blocks: each batch is signed, so it sits in memory
+WAIT_S = 15.0  # how long the node may hold an answer about an order that has not ended
 
 
 _Response = http.client.HTTPResponse
@@ -290,8 +291,9 @@ class Node:
         body = json.dumps({"order": str(order)}).encode()
         return self._json("POST", "/orders", body=body, headers={"Content-Type": "application/json"}, sign=True)
 
-    def order_status(self, job: str) -> dict[str, Any]:
-        return self._json("GET", f"/orders/{job}", sign=True)
+    def order_status(self, job: str, wait: float = 0.0) -> dict[str, Any]:
+        """The order's status; with `wait`, once it has ended or after that many seconds (the node caps it)."""
+        return self._json("GET", f"/orders/{job}" + (f"?wait={wait:g}" if wait > 0 else ""), sign=True)
 
     def cancel(self, job: str) -> dict[str, Any]:
         """Cancel an order (as its submitter or the node's operator); MeshError(409) if it has ended."""
@@ -887,13 +889,17 @@ def _remember(store: BlockStore, order: str, bom: CID, output: str, name: str | 
 
 def _wait(node: Node, job: str, order: CID, timeout: float, progress: Callable[[str], None] | None,
           status: object) -> dict[str, Any]:
-    """Poll the job with backoff until it has ended; a node briefly unreachable is waited for."""
+    """Ask for the job's status until it has ended, each answer held by the node until the status changes
+    (or WAIT_S): the outcome is known as soon as it is, for a request every WAIT_S. A node briefly
+    unreachable, or answering early with nothing new (it is stopping), is asked again with backoff."""
     deadline = time.monotonic() + timeout
     delay = 0.1
     state: dict[str, Any] = {"status": status}
     while True:
+        wait = max(0.0, min(WAIT_S, deadline - time.monotonic()))
+        asked, was = time.monotonic(), state.get("status")
         try:
-            state = node.order_status(job)
+            state = node.order_status(job, wait=wait)
         except MeshError as e:
             if e.status is not None and e.status != 503:
                 raise
@@ -901,8 +907,9 @@ def _wait(node: Node, job: str, order: CID, timeout: float, progress: Callable[[
             progress(str(state["status"]))
         if state.get("status") in ("done", "failed", "cancelled"):
             return state
-        if time.monotonic() + delay > deadline:
+        if state.get("status") == was and time.monotonic() - asked < wait:  # not held: do not ask again at once
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 2.0)
+        if time.monotonic() >= deadline:
             raise MeshError(f"order {order} (job {job}) on {node.url} did not finish within {timeout:g} s "
                             f"(last status: {state.get('status')})", url=node.url)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)

@@ -24,7 +24,8 @@ up to the route's limit and checked against the signed digest as it arrives.
     POST /orders                      {"order": CID}: run a pushed, sealed Order here (202); the DAGs it
                                       names that are not here come from the trusted peers holding them
     GET  /orders                      the signer's orders (every order, for the operator)
-    GET  /orders/{id}                 its status, for its submitter (and the operator)
+    GET  /orders/{id}[?wait=S]        its status, for its submitter (and the operator); with wait, once it
+                                      changes (the order starts or ends) or after S seconds
     POST /orders/{id}/cancel          cancel it, queued or running: by its submitter or the operator
 
 The operator is whoever signs with the node's own identity (it holds the key in CATS_HOME). Orders
@@ -49,9 +50,11 @@ answered 500 with nothing of its message.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -89,6 +92,7 @@ from cats.mesh.node import models as m
 from cats.mesh.node.fetch import lacking, locate, sources
 from cats.mesh.node.nonces import Nonces
 from cats.mesh.node.orders import (
+    FINISHED,
     STATUSES,
     NodePolicy,
     OrderRejected,
@@ -109,6 +113,8 @@ DEFAULT_MAX_BODY = 256 << 20
 CHUNK = 256 << 10  # bytes of CAR sections gathered before they are sent
 _IMMUTABLE = {"Cache-Control": "public, max-age=29030400, immutable", "X-Content-Type-Options": "nosniff"}
 JSON_MAX_BODY = 1 << 20  # an envelope or an order request is a few KiB
+MAX_WAIT_S = 20.0  # the longest GET /orders/{id}?wait= holds its answer
+_WAIT_STEP_S = 0.05
 _Model = TypeVar("_Model", bound=BaseModel)
 _NO_BODY = ("GET", "HEAD")  # methods whose body is never read
 _READING_POSTS = ("/has",)  # POSTs that only read (a question too long for a URL): open like the other reads
@@ -658,9 +664,21 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     @app.get("/orders/{id}", response_model=m.OrderStatus, response_model_exclude_none=True,
              dependencies=signed, responses=_errors(401, 403, 404, 422),
-             summary="An order's status, for its submitter (and the operator)")
-    def order_status(id: JobId, signer: Signer) -> m.OrderStatus:
-        return m.OrderStatus.of(_followed(id, signer.did))
+             summary="An order's status, for its submitter (and the operator)",
+             description="With `wait`, the answer comes when the order's status changes (it starts or ends) or "
+                         "after that many seconds, whichever is first: a submitter learns the outcome at once "
+                         "without polling often.")
+    async def order_status(id: JobId, signer: Signer,
+                           wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the "
+                                                        f"order to end (at most {MAX_WAIT_S:g})")] = 0,
+                           ) -> m.OrderStatus:
+        row = asked = _followed(id, signer.did)
+        deadline = time.monotonic() + wait
+        while (row.status == asked.status and row.status not in FINISHED and time.monotonic() < deadline
+               and not node.worker.stopping):
+            await asyncio.sleep(_WAIT_STEP_S)  # a look at the table: the worker thread writes it
+            row = node.orders.get(id) or row
+        return m.OrderStatus.of(row)
 
     @app.post("/orders/{id}/cancel", response_model=m.OrderStatus, response_model_exclude_none=True,
               dependencies=signed, responses=_errors(401, 403, 404, 409, 413, 422),
