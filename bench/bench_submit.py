@@ -173,6 +173,15 @@ def cats(args: list[str], env: dict[str, str]) -> tuple[float, dict]:
     return elapsed, json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def invoice(home: Path, bom: str) -> float:
+    """The run's own duration, from its BOM's invoice: the Factory's time, without the command around it."""
+    from cats.bom import load
+    from cats.cas.cid import CID
+    from cats.cas.store.local import LocalStore
+
+    return load(LocalStore(home / "blocks"), CID.parse(bom)).invoice.duration_s
+
+
 def start_node(home: Path, ray_address: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     import httpx
 
@@ -224,6 +233,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{relay.port}"
 
         runs: dict[str, list[float]] = {LOCAL: [], SUBMIT: []}
+        factory_s: dict[str, list[float]] = {"local": [], "submit": []}
         wire: list[dict[str, int]] = []
         for i in range(args.repeat):
             order = write_order(work, i, data)
@@ -245,9 +255,12 @@ def main() -> None:
                                  "pushed_blocks": answer["pushed"]["blocks"],
                                  "bom_bytes_pulled": answer["pulled"]["fetched_bytes"]})
                 outputs[kind] = answer["output"]
+                home = local_home if kind == "local" else node_home
+                factory_s[kind].append(invoice(home, answer["bom"]))
             if outputs["local"] != outputs["submit"]:
                 raise SystemExit(f"round {i}: the local run made {outputs['local']}, the node {outputs['submit']}")
-            print(f"round {i}: local {runs[LOCAL][-1]:.2f} s, submit {runs[SUBMIT][-1]:.2f} s, "
+            print(f"round {i}: local {runs[LOCAL][-1]:.2f} s (the Factory's run {factory_s['local'][-1]:.2f} s), "
+                  f"submit {runs[SUBMIT][-1]:.2f} s (on the node {factory_s['submit'][-1]:.2f} s), "
                   f"sent {wire[-1]['sent']} bytes", file=sys.stderr)
 
         local, remote = statistics.median(runs[LOCAL]), statistics.median(runs[SUBMIT])
@@ -258,6 +271,7 @@ def main() -> None:
             "machine": machine(),
             "runs": {k: {"median_s": statistics.median(v), "min_s": min(v), "samples_s": [round(s, 3) for s in v]}
                      for k, v in runs.items()},
+            "factory_run_s": {k: [round(s, 3) for s in v] for k, v in factory_s.items()},
             "wire": wire,
             "bytes_sent_max": sent,
             "submit_vs_local": ratio,
