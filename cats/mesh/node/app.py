@@ -408,6 +408,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                               + ("Private: every read needs a signed request from a trusted peer."
                                  if private else "Reads are open to anyone."))
     app.state.node = node
+    app.state.stopping = False  # set once the server stops (`cats.web.run`): held answers are given then
 
     json_errors(app)
 
@@ -675,7 +676,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         row = asked = _followed(id, signer.did)
         deadline = time.monotonic() + wait
         while (row.status == asked.status and row.status not in FINISHED and time.monotonic() < deadline
-               and not node.worker.stopping):
+               and not app.state.stopping):
             await asyncio.sleep(_WAIT_STEP_S)  # a look at the table: the worker thread writes it
             row = node.orders.get(id) or row
         return m.OrderStatus.of(row)
