@@ -47,14 +47,17 @@ def verify(bom: CID | str, *, sample: int | None = None, fraction: float | None 
 
 
 def submit(order: Order, *, to: str, timeout: float = 3600.0, store: BlockStore | None = None,
-           progress: Callable[[str], None] | None = None) -> client.Submitted:
+           progress: Callable[[str], None] | None = None, fetch_output: bool = False) -> client.Submitted:
     """Run an Order on the CAT node at `to` (http://host:port), which must trust this node (`cats id`
-    prints its DID); return when the node has run it, with the BOM and its lineage pulled here.
+    prints its DID); return when the node has run it, with its signed BOM pulled here (and the output
+    too with `fetch_output`), and the run in this node's `cats log`, marked with the node.
 
-    The Order is sealed here (this store, unless `store` is given), pushed to the node with its
-    code and inputs, and signed by this node's identity; `progress` is called with each job status
-    the node reports. Raises MeshError if the node refuses it, the run fails there, or it does not
-    finish within `timeout` seconds. A slice submitting a sub-Order to the Factory it runs under
-    uses `cats.factory.submit` instead.
+    The Order is sealed here (this store, unless `store` is given) and signed by this node's identity;
+    the node is sent only what it lacks of it and this store holds (the Order, code, lock, IaC, inputs),
+    and finds inputs neither holds on its own trusted peers. `progress` is called with each job status
+    the node reports. Raises MeshError if the node refuses it (naming the inputs no one holds), the run
+    fails there, or it does not finish within `timeout` seconds. A slice submitting a sub-Order to the
+    Factory it runs under uses `cats.factory.submit` instead.
     """
-    return client.submit(order, to, Identity.load(), store=store, timeout=timeout, progress=progress)
+    return client.submit(order, to, Identity.load(), store=store, timeout=timeout, progress=progress,
+                         fetch_output=fetch_output)

@@ -68,6 +68,7 @@ def run(app: FastAPI, sock: socket.socket, log_level: str = "warning",
     `ready` has printed) is held and honoured once the server has started. uvicorn raises the signals
     it handled again for the handlers it found when it started: these, not Python's defaults, which
     would kill the process (SIGTERM) or raise KeyboardInterrupt (SIGINT) after the graceful shutdown.
+    `app.state.stopping` turns true as the shutdown begins, for requests that hold their answer.
     """
     import uvicorn
 
@@ -78,6 +79,10 @@ def run(app: FastAPI, sock: socket.socket, log_level: str = "warning",
             await super().startup(sockets)
             if early:
                 self.should_exit = True
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.state.stopping = True  # a request holding its answer (a long poll) gives it now
+            await super().shutdown(sockets)
 
     saved = {s: signal.signal(s, lambda signum, _: early.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     server = Server(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on",

@@ -371,7 +371,7 @@ def test_an_order_submitted_from_b_runs_on_a_and_comes_back_signed_by_a(mesh: Me
 
     a, b = mesh.a, mesh.b
     res = b.cli("mesh", "submit", str(_order_file(tmp_path, "mesh_submitted", "from b")), "--to", a.url,
-                "--json", "--timeout", "120")
+                "--json", "--timeout", "120", "--fetch-output")
     assert res.code == 0, res.err
     result = json.loads(res.out)
     bom = CID.parse(result["bom"])

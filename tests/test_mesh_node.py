@@ -303,6 +303,23 @@ def test_car_cut_short_when_a_deeper_block_is_missing(served: Served) -> None:
     assert node.get("/id").status_code == 200  # and the node carries on
 
 
+def test_has_answers_for_whole_dags_in_one_request(served: Served) -> None:
+    """A root without the rest of its DAG is missing; a whole DAG is present, however it is spelled."""
+    node = served.node
+    absent = CID.hash(b"nobody stored this", RAW)
+    leaf = next(c for c in walk(node.store, served.big) if c.codec == RAW)
+    asked = [served.folder, served.cut, absent, served.bom, served.big.to_v0(), leaf, served.folder]
+    answer = node.request("POST", "/has", body=json.dumps({"cids": [str(c) for c in asked]}).encode())
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"present": [str(asked[0]), str(asked[3]), str(asked[4]), str(leaf), str(asked[0])],
+                             "missing": [str(served.cut), str(absent)]}
+    from cats.mesh.client import Node
+
+    with Node(node.url) as client:  # the client's view: v1 CIDs of what is present, of what it asked
+        assert client.has(asked) == {served.folder.to_v1(), served.bom.to_v1(), served.big.to_v1(), leaf.to_v1()}
+        assert client.has([]) == set()
+
+
 def test_bom_signatures_and_lineage(served: Served) -> None:
     node, bom = served.node, served.bom
     answer = node.get(f"/bom/{bom}")
@@ -487,6 +504,8 @@ def test_orders_refused_when_not_runnable(served: Served) -> None:
     assert wrong.status_code == 422 and "order" in detail(wrong)
     assert node.get("/orders/0123456789abcdef", who=peer).status_code == 404
     assert node.get("/orders/0123456789abcdef").status_code == 401
+    too_long = node.get("/orders/0123456789abcdef?wait=21", who=peer)
+    assert too_long.status_code == 422 and "wait" in detail(too_long)
 
 
 # -- signals ----------------------------------------------------------------------------------------
@@ -660,7 +679,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(served: Served, 
              "--request-timeout", "20", "--suppress-health-check", "all"],
             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
-    assert "Selected: 16/16" in proc.stdout and "Tested: 16" in proc.stdout, proc.stdout[-3000:]
+    assert "Selected: 17/17" in proc.stdout and "Tested: 17" in proc.stdout, proc.stdout[-3000:]
     assert "401 Unauthorized" not in proc.stdout, "the proxy's signatures were refused"
     assert served.node.get("/id").status_code == 200
 

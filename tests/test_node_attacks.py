@@ -434,7 +434,7 @@ def test_orders_import_nothing_from_the_nodes_working_folder(tmp_path: Path, ray
     node.start()
     try:
         done = submit(Order(function=Function(entry=f"{entry}:run", source=src), inputs=[inputs]), node.url, me,
-                      store=store, timeout=240)
+                      store=store, timeout=240, fetch_output=True)
     finally:
         node.stop()
     assert sorted(os.listdir(traces)) == [], "the node imported from the folder it was started in"
@@ -486,3 +486,67 @@ def test_an_untrusted_signer_costs_the_node_no_nonce(nodes: Nodes) -> None:
     forged = sign_request(outsider, node.did, "GET", "/id", b"")
     forged["X-Cats-Key"] = nodes.peer.did
     assert httpx.get(f"{node.url}/id", headers=forged).status_code == 401
+
+
+# -- 7. POST /has: a read, bounded, of CIDs only -------------------------------------------------------
+def test_has_takes_a_bounded_list_of_cids_and_nothing_else(nodes: Nodes) -> None:
+    node, peer = nodes.public, nodes.peer
+    cid = str(CID.hash(b"anything", RAW))
+
+    def ask(body: bytes, **kw: object) -> httpx.Response:
+        return node.request("POST", "/has", body=body, **kw)  # type: ignore[arg-type]
+
+    many = ask(json.dumps({"cids": [cid] * 1001}).encode())
+    assert many.status_code == 422 and "cids" in detail(many) and "1000" in detail(many)
+    assert ask(json.dumps({"cids": [cid] * 1000}).encode()).json()["missing"] == [cid] * 1000
+    huge = ask(json.dumps({"cids": ["b" * 100] * 20_000}).encode())  # 2 MB: refused before it is read
+    assert huge.status_code == 413 and "POST /has takes (1048576 bytes)" in detail(huge)
+    bad = ask(json.dumps({"cids": [cid, "bafy-not-a-cid"]}).encode())
+    assert bad.status_code == 400 and "'bafy-not-a-cid' is not a CID" in detail(bad)
+    inline = b"hello, inline world"
+    ident = CID(1, RAW, multihash.digest(inline, multihash.IDENTITY))  # its block is the CID: present
+    assert ask(json.dumps({"cids": [str(ident)]}).encode()).json() == {"present": [str(ident)], "missing": []}
+    long = CID(1, RAW, multihash.digest(b"z" * 300, multihash.IDENTITY))  # more than an identity CID may hold
+    answer = ask(json.dumps({"cids": [str(long)]}).encode())
+    assert answer.status_code == 400 and "more than the 128" in detail(answer)
+    assert ask(b"{not json").status_code == 400
+    for body in (b'["a", "list"]', b'{"cids": "bafy"}', b'{"cids": [1]}', b'{"cids": [], "more": 1}'):
+        answer = ask(body)
+        assert answer.status_code == 422, (body, answer.status_code)
+        detail(answer)
+    # a signature is checked wherever one is given: an untrusted signer is refused, a trusted one answered
+    assert ask(b'{"cids": []}', who=nodes.outsider).status_code == 403
+    assert ask(b'{"cids": []}', who=peer).json() == {"present": [], "missing": []}
+    # on a private node it is a read like any other: signed by a trusted peer, or nothing
+    private = nodes.private
+    assert httpx.post(private.url + "/has", content=b'{"cids": []}', timeout=30).status_code == 401
+    assert private.request("POST", "/has", who=nodes.outsider, body=b'{"cids": []}').status_code == 403
+    assert private.request("POST", "/has", who=peer, body=b'{"cids": []}').status_code == 200
+    # the client signs for a private node once it asks
+    with Node(private.url, peer) as client:
+        assert client.has([CID.parse(cid)]) == set()
+    with Node(private.url, nodes.outsider) as client, pytest.raises(MeshError, match="403"):
+        client.has([CID.parse(cid)])
+
+
+def test_an_untrusted_submitter_sends_nothing_but_questions(nodes: Nodes, tmp_path: Path, cats_home: Path) -> None:
+    from cats.cas.importer import Importer
+
+    node = nodes.public
+    stranger = Identity.load()
+    store = LocalStore(cats_home / "blocks")
+    with Importer(store, cid_version=1) as importer:
+        data = importer.add_bytes(b"the stranger's data").cid
+    src = tmp_path / "stranger_job.py"
+    src.write_text("def run(data):\n    return data\n")
+    with pytest.raises(MeshError, match=f"403.*{stranger.did}"):
+        submit(Order(function=Function(entry="stranger_job:run", source=src), inputs=[data]), node.url, stranger,
+               store=store, timeout=30)
+    assert not node.store.has(data)
+    assert not [r for r in _orders(node) if r["submitter"] == stranger.did]
+
+
+def _orders(node: NodeProc) -> list[dict]:
+    """Every order on the node, as its operator sees them."""
+    operator = Identity.load(node.home / "identity")
+    return node.get("/orders", who=operator).json()

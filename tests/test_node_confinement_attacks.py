@@ -79,7 +79,8 @@ order = _Order(function=_Function.of({function}, **{params or {}!r}), inputs=[_P
         return path
 
     def submit(self, order: Path) -> dict:
-        res = self.peer.cli("mesh", "submit", str(order), "--to", self.node.url, "--json", "--timeout", "150")
+        res = self.peer.cli("mesh", "submit", str(order), "--to", self.node.url, "--json", "--timeout", "150",
+                            "--fetch-output")
         assert res.returncode == 0, res.stderr
         result = json.loads(res.stdout)
         assert result["status"] == "done"
@@ -87,7 +88,7 @@ order = _Order(function=_Function.of({function}, **{params or {}!r}), inputs=[_P
         return result
 
     def output(self, result: dict) -> bytes:
-        """The run's one output file, from the peer's store (the submit pulled the BOM's lineage)."""
+        """The run's one output file, from the peer's store (the submit pulled the output)."""
         store = LocalStore(self.peer.home / "blocks")
         (name, cid, _), = reader.entries(store, CID.parse(result["output"]))
         return b"".join(reader.read(store, cid))

@@ -1,9 +1,10 @@
 """The run index, an embedded SQLite file in CATS_HOME: Order -> BOM (memoization), output ->
 the BOM that made it (lineage parents), slice result -> its encoding (reading a result back
-without its BOM at hand), finished slices of unfinished runs (resume), and evaluation key -> the
-slice's outcome (reuse across Orders). A run's evaluations wait in `pending` until its BOM is
-recorded, and then replace whatever its Order offered before: an Order run again (forced, or its
-BOM lost) offers what its new BOM records, never what an earlier run of it computed differently.
+without its BOM at hand), finished slices of unfinished runs (resume), evaluation key -> the
+slice's outcome (reuse across Orders), and the runs this node asked other nodes for (its log, never
+memoization: their outputs need not be here). A run's evaluations wait in `pending` until its BOM is
+recorded, and then replace whatever its Order offered before: an Order run again (forced, or its BOM
+lost) offers what its new BOM records, never what an earlier run of it computed differently.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ CREATE TABLE IF NOT EXISTS slices (order_cid TEXT NOT NULL, idx INTEGER NOT NULL
 CREATE TABLE IF NOT EXISTS evaluations (key TEXT PRIMARY KEY, order_cid TEXT NOT NULL, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS pending (order_cid TEXT NOT NULL, key TEXT NOT NULL, record TEXT NOT NULL,
                                     PRIMARY KEY (order_cid, key));
+CREATE TABLE IF NOT EXISTS remote_runs (bom TEXT PRIMARY KEY, order_cid TEXT NOT NULL, output TEXT NOT NULL,
+                                        name TEXT, node TEXT NOT NULL, url TEXT NOT NULL, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_created ON runs (created);
 """
 
@@ -65,10 +68,12 @@ class Index:
             self.db.executemany("INSERT OR IGNORE INTO results VALUES (?, ?)", results)
 
     def boms(self) -> list[str]:
-        """Every BOM known here: those run here, newest first, then those pulled from other nodes."""
+        """Every BOM known here: those run here, newest first, then those run elsewhere for this node,
+        then those pulled from or pushed by other nodes."""
         ran = [row[0] for row in self.db.execute("SELECT bom FROM runs ORDER BY created DESC")]
+        asked = [row[0] for row in self.db.execute("SELECT bom FROM remote_runs ORDER BY created DESC")]
         learned = [row[0] for row in self.db.execute("SELECT DISTINCT bom FROM outputs ORDER BY bom")]
-        return list(dict.fromkeys([*ran, *learned]))
+        return list(dict.fromkeys([*ran, *asked, *learned]))
 
     def save_slices(self, order_cid: str, records: list[dict[str, Any]],
                     evaluations: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
@@ -108,8 +113,19 @@ class Index:
                             "WHERE order_cid = ?", (order_cid,))
             self.db.execute("DELETE FROM pending WHERE order_cid = ?", (order_cid,))
 
+    def record_remote_run(self, order_cid: str, bom: str, output: str, name: str | None, node: str,
+                          url: str) -> None:
+        """A run this node asked another for: the DID of the node that ran it (and signed its BOM) and its
+        URL. Its outputs are learned as another node's (`learn_outputs`), not as this node's own."""
+        with transaction(self.db):
+            self.db.execute("INSERT OR REPLACE INTO remote_runs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (bom, order_cid, output, name, node, url, time.time()))
+
     def recent(self, limit: int | None = 20) -> list[dict[str, Any]]:
-        """Runs, newest first; all of them with limit=None."""
-        rows = self.db.execute("SELECT order_cid, bom, output, name, created FROM runs "
+        """Runs, newest first, those run here and those asked of other nodes (with the `node` that ran
+        them and its `url`; None for a run here); all of them with limit=None."""
+        rows = self.db.execute("SELECT order_cid, bom, output, name, created, NULL, NULL FROM runs UNION ALL "
+                               "SELECT order_cid, bom, output, name, created, node, url FROM remote_runs "
                                "ORDER BY created DESC LIMIT ?", (-1 if limit is None else limit,))
-        return [dict(zip(("order", "bom", "output", "name", "created"), row, strict=True)) for row in rows]
+        keys = ("order", "bom", "output", "name", "created", "node", "url")
+        return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -3,8 +3,10 @@
 A BOM names the BOMs that produced its inputs, so ancestors are a walk over content-addressed links
 and need nothing but the store. Descendants are not linked from anywhere (a BOM cannot name BOMs
 made after it), so they come from the local run index: every indexed BOM is read and its parents
-inverted. Nodes are BOM CIDs in their canonical text form; edges run parent -> child. A parent whose
-block is absent or is not a BOM becomes a node marked `missing` so a partial history still renders.
+inverted. BOMs made elsewhere join the index as they arrive (`learn`: pulled, pushed, or run for this
+node by another), so what others derived shows here at once. Nodes are BOM CIDs in their canonical
+text form; edges run parent -> child. A parent whose block is absent or is not a BOM becomes a node
+marked `missing` so a partial history still renders.
 The BOMs of sub-Orders (a BOM's `children`) are linked too, and walked with the ancestors: their
 edges run from the BOM whose slices submitted them and carry `nested=True`.
 """
@@ -20,14 +22,16 @@ import networkx as nx
 from rich.markup import escape
 from rich.tree import Tree
 
-from cats.bom import BOM, load
+from cats.bom import BOM, load, records
 from cats.bom.index import Index
-from cats.cas.cid import CID
+from cats.cas.cid import CID, DAG_CBOR
+from cats.cas.dag import walk
 from cats.cas.store import BlockStore
 from cats.errors import BlockNotFound, CatsError
 from cats.order import label as input_label
 
-__all__ = ["open_bom", "graph", "ancestors", "descendants", "to_json", "to_dot", "to_mermaid", "to_tree"]
+__all__ = ["open_bom", "graph", "ancestors", "descendants", "learn", "learn_within", "to_json", "to_dot", "to_mermaid",
+           "to_tree"]
 
 
 def open_bom(store: BlockStore, cid: CID | str) -> BOM:
@@ -79,6 +83,33 @@ def _walk_up(store: BlockStore, g: nx.DiGraph, root: str, bom: BOM) -> None:
             g.add_edge(reach(parent), here)
         for child in boms[here].children:
             g.add_edge(here, reach(child), nested=True)
+
+
+def learn(store: BlockStore, index: Index, cid: CID) -> BOM:
+    """Index a BOM made elsewhere (pulled, pushed here, or run for this node by another) as the producer
+    of its outputs, and its slice results' encodings: an Order here that reads one of them names it as
+    parent, its lineage shows it as derived from its parents at once, and `cats.read` decodes its results.
+    What this node made itself stays its own, and it never becomes this node's memoized run of its Order.
+    CatsError, and nothing indexed, unless it decodes as a BOM whose record blocks are here."""
+    bom = load(store, cid)
+    results = [(str(r.output), r.encoding) for r in records(store, bom)]
+    index.learn_outputs(str(cid), [str(o) for o in bom.outputs], results)
+    return bom
+
+
+def learn_within(store: BlockStore, index: Index, root: CID) -> list[str]:
+    """`learn` every BOM in the DAG under root, which must be here whole (a pinned DAG, say): those that
+    are BOMs and intact, in walk order. Other blocks, and blocks that only look like BOMs, teach nothing."""
+    learned = []
+    for cid in walk(store, root):
+        if cid.codec != DAG_CBOR or b"cats.bom" not in store.get(cid):
+            continue
+        try:
+            learn(store, index, cid)
+        except CatsError:
+            continue
+        learned.append(str(cid))
+    return learned
 
 
 def _children(store: BlockStore, index: Index) -> tuple[dict[str, set[str]], dict[str, BOM]]:

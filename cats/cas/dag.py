@@ -63,13 +63,32 @@ def walk(store: BlockStore, cid: CID, *, read_leaves: bool = False, seen: set[CI
         stack.extend(reversed(children))
 
 
-def whole(store: BlockStore, cid: CID) -> bool:
-    """Whether a DAG is all in the store (its root alone may be, the rest lost): `walk` finds every block."""
-    try:
-        for _ in walk(store, cid):
-            pass
-    except CatsError:
-        return False
+def complete(store: BlockStore, cid: CID, proven: set[CID] | None = None) -> bool:
+    """Whether every block of the DAG is here: linking blocks are read (and so verified), raw leaves
+    checked with `has`. A DAG whose blocks are not all here, or one of which does not decode, is not.
+
+    `proven` holds (as v1) blocks whose whole subtree is known to be here, which are not looked at
+    again; a DAG found complete adds its blocks to it, one found incomplete adds nothing (its blocks
+    seen so far prove nothing about their subtrees), so several DAGs sharing subtrees are checked once.
+    """
+    proven = set() if proven is None else proven
+    found: set[CID] = set()
+    stack = [cid]
+    while stack:
+        here = stack.pop()
+        key = here.to_v1()
+        if key in proven or key in found:
+            continue
+        found.add(key)
+        if here.codec == RAW:
+            if not store.has(here):
+                return False
+            continue
+        try:
+            stack.extend(links(here, store.get(here)))
+        except CatsError:  # absent, corrupted, or not decodable: not a DAG that is here
+            return False
+    proven |= found
     return True
 
 

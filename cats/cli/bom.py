@@ -172,7 +172,8 @@ def log(
     limit: int = typer.Option(20, "-n", "--limit", min=1, help="Show at most this many runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as a JSON list."),
 ) -> None:
-    """List recent runs from the local index, newest first: time, name, BOM, output."""
+    """List recent runs from the local index, newest first: time, name, BOM, output, and for a run
+    another node made for this one (`cats mesh submit`), that node."""
     index = _index()
     if index is None:
         runs = []
@@ -182,13 +183,14 @@ def log(
         finally:
             index.close()
     entries = [{"time": _when(r["created"]), "name": r["name"], "bom": r["bom"], "output": r["output"],
-                "order": r["order"]} for r in runs]
+                "order": r["order"], "node": r["node"], "url": r["url"]} for r in runs]
     if as_json:
         _print_json(entries)
         return
     width = max((len(e["name"] or "-") for e in entries), default=0)
     for e in entries:
-        typer.echo(f"{e['time']}  {e['name'] or '-':<{width}}  {e['bom']}  {e['output']}")
+        where = f"  ran on {e['node']} at {e['url']}" if e["node"] else ""
+        typer.echo(f"{e['time']}  {e['name'] or '-':<{width}}  {e['bom']}  {e['output']}{where}")
 
 
 def register(app: typer.Typer) -> None:

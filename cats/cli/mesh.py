@@ -286,12 +286,14 @@ def submit(
     url: str = typer.Option(..., "--to", help="The node that runs it; it must trust this node (`cats id`). `auto`: "
                                               "the trusted peer whose node holds the most input bytes."),
     timeout: float = typer.Option(3600.0, "--timeout", min=1, help="Seconds to wait for the run."),
+    fetch_output: bool = typer.Option(False, "--fetch-output", help="Pull the output's DAG here too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, order, output, …)."),
 ) -> None:
-    """Run an Order on another node; print the BOM CID last.
+    """Run an Order on another node, next to its data; print the BOM CID last.
 
-    The Order is sealed here and pushed with its code and inputs; when the node has run it, the
-    BOM's lineage and signature are pulled back.
+    The Order is sealed here; the node is sent what it lacks of it and this node holds (the Order,
+    code, lock, IaC, inputs) and pulls inputs neither holds from its trusted peers, or refuses the
+    Order naming them. The signed BOM comes back, and the output only with --fetch-output.
     """
     from cats.api import submit as run
     from cats.cli.run import _load_order
@@ -303,15 +305,23 @@ def submit(
         _err().print(f"--to auto: {url} ({placement.chosen.did}): {placement.reason}")
     if sys.stderr.isatty() and not as_json:
         with _err().status(f"submitting to {url}", spinner="dots") as status:
-            result = run(order, to=url, timeout=timeout, progress=lambda s: status.update(f"order {s} on {url}"))
+            result = run(order, to=url, timeout=timeout, fetch_output=fetch_output,
+                         progress=lambda s: status.update(f"order {s} on {url}"))
     else:
-        result = run(order, to=url, timeout=timeout)
+        result = run(order, to=url, timeout=timeout, fetch_output=fetch_output)
     if as_json:
         typer.echo(json.dumps({**result.summary(), **({"placement": placement.summary()} if placement else {})}))
         return
     signers = result.pulled.signers.get(result.bom) or []
-    _err().print(f"[green]done[/] on {result.url} in {result.duration_s:.2f} s (job {result.job})\n"
-                 f"order  {result.order}\noutput {result.output}\n"
+    pushed = result.pushed
+    sent = ("the node had the Order whole already" if pushed.complete_there else
+            f"sent {pushed.blocks} blocks ({_size(pushed.bytes)})"
+            + (f"; {len(pushed.present_there)} named DAG(s) were there already" if pushed.present_there else "")
+            + (f"; {len(pushed.not_held)} came from the node's peers" if pushed.not_held else ""))
+    fetched = (f"pulled here ({_size(result.output_pulled.fetched_bytes)})" if result.output_pulled is not None
+               else "left on the node (--fetch-output pulls it)")
+    _err().print(f"[green]done[/] on {result.url} in {result.duration_s:.2f} s (job {result.job}); {sent}\n"
+                 f"order  {result.order}\noutput {result.output}: {fetched}\n"
                  + (f"signed by {', '.join(signers)}" if signers else "[yellow]the BOM came back unsigned[/]"))
     typer.echo(result.bom)
 

@@ -27,7 +27,7 @@ from cats.bom.home import Home
 from cats.bom.ref import load_ref
 from cats.bom.signatures import sign
 from cats.cas.cid import CID, DAG_CBOR
-from cats.cas.dag import walk, whole
+from cats.cas.dag import complete, walk
 from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
@@ -241,7 +241,7 @@ def _execute(order: Order, order_cid: CID, home: Home, store: BlockStore, url: s
         known = index.evaluations([str(keys[i]) for i in missing])
         for i in missing:
             # the whole result, not its root alone: a result missing a block is computed again
-            if (hit := known.get(str(keys[i]))) is not None and whole(store, CID.parse(hit[1]["output"])):
+            if (hit := known.get(str(keys[i]))) is not None and complete(store, CID.parse(hit[1]["output"])):
                 ledger.add(SliceOutcome.model_validate({**hit[1], "index": i, "reused_from": hit[0]}), executed=False)
     if reuse and not force and order.plant.reuse_from:  # and those a trusted peer computed and proves
         for outcome in from_peers(order, keys, [i for i in range(len(pieces)) if not ledger.has(i)], home, store):

@@ -34,7 +34,7 @@ from cats.bom.home import Home
 from cats.bom.signatures import Envelope
 from cats.cas import car, dagcbor, dagpb, reader
 from cats.cas.cid import CID, DAG_PB, RAW
-from cats.cas.dag import links, walk, whole
+from cats.cas.dag import complete, links
 from cats.cas.store import BlockStore
 from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError
@@ -249,7 +249,7 @@ class _Proofs:
         twice the DAG's recorded bytes (and some slack) holds what was not asked for: it is cut off."""
         if output.codec not in (RAW, DAG_PB):
             raise _Refused(f"output {output} is not a UnixFS file")
-        if whole(self.store, output):
+        if complete(self.store, output):
             return  # here already
         wanted = {output.to_v1()}
         limit, read = 2 * tsize + SLACK, 0
@@ -271,16 +271,8 @@ class _Proofs:
                 sections.end()
             except CatsError as e:
                 raise _Refused(f"its CAR of output {output}: {e}") from None
-        try:
-            _whole(self.store, output)
-        except CatsError as e:
-            raise _Refused(f"output {output} did not arrive whole: {e}") from None
-
-
-def _whole(store: BlockStore, root: CID) -> None:
-    """Prove a DAG is all here (linking blocks read and checked, leaves present)."""
-    for _ in walk(store, root):
-        pass
+        if not complete(self.store, output):
+            raise _Refused(f"output {output} did not arrive whole")
 
 
 def _sizes(store: BlockStore, output: CID) -> tuple[int, int]:

@@ -2,7 +2,10 @@
 
     report = pull(store, bom_cid, "http://node-a:8700")                 # everything the BOM reaches
     push(store, cid, "http://node-b:8700", Identity.load())            # a DAG, pinned there
-    bom = submit(order, "http://node-a:8700", Identity.load()).bom     # run there, lineage back here
+    bom = submit(order, "http://node-a:8700", Identity.load()).bom     # run there, its BOM back here
+
+An Order travels to its data: `submit` sends only what the node lacks and this side holds (the node
+resolves the rest from its trusted peers), and brings back the BOM, not the output, unless asked.
 
 Every block that arrives is hashed against its CID before it is stored (a mismatch stops the pull
 and names the CID; the block is not kept), and each is written as it arrives, atomically, by the
@@ -28,7 +31,7 @@ import httpx
 
 from cats.cas import car, dagcbor
 from cats.cas.cid import CID, DAG_CBOR, RAW
-from cats.cas.dag import links
+from cats.cas.dag import complete, links
 from cats.cas.store import BlockStore
 from cats.errors import BlockNotFound, CarError, CarTruncated, CatsError, EnvelopeError, MeshError, StreamCut
 
@@ -38,11 +41,13 @@ if TYPE_CHECKING:
     from cats.identity.trust import Peer
     from cats.order import Order
 
-__all__ = ["Node", "PullReport", "PushReport", "Submitted", "pull", "push", "submit", "read_car"]
+__all__ = ["Node", "PullReport", "PushReport", "Submitted", "pull", "pull_bom", "push", "push_order", "submit",
+           "read_car"]
 
 CAR = "application/vnd.ipld.car"
 PUSH_BATCH = 32 << 20  # bytes of blocks per POST /blocks: each batch is signed, so it sits in memory
 PIECE = 8 << 20  # bytes of a CAR stream read at a time
+WAIT_S = 15.0  # how long the node may hold an answer about an order that has not ended
 
 
 _Response = http.client.HTTPResponse
@@ -261,6 +266,23 @@ class Node:
         except EnvelopeError as e:
             raise MeshError(str(e), url=self.url) from None
 
+    def has(self, cids: list[CID]) -> set[CID]:
+        """Which of these DAGs are wholly on the node (as v1), in one POST /has per HAS_MAX of them."""
+        from cats.mesh.node.models import HAS_MAX
+
+        present: set[CID] = set()
+        for start in range(0, len(cids), HAS_MAX):
+            asked = {c.to_v1() for c in cids[start:start + HAS_MAX]}
+            body = json.dumps({"cids": [str(c) for c in cids[start:start + HAS_MAX]]}).encode()
+            answer = self._json("POST", "/has", body=body, headers={"Content-Type": "application/json"})
+            try:
+                said = {CID.parse(text).to_v1() for text in answer["present"]}
+            except (KeyError, TypeError, CatsError):
+                raise MeshError(f"node at {self.url} answered POST /has without a list of CIDs present",
+                                url=self.url) from None
+            present |= said & asked
+        return present
+
     # -- write side (signed)
     def put_blocks(self, car: bytes) -> dict[str, Any]:
         return self._json("POST", "/blocks", body=car, headers={"Content-Type": CAR}, sign=True)
@@ -280,8 +302,9 @@ class Node:
         body = json.dumps({"order": str(order)}).encode()
         return self._json("POST", "/orders", body=body, headers={"Content-Type": "application/json"}, sign=True)
 
-    def order_status(self, job: str) -> dict[str, Any]:
-        return self._json("GET", f"/orders/{job}", sign=True)
+    def order_status(self, job: str, wait: float = 0.0) -> dict[str, Any]:
+        """The order's status; with `wait`, once it has ended or after that many seconds (the node caps it)."""
+        return self._json("GET", f"/orders/{job}" + (f"?wait={wait:g}" if wait > 0 else ""), sign=True)
 
     def cancel(self, job: str) -> dict[str, Any]:
         """Cancel an order (as its submitter or the node's operator); MeshError(409) if it has ended."""
@@ -472,8 +495,8 @@ def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
     """Index the pulled BOMs as producers of their outputs: an Order here that reads one of them
     then names the other organization's BOM as its parent, and `cats verify --recursive` follows it;
     and their slice results' encodings, so `cats.read` decodes those too."""
-    from cats.bom import load, records
     from cats.bom.index import Index
+    from cats.bom.lineage import learn
     from cats.config import home
 
     if not boms:
@@ -482,9 +505,7 @@ def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
     try:
         for bom in boms:
             with contextlib.suppress(CatsError, ValueError):  # a block that only looks like a BOM teaches nothing
-                pulled = load(store, CID.parse(bom))
-                index.learn_outputs(bom, [str(o) for o in pulled.outputs],
-                                    [(str(r.output), r.encoding) for r in records(store, pulled)])
+                learn(store, index, CID.parse(bom))
     finally:
         index.close()
 
@@ -628,16 +649,19 @@ class PushReport:
     requests: int = 0
     complete_there: bool = False
     signed: list[str] = field(default_factory=list)
+    present_there: list[str] = field(default_factory=list)  # DAGs the node held whole already: not sent
+    not_held: list[str] = field(default_factory=list)  # DAGs on neither side: the node looks for them
     duration_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def children_first(store: BlockStore, root: CID) -> Iterator[tuple[CID, bytes]]:
+def children_first(store: BlockStore, root: CID, seen: set[CID] | None = None) -> Iterator[tuple[CID, bytes]]:
     """Every block of the DAG once, each after all the blocks it links (so whatever part of a DAG a
-    node has received is closed under links). Every block is read, and so verified."""
-    seen: set[CID] = set()
+    node has received is closed under links). Every block is read, and so verified. Blocks in `seen`
+    (as v1) are left out, so several DAGs can be sent as one stream."""
+    seen = set() if seen is None else seen
     stack: list[tuple[CID, bytes | None]] = [(root, None)]
     while stack:
         cid, block = stack.pop()
@@ -686,18 +710,7 @@ def push(store: BlockStore, cid: CID, url: str, identity: Identity, *, signature
         if report.complete_there:
             boms = [c for c, block in children_first(store, cid) if _is_bom(c, block)]
         else:
-            batch: list[tuple[CID, bytes]] = []
-            size = 0
-            for c, block in children_first(store, cid):
-                if _is_bom(c, block):
-                    boms.append(c)
-                batch.append((c, block))
-                size += len(block)
-                if size >= batch_bytes:
-                    _send_batch(node, batch, report)
-                    batch, size = [], 0
-            if batch:
-                _send_batch(node, batch, report)
+            boms = _send_dags(node, store, [cid], report, batch_bytes)
             node.pin(cid)
         for bom in boms:
             envelope = signatures.get(bom)
@@ -709,6 +722,28 @@ def push(store: BlockStore, cid: CID, url: str, identity: Identity, *, signature
             node.close()
     report.duration_s = time.perf_counter() - started
     return report
+
+
+def _send_dags(node: Node, store: BlockStore, roots: list[CID], report: PushReport,
+               batch_bytes: int = PUSH_BATCH, seen: set[CID] | None = None) -> list[CID]:
+    """Send the DAGs under roots, children first, each block once and none of those under `seen` (as v1),
+    in signed CARs of about `batch_bytes`; the BOMs among them."""
+    boms: list[CID] = []
+    seen = set() if seen is None else seen
+    batch: list[tuple[CID, bytes]] = []
+    size = 0
+    for root in roots:
+        for c, block in children_first(store, root, seen):
+            if _is_bom(c, block):
+                boms.append(c)
+            batch.append((c, block))
+            size += len(block)
+            if size >= batch_bytes:
+                _send_batch(node, batch, report)
+                batch, size = [], 0
+    if batch:
+        _send_batch(node, batch, report)
+    return boms
 
 
 def _send_batch(node: Node, batch: list[tuple[CID, bytes]], report: PushReport) -> None:
@@ -723,29 +758,36 @@ def _send_batch(node: Node, batch: list[tuple[CID, bytes]], report: PushReport) 
 
 @dataclass
 class Submitted:
-    """An Order run on another node: its CID, the node's job, the BOM (pulled here) and its output."""
+    """An Order run on another node: its CID, the node's job and DID, the BOM (pulled here) and its output
+    (pulled here only when asked: `output_pulled`)."""
 
     order: str
     url: str
+    node: str
     job: str
     status: str
     bom: str
-    output: str | None
+    output: str
     pushed: PushReport
     pulled: PullReport
+    output_pulled: PullReport | None
     duration_s: float
 
     def summary(self) -> dict[str, Any]:
-        return {"order": self.order, "url": self.url, "job": self.job, "status": self.status, "bom": self.bom,
-                "output": self.output, "pushed": self.pushed.summary(), "pulled": self.pulled.summary(),
+        return {"order": self.order, "url": self.url, "node": self.node, "job": self.job, "status": self.status,
+                "bom": self.bom, "output": self.output, "pushed": self.pushed.summary(),
+                "pulled": self.pulled.summary(),
+                "output_pulled": self.output_pulled.summary() if self.output_pulled is not None else None,
                 "duration_s": self.duration_s}
 
 
 def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | None = None,
            timeout: float = 600.0, signatures: Signatures | None = None,
-           progress: Callable[[str], None] | None = None) -> Submitted:
-    """Seal the Order here, push it (code, lock, IaC, CID inputs) to the node at url, have the node run it,
-    wait for the result and pull the BOM's lineage and envelope back. CatsError if the run fails."""
+           progress: Callable[[str], None] | None = None, fetch_output: bool = False) -> Submitted:
+    """Seal the Order here, send the node at url what it needs and cannot have (`push_order`), have it run
+    the Order, wait for the result and pull its BOM and envelope back (`pull_bom`), and the output DAG
+    too with `fetch_output`. The run joins this node's log, marked with the node that ran it. CatsError
+    if the node refuses it (naming the DAGs neither side holds) or the run fails."""
     from cats.cas.store import open_store
     from cats.factory import guard
     from cats.order.seal import seal
@@ -758,7 +800,7 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
     order_cid = CID.hash(block, DAG_CBOR)
     store.put(order_cid, block)
     with Node(url, identity) as node:
-        pushed = push(store, order_cid, url, identity, signatures=signatures, node=node)
+        pushed = push_order(store, order_cid, node)
         accepted = node.order(order_cid)
         job = accepted.get("id")
         if not isinstance(job, str) and not isinstance(job, int):
@@ -771,25 +813,108 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
                             f"{state.get('error') or 'no error given'}", url=node.url)
         try:
             bom = CID.parse(state["bom"])
+            output = CID.parse(state["output"])
         except (KeyError, TypeError, CatsError):
-            raise MeshError(f"node at {node.url} finished order {order_cid} without a BOM CID: {state}",
+            raise MeshError(f"node at {node.url} finished order {order_cid} without a BOM and output CID: {state}",
                             url=node.url) from None
-        pulled = pull(store, bom, url, identity, signatures=signatures, node=node)
-    output = state.get("output")
-    return Submitted(order=str(order_cid), url=node.url, job=job, status="done", bom=str(bom),
-                     output=str(output) if output else None, pushed=pushed, pulled=pulled,
+        pulled = pull_bom(store, bom, node, signatures)
+        output_pulled = pull(store, output, url, identity, signatures=signatures, node=node) if fetch_output else None
+        did = node.did
+    _remember(store, str(order_cid), bom, str(output), sealed.name, did, node.url)
+    return Submitted(order=str(order_cid), url=node.url, node=did, job=job, status="done", bom=str(bom),
+                     output=str(output), pushed=pushed, pulled=pulled, output_pulled=output_pulled,
                      duration_s=time.perf_counter() - started)
+
+
+def push_order(store: BlockStore, order_cid: CID, node: Node) -> PushReport:
+    """Send the node what a sealed Order needs and it cannot have: the Order block, and each DAG it names
+    (code, lock, IaC, inputs) that the node lacks and this store holds whole. The node says which it holds
+    whole in one POST /has; a DAG on neither side is left for the node to find on its trusted peers
+    (`not_held`), or to refuse naming it. Nothing is pinned here: the node pins an Order it admits."""
+    report = PushReport(root=str(order_cid), url=node.url)
+    started = time.perf_counter()
+    named = list(dict.fromkeys(links(order_cid, store.get(order_cid))))
+    there = node.has([order_cid, *named])
+    report.complete_there = order_cid.to_v1() in there
+    if not report.complete_there:
+        proven: set[CID] = set()
+        send = [c for c in named if c.to_v1() not in there and complete(store, c, proven)]
+        report.present_there = [str(c) for c in named if c.to_v1() in there]
+        report.not_held = [str(c) for c in named if c.to_v1() not in there and c not in send]
+        sent_or_not = {c.to_v1() for c in named if c not in send}  # the Order block goes without them
+        _send_dags(node, store, [*send, order_cid], report, seen=sent_or_not)
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def pull_bom(store: BlockStore, bom: CID, node: Node, signatures: Signatures | None = None) -> PullReport:
+    """The BOM block and its slice-record blocks, each checked against its CID, and the node's envelope
+    over it: what this node's lineage, log and `cats.read` need of a run made elsewhere, without its data
+    (the Order, code, lock and IaC are here already, its inputs and output stay where they are)."""
+    from cats.bom import load
+    from cats.bom.signatures import Signatures
+
+    report = PullReport(root=str(bom), url=node.url)
+    started = time.perf_counter()
+    _pull_block(store, bom, node, report)
+    try:
+        found = load(store, bom)
+    except CatsError as e:
+        raise MeshError(f"node at {node.url} answered with {bom} as the BOM, which is not one: {e}",
+                        url=node.url) from None
+    for block in found.slices:
+        _pull_block(store, block, node, report)
+    report.boms.append(str(bom))
+    _fetch_signatures(node, bom, signatures or Signatures(), report)
+    report.duration_s = time.perf_counter() - started
+    return report
+
+
+def _pull_block(store: BlockStore, cid: CID, node: Node, report: PullReport) -> None:
+    report.blocks += 1
+    try:
+        size = store.size(cid)
+    except BlockNotFound:
+        pass
+    else:
+        report.present_blocks += 1
+        report.present_bytes += size
+        return
+    report.requests += 1
+    data = node.block(cid)  # checked against its CID
+    store.put(cid, data)
+    report.fetched_blocks += 1
+    report.fetched_bytes += len(data)
+
+
+def _remember(store: BlockStore, order: str, bom: CID, output: str, name: str | None, did: str, url: str) -> None:
+    """The run joins this node's index: its log, marked with the node that ran it, and its lineage (the
+    BOM as another node's, the producer of its output). Never this node's memoized run of the Order."""
+    from cats.bom.index import Index
+    from cats.bom.lineage import learn
+    from cats.config import home
+
+    index = Index(home() / "index.sqlite")
+    try:
+        learn(store, index, bom)
+        index.record_remote_run(order, str(bom), output, name, did, url)
+    finally:
+        index.close()
 
 
 def _wait(node: Node, job: str, order: CID, timeout: float, progress: Callable[[str], None] | None,
           status: object) -> dict[str, Any]:
-    """Poll the job with backoff until it has ended; a node briefly unreachable is waited for."""
+    """Ask for the job's status until it has ended, each answer held by the node until the status changes
+    (or WAIT_S): the outcome is known as soon as it is, for a request every WAIT_S. A node briefly
+    unreachable, or answering early with nothing new (it is stopping), is asked again with backoff."""
     deadline = time.monotonic() + timeout
     delay = 0.1
     state: dict[str, Any] = {"status": status}
     while True:
+        wait = max(0.0, min(WAIT_S, deadline - time.monotonic()))
+        asked, was = time.monotonic(), state.get("status")
         try:
-            state = node.order_status(job)
+            state = node.order_status(job, wait=wait)
         except MeshError as e:
             if e.status is not None and e.status != 503:
                 raise
@@ -797,8 +922,9 @@ def _wait(node: Node, job: str, order: CID, timeout: float, progress: Callable[[
             progress(str(state["status"]))
         if state.get("status") in ("done", "failed", "cancelled"):
             return state
-        if time.monotonic() + delay > deadline:
+        if state.get("status") == was and time.monotonic() - asked < wait:  # not held: do not ask again at once
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 1.5, 2.0)
+        if time.monotonic() >= deadline:
             raise MeshError(f"order {order} (job {job}) on {node.url} did not finish within {timeout:g} s "
                             f"(last status: {state.get('status')})", url=node.url)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)

@@ -18,12 +18,15 @@ up to the route's limit and checked against the signed digest as it arrives.
     GET  /routing/v1/providers/{cid}  who holds it: this node, and trusted peers known to (IPFS routing v1)
     GET  /lineage/{cid}               the lineage graph as JSON
     GET  /ui/lineage/{cid}            the lineage as a self-contained HTML page
+    POST /has                         {"cids": [CID, …]}: which of those DAGs are wholly here (a read)
     POST /blocks                      a CARv1 body: every block checked, all or nothing
-    POST /pins/{cid}                  pin a DAG that is fully present
+    POST /pins/{cid}                  pin a DAG that is fully present (the BOMs in it join the lineage here)
     POST /bom/{cid}/signatures        merge an envelope's valid signatures
-    POST /orders                      {"order": CID}: run a pushed, sealed Order here (202)
+    POST /orders                      {"order": CID}: run a pushed, sealed Order here (202); the DAGs it
+                                      names that are not here come from the trusted peers holding them
     GET  /orders                      the signer's orders (every order, for the operator)
-    GET  /orders/{id}                 its status, for its submitter (and the operator)
+    GET  /orders/{id}[?wait=S]        its status, for its submitter (and the operator); with wait, once it
+                                      changes (the order starts or ends) or after S seconds
     POST /orders/{id}/cancel          cancel it, queued or running: by its submitter or the operator
 
 The operator is whoever signs with the node's own identity (it holds the key in CATS_HOME). Orders
@@ -49,21 +52,23 @@ answered 500 with nothing of its message.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cats import __version__
@@ -73,7 +78,7 @@ from cats.bom.index import Index
 from cats.bom.signatures import Envelope, Signatures
 from cats.cas import car, multihash
 from cats.cas.cid import CID
-from cats.cas.dag import links
+from cats.cas.dag import complete, links
 from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
 from cats.cas.store.local import LocalStore
@@ -88,8 +93,10 @@ from cats.identity.trust import Trust
 from cats.mesh import routing
 from cats.mesh.node import gateway
 from cats.mesh.node import models as m
+from cats.mesh.node.fetch import lacking, locate, sources
 from cats.mesh.node.nonces import Nonces
 from cats.mesh.node.orders import (
+    FINISHED,
     STATUSES,
     NodePolicy,
     OrderRejected,
@@ -97,7 +104,6 @@ from cats.mesh.node.orders import (
     OrderTable,
     Runner,
     Worker,
-    check_present,
     load_order,
 )
 from cats.web import json_errors
@@ -109,10 +115,15 @@ CAR = gateway.CAR_TYPE
 DEFAULT_MAX_BODY = 256 << 20
 _IMMUTABLE = {"Cache-Control": "public, max-age=29030400, immutable", "X-Content-Type-Options": "nosniff"}
 JSON_MAX_BODY = 1 << 20  # an envelope or an order request is a few KiB
+MAX_WAIT_S = 20.0  # the longest GET /orders/{id}?wait= holds its answer
+_WAIT_STEP_S = 0.05
+_Model = TypeVar("_Model", bound=BaseModel)
 _NO_BODY = ("GET", "HEAD")  # methods whose body is never read
+_READING_POSTS = ("/has",)  # POSTs that only read (a question too long for a URL): open like the other reads
 
 _WHY = {
-    400: "Malformed CID, CAR or envelope; a block that does not match its CID; a block an Order needs is missing",
+    400: "Malformed CID, CAR or envelope; a block that does not match its CID; an Order needs a DAG neither this "
+         "node nor its trusted peers hold",
     401: "Unsigned, stale, altered or replayed request",
     403: "A valid signature from a DID this node does not trust (or neither the order's submitter nor the operator)",
     404: "Not on this node",
@@ -293,8 +304,8 @@ class _Gate:
         request = Request(scope)
         try:
             _declared(request, self.node.max_body, f"this node takes (CATS_NODE_MAX_BODY={self.node.max_body})")
-            needed = (self.node.private or request.method not in _NO_BODY
-                      or any(h in request.headers for h in HEADERS))
+            writes = request.method not in _NO_BODY and request.url.path not in _READING_POSTS
+            needed = self.node.private or writes or any(h in request.headers for h in HEADERS)
             signed = await run_in_threadpool(_authenticate, request, self.node) if needed else None
         except HTTPException as e:
             await JSONResponse({"detail": e.detail}, e.status_code, headers=e.headers)(scope, receive, send)
@@ -312,36 +323,49 @@ def _signer(request: Request) -> Signed:
     return signed
 
 
-def _body(limit: int | None) -> Callable[[Request], Any]:
-    """A dependency: the signer and the body, read up to `limit` bytes (None: the node's CATS_NODE_MAX_BODY)
-    and refused (401) unless it is the body that was signed."""
-
-    async def received(request: Request) -> Received:
-        signed = _signer(request)
-        node: NodeState = request.app.state.node
-        cap = node.max_body if limit is None else min(limit, node.max_body)
-        why = (f"this node takes (CATS_NODE_MAX_BODY={cap})" if limit is None
-               else f"{request.method} {request.url.path} takes ({cap} bytes)")
-        _declared(request, cap, why)
-        check, chunks, size = signed.body(), [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise HTTPException(413, f"the body is larger than {why}; send it in smaller parts")
+async def _read_body(request: Request, signed: Signed | None, limit: int | None) -> bytes:
+    """The body, read up to `limit` bytes (None: the node's CATS_NODE_MAX_BODY) and, when the request is
+    signed, refused (401) unless it is the body that was signed."""
+    node: NodeState = request.app.state.node
+    cap = node.max_body if limit is None else min(limit, node.max_body)
+    why = (f"this node takes (CATS_NODE_MAX_BODY={cap})" if limit is None
+           else f"{request.method} {request.url.path} takes ({cap} bytes)")
+    _declared(request, cap, why)
+    check, chunks, size = signed.body() if signed is not None else None, [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise HTTPException(413, f"the body is larger than {why}; send it in smaller parts")
+        if check is not None:
             check.update(chunk)
-            chunks.append(chunk)
+        chunks.append(chunk)
+    if check is not None:
         try:
             check.done()
         except RequestRejected as e:
             raise HTTPException(e.status, str(e), headers=_challenge(node)) from None
-        return Received(signed.did, b"".join(chunks))
+    return b"".join(chunks)
+
+
+def _body(limit: int | None) -> Callable[[Request], Any]:
+    """A dependency: the signer and the body, read up to `limit` bytes (see `_read_body`)."""
+
+    async def received(request: Request) -> Received:
+        signed = _signer(request)
+        return Received(signed.did, await _read_body(request, signed, limit))
 
     return received
+
+
+async def _question(request: Request) -> bytes:
+    """The JSON body of a POST that only reads (`_READING_POSTS`): signed where the gate asked for it."""
+    return await _read_body(request, request.state.signed, JSON_MAX_BODY)
 
 
 Car = Annotated[Received, Depends(_body(None))]
 Json = Annotated[Received, Depends(_body(JSON_MAX_BODY))]
 Bodiless = Annotated[Received, Depends(_body(0))]
+Question = Annotated[bytes, Depends(_question)]
 Signer = Annotated[Signed, Depends(_signer)]
 JobId = Annotated[str, PathParam(description="the id POST /orders answered")]
 CidPath = Annotated[str, PathParam(description="a CID: CIDv0 (Qm…) or CIDv1 in any multibase",
@@ -376,6 +400,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                               + ("Private: every read needs a signed request from a trusted peer."
                                  if private else "Reads are open to anyone."))
     app.state.node = node
+    app.state.stopping = False  # set once the server stops (`cats.web.run`): held answers are given then
 
     json_errors(app)
 
@@ -559,6 +584,19 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         with _run_index() as index, _reading_bom(parsed):
             return HTMLResponse(page(node.store, parsed, index))
 
+    @app.post("/has", response_model=m.Has, dependencies=reads, responses=_errors(400, *read_errors, 413, 422),
+              openapi_extra=_json_body(m.HasRequest, f"The DAG roots to look for (at most {m.HAS_MAX})"),
+              summary="Which of these DAGs are wholly on this node",
+              description="A read (open unless the node is private), asked in one request before pushing: a "
+                          "DAG is present when every block of it is here, linking blocks read and checked, raw "
+                          "leaves looked up; a root without the rest of its DAG is missing.")
+    def has(body: Question) -> m.Has:
+        asked = [_cid(text) for text in _parsed(m.HasRequest, body).cids]
+        proven: set[CID] = set()  # subtrees found whole, not walked twice
+        whole = {cid.to_v1() for cid in dict.fromkeys(asked) if complete(node.store, cid, proven)}
+        return m.Has(present=[str(c) for c in asked if c.to_v1() in whole],
+                     missing=[str(c) for c in asked if c.to_v1() not in whole])
+
     @app.post("/blocks", response_model=m.Imported, dependencies=signed,
               responses=_errors(400, 401, 403, 413),
               openapi_extra={"requestBody": {"required": True,
@@ -591,6 +629,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             raise HTTPException(500, str(e)) from None
         except CatsError as e:
             raise HTTPException(422, f"cannot pin {parsed}: {e}") from None
+        _learn(node.store, parsed, signer.did)
         return m.Pinned(pinned=str(parsed), blocks=count)
 
     @app.post("/bom/{cid}/signatures", dependencies=signed,
@@ -624,23 +663,21 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
               openapi_extra=_json_body(m.OrderRequest, "The CID of a sealed Order whose blocks were pushed"),
               summary="Run an Order on this node")
     def submit(signer: Json) -> m.OrderStatus:
-        try:
-            text = json.loads(signer.body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise HTTPException(400, f"the body is not JSON: {e}") from None
-        try:
-            request = m.OrderRequest.model_validate(text)
-        except ValidationError as e:
-            raise HTTPException(422, f"invalid request: {_first_error(e)}") from None
-        cid = _stored_cid(request.order)
+        cid = _stored_cid(_parsed(m.OrderRequest, signer.body).order)
         if node.refusal is not None:
             raise HTTPException(503, f"Order {cid} refused: {node.refusal}")
         try:
             order = load_order(node.store, cid)
             node.policy.admit(cid, order)
-            check_present(node.store, cid, order)
+            if missing := lacking(node.store, order):  # pulled from the peers holding them before the run
+                locate(cid, missing, sources(node.trust.peers(), node.identity.did), node.identity)
+            else:
+                node.pins.add(node.store, cid)  # kept from gc while it waits its turn
         except OrderRejected as e:
             raise HTTPException(e.status, str(e)) from None
+        except BlockNotFound as e:  # a block the Order block links beyond those it names
+            raise HTTPException(400, f"Order {cid} needs block {e.cid}, which is not on this node: push it "
+                                     "first") from None
         if node.worker.stopping:
             raise HTTPException(503, f"Order {cid} refused: this node is stopping; submit it again once it is back")
         row = node.orders.create(str(cid), signer.did)
@@ -670,9 +707,21 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     @app.get("/orders/{id}", response_model=m.OrderStatus, response_model_exclude_none=True,
              dependencies=signed, responses=_errors(401, 403, 404, 422),
-             summary="An order's status, for its submitter (and the operator)")
-    def order_status(id: JobId, signer: Signer) -> m.OrderStatus:
-        return m.OrderStatus.of(_followed(id, signer.did))
+             summary="An order's status, for its submitter (and the operator)",
+             description="With `wait`, the answer comes when the order's status changes (it starts or ends) or "
+                         "after that many seconds, whichever is first: a submitter learns the outcome at once "
+                         "without polling often.")
+    async def order_status(id: JobId, signer: Signer,
+                           wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait for the "
+                                                        f"order to end (at most {MAX_WAIT_S:g})")] = 0,
+                           ) -> m.OrderStatus:
+        row = asked = _followed(id, signer.did)
+        deadline = time.monotonic() + wait
+        while (row.status == asked.status and row.status not in FINISHED and time.monotonic() < deadline
+               and not app.state.stopping):
+            await asyncio.sleep(_WAIT_STEP_S)  # a look at the table: the worker thread writes it
+            row = node.orders.get(id) or row
+        return m.OrderStatus.of(row)
 
     @app.post("/orders/{id}/cancel", response_model=m.OrderStatus, response_model_exclude_none=True,
               dependencies=signed, responses=_errors(401, 403, 404, 409, 413, 422),
@@ -702,6 +751,21 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _learn(store: BlockStore, root: CID, did: str) -> None:
+    """Index the intact BOMs of a DAG a peer pushed, whole now that it is pinned, as made elsewhere: this
+    node's lineage shows what they derive at once (a peer's claim, shown with whatever signatures it has)."""
+    from cats.bom.lineage import learn_within
+
+    index = Index(home() / "index.sqlite")
+    try:
+        if learned := learn_within(store, index, root):
+            log.info("%s pushed BOM %s, now in this node's lineage", did, ", ".join(learned))
+    except CatsError as e:  # the pin holds; only the lineage here misses it
+        log.warning("BOMs pushed under %s not indexed: %s", root, e)
+    finally:
+        index.close()
 
 
 @contextmanager
@@ -735,6 +799,18 @@ def _bom_here(store: BlockStore, text: str) -> CID:
     if not store.has(cid):
         raise HTTPException(404, f"BOM {cid} is not on this node")
     return cid
+
+
+def _parsed(model: type[_Model], body: bytes) -> _Model:
+    """A JSON body as `model`: 400 if it is not JSON, 422 naming the field that does not fit."""
+    try:
+        text = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise HTTPException(400, f"the body is not JSON: {e}") from None
+    try:
+        return model.model_validate(text)
+    except ValidationError as e:
+        raise HTTPException(422, f"invalid request: {_first_error(e)}") from None
 
 
 def _first_error(error: ValidationError) -> str:

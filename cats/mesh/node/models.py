@@ -33,6 +33,20 @@ class Pinned(BaseModel):
     blocks: int = Field(description="blocks of the DAG, all present")
 
 
+HAS_MAX = 1000  # CIDs per POST /has: an Order's code, lock, IaC and inputs fit in one, many times over
+
+
+class HasRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cids: list[str] = Field(max_length=HAS_MAX, description=f"DAG roots to look for, at most {HAS_MAX}")
+
+
+class Has(BaseModel):
+    present: list[str] = Field(description="the CIDs asked for whose whole DAG is on this node, as asked")
+    missing: list[str] = Field(description="the others: a block of their DAG is absent (or does not decode)")
+
+
 class OrderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -3,9 +3,9 @@ worker thread that runs them one at a time, in the order they came.
 
 An order is `queued` when accepted, `running` while the Factory runs it, then `done` (with its BOM and
 output), `failed` (with the error) or `cancelled` (by its submitter or the operator, or because the
-node stopped while it ran). Admission (`load_order`, `check_present`, `NodePolicy.admit`) refuses an
-Order that is not a sealed Order block, names a Ray address, needs a block the node does not have, or
-asks for what the node's policy does not give.
+node stopped while it ran). Admission (`load_order`, `NodePolicy.admit`, then `fetch.locate`) refuses an
+Order that is not a sealed Order block, names a Ray address, asks for what the node's policy does not
+give, or names a DAG neither the node nor its trusted peers hold.
 
 Each run is `cats.factory.run(order, confine=...)` in a child process (`python -m cats.mesh.node.runner`),
 started and waited for by the worker thread: the Factory's Ray driver then lives in that process's main
@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING
 from cats._sqlite import connect
 from cats.cas import dagcbor
 from cats.cas.cid import CID
-from cats.cas.dag import walk
 from cats.cas.store import BlockStore
 from cats.config import home
 from cats.data.reach import Reach
@@ -159,22 +158,6 @@ def named_cids(order: Order) -> list[tuple[str, CID]]:
     named += [("environment lock", order.structure.lock), ("IaC", order.structure.iac)]
     named += [(f"input {i}", c) for i, c in enumerate(order.inputs) if isinstance(c, CID)]
     return [(what, cid) for what, cid in named if cid is not None]
-
-
-def check_present(store: BlockStore, order_cid: CID, order: Order) -> None:
-    """OrderRejected(400) naming the first block missing from the DAGs the Order names."""
-    seen: set[CID] = set()
-    for what, cid in named_cids(order):
-        try:
-            for _ in walk(store, cid, seen=seen):
-                pass
-        except BlockNotFound as e:
-            missing = e.cid if e.cid is not None else cid
-            where = "" if missing == cid else f" (in the DAG of {cid})"
-            raise OrderRejected(400, f"Order {order_cid} needs block {missing}{where}, its {what}, which is not "
-                                     "on this node: push it first") from None
-        except CatsError as e:
-            raise OrderRejected(400, f"Order {order_cid}: its {what} {cid} cannot be read: {e}") from None
 
 
 # -- the table ------------------------------------------------------------------------------------------
