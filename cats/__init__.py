@@ -30,7 +30,7 @@ _EXPORTS = {
     "Check": "cats.order.checks",
     # running it here or on another node, reading what it made, verifying it
     "run": "cats.factory.driver",
-    "Run": "cats.factory.driver",
+    "Run": "cats.factory.outcome",
     "submit": "cats.api",
     "Submitted": "cats.mesh.client",
     "read": "cats.factory.outputs",
@@ -95,7 +95,8 @@ if TYPE_CHECKING:
         StageFailed,
         ViewError,
     )
-    from cats.factory.driver import Run, run
+    from cats.factory.driver import run
+    from cats.factory.outcome import Run
     from cats.factory.outputs import read
     from cats.mesh.client import Submitted
     from cats.order import Order

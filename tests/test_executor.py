@@ -24,7 +24,7 @@ from cats.cas import dagcbor, reader
 from cats.cas.importer import Importer
 from cats.factory import SliceOutcome
 from cats.factory._execute import execute
-from cats.factory.driver import reexecution_plan
+from cats.factory.execution import reexecution_plan
 from cats.order import Function, Order, Plant, Structure
 from cats.plant import connect
 from cats.verification.audit import verify

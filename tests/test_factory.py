@@ -35,7 +35,7 @@ from cats.cas.importer import Importer
 from cats.cas.pins import Pins, gc
 from cats.cas.store.local import LocalStore
 from cats.errors import CatsError, SliceFailed
-from cats.factory import driver, evaluation, results
+from cats.factory import evaluation, execution, results
 from cats.factory.outputs import read
 from cats.order import Function, InfraFunction, Order, Plant, Structure
 from cats.order.infra import Slice
@@ -475,7 +475,7 @@ def test_memoized_rerun_skips_ray(ray_session: str, cats_home: Path, tmp_path: P
     def no_ray(*args: object, **kwargs: object) -> None:
         raise AssertionError("a memoized run must not touch Ray")
 
-    monkeypatch.setattr(driver, "connect", no_ray)
+    monkeypatch.setattr(execution, "connect", no_ray)
     monkeypatch.setattr(factory.worker, "run_batch", no_ray)
     started = time.perf_counter()
     again = factory.run(order)

@@ -27,7 +27,7 @@ from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import put_cbor, walk
 from cats.cas.store.local import LocalStore
 from cats.errors import CatsError
-from cats.factory import driver
+from cats.factory import execution
 from cats.identity import Identity
 from cats.order import Function, Order
 from cats.verification import drift, sampling
@@ -393,7 +393,7 @@ def test_integrity_needs_no_ray(base: Base, cli, cats_home: Path, tmp_path: Path
     def no_ray(*args: object, **kwargs: object) -> None:
         raise AssertionError("an integrity check must not touch Ray")
 
-    monkeypatch.setattr(driver, "connect", no_ray)  # re-execution joins Ray through the Factory
+    monkeypatch.setattr(execution, "connect", no_ray)  # re-execution joins Ray through the Factory
     store = _copy(base.store, cats_home / "blocks")  # the CLI's default store too
     with pytest.raises(AssertionError, match="must not touch Ray"):
         verify(store, base.run.bom)  # proves the patch is on the re-execution path

@@ -1,7 +1,8 @@
 """The Factory: turns an Order into Ray tasks, one per batch of slices, and the run into a BOM.
 
-`run` (in `driver`) seals, splits, executes and records; `worker` is what runs inside Ray; `confine`
-and `_confined` are the sandbox for code that is not the operator's own. The package's own names
+`run` (in `driver`) seals and returns what is known already; `execution` splits, executes and
+records; `worker` is what runs inside Ray; `confine` and `_confined` are the sandbox for code that is
+not the operator's own. The package's own names
 load on first use, so a process that needs one part (a sandbox, which must start fast) does not load
 the driver and the models it imports.
 """
@@ -13,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cats.bom.home import Home
-    from cats.factory.driver import Run, Stage, dag, reexecute, run
+    from cats.factory.driver import Stage, dag, run
+    from cats.factory.execution import reexecute
     from cats.factory.nested import slice_store, submit
-    from cats.factory.outcome import SliceOutcome
+    from cats.factory.outcome import Run, SliceOutcome
     from cats.order.function import Function
 
-_WHERE = {"run": "cats.factory.driver", "reexecute": "cats.factory.driver", "Run": "cats.factory.driver",
+_WHERE = {"run": "cats.factory.driver", "reexecute": "cats.factory.execution", "Run": "cats.factory.outcome",
           "dag": "cats.factory.driver", "Stage": "cats.factory.driver",
           "Home": "cats.bom.home", "SliceOutcome": "cats.factory.outcome", "Function": "cats.order.function",
           "submit": "cats.factory.nested", "slice_store": "cats.factory.nested"}

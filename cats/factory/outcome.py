@@ -3,19 +3,27 @@
 Workers build one `SliceOutcome` per slice; the Factory's driver reads it into the BOM's slice
 record, the run index keeps it (as JSON) so an interrupted run resumes, and verification compares
 its output CID with the recorded one. Unknown fields are refused: a worker and a driver of
-different versions fail loudly instead of dropping what the other sent.
+different versions fail loudly instead of dropping what the other sent. `Run` is what a whole run
+returns.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cats.bom import ReplicaOutcome, SliceRecord, Vouched
 from cats.bom.child import Child
+from cats.cas.cid import CID
 from cats.cas.fields import CIDField
+from cats.order.checks import CheckReport
 from cats.order.infra import Slice
+
+# progress(done, total), called as slices finish
+Progress = Callable[[int, int], None]
 
 
 class DataCounts(BaseModel):
@@ -95,3 +103,47 @@ class SliceOutcome(BaseModel):
 # What a slice's BOM record takes from its outcome.
 _RECORDED = {"index", "output", "encoding", "size", "tsize", "node", "duration_s", "attempts", "bytes_in", "replicas",
              "agreed", "children", "reused_from", "vouched"}
+
+
+@dataclass
+class Run:
+    """What `run` returns: the BOM's CID (the handle for everything), the output's and the sealed
+    Order's; whether an earlier BOM of the same Order was reused; slices in all, executed now, and
+    taken from earlier runs' evaluations (`reused_slices`); the reports of the checks that gated it
+    (None: the Order does not ask, or its BOM was reused). A pipeline's Run is its final stage's,
+    with every stage's Run in run order (`stages`, the final one last) and the whole run's time."""
+
+    bom: CID
+    output: CID
+    order: CID
+    reused: bool = False
+    slices: int = 0
+    executed: int = 0
+    reused_slices: int = 0
+    duration_s: float = 0.0
+    replicas: int = 1
+    disagreed: int | None = None  # slices kept by a majority over dissent; None with one replica
+    checks: list[CheckReport] | None = None
+    stages: list[Run] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        summary = {"bom": str(self.bom), "output": str(self.output), "order": str(self.order),
+                   "reused": self.reused, "slices": self.slices, "executed": self.executed,
+                   "duration_s": round(self.duration_s, 3), "replicas": self.replicas}
+        if self.reused_slices:
+            summary["reused_slices"] = self.reused_slices
+        if self.disagreed is not None:
+            summary["disagreed"] = self.disagreed
+        if self.checks is not None:
+            summary["checks"] = [c.model_dump(mode="json") for c in self.checks]
+        if self.stages is not None:
+            summary["stages"] = [s.stage_summary() for s in self.stages]
+        return summary
+
+    def stage_summary(self) -> dict[str, Any]:
+        """What a pipeline's result says of this stage."""
+        summary = {"order": str(self.order), "bom": str(self.bom), "output": str(self.output),
+                   "executed": self.executed, "reused": self.reused}
+        if self.reused_slices:
+            summary["reused_slices"] = self.reused_slices
+        return summary
