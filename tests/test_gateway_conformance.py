@@ -7,8 +7,8 @@ entity-bytes, paths, order and duplicates, and their headers and errors. Every t
 groups must pass, and each group must still hold the cases it held when this was written, so a case
 that the suite stops running cannot pass unseen.
 
-Left out, as a CAT node does not serve them (see the module docstring of cats.mesh.node.gateway):
-trustless-ipns-gateway (IPNS records: a node names content by CID only, never by a mutable key).
+Left out: trustless-ipns-gateway, since a node serves no IPNS records (it names content by CID only),
+nor the path, subdomain and DNSLink gateway specs (cats.mesh.node.gateway says why).
 """
 
 from __future__ import annotations

@@ -11,6 +11,12 @@ UnixFS folders (HAMT shards by their hashed buckets) and DAG-CBOR maps, lists an
 that prove each step come first, then the scope of what the path ends at. A raw block takes no path:
 the block alone could not prove it.
 
+What an IPFS path gateway does beyond this is not served, as a node hands out only blocks a reader
+checks against their CIDs: no deserialized answers (a file's bytes, directory listings, TAR, DAG-JSON
+or DAG-CBOR conversions, `_redirects`: web hosting), no IPNS records or names and no DNSLink (a node
+names content by CID only; a mutable name would need keys and DNS it does not hold), and no subdomain
+gateway (a browser origin per CID guards web pages, which a node does not serve).
+
 Which blocks answer is decided here, from the blocks that link (read through the store, so checked
 against their CIDs); the leaves' bytes are not looked at: `CarWriter` lays each section's header
 and then reads the leaf from the store straight into one large buffer, which goes to the socket as
