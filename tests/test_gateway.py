@@ -18,13 +18,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
 from nodes import RealNode, run_cli, start_all
 
-from cats.cas import car, varint
-from cats.cas.cid import CID, RAW
+from cats.cas import car, dagpb, unixfs, varint
+from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.dag import put_cbor, walk
 from cats.cas.importer import CHUNK_SIZE, Importer
 from cats.identity import Identity
@@ -406,3 +407,57 @@ order = Order(function=Function.of(size), inputs=[CID.parse({str(source)!r}), CI
     # no trusted peer answers: one line naming them, nothing sent
     res = run_cli(submitter, "mesh", "submit", str(order), "--to", "auto")
     res.error_line("--to auto", x.url, y.url)
+
+
+# -- paths -----------------------------------------------------------------------------------------------
+def test_car_of_a_path(gate: Gate) -> None:
+    """/ipfs/{cid}/{path}: the blocks that prove each step, then the scope of what the path names."""
+    store = gate.node.store
+    got = gate.get(f"/ipfs/{gate.folder}/b.bin?format=car")
+    assert car_cids(got, gate.folder) == [gate.folder, *walk(store, gate.file_in_folder)]
+    assert got.headers["x-ipfs-roots"] == f"{gate.folder},{gate.file_in_folder}"
+    assert got.headers["x-ipfs-path"] == f"/ipfs/{gate.folder}/b.bin"
+    assert got.headers["accept-ranges"] == "none"
+    assert got.headers["etag"] != gate.get(f"/ipfs/{gate.file_in_folder}?format=car").headers["etag"]
+    block = gate.get(f"/ipfs/{gate.folder}/b.bin?dag-scope=block", accept=CAR)
+    assert car_cids(block, gate.folder) == [gate.folder, gate.file_in_folder]
+    # through a DAG-CBOR block to the file its "big" field links
+    via_cbor = gate.get(f"/ipfs/{gate.cbor}/big?format=car&dag-scope=entity&entity-bytes=0:0")
+    assert car_cids(via_cbor, gate.cbor) == [gate.cbor, gate.big, leaves(gate)[0]]
+    for missing in (f"{gate.folder}/nope", f"{gate.folder}/b.bin/deeper", f"{gate.cbor}/nope", f"{gate.big}/x",
+                    f"{gate.cbor}/note"):  # the last names a string inside the block, not a block
+        answer = gate.get(f"/ipfs/{missing}?format=car")
+        assert answer.status_code == 404 and answer.headers["content-type"] == "application/json", missing
+    # a block alone cannot prove the path that led to it
+    raw = gate.get(f"/ipfs/{gate.folder}/b.bin?format=raw")
+    assert raw.status_code == 400 and "format=car" in raw.json()["detail"]
+
+
+def test_car_of_a_path_through_a_hamt(gate: Gate, tmp_path: Path) -> None:
+    """A sharded folder is looked up by the name's hash: only the shards on the way to the entry are sent."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    names = [f"{i:03}.txt" for i in range(300)] + ["a b ü.txt"]
+    for name in names:
+        (folder / name).write_text(f"{name}\n")
+    with Importer(gate.node.store, cid_version=1, shard_threshold=1) as importer:
+        added = list(importer.add_path(folder))
+    root = added[-1].cid
+    shards = {c for c in walk(gate.node.store, root) if c.codec == DAG_PB
+              and unixfs.decode(dagpb.decode(gate.node.store.get(c)).data or b"").kind == unixfs.Kind.HAMT_SHARD}
+    assert len(shards) > 2  # the root and sub-shards: the folder is sharded deeper than one level
+    for name in ("017.txt", "a b ü.txt"):
+        target = next(a.cid for a in added if a.path.endswith(name))
+        cids = car_cids(gate.get(f"/ipfs/{root}/{quote(name)}?format=car"), root)
+        assert cids[0] == root and cids[-1] == target, name
+        assert set(cids[:-1]) <= shards and len(cids) - 1 < len(shards), name
+    assert gate.get(f"/ipfs/{root}/999.txt?format=car").status_code == 404
+
+
+def test_filename(gate: Gate) -> None:
+    raw = gate.get(f"/ipfs/{gate.big}?format=raw&filename=big.bin")
+    assert raw.headers["content-disposition"] == 'attachment; filename="big.bin"'
+    odd_name = quote('ü "x".car')
+    odd = gate.get(f"/ipfs/{gate.big}?format=car&filename={odd_name}")
+    assert odd.headers["content-disposition"] == (
+        "attachment; filename=\"_ _x_.car\"; filename*=UTF-8''%C3%BC%20%22x%22.car")

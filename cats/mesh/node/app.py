@@ -53,6 +53,7 @@ answered 500 with nothing of its message.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -62,6 +63,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
 from fastapi import Path as PathParam
@@ -421,6 +423,10 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
     async def ident() -> m.NodeId:
         return m.NodeId(did=node.identity.did, version=__version__, private=node.private)
 
+    # `/ipfs/{cid}/{path}` for a CAR: the path is read from the request (not a parameter), so both routes
+    # share the one function
+    @app.api_route("/ipfs/{cid}/{path:path}", methods=["GET", "HEAD"], response_class=Response,
+                   dependencies=reads, include_in_schema=False)
     @app.api_route("/ipfs/{cid}", methods=["GET", "HEAD"], response_class=Response, dependencies=reads,
                    responses={200: {"description": "The block (format=raw), or the DAG as a CARv1 (format=car)",
                                     "content": {RAW: _BINARY, CAR: _BINARY}},
@@ -432,7 +438,9 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                                "query) for a CARv1 whose one root is the CID: with `dag-scope=all` (the default) the "
                                "whole DAG, parents before children, each once unless `dups=y`; `block`, the block "
                                "alone; `entity`, a UnixFS file's blocks or a directory's own; `entity-bytes=from:to`, "
-                               "the file's blocks holding that range. HEAD answers the same without a body. A CAR "
+                               "the file's blocks holding that range. `/ipfs/{cid}/{path}` asks for a CAR of what the "
+                               "path (through UnixFS folders and DAG-CBOR) names, after the blocks that prove it. "
+                               "`filename` names the download. HEAD answers the same without a body. A CAR "
                                "whose root is here is answered 200 and streamed; if a block deeper in the DAG is "
                                "missing, the stream ends without its final chunk.")
     def ipfs(request: Request, cid: CidPath,
@@ -445,19 +453,31 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                                                 "(inclusive; negative from the end; to may be *)")] = None,  # type: ignore[assignment]
              ) -> Response:
         parsed = _cid(cid)
+        path = request.path_params.get("path", "").strip("/")
         try:
             want = gateway.negotiate(format, request.headers.get("accept", ""), dict(request.query_params))
             scope = gateway.parse_scope(dag_scope, entity_bytes) if want.kind == "car" else gateway.Scope()
         except gateway.Refused as e:
             raise HTTPException(e.status, str(e)) from None
+        if path and want.kind == "raw":
+            raise HTTPException(400, f"/ipfs/{parsed}/{path[:200]} asks for a block by a path, which the block "
+                                     "alone cannot prove: ask for format=car, or for the block by its own CID")
         try:
             block = node.store.get(parsed)
         except BlockNotFound:
             raise HTTPException(404, f"block {parsed} is not on this node") from None
         except IntegrityError as e:
             raise HTTPException(500, f"{e}; it is not served") from None
-        headers = {"Content-Disposition": f'attachment; filename="{parsed}.{"bin" if want.kind == "raw" else "car"}"',
-                   "Vary": "Accept", "X-Ipfs-Path": f"/ipfs/{parsed}", **_IMMUTABLE}
+        try:
+            end = gateway.resolve(node.store, parsed, block, path) if path else gateway.Resolved(parsed, block)
+        except gateway.Refused as e:
+            raise HTTPException(e.status, str(e)) from None
+        except CatsError as e:
+            raise HTTPException(422, f"/ipfs/{parsed}/{path[:200]} cannot be followed: {e}") from None
+        download = request.query_params.get("filename") or f"{parsed}.{'bin' if want.kind == 'raw' else 'car'}"
+        headers = {"Content-Disposition": gateway.disposition(download), "Vary": "Accept",
+                   "X-Ipfs-Path": quote(f"/ipfs/{parsed}/{path}".rstrip("/")),
+                   "X-Ipfs-Roots": ",".join(map(str, end.roots or (parsed,))), **_IMMUTABLE}
         if format is None:
             headers["Content-Location"] = f"/ipfs/{parsed}?" + "&".join(
                 filter(None, [f"format={want.kind}", request.url.query]))
@@ -467,15 +487,18 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                 return Response(media_type=RAW, headers={**headers, "Content-Length": str(len(block))})
             return Response(block, media_type=RAW, headers=headers)
         plain = scope == gateway.Scope() and not want.dups
-        headers["ETag"] = f'"{parsed}.car"' if plain else f'"{parsed}.{scope.etag}{".dups" if want.dups else ""}.car"'
+        # a path's CAR differs from its end's own (the proof comes first): the ETag names the path by its digest
+        named = f"{parsed}.{hashlib.sha256(path.encode()).hexdigest()[:16]}" if path else str(parsed)
+        headers["ETag"] = f'"{named}.car"' if plain else f'"{named}.{scope.etag}{".dups" if want.dups else ""}.car"'
+        headers["Accept-Ranges"] = "none"  # a streamed CAR has no byte ranges; entity-bytes asks for parts
         try:
             if scope.name == "all":
-                links(parsed, block)  # a root that does not decode is a 4xx, not a cut stream
-            blocks = gateway.sections(node.store, parsed, block, scope, want.dups)
+                links(end.cid, end.block)  # a root that does not decode is a 4xx, not a cut stream
+            blocks = gateway.sections(node.store, end.cid, end.block, scope, want.dups, end.proof)
         except gateway.Refused as e:
             raise HTTPException(e.status, str(e)) from None
         except CatsError as e:
-            raise HTTPException(422, f"block {parsed} does not decode, so its DAG cannot be walked ({e}); ask for "
+            raise HTTPException(422, f"block {end.cid} does not decode, so its DAG cannot be walked ({e}); ask for "
                                      "dag-scope=block") from None
         if request.method == "HEAD":
             return Response(media_type=want.media_type, headers=headers)

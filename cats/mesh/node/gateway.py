@@ -6,7 +6,16 @@ a CAR, a scope: `dag-scope=all` (the whole DAG, the default), `block` (the root 
 anything else, the root alone), and `entity-bytes=from:to` (a file's blocks that hold that inclusive
 byte range: negative offsets count from the end, `*` is the end). Blocks go depth first, parents
 before children, each once unless the client asked for `dups=y`; identity CIDs are never sent as
-blocks (their bytes are in the CID).
+blocks (their bytes are in the CID). A CAR may name a path under its CID (`/ipfs/{cid}/a/b`): through
+UnixFS folders (HAMT shards by their hashed buckets) and DAG-CBOR maps, lists and links; the blocks
+that prove each step come first, then the scope of what the path ends at. A raw block takes no path:
+the block alone could not prove it.
+
+What an IPFS path gateway does beyond this is not served, as a node hands out only blocks a reader
+checks against their CIDs: no deserialized answers (a file's bytes, directory listings, TAR, DAG-JSON
+or DAG-CBOR conversions, `_redirects`: web hosting), no IPNS records or names and no DNSLink (a node
+names content by CID only; a mutable name would need keys and DNS it does not hold), and no subdomain
+gateway (a browser origin per CID guards web pages, which a node does not serve).
 
 Which blocks answer is decided here, from the blocks that link (read through the store, so checked
 against their CIDs); the leaves' bytes are not looked at: `CarWriter` lays each section's header
@@ -17,15 +26,17 @@ nothing copied in between.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
-from cats.cas import car, dagpb, multihash, unixfs, varint
-from cats.cas.cid import CID, DAG_PB, RAW
+from cats.cas import car, dagcbor, dagpb, hamt, multihash, names, unixfs, varint
+from cats.cas.cid import CID, CODEC_NAMES, DAG_CBOR, DAG_PB, RAW
 from cats.cas.dag import links
 from cats.cas.store import BlockStore
-from cats.errors import CatsError, DecodeError
+from cats.errors import BlockNotFound, CatsError, DecodeError
 
 RAW_TYPE = "application/vnd.ipld.raw"
 CAR_TYPE = "application/vnd.ipld.car"
@@ -36,7 +47,8 @@ _OFFSET = re.compile(r"-?\d{1,19}")
 
 
 class Refused(CatsError):
-    """A request the gateway does not answer: `status` says how (400 malformed, 406 not acceptable)."""
+    """A request the gateway does not answer: `status` says how (400 malformed, 404 no such path here,
+    406 not acceptable)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -157,17 +169,139 @@ class Section:
     block: bytes | None
 
 
-def sections(store: BlockStore, root: CID, block: bytes, scope: Scope, dups: bool) -> Iterator[Section]:
-    """The blocks answering `scope` under root (its block read already), depth first, parents first.
+def disposition(name: str) -> str:
+    """A Content-Disposition naming the download `name`: quoted as it is when it is plain ASCII, else
+    as RFC 6266's UTF-8 form beside an ASCII stand-in."""
+    if name.isascii() and name.isprintable() and '"' not in name and "\\" not in name:
+        return f'attachment; filename="{name}"'
+    plain = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a path under a CID ends: `proof`, the blocks that prove each step (the root first, HAMT
+    shards on the way included), `roots` the CID each segment reached (the block it lies in, for a
+    segment inside a DAG-CBOR block), and the block the path names."""
+
+    cid: CID
+    block: bytes
+    proof: tuple[Section, ...] = ()
+    roots: tuple[CID, ...] = ()
+
+
+def resolve(store: BlockStore, root: CID, block: bytes, path: str) -> Resolved:
+    """Follow `path` (segments split on '/', empty ones skipped) from root, whose block is read.
+
+    Refused(404) when a segment names nothing, when a block on the way is not here, or when the path
+    ends inside a DAG-CBOR block rather than at a link; DecodeError when a block on the way is not
+    what it claims to be.
+    """
+    here, data = root, block
+    proof: list[Section] = []
+    roots = [root]
+    value: object = None  # where the walk stands inside a DAG-CBOR block, None at a block's start
+    walked = str(root)
+    for segment in (s for s in path.split("/") if s):
+        if value is None and here.codec == DAG_PB:
+            shards, child = _pb_child(store, here, data, segment, walked)
+            proof += [Section(here, data), *shards]
+            here, data = child, _read(store, child, walked)
+            roots.append(here)
+        else:
+            if value is None:
+                if here.codec != DAG_CBOR:
+                    raise Refused(404, f"{walked} is a {CODEC_NAMES.get(here.codec, hex(here.codec))} block, so it "
+                                       f"has no {names.display(segment)!r}: a path goes through UnixFS folders and "
+                                       "DAG-CBOR")
+                value = dagcbor.decode(data)
+            value = _field(value, segment, walked)
+            if isinstance(value, CID):
+                proof.append(Section(here, data))
+                here, data, value = value, _read(store, value, walked), None
+            roots.append(here)
+        walked += "/" + names.display(segment)
+    if value is not None:
+        raise Refused(404, f"{walked} is a value inside block {here}, not a block a CAR can be made of")
+    return Resolved(here, data, tuple(proof), tuple(roots))
+
+
+def _read(store: BlockStore, cid: CID, walked: str) -> bytes:
+    try:
+        return store.get(cid)
+    except BlockNotFound:
+        raise Refused(404, f"block {cid} under {walked} is not on this node") from None
+
+
+def _field(value: object, segment: str, walked: str) -> object:
+    """The entry `segment` of a DAG-CBOR map, or item of a list; Refused(404) when there is none."""
+    if isinstance(value, dict) and segment in value:
+        return value[segment]
+    if isinstance(value, list) and segment.isdigit() and int(segment) < len(value):
+        return value[int(segment)]
+    raise Refused(404, f"{walked} has no {names.display(segment)!r}")
+
+
+def _pb_child(store: BlockStore, cid: CID, block: bytes, name: str, walked: str) -> tuple[list[Section], CID]:
+    """The entry `name` of the UnixFS folder `cid`, and the HAMT shards below it that lead there."""
+    found = _unixfs(cid, block)
+    if found is None or found[1].kind not in (unixfs.Kind.DIRECTORY, unixfs.Kind.HAMT_SHARD):
+        raise Refused(404, f"{walked} is not a folder, so it has no {names.display(name)!r}")
+    node, fs = found
+    if fs.kind == unixfs.Kind.DIRECTORY:
+        for link in node.links:
+            if link.name == name:
+                return [], link.cid
+        raise Refused(404, f"no entry {names.display(name)!r} in {walked}")
+    return _hamt_child(store, cid, node, fs, name, walked)
+
+
+def _hamt_child(store: BlockStore, cid: CID, node: dagpb.Node, fs: unixfs.Data, name: str,
+                walked: str) -> tuple[list[Section], CID]:
+    """Look `name` up in a HAMT folder by its hash: log2(fanout) bits of it a level, each level's bucket
+    a link named by the bucket in hex (a sub-shard) or by the bucket and the name (the entry)."""
+    fanout = fs.fanout or hamt.FANOUT
+    bits = fanout.bit_length() - 1
+    if fanout < 2 or fanout != 1 << bits:
+        raise DecodeError(f"HAMT folder {cid} has fanout {fanout}, not a power of two")
+    width = len(f"{fanout - 1:X}")
+    digest = int.from_bytes(hamt.name_hash(name), "big")
+    shards: list[Section] = []
+    for depth in range(64 // bits):
+        label = f"{(digest >> (64 - (depth + 1) * bits)) & (fanout - 1):0{width}X}"
+        link = next((ln for ln in node.links if (ln.name or "").startswith(label)
+                     and (ln.name == label or ln.name == label + name)), None)
+        if link is None:
+            break
+        if link.name != label:
+            return shards, link.cid
+        shard = _read(store, link.cid, walked)
+        found = _unixfs(link.cid, shard)
+        if found is None or found[1].kind != unixfs.Kind.HAMT_SHARD:
+            raise DecodeError(f"{link.cid} is not a HAMT shard where folder {cid} links one")
+        shards.append(Section(link.cid, shard))
+        node = found[0]
+    raise Refused(404, f"no entry {names.display(name)!r} in {walked}")
+
+
+def sections(store: BlockStore, root: CID, block: bytes, scope: Scope, dups: bool,
+             proof: tuple[Section, ...] = ()) -> Iterator[Section]:
+    """The blocks answering `scope` under root (its block read already), depth first, parents first,
+    after the `proof` of the path that led to root (none of them again unless dups).
 
     Refused(400) before anything is yielded for an entity-bytes range wholly past the end of the file.
     A block that is missing or does not decode deeper in the DAG raises CatsError as it is met.
     """
     if scope.name == "block":
-        return iter([Section(root, block)])
-    if scope.name == "entity":
-        return _entity(store, root, block, scope.span, dups)
-    return _dag(store, [(root, block)], dups)
+        found = iter([Section(root, block)])
+    elif scope.name == "entity":
+        found = _entity(store, root, block, scope.span, dups)
+    else:
+        found = _dag(store, [(root, block)], dups)
+    if not proof:
+        return found
+    shown = {section.cid.to_v1() for section in proof}
+    return itertools.chain(proof, (s for s in found if dups or s.cid.to_v1() not in shown))
 
 
 def _dag(store: BlockStore, starts: list[tuple[CID, bytes | None]], dups: bool,
