@@ -125,9 +125,9 @@ def plan(order: Order, peers: list[tuple[str, str]]) -> list[Part]:
 
 def federate(order: Order, identity: Identity, store: BlockStore, peers: list[tuple[str, str]], *,
              timeout: float = 3600.0, progress: Callable[[str, str], None] | None = None) -> Federated:
-    """Run a sealed-or-not Order as parts on the nodes holding its inputs and merge their outputs here
-    into a BOM of this node's, signed, pinned, and in `cats log`. A single part is still recorded as a
-    federated run of one node (its BOM the only child): the merge is then the node's folder itself."""
+    """Run an Order as parts on the nodes holding its inputs (`plan`) and merge their outputs here into a
+    BOM of this node's, signed and in `cats log`. When one node holds every input, the Order goes there
+    whole (`client.submit`) and its BOM is the node's."""
     from cats.order.seal import seal
 
     started, wall = time.perf_counter(), time.time()
@@ -136,6 +136,8 @@ def federate(order: Order, identity: Identity, store: BlockStore, peers: list[tu
     order_cid = CID.hash(sealed.block(), DAG_CBOR)
     store.put(order_cid, sealed.block())
     parts = plan(sealed, peers)
+    if len(parts) == 1:  # one node holds them all: the Order goes there whole, as `--to` that node
+        return _whole(sealed, parts[0], identity, store, timeout, progress, started, peers)
     subs = {p.did: sealed.model_copy(update={"inputs": [sealed.inputs[i] for i in p.inputs]}) for p in parts}
     with ExitStack() as stack:
         nodes = {p.did: stack.enter_context(Node(p.url, identity, did=p.did)) for p in parts}
@@ -162,9 +164,7 @@ def federate(order: Order, identity: Identity, store: BlockStore, peers: list[tu
             raise MeshError(f"--federate: no node sent block {e.cid} of the parts' output folders") from None
     pushed = sum(p.pushed.bytes for p in parts if p.pushed)
     pulled = sum(p.pulled.fetched_bytes for p in parts if p.pulled) + fetched.bytes
-    not_held = {c for p in parts if p.pushed for c in p.pushed.not_held}  # inputs a node had to fetch
-    data = sum(b for h in routing.holdings([CID.parse(c) for c in not_held], peers) for b in h.inputs.values()) \
-        if not_held else 0
+    data = _fetched_inputs(parts, peers)
     children = [Child(bom=CID.parse(p.bom), order=CID.parse(p.order), duration_s=p.duration_s, attempts=1,
                       executor=Executor(node=load_bom(store, CID.parse(p.bom)).invoice.executor, did=p.did))
                 for p in parts]
@@ -183,6 +183,28 @@ def federate(order: Order, identity: Identity, store: BlockStore, peers: list[tu
     return Federated(bom=str(bom_cid), order=str(order_cid), output=str(output), parts=parts, pushed=pushed,
                      pulled=pulled, data=data, duration_s=time.perf_counter() - started,
                      folder_blocks=fetched.blocks)
+
+
+def _whole(order: Order, part: Part, identity: Identity, store: BlockStore, timeout: float,
+           progress: Callable[[str, str], None] | None, started: float, peers: list[tuple[str, str]]) -> Federated:
+    from cats.mesh.client import submit
+
+    done = submit(order, part.url, identity, store=store, timeout=timeout,
+                  progress=None if progress is None else lambda s: progress(part.url, s))
+    part.order, part.job, part.bom, part.output = done.order, done.job, done.bom, done.output
+    part.pushed, part.pulled, part.duration_s = done.pushed, done.pulled, done.duration_s
+    return Federated(bom=done.bom, order=done.order, output=done.output, parts=[part], pushed=done.pushed.bytes,
+                     pulled=done.pulled.fetched_bytes, data=_fetched_inputs([part], peers),
+                     duration_s=time.perf_counter() - started)
+
+
+def _fetched_inputs(parts: list[Part], peers: list[tuple[str, str]]) -> int:
+    """Bytes of the inputs a node did not hold and fetched from another (from what their holders say)."""
+    not_held = {c for p in parts if p.pushed for c in p.pushed.not_held}
+    if not not_held:
+        return 0
+    held = {cid: n for h in routing.holdings([CID.parse(c) for c in not_held], peers) for cid, n in h.inputs.items()}
+    return sum(held.values())
 
 
 def _record(store: BlockStore, bom: CID, order: str, output: str, name: str | None, parts: list[Part],
