@@ -249,3 +249,20 @@ def test_an_order_a_federation_cannot_merge_is_refused(cats_home: Path, cli, tmp
                      "infra=InfraFunction(merge='concat'))\n")
     cli("mesh", "submit", str(order), "--federate").error_line("--federate", "'directory'", "'concat'")
     cli("mesh", "submit", str(order)).error_line("--to URL|auto or --federate")
+
+
+@pytest.mark.slow
+def test_inputs_all_on_one_node_go_there_whole(fed: Fed) -> None:
+    a = fed.a
+    one = _home(fed, "s-one", a)
+    res = one.cli("mesh", "submit", str(_order(fed, "federated_one", fed.left)), "--federate", "--json",
+                  "--timeout", "180")
+    assert res.code == 0, res.err
+    result = json.loads(res.out)
+    (part,) = result["parts"]
+    assert part["did"] == a.did and part["inputs"] == [0]
+    assert result["bom"] == part["bom"] and result["order"] == part["order"]  # A's own BOM of the whole Order
+    bom = load_bom(one.store, CID.parse(result["bom"]))
+    assert bom.invoice.federation is None and bom.inputs == [fed.left] and result["data"] == 0
+    logged = json.loads(one.cli("log", "--json").out)
+    assert [(e["bom"], e["node"], e["url"]) for e in logged] == [(result["bom"], a.did, a.url)]
