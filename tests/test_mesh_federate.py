@@ -266,3 +266,7 @@ def test_inputs_all_on_one_node_go_there_whole(fed: Fed) -> None:
     assert bom.invoice.federation is None and bom.inputs == [fed.left] and result["data"] == 0
     logged = json.loads(one.cli("log", "--json").out)
     assert [(e["bom"], e["node"], e["url"]) for e in logged] == [(result["bom"], a.did, a.url)]
+    again = one.cli("mesh", "submit", str(_order(fed, "federated_one", fed.left)), "--federate", "--timeout", "180")
+    assert again.code == 0, again.err
+    assert again.out.strip() == result["bom"]  # the same sealed Order: A answers with the BOM it has
+    assert f"part on {a.url} ({a.did}): input(s) 0, BOM {result['bom']}" in again.err and "0 B of data" in again.err
