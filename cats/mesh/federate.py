@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,7 +75,6 @@ class Federated:
     data: int
     duration_s: float
     folder_blocks: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {"bom": self.bom, "order": self.order, "output": self.output, "pushed": self.pushed,
