@@ -104,7 +104,7 @@ def env_for(home: Path, ray_address: str) -> dict[str, str]:
     return env
 
 
-def make_data(home: Path, work: Path, mib: int, files: int) -> tuple[str, int]:
+def make_data(home: Path, work: Path, mib: int, files: int, seed: int = 11, prefix: str = "part") -> tuple[str, int]:
     """The input folder, imported into `home`'s store and pinned there; its CID and its bytes."""
     from cats.cas.importer import Importer
     from cats.cas.pins import Pins
@@ -112,10 +112,10 @@ def make_data(home: Path, work: Path, mib: int, files: int) -> tuple[str, int]:
 
     folder = work / "inputs"
     folder.mkdir()
-    rng = random.Random(11)
+    rng = random.Random(seed)
     each = (mib << 20) // files
     for i in range(files):
-        with open(folder / f"part-{i:02d}.bin", "wb") as f:
+        with open(folder / f"{prefix}-{i:02d}.bin", "wb") as f:
             left = each
             while left:
                 n = min(left, 16 << 20)

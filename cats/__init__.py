@@ -33,6 +33,8 @@ _EXPORTS = {
     "Run": "cats.factory.outcome",
     "submit": "cats.api",
     "Submitted": "cats.mesh.client",
+    "federate": "cats.api",
+    "Federated": "cats.mesh.federate",
     "read": "cats.factory.outputs",
     "BOM": "cats.bom",
     "verify": "cats.api",
@@ -68,7 +70,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from cats.api import submit, verify
+    from cats.api import federate, submit, verify
     from cats.bom import BOM
     from cats.bom.home import Home
     from cats.cas.cid import CID
@@ -99,6 +101,7 @@ if TYPE_CHECKING:
     from cats.factory.outcome import Run
     from cats.factory.outputs import read
     from cats.mesh.client import Submitted
+    from cats.mesh.federate import Federated
     from cats.order import Order
     from cats.order.checks import Check
     from cats.order.function import Function

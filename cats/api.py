@@ -1,6 +1,6 @@
-"""`cats.verify` and `cats.submit`: verification and running on another node with this node's
+"""`cats.verify`, `cats.submit` and `cats.federate`: verification and running on other nodes with this node's
 store, identity and trusted peers filled in, the one path the `cats verify` and `cats mesh submit`
-commands take too.
+(with `--federate` too) commands take.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from cats.cas.store import BlockStore
 from cats.identity import Identity
 from cats.identity.trust import Trust
 from cats.mesh import client
+from cats.mesh import federate as federation
 from cats.order import Order
 from cats.verification import audit
 from cats.verification.report import Report
@@ -61,3 +62,18 @@ def submit(order: Order, *, to: str, timeout: float = 3600.0, store: BlockStore 
     """
     return client.submit(order, to, Identity.load(), store=store, timeout=timeout, progress=progress,
                          fetch_output=fetch_output)
+
+
+def federate(order: Order, *, timeout: float = 3600.0, store: BlockStore | None = None,
+             progress: Callable[[str, str], None] | None = None) -> federation.Federated:
+    """Run an Order whose inputs live on several trusted peers' nodes where they are: each node runs the
+    Order over the inputs it holds and signs its BOM, and this node merges their output folders (from
+    their folder blocks, never a file's bytes) into a BOM of its own linking theirs as children, signed,
+    and in `cats log`. No input crosses a border: the invoice (`federation`) says what did. Built-in
+    splits and the `directory` merge only (a CatsError says which part of the Order does not fit);
+    `progress` is called with a node's URL and each job status it reports."""
+    from cats.cas.store import open_store
+
+    peers = [(p.did, p.url) for p in Trust().peers() if p.url]
+    return federation.federate(order, Identity.load(), store if store is not None else open_store(), peers,
+                               timeout=timeout, progress=progress)

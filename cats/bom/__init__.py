@@ -114,6 +114,22 @@ class Moved(BaseModel):
                                        "BOM DAG is in its store")
 
 
+class Federation(BaseModel):
+    """A run whose parts ran on the nodes holding their inputs, each signing its own BOM (the run's
+    `children`), merged here from the parts' output folders: who ran which part, and what crossed the
+    borders between the nodes and the submitter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    parts: list[Child] = Field(description="each node's part: its BOM and sub-Order, and the node that signed it")
+    pushed: int = Field(description="block bytes the submitter sent the nodes: sub-Orders, code, lock, IaC")
+    pulled: int = Field(description="block bytes the submitter fetched: the parts' BOMs, slice records and "
+                                    "output folder blocks (never a file's bytes)")
+    data: int = Field(description="input and result bytes that crossed a border: inputs a node had to fetch "
+                                  "from another, results fetched to merge (0 when every slice ran where its "
+                                  "file is)")
+
+
 class Invoice(BaseModel):
     """What a run cost and where it ran: times, slices run and resumed, bytes in and out, the driver
     and the nodes, the CATs version, and the data caches' and the cluster's traffic."""
@@ -137,6 +153,8 @@ class Invoice(BaseModel):
     data: DataUse | None = Field(default=None, description="the data caches' counters, when slices read URIs")
     moved: Moved | None = Field(default=None, description="on a cluster of node stores: what crossed between nodes")
     confined: bool | None = Field(default=None, description="true when the code ran confined (a sandbox of its own)")
+    federation: Federation | None = Field(default=None, description="a federated run: its parts, run on the nodes "
+                                          "holding their inputs, and what crossed borders")
 
 
 class BOM(BaseModel):

@@ -283,8 +283,10 @@ class _null:
 @mesh_app.command()
 def submit(
     order_file: Path = typer.Argument(..., metavar="ORDER.py", help="A Python file defining `order`."),
-    url: str = typer.Option(..., "--to", help="The node that runs it; it must trust this node (`cats id`). `auto`: "
-                                              "the trusted peer whose node holds the most input bytes."),
+    url: str | None = typer.Option(None, "--to", help="The node that runs it; it must trust this node (`cats id`). "
+                                                     "`auto`: the trusted peer whose node holds the most input bytes."),
+    federate: bool = typer.Option(False, "--federate", help="Run each input on the trusted peer's node holding it "
+                                  "and merge the parts' output folders here, moving no data."),
     timeout: float = typer.Option(3600.0, "--timeout", min=1, help="Seconds to wait for the run."),
     fetch_output: bool = typer.Option(False, "--fetch-output", help="Pull the output's DAG here too."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (bom, order, output, …)."),
@@ -294,11 +296,21 @@ def submit(
     The Order is sealed here; the node is sent what it lacks of it and this node holds (the Order,
     code, lock, IaC, inputs) and pulls inputs neither holds from its trusted peers, or refuses the
     Order naming them. The signed BOM comes back, and the output only with --fetch-output.
+
+    With --federate, inputs held on several trusted peers' nodes stay there: each node runs the Order
+    over those it holds and signs its BOM, and this node merges the parts' output folders (their
+    folder blocks only) into a BOM of its own linking theirs (`cats verify --recursive` walks them).
     """
     from cats.api import submit as run
     from cats.cli.run import _load_order
+    from cats.errors import CatsError
 
+    if federate == (url is not None):
+        raise CatsError("cats mesh submit needs either --to URL|auto or --federate")
     order = _load_order(order_file)
+    if url is None:
+        _federate(order, timeout, fetch_output, as_json)
+        return
     placement = _place(order) if url == "auto" else None
     if placement is not None:
         url = placement.chosen.url
@@ -323,6 +335,29 @@ def submit(
     _err().print(f"[green]done[/] on {result.url} in {result.duration_s:.2f} s (job {result.job}); {sent}\n"
                  f"order  {result.order}\noutput {result.output}: {fetched}\n"
                  + (f"signed by {', '.join(signers)}" if signers else "[yellow]the BOM came back unsigned[/]"))
+    typer.echo(result.bom)
+
+
+def _federate(order: Any, timeout: float, fetch_output: bool, as_json: bool) -> None:
+    from cats.api import federate
+    from cats.errors import CatsError
+
+    if fetch_output:
+        raise CatsError("--federate leaves each part's output on its node: pull the merged folder's files with "
+                        "cats mesh pull")
+    if sys.stderr.isatty() and not as_json:
+        with _err().status("federating", spinner="dots") as status:
+            result = federate(order, timeout=timeout, progress=lambda url, s: status.update(f"order {s} on {url}"))
+    else:
+        result = federate(order, timeout=timeout)
+    if as_json:
+        typer.echo(json.dumps(result.summary()))
+        return
+    lines = [f"part on {p.url} ({p.did}): input(s) {', '.join(map(str, p.inputs))}, BOM {p.bom}"
+             for p in result.parts]
+    _err().print("\n".join(lines) + f"\n[green]done[/] in {result.duration_s:.2f} s; crossed borders: "
+                 f"{_size(result.pushed)} sent (Orders, code), {_size(result.pulled)} fetched (BOMs, records, "
+                 f"folder blocks), {_size(result.data)} of data\norder  {result.order}\noutput {result.output}")
     typer.echo(result.bom)
 
 

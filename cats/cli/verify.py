@@ -73,6 +73,9 @@ def print_report(report: Report, depth: int = 0, role: str = "", out: Console | 
     elif report.slices:
         ok = sum(r.ok for r in report.slices)
         console.print(f"{'  ' * depth}{ok} of {len(report.slices)} slices re-executed to their recorded CIDs")
+    if report.mode == "federation" and not report.problems:
+        console.print(f"{'  ' * depth}the parts' BOMs run this Order over its inputs and merge into its output"
+                      + ("" if report.children else "; --recursive verifies the parts' runs"))
     if report.mode == "integrity":
         console.print(f"{'  ' * depth}{report.blocks_checked} blocks checked")
     for source in report.reused_from:
@@ -105,7 +108,7 @@ def print_report(report: Report, depth: int = 0, role: str = "", out: Console | 
     for ancestor in report.ancestors:
         print_report(ancestor, depth + 1, out=console)
     for child in report.children:
-        print_report(child, depth + 1, "sub-Order ", out=console)
+        print_report(child, depth + 1, "part " if report.mode == "federation" else "sub-Order ", out=console)
 
 
 def register(app: typer.Typer) -> None:

@@ -109,6 +109,42 @@ def _directory(store: BlockStore, importer: Importer, parts: list[dict[str, Any]
     return build(tree)
 
 
+def union(store: BlockStore, folders: list[CID], write: bool = True) -> CID:
+    """The `directory` merge of several runs' slices, from the folders each run's merge made: their
+    entries joined, folders of one name joined in turn. It reads folder blocks only, never a file's,
+    and gives the folder one run over all their slices would have merged (entries are the same links,
+    sorted and sharded alike). `write=False` computes the CID without storing anything."""
+
+    def tree(cids: list[CID], where: str) -> dict[str, Any]:
+        found: dict[str, list[tuple[CID, int]]] = {}
+        for folder in cids:
+            for name, child, tsize in reader.entries(store, folder):
+                found.setdefault(name, []).append((child, tsize))
+        node: dict[str, Any] = {}  # name -> sub-tree (dict), or the link to a file or to a folder found once
+        for name, seen in found.items():
+            if len(seen) == 1:
+                node[name] = dagpb.Link(seen[0][0], name, seen[0][1])
+            elif all(reader.is_folder(store, child) for child, _ in seen):
+                node[name] = tree([child for child, _ in seen], f"{where}{name}/")
+            else:
+                raise CatsError(f"{where}{name} is in more than one of the merged folders "
+                                f"({', '.join(str(c) for c, _ in seen)}); the directory merge needs unique names")
+        return node
+
+    def build(node: dict[str, Any], importer: Importer) -> Entry:
+        links = []
+        for name in sorted(node, key=names.encode):
+            if isinstance(node[name], dict):
+                sub = build(node[name], importer)
+                links.append(dagpb.Link(sub.cid, name, sub.tsize))
+            else:
+                links.append(node[name])
+        return importer.directory(links)
+
+    with Importer(store if write else None, cid_version=1) as importer:
+        return build(tree(folders, ""), importer).cid
+
+
 class _Concat(io.RawIOBase):
     """The result slices read one after another, as one stream, for the importer to re-chunk."""
 

@@ -801,29 +801,41 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
     store.put(order_cid, block)
     with Node(url, identity) as node:
         pushed = push_order(store, order_cid, node)
-        accepted = node.order(order_cid)
-        job = accepted.get("id")
-        if not isinstance(job, str) and not isinstance(job, int):
-            raise MeshError(f"node at {node.url} accepted order {order_cid} without a job id: {accepted}",
-                            url=node.url)
-        job = str(job)
-        state = _wait(node, job, order_cid, timeout, progress, accepted.get("status"))
-        if state.get("status") in ("failed", "cancelled"):
-            raise MeshError(f"order {order_cid} {state['status']} on {node.url}: "
-                            f"{state.get('error') or 'no error given'}", url=node.url)
-        try:
-            bom = CID.parse(state["bom"])
-            output = CID.parse(state["output"])
-        except (KeyError, TypeError, CatsError):
-            raise MeshError(f"node at {node.url} finished order {order_cid} without a BOM and output CID: {state}",
-                            url=node.url) from None
-        pulled = pull_bom(store, bom, node, signatures)
+        job = place_order(node, order_cid)
+        bom, output, pulled = collect(store, node, job, order_cid, timeout, progress, signatures)
         output_pulled = pull(store, output, url, identity, signatures=signatures, node=node) if fetch_output else None
         did = node.did
-    _remember(store, str(order_cid), bom, str(output), sealed.name, did, node.url)
+    remember(store, str(order_cid), bom, str(output), sealed.name, did, node.url)
     return Submitted(order=str(order_cid), url=node.url, node=did, job=job, status="done", bom=str(bom),
                      output=str(output), pushed=pushed, pulled=pulled, output_pulled=output_pulled,
                      duration_s=time.perf_counter() - started)
+
+
+def place_order(node: Node, order_cid: CID) -> str:
+    """Ask the node to run an Order whose blocks it has (`push_order`); its job id there."""
+    accepted = node.order(order_cid)
+    job = accepted.get("id")
+    if not isinstance(job, str) and not isinstance(job, int):
+        raise MeshError(f"node at {node.url} accepted order {order_cid} without a job id: {accepted}", url=node.url)
+    return str(job)
+
+
+def collect(store: BlockStore, node: Node, job: str, order_cid: CID, timeout: float,
+            progress: Callable[[str], None] | None = None, signatures: Signatures | None = None
+            ) -> tuple[CID, CID, PullReport]:
+    """Wait for the job to end; once done, pull its BOM (`pull_bom`): the BOM's and the output's CIDs,
+    and what pulling took. MeshError if it failed or was cancelled."""
+    state = _wait(node, job, order_cid, timeout, progress, None)
+    if state.get("status") in ("failed", "cancelled"):
+        raise MeshError(f"order {order_cid} {state['status']} on {node.url}: "
+                        f"{state.get('error') or 'no error given'}", url=node.url)
+    try:
+        bom = CID.parse(state["bom"])
+        output = CID.parse(state["output"])
+    except (KeyError, TypeError, CatsError):
+        raise MeshError(f"node at {node.url} finished order {order_cid} without a BOM and output CID: {state}",
+                        url=node.url) from None
+    return bom, output, pull_bom(store, bom, node, signatures)
 
 
 def push_order(store: BlockStore, order_cid: CID, node: Node) -> PushReport:
@@ -887,7 +899,7 @@ def _pull_block(store: BlockStore, cid: CID, node: Node, report: PullReport) -> 
     report.fetched_bytes += len(data)
 
 
-def _remember(store: BlockStore, order: str, bom: CID, output: str, name: str | None, did: str, url: str) -> None:
+def remember(store: BlockStore, order: str, bom: CID, output: str, name: str | None, did: str, url: str) -> None:
     """The run joins this node's index: its log, marked with the node that ran it, and its lineage (the
     BOM as another node's, the producer of its output). Never this node's memoized run of the Order."""
     from cats.bom.index import Index

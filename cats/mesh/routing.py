@@ -163,9 +163,9 @@ def providers(url: str, cid: CID, timeout: float = 10.0) -> list[dict[str, objec
     return [r for r in found if isinstance(r, dict)]
 
 
-def locate(inputs: Iterable[CID], peers: Iterable[tuple[str, str]]) -> Placement:
-    """Ask each peer's node (did, url) where each input is; choose the one holding the most input bytes
-    (the first asked on a tie). A node counts what it says of itself, under the DID it is trusted as."""
+def holdings(inputs: Iterable[CID], peers: Iterable[tuple[str, str]]) -> list[Holding]:
+    """What each peer's node (did, url) holds whole of the inputs, by what it says of itself under the DID
+    it is trusted as; a node that cannot be asked has its `error`."""
     inputs = list(inputs)
     asked = []
     for did, url in peers:
@@ -180,6 +180,13 @@ def locate(inputs: Iterable[CID], peers: Iterable[tuple[str, str]]) -> Placement
         except CatsError as e:
             holding.error = str(e)
         asked.append(holding)
+    return asked
+
+
+def locate(inputs: Iterable[CID], peers: Iterable[tuple[str, str]]) -> Placement:
+    """Ask each peer's node (did, url) where each input is; choose the one holding the most input bytes
+    (the first asked on a tie). A node counts what it says of itself, under the DID it is trusted as."""
+    asked = holdings(inputs, peers)
     reachable = [h for h in asked if h.error is None]
     if not reachable:
         why = "; ".join(f"{h.url}: {h.error}" for h in asked) or "no trusted peer has a node URL " \

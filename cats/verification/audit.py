@@ -59,7 +59,10 @@ def _verify(store: BlockStore, bom_cid: CID, sample: int | None, fraction: float
     try:
         bom, order = _load(store, bom_cid, report)
         report.name = bom.name
-        if integrity:
+        if bom.invoice.federation is not None:
+            report.mode = "federation"
+            _federation(store, bom, order, report, trusted, home.signatures)
+        elif integrity:
             _integrity(store, bom, report, trusted, home.signatures)
         else:
             _reexecute(store, bom, order, report, sample, fraction, seed, quiet, home)
@@ -94,6 +97,60 @@ def _on_signature(store: BlockStore, cid: CID, report: Report, trusted: Collecti
                                          "slices": []})
     accepted.verified = all(r.verified for r in (*accepted.ancestors, *accepted.children))
     return accepted
+
+
+def _federation(store: BlockStore, bom: BOM, order: Order, report: Report, trusted: Collection[str],
+                signatures: Signatures) -> None:
+    """A federated BOM ran nothing itself: its parts are the Order over disjoint shares of its inputs,
+    together all of them, each in a BOM signed by the node the invoice names, and their output folders
+    join (`egress.union`, from folder blocks) into its output. The parts' runs are verified as its
+    children (--recursive)."""
+    federation = bom.invoice.federation
+    assert federation is not None
+    if bom.slices or sorted(c.bom for c in federation.parts) != sorted(bom.children):
+        _problem(report, "bom-altered", "a federated BOM records no slices of its own and links exactly its "
+                 "parts' BOMs as children", bom.order)
+        return
+    covered: list[str] = []
+    outputs = []
+    for part in federation.parts:
+        try:
+            child = BOM.model_validate(dagcbor.decode(store.get(part.bom)))
+            sub = Order.model_validate(dagcbor.decode(store.get(child.order)))
+        except BlockNotFound as e:
+            _problem(report, "block-missing", f"part {part.bom}: block {e.cid} is not in the store", e.cid)
+            continue
+        except (IntegrityError, DecodeError, ValueError) as e:
+            _problem(report, "bom-altered", f"part {part.bom} is not intact: {str(e).splitlines()[0]}", part.bom)
+            continue
+        report.blocks_checked += 2
+        if child.order != part.order or sub.model_copy(update={"inputs": order.inputs}) != order:
+            _problem(report, "bom-altered", f"part {part.bom} ran Order {child.order}, which is not this Order over "
+                     "some of its inputs", child.order)
+        valid, _ = signatures.check(part.bom, trusted)
+        if part.executor.did not in valid or part.executor.did not in trusted:
+            _problem(report, "source-unsigned", f"part {part.bom} bears no signature by {part.executor.did}, the "
+                     "node its record names, trusted here", part.bom)
+        covered += [label(i) for i in sub.sources]
+        outputs.append(child.outputs[0])
+    if sorted(covered) != sorted(label(i) for i in order.sources):
+        _problem(report, "bom-altered", "the parts' inputs are not the Order's inputs, each once", bom.order)
+    if report.problems:
+        return
+    try:
+        merged = egress.union(store, outputs, write=False)
+    except BlockNotFound as e:
+        _problem(report, "block-missing", f"merging the parts' output folders: {e}", e.cid)
+        return
+    except (IntegrityError, DecodeError) as e:
+        _problem(report, "output-differs", f"merging the parts' output folders: {e}", getattr(e, "cid", None))
+        return
+    except CatsError as e:
+        _problem(report, "output-differs", f"merging the parts' output folders: {e}", bom.outputs[0])
+        return
+    if [merged] != bom.outputs:
+        _problem(report, "output-differs", f"the parts' output folders merge to {merged}, the BOM says "
+                 f"{bom.outputs[0]}", bom.outputs[0])
 
 
 def _check_signatures(bom_cid: CID, report: Report, known: Collection[str], signatures: Signatures) -> None:

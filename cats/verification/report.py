@@ -84,7 +84,9 @@ class Report(BaseModel):
     verified: bool
     # "signature": this part of the lineage could not be re-executed here (its code or data blocks are
     # not readable) and was accepted on the signature of a trusted signer instead
-    mode: Literal["reexecute", "integrity", "signature"]
+    # "federation": a federated run, which executed nothing itself: its parts' BOMs (its children) must be the
+    # Order over its inputs, signed by the nodes named, and their outputs must merge into its output
+    mode: Literal["reexecute", "integrity", "signature", "federation"]
     name: str | None = None
     signers: list[str] = Field(default_factory=list, description="DIDs whose signatures on this BOM verify")
     bad_signatures: list[BadSignature] = Field(
