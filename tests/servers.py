@@ -1,4 +1,4 @@
-"""Real servers on loopback for the tests: a ranged HTTP file server, moto's S3, an IPFS daemon.
+"""Real servers on loopback for the tests: a ranged HTTP file server, moto's S3, a js-ipfs daemon.
 
 The HTTP server answers single byte ranges the way RFC 9110 says (206 + Content-Range, 416 past
 the end), and can be told to ignore Range, fail chosen paths, or stall; it logs every response
