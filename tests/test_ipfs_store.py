@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kubo import Kubo, kubo  # noqa: F401 - the fixture
+from kubo import Kubo, KuboDaemon, kubo  # noqa: F401 - the fixture
 from servers import free_port
 
 from cats.cas import dagcbor, dagpb, multihash, reader, unixfs
@@ -128,6 +128,23 @@ def test_unreachable_daemon_is_a_clear_error() -> None:
 
 
 # -- against the daemon -----------------------------------------------------------------------
+def test_the_daemon_is_kubo_offline_on_loopback(kubo_daemon: KuboDaemon) -> None:  # noqa: F811
+    api = kubo_daemon.api
+    number = kubo_daemon.cli.text("version", "--number")
+    assert json.loads(_rpc(api, "version").text)["Version"] == number
+    offline = httpx.post(f"{api}/api/v0/swarm/peers", timeout=30)  # --offline: no libp2p host at all
+    assert offline.status_code == 500 and "online mode" in offline.text
+    assert json.loads(_rpc(api, "id").text)["Addresses"] in (None, [])
+    assert json.loads(_rpc(api, "config", {"arg": "Addresses.Swarm"}).text)["Value"] == []
+    assert json.loads(_rpc(api, "bootstrap/list").text)["Peers"] in (None, [])
+    assert json.loads(_rpc(api, "config", {"arg": "Routing.Type"}).text)["Value"] == "none"
+    assert api.startswith("http://127.0.0.1:") and kubo_daemon.gateway.startswith("http://127.0.0.1:")
+    block = b"served by kubo's gateway " + os.urandom(8)
+    _rpc(api, "block/put", {"cid-codec": "raw"}, files={"data": ("b", block)})
+    served = httpx.get(f"{kubo_daemon.gateway}/ipfs/{CID.hash(block, RAW)}?format=raw", timeout=30)
+    assert served.status_code == 200 and served.content == block
+
+
 def test_cats_blocks_read_by_the_daemon(any_api: str, request: pytest.FixtureRequest) -> None:
     ipfs_api, ipfs = any_api, IPFSStore(any_api)
     for cid, data in _blocks():
