@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import http_server, ipfs_api, moto_endpoint  # noqa: F401 - fixtures shared by every test module
+from kubo import KuboDaemon, kubo_daemon  # noqa: F401 - a fixture shared by every test module
+from servers import http_server, js_ipfs_api, moto_endpoint  # noqa: F401 - fixtures shared by every test module
 
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
@@ -23,6 +24,12 @@ def cats_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("CATS_STORE", raising=False)
     monkeypatch.delenv("CATS_IPFS_API", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def ipfs_api(kubo_daemon: KuboDaemon) -> str:  # noqa: F811
+    """The RPC API URL of the session's IPFS daemon: kubo, offline on loopback."""
+    return kubo_daemon.api
 
 
 @pytest.fixture

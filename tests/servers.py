@@ -1,4 +1,4 @@
-"""Real servers on loopback for the tests: a ranged HTTP file server, moto's S3, an IPFS daemon.
+"""Real servers on loopback for the tests: a ranged HTTP file server, moto's S3, a js-ipfs daemon.
 
 The HTTP server answers single byte ranges the way RFC 9110 says (206 + Content-Range, 416 past
 the end), and can be told to ignore Range, fail chosen paths, or stall; it logs every response
@@ -190,7 +190,7 @@ def moto_endpoint() -> Iterator[str]:
     server.stop()
 
 
-# -- a real IPFS daemon (js-ipfs, kubo RPC API, offline), from tests/ipfsd ------------------------------------
+# -- js-ipfs (kubo RPC API, offline), from tests/ipfsd, for what only it shows ----------------------------------
 IPFSD = Path(__file__).resolve().parent / "ipfsd"
 
 
@@ -203,8 +203,8 @@ def _unavailable() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def ipfs_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The RPC API URL of a real offline IPFS daemon running for the whole session."""
+def js_ipfs_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The RPC API URL of an offline js-ipfs daemon running for the whole session."""
     reason = _unavailable()
     if reason:
         if os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}:

@@ -1,8 +1,12 @@
-"""The IPFS-daemon block store against a real daemon (js-ipfs, kubo RPC API, offline).
+"""The IPFS-daemon block store against a real daemon: kubo, offline on loopback.
 
-The daemon is the session fixture `ipfs_api` (tests/servers.py): `tests/ipfsd/start.sh` with its own
-repo in a temporary folder. Without node or its packages the daemon tests skip, except under
-CI=true, where they fail.
+The daemon is the session fixture `ipfs_api` (tests/conftest.py, `kubo_daemon` of tests/kubo.py): it
+fails, never skips, when $CATS_TEST_KUBO is not a kubo that runs.
+
+js-ipfs 0.66 (`js_ipfs_api`, tests/ipfsd) runs only the tests of what the store does for daemons that
+are not kubo and kubo never shows: `block/put` that knows only the deprecated `format` (the store says
+it again in those words) and `pin/add` that waits on the network for a missing block (the store's
+timeout). Without node or its packages those skip, except under CI=true, where they fail.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from kubo import Kubo, KuboDaemon, kubo  # noqa: F401 - the fixture
 from servers import free_port
 
 from cats.cas import dagcbor, dagpb, multihash, reader, unixfs
-from cats.cas.car import import_car
+from cats.cas.car import Sections, import_car
 from cats.cas.cid import CID, DAG_CBOR, DAG_PB, RAW
 from cats.cas.dag import walk
 from cats.cas.importer import CHUNK_SIZE, Importer
@@ -35,6 +40,12 @@ def ipfs(ipfs_api: str) -> Iterator[IPFSStore]:
     store = IPFSStore(ipfs_api)
     yield store
     store.close()
+
+
+@pytest.fixture(params=["kubo", "js-ipfs"])
+def any_api(request: pytest.FixtureRequest) -> str:
+    """kubo's API, then js-ipfs's, for what the store does differently for each."""
+    return request.getfixturevalue("ipfs_api" if request.param == "kubo" else "js_ipfs_api")
 
 
 def _rpc(api: str, command: str, params: dict[str, str] | None = None, **kwargs: object) -> httpx.Response:
@@ -117,7 +128,25 @@ def test_unreachable_daemon_is_a_clear_error() -> None:
 
 
 # -- against the daemon -----------------------------------------------------------------------
-def test_cats_blocks_read_by_the_daemon(ipfs: IPFSStore, ipfs_api: str) -> None:
+def test_the_daemon_is_kubo_offline_on_loopback(kubo_daemon: KuboDaemon) -> None:  # noqa: F811
+    api = kubo_daemon.api
+    number = kubo_daemon.cli.text("version", "--number")
+    assert json.loads(_rpc(api, "version").text)["Version"] == number
+    offline = httpx.post(f"{api}/api/v0/swarm/peers", timeout=30)  # --offline: no libp2p host at all
+    assert offline.status_code == 500 and "online mode" in offline.text
+    assert json.loads(_rpc(api, "id").text)["Addresses"] in (None, [])
+    assert json.loads(_rpc(api, "config", {"arg": "Addresses.Swarm"}).text)["Value"] == []
+    assert json.loads(_rpc(api, "bootstrap/list").text)["Peers"] in (None, [])
+    assert json.loads(_rpc(api, "config", {"arg": "Routing.Type"}).text)["Value"] == "none"
+    assert api.startswith("http://127.0.0.1:") and kubo_daemon.gateway.startswith("http://127.0.0.1:")
+    block = b"served by kubo's gateway " + os.urandom(8)
+    _rpc(api, "block/put", {"cid-codec": "raw"}, files={"data": ("b", block)})
+    served = httpx.get(f"{kubo_daemon.gateway}/ipfs/{CID.hash(block, RAW)}?format=raw", timeout=30)
+    assert served.status_code == 200 and served.content == block
+
+
+def test_cats_blocks_read_by_the_daemon(any_api: str, request: pytest.FixtureRequest) -> None:
+    ipfs_api, ipfs = any_api, IPFSStore(any_api)
     for cid, data in _blocks():
         ipfs.put(cid, data)
         assert ipfs.has(cid)
@@ -127,6 +156,9 @@ def test_cats_blocks_read_by_the_daemon(ipfs: IPFSStore, ipfs_api: str) -> None:
         assert ipfs.get(cid) == data
     listed = {c.multihash for c in ipfs}
     assert {cid.multihash for cid, _ in _blocks()} <= listed
+    # kubo takes `cid-codec`; js-ipfs ignores it, and the store said it again with `format`
+    assert ipfs._legacy_format == (request.node.callspec.params["any_api"] == "js-ipfs")
+    ipfs.close()
 
 
 def test_daemon_blocks_read_by_cats(ipfs: IPFSStore, ipfs_api: str) -> None:
@@ -176,8 +208,9 @@ def test_bom_like_dag_read_by_the_daemon(ipfs: IPFSStore, ipfs_api: str) -> None
     bom_cid = CID.hash(bom, DAG_CBOR)
     for cid, block in ((leaf_cid, leaf), (slices_cid, slices), (bom_cid, bom)):
         ipfs.put(cid, block)
-    # the daemon decodes the DAG-CBOR and follows its links by path (js-ipfs 0.66 answers HTTP 500
-    # when the node it prints holds a link, so the paths end on plain values)
+    # the daemon decodes the DAG-CBOR and follows its links by path
+    whole = json.loads(_rpc(ipfs_api, "dag/get", {"arg": str(bom_cid)}).text)
+    assert whole["outputs"] == [{"/": str(leaf_cid)}] and whole["slices"] == {"/": str(slices_cid)}
     assert json.loads(_rpc(ipfs_api, "dag/get", {"arg": f"{bom_cid}/order"}).text) == {"function": "m:f"}
     assert json.loads(_rpc(ipfs_api, "dag/get", {"arg": f"{bom_cid}/slices/0/seconds"}).text) == 0.25
     assert json.loads(_rpc(ipfs_api, "dag/get", {"arg": f"{bom_cid}/invoice/cpu_seconds"}).text) == 1.5
@@ -206,6 +239,13 @@ def test_an_order_runs_with_its_blocks_in_the_daemon(ray_session: str, cats_home
     run = factory.run(Order(function=Function(entry="fipfs_order:shout", source=src), inputs=[inputs]))
 
     assert ipfs.has(run.bom) and ipfs.has(run.output)
+    # every block of the BOM's DAG (order, code, inputs, slices, outputs) is in the daemon, by its own
+    # accounts: block/stat of each, and dag/stat's walk of the whole DAG, which fails offline on a gap
+    dag = {c.to_v1() for c in walk(ipfs, run.bom, read_leaves=True)}
+    for cid in dag:
+        assert CID.parse(json.loads(_rpc(ipfs_api, "block/stat", {"arg": str(cid)}).text)["Key"]).to_v1() == cid
+    stat = json.loads(_rpc(ipfs_api, "dag/stat", {"arg": str(run.bom), "progress": "false", "offline": "true"}).text)
+    assert stat["UniqueBlocks"] == len(dag) > 10
     for name, want in (("a.txt", b"ALPHA\n"), ("b.txt", b"BRAVO\n")):
         served = _rpc(ipfs_api, "cat", {"arg": f"/ipfs/{run.output}/{name}"})
         assert served.status_code == 200 and served.content == want
@@ -215,6 +255,60 @@ def test_an_order_runs_with_its_blocks_in_the_daemon(ray_session: str, cats_home
     assert loose.multihash in _daemon_gc(ipfs_api)
     report = verify(ipfs, run.bom)  # after the daemon's gc: every block it needs was kept
     assert report.verified, report.problems
+
+
+def _car_blocks(car: bytes) -> tuple[list[CID], list[tuple[CID, bytes]]]:
+    """A CAR's roots and its (CID, block) sections in file order, each block hashed against its CID."""
+    sections = Sections(verify=True)
+    blocks = [(cid, bytes(block)) for cid, block in sections.feed(car)]
+    assert sections.roots is not None
+    return sections.roots, blocks
+
+
+def test_cars_between_kubo_and_cats_block_for_block(ray_session: str, cli, cats_home: Path, tmp_path: Path,
+                                                    ipfs: IPFSStore, ipfs_api: str, kubo: Kubo,  # noqa: F811
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Order's DAG (DAG-CBOR BOM, UnixFS folders, raw leaves) goes kubo -> `cats import`, then
+    `cats export` -> `ipfs dag import` of a kubo that never saw it: the same blocks at every step, and
+    that kubo exports a CAR byte for byte the daemon's."""
+    import jobs
+
+    from cats import factory
+    from cats.order import Function, Order
+
+    monkeypatch.setenv("CATS_IPFS_API", ipfs_api)
+    src = jobs.module(tmp_path, "fipfs_car", "def rev(data):\n    return data[::-1]\n")
+    big = os.urandom(CHUNK_SIZE * 2 + 7)
+    inputs = jobs.folder(tmp_path, {"a.bin": big, "b.txt": b"bravo\n"})
+    run = factory.run(Order(function=Function(entry="fipfs_car:rev", source=src), inputs=[inputs]))
+    monkeypatch.delenv("CATS_IPFS_API")
+
+    from_kubo = _rpc(ipfs_api, "dag/export", {"arg": str(run.bom)}).content
+    roots, kubo_blocks = _car_blocks(from_kubo)
+    assert roots == [run.bom]
+    dag = {c.to_v1() for c in walk(ipfs, run.bom)}
+    assert {c.to_v1() for c, _ in kubo_blocks} == dag and len(kubo_blocks) == len(dag)
+    assert {c.codec for c, _ in kubo_blocks} == {DAG_CBOR, DAG_PB, RAW}
+
+    (tmp_path / "kubo.car").write_bytes(from_kubo)
+    res = cli("import", tmp_path / "kubo.car")
+    assert res.code == 0, res.err
+    local = open_store(f"file://{cats_home / 'blocks'}")
+    for cid, block in kubo_blocks:
+        assert local.get(cid) == block
+
+    assert cli("export", str(run.bom), "-o", tmp_path / "cats.car").code == 0
+    from_cats = (tmp_path / "cats.car").read_bytes()
+    roots, cats_blocks = _car_blocks(from_cats)
+    assert roots == [run.bom]
+    assert sorted(cats_blocks) == sorted(kubo_blocks)  # the same CIDs, codecs included, and bytes
+
+    imported = json.loads(kubo("dag", "import", "--stats", "--enc=json", tmp_path / "cats.car").splitlines()[-1])
+    assert imported["Stats"]["BlockCount"] == len(dag)
+    for cid, block in cats_blocks:
+        assert kubo("block", "get", str(cid)) == block
+    assert kubo("dag", "export", str(run.bom)) == from_kubo
+    kubo("dag", "stat", "--offline", "--progress=false", str(run.bom))
 
 
 def test_a_store_workers_cannot_open_is_refused(cats_home: Path, tmp_path: Path) -> None:
@@ -274,7 +368,8 @@ def test_gc_keeps_what_the_daemon_pins_for_others(ipfs: IPFSStore, ipfs_api: str
     assert theirs.to_v1() not in _daemon_pins(ipfs_api)
 
 
-def test_pin_of_an_incomplete_dag_names_the_missing_block(ipfs_api: str, tmp_path: Path) -> None:
+def test_pin_of_an_incomplete_dag_names_the_missing_block(any_api: str, tmp_path: Path) -> None:
+    ipfs_api = any_api
     ipfs = IPFSStore(ipfs_api, timeout=2)  # the daemon waits this long for the missing block
     pins = Pins(tmp_path / "pins")
     root, dag = _tree(ipfs, tmp_path / "a")

@@ -1,5 +1,6 @@
-"""CATs against kubo itself (the `ipfs` binary at $CATS_TEST_KUBO): the same CIDs for the same folder, and
-folders that either one wrote read back by the other, names that are not UTF-8 included."""
+"""CATs against kubo itself (the `ipfs` binary at $CATS_TEST_KUBO): the same CIDs for the same files and folders
+(every vector also checked against the JS importer: chunk and link boundaries, CIDv0 and CIDv1 with raw leaves,
+the HAMT threshold, names that are not UTF-8), and folders that either one wrote read back by the other."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 from kubo import Kubo, kubo  # noqa: F401 - the fixture
+from test_unixfs_compat import FILE_SIZES, build_tree, payload
 
 from cats.cas import dagpb, unixfs
 from cats.cas.cid import CID
+from cats.cas.importer import CHUNK_SIZE, MAX_LINKS, Importer
 from cats.cas.store.local import LocalStore
 
 # Names as the file system holds them: not UTF-8 (b"\xff\xfe", latin-1 "café", a lone continuation byte),
@@ -80,6 +83,61 @@ def _is_utf8(raw: bytes) -> bool:
 
 def _kind(store: LocalStore, cid: CID) -> unixfs.Kind:
     return unixfs.decode(dagpb.decode(store.get(cid)).data).kind
+
+
+def _kubo_only_hash(kubo: Kubo, path: Path, version: int, *flags: str) -> dict[str, str]:  # noqa: F811
+    """`ipfs add -r --only-hash` of path (CIDv1 implies raw leaves in kubo, as in CATs): entry path -> CID."""
+    return {os.fsdecode(name): cid for name, cid in _kubo_added(kubo, path, "--only-hash",
+                                                                f"--cid-version={version}", *flags).items()}
+
+
+def _ours(path: Path, version: int, **options: object) -> dict[str, str]:
+    with Importer(None, cid_version=version, **options) as importer:  # type: ignore[arg-type]
+        return {a.path: str(a.cid) for a in importer.add_path(path)}
+
+
+# the single-file vectors of the JS comparison, and one past a full first level of links (a second level)
+SIZES = {**FILE_SIZES, "two-levels": (MAX_LINKS + 1) * CHUNK_SIZE + 12_345}
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_files_at_chunk_and_link_boundaries_get_kubos_cids(kubo: Kubo, tmp_path: Path, version: int) -> None:  # noqa: F811
+    for name, size in SIZES.items():
+        f = tmp_path / name
+        f.write_bytes(payload(size, seed=len(name)))
+        theirs = _kubo_only_hash(kubo, f, version)
+        assert _ours(f, version) == theirs, name
+        f.unlink()
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_folders_get_kubos_cids(kubo: Kubo, tmp_path: Path, version: int) -> None:  # noqa: F811
+    """Nested and empty folders, names in several scripts, an empty file, a symlink; hidden names left out by
+    default and added with --hidden; every entry's CID, not only the root's."""
+    root = tmp_path / "tree"
+    build_tree(root)
+    theirs = _kubo_only_hash(kubo, root, version)
+    assert "tree/ünïcödé ☃/深い/more/notes.txt" in theirs and "tree/.hidden" not in theirs
+    assert _ours(root, version) == theirs
+    with_hidden = _kubo_only_hash(kubo, root, version, "--hidden")
+    assert "tree/.hidden" in with_hidden
+    assert _ours(root, version, hidden=True) == with_hidden
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_folders_past_a_lowered_hamt_threshold_get_kubos_cids(kubo: Kubo, tmp_path: Path, version: int) -> None:  # noqa: F811
+    """kubo's Import.UnixFSHAMTDirectorySizeThreshold lowered to 1000 bytes shards nested folders too."""
+    root = tmp_path / "tree"
+    build_tree(root)
+    for i in range(300):
+        (root / "a-b" / f"entry-{i}-ü").write_text(str(i))
+    kubo("config", "Import.UnixFSHAMTDirectorySizeThreshold", "1000B")
+    theirs = _kubo_only_hash(kubo, root, version)
+    assert _ours(root, version, shard_threshold=1000) == theirs
+    store = LocalStore(tmp_path / "blocks")
+    with Importer(store, cid_version=version, shard_threshold=1000) as importer:
+        entries = {a.path: a.cid for a in importer.add_path(root)}
+    assert _kind(store, entries["tree/a-b"]) == unixfs.Kind.HAMT_SHARD
 
 
 @pytest.mark.parametrize("flags", [["--cid-version=1", "--raw-leaves"], []], ids=["cidv1", "cidv0"])
