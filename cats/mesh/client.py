@@ -404,11 +404,9 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
     just seen) and not asked for; for a missing one the node streams the CAR of its subtree, every
     block of which is hashed against its CID and stored as it arrives (those already here are
     skipped). A stream that stops early just leaves the walk more to ask for. Signatures go to
-    `signatures` (default CATS_HOME/signatures); only valid ones are kept.
+    `signatures` (default CATS_HOME/signatures, opened at the first BOM: a DAG without one does not
+    load what signatures need); only valid ones are kept.
     """
-    from cats.bom.signatures import Signatures
-
-    signatures = signatures or Signatures()
     report = PullReport(root=str(cid), url=url.rstrip("/"))
     started = time.perf_counter()
     own = node is None
@@ -424,7 +422,7 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
     return report
 
 
-def _walk(store: BlockStore, cid: CID, node: Node, writer: _Writer, signatures: Signatures, report: PullReport,
+def _walk(store: BlockStore, cid: CID, node: Node, writer: _Writer, signatures: Signatures | None, report: PullReport,
           progress: Progress | None) -> None:
     """pull's walk from the root, asking the node for each missing subtree."""
     try:
@@ -494,13 +492,14 @@ def from_peers(store: BlockStore, peers: Iterable[Peer], identity: Identity) -> 
 def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
     """Index the pulled BOMs as producers of their outputs: an Order here that reads one of them
     then names the other organization's BOM as its parent, and `cats verify --recursive` follows it;
-    and their slice results' encodings, so `cats.read` decodes those too."""
+    and their slice results' encodings, so `cats.read` decodes those too. (Lineage is imported only
+    when there is a BOM: it costs a pull of plain data a tenth of a second.)"""
+    if not boms:
+        return
     from cats.bom.index import Index
     from cats.bom.lineage import learn
     from cats.config import home
 
-    if not boms:
-        return
     index = Index(home() / "index.sqlite")
     try:
         for bom in boms:
@@ -617,7 +616,11 @@ def _quietly(action: Callable[[], None]) -> None:
         action()
 
 
-def _fetch_signatures(node: Node, bom: CID, signatures: Signatures, report: PullReport) -> None:
+def _fetch_signatures(node: Node, bom: CID, signatures: Signatures | None, report: PullReport) -> None:
+    """Keep the node's envelope over a BOM, if it holds a valid signature, in `signatures` (default
+    CATS_HOME/signatures)."""
+    from cats.bom.signatures import Signatures
+
     envelope = node.signatures(bom)
     if envelope is None:
         return
@@ -630,7 +633,7 @@ def _fetch_signatures(node: Node, bom: CID, signatures: Signatures, report: Pull
         raise MeshError(f"node at {node.url} sent a bad envelope for {bom}: {e}", url=node.url) from None
     if not envelope.signers():
         return  # nothing valid to keep
-    kept = signatures.add(envelope)
+    kept = (signatures or Signatures()).add(envelope)
     report.signers[str(bom)] = kept.signers()
 
 
@@ -852,7 +855,6 @@ def pull_bom(store: BlockStore, bom: CID, node: Node, signatures: Signatures | N
     over it: what this node's lineage, log and `cats.read` need of a run made elsewhere, without its data
     (the Order, code, lock and IaC are here already, its inputs and output stay where they are)."""
     from cats.bom import load
-    from cats.bom.signatures import Signatures
 
     report = PullReport(root=str(bom), url=node.url)
     started = time.perf_counter()
@@ -865,7 +867,7 @@ def pull_bom(store: BlockStore, bom: CID, node: Node, signatures: Signatures | N
     for block in found.slices:
         _pull_block(store, block, node, report)
     report.boms.append(str(bom))
-    _fetch_signatures(node, bom, signatures or Signatures(), report)
+    _fetch_signatures(node, bom, signatures, report)
     report.duration_s = time.perf_counter() - started
     return report
 
