@@ -29,7 +29,7 @@ from servers import free_port
 from cats.bom.signatures import Envelope, Signature, Signatures, sign
 from cats.cas import car
 from cats.cas.cid import CID
-from cats.cas.dag import walk
+from cats.cas.dag import put_cbor, walk
 from cats.cas.importer import Importer
 from cats.cas.store.local import LocalStore
 from cats.cas.store.memory import MemoryStore
@@ -175,6 +175,40 @@ def test_a_corrupted_block_is_refused_naming_its_cid(fake: FakeNode, tmp_path: P
 
     with Node(fake.url) as node, pytest.raises(MeshError, match=f"does not match {bad}"):
         node.block(bad)
+
+
+def test_blocks_as_large_as_a_car_allows_cross_the_reused_receive_buffers_intact(fake: FakeNode,
+                                                                                 tmp_path: Path) -> None:
+    from cats.cas import dagcbor
+    from cats.cas.cid import DAG_CBOR, RAW
+    from cats.mesh.client import PIECE
+
+    # Blocks of car.MAX_BLOCK, each placed by a filler before it to start in the last bytes of a piece,
+    # so its section spans four pieces: all are held while the fourth is read. The stream is many times
+    # the receive buffers, so each buffer is reused while blocks of other pieces are still being stored.
+    count = 16
+    placeholder = [CID.hash(b"", RAW)] * count
+    at = len(car.header([CID.hash(b"", DAG_CBOR)])) + len(car.section(CID.hash(b"", DAG_CBOR),
+                                                                     dagcbor.encode({"leaves": placeholder})))
+    leaves, spans = [], []
+    for i in range(count):
+        if i % 2:
+            size = car.MAX_BLOCK
+        else:  # a filler ending `i` bytes before the end of a piece
+            prefix = len(car.section(CID.hash(b"", RAW), b"x" * PIECE)) - PIECE
+            size = (-at - prefix - (i + 1)) % PIECE + PIECE
+        data = _random(size, seed=100 + i)
+        leaves.append(CID.hash(data, RAW))
+        fake.store.put(leaves[-1], data)
+        section = len(car.section(leaves[-1], data))
+        spans.append((at + section - 1) // PIECE - at // PIECE + 1)
+        at += section
+    assert max(spans) == 4  # the premise: sections as long as a CAR allows span four pieces
+    root = put_cbor(fake.store, {"leaves": leaves})
+    here = LocalStore(tmp_path / "blocks")
+    report = pull(here, root, fake.url, signatures=Signatures(tmp_path / "sigs"))
+    assert report.fetched_blocks == count + 1
+    assert all(here.get(cid) == fake.store.get(cid) for cid in leaves)  # read back, checked against its CID
 
 
 @pytest.mark.parametrize("how", ["stop", "cut"])

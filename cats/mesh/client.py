@@ -46,7 +46,7 @@ __all__ = ["Node", "PullReport", "PushReport", "Submitted", "pull", "pull_bom", 
 
 CAR = "application/vnd.ipld.car"
 PUSH_BATCH = 32 << 20  # bytes of blocks per POST /blocks: each batch is signed, so it sits in memory
-PIECE = 8 << 20  # bytes of a CAR stream read at a time
+PIECE = 2 << 20  # bytes of a CAR stream read at a time
 WAIT_S = 15.0  # how long the node may hold an answer about an order that has not ended
 
 
@@ -179,12 +179,18 @@ class Node:
         return data
 
     @contextmanager
-    def car(self, cid: CID, *, scope: str | None = None) -> Iterator[Iterator[tuple[CID, memoryview]]]:
-        """The DAG under cid as (CID, block) pairs as they stream in (not yet verified: the caller does)."""
+    def car(self, cid: CID, *, scope: str | None = None,
+            into: Callable[[], memoryview] | None = None) -> Iterator[Iterator[tuple[CID, memoryview]]]:
+        """The DAG under cid as (CID, block) pairs as they stream in (not yet verified: the caller does).
+
+        The blocks are views of the buffers the stream is read into: `into` gives the buffer for each
+        next piece (a fresh one of PIECE bytes by default), so a caller can reuse a buffer once nothing
+        it handed on still holds a view of it. Each piece fills its buffer (but the last), so a section
+        spans at most 2 + car.MAX_SECTION // len(buffer) pieces."""
         query = "format=car" + (f"&dag-scope={scope}" if scope else "")
         response, conn = self._stream(f"/ipfs/{cid}?{query}", {"Accept": CAR})
         try:
-            yield read_car(self._pieces(response), f"{self.url}/ipfs/{cid}", root=cid)
+            yield read_car(self._pieces(response, into or _fresh), f"{self.url}/ipfs/{cid}", root=cid)
         finally:
             response.close()
             conn.close()
@@ -228,20 +234,22 @@ class Node:
                 raise self._refused("GET", path, response.status, body, response.reason)
             return response, conn
 
-    def _pieces(self, response: _Response) -> Iterator[memoryview]:
-        """The body in pieces of PIECE bytes, each read straight into a buffer of its own (the blocks
-        handed on are views of it, so it is never reused)."""
+    def _pieces(self, response: _Response, into: Callable[[], memoryview]) -> Iterator[memoryview]:
+        """The body in pieces, each read straight into the buffer `into` gives, until it is full or the
+        body ends."""
         try:
             while True:
-                buffer = bytearray(PIECE)
+                buffer, got = into(), 0
                 try:
-                    n = response.readinto(buffer)
+                    while got < len(buffer) and (n := response.readinto(buffer[got:])):
+                        got += n
                 except http.client.IncompleteRead as e:  # what came before the cut is still whole sections
-                    yield memoryview(e.partial)
+                    buffer[got:got + len(e.partial)] = e.partial
+                    yield buffer[:got + len(e.partial)]
                     raise
-                if not n:
+                if not got:
                     return
-                yield memoryview(buffer)[:n]
+                yield buffer[:got]
         except TimeoutError:
             raise MeshError(f"node at {self.url} stopped sending for {self.timeout:g} s", url=self.url) from None
         except (OSError, http.client.HTTPException) as e:
@@ -313,6 +321,10 @@ class Node:
     def orders(self, status: str | None = None) -> list[dict[str, Any]]:
         """The signer's orders on the node (every order, for its operator), oldest first."""
         return self._json("GET", "/orders" + (f"?status={status}" if status else ""), sign=True)
+
+
+def _fresh() -> memoryview:
+    return memoryview(bytearray(PIECE))
 
 
 def _reason(e: Exception) -> str:
@@ -404,11 +416,9 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
     just seen) and not asked for; for a missing one the node streams the CAR of its subtree, every
     block of which is hashed against its CID and stored as it arrives (those already here are
     skipped). A stream that stops early just leaves the walk more to ask for. Signatures go to
-    `signatures` (default CATS_HOME/signatures); only valid ones are kept.
+    `signatures` (default CATS_HOME/signatures, opened at the first BOM: a DAG without one does not
+    load what signatures need); only valid ones are kept.
     """
-    from cats.bom.signatures import Signatures
-
-    signatures = signatures or Signatures()
     report = PullReport(root=str(cid), url=url.rstrip("/"))
     started = time.perf_counter()
     own = node is None
@@ -424,7 +434,7 @@ def pull(store: BlockStore, cid: CID, url: str, identity: Identity | None = None
     return report
 
 
-def _walk(store: BlockStore, cid: CID, node: Node, writer: _Writer, signatures: Signatures, report: PullReport,
+def _walk(store: BlockStore, cid: CID, node: Node, writer: _Writer, signatures: Signatures | None, report: PullReport,
           progress: Progress | None) -> None:
     """pull's walk from the root, asking the node for each missing subtree."""
     try:
@@ -494,13 +504,14 @@ def from_peers(store: BlockStore, peers: Iterable[Peer], identity: Identity) -> 
 def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
     """Index the pulled BOMs as producers of their outputs: an Order here that reads one of them
     then names the other organization's BOM as its parent, and `cats verify --recursive` follows it;
-    and their slice results' encodings, so `cats.read` decodes those too."""
+    and their slice results' encodings, so `cats.read` decodes those too. (Lineage is imported only
+    when there is a BOM: it costs a pull of plain data a tenth of a second.)"""
+    if not boms:
+        return
     from cats.bom.index import Index
     from cats.bom.lineage import learn
     from cats.config import home
 
-    if not boms:
-        return
     index = Index(home() / "index.sqlite")
     try:
         for bom in boms:
@@ -511,38 +522,73 @@ def _learn_lineage(store: BlockStore, boms: list[str]) -> None:
 
 
 class _Writer:
-    """Hashes and stores raw leaves on a few threads (hashlib and file writes release the GIL) while the
-    next blocks come off the network; at most `depth` blocks wait, so memory stays bounded."""
+    """Hashes and stores the blocks of a CAR stream on a few threads (hashlib and file writes release
+    the GIL) while the next pieces come off the network.
+
+    The stream is read into a ring of `buffers` buffers of PIECE bytes (`buffer` gives the next), so
+    no memory is allocated, nor zeroed, per piece. The blocks handed over are gathered by the buffer
+    they are views of, and each buffer's blocks go to a thread as one task; a buffer is given out again
+    only once its task has ended. While a piece is read, the stream's reader holds views of the pieces
+    of one unfinished section (car.MAX_SECTION spans at most four pieces of PIECE bytes), so five
+    buffers would do; the rest let tasks queue while pieces come in.
+    """
 
     def __init__(self, put: Callable[[CID, bytes | memoryview], bool], report: PullReport,
-                 threads: int = 4, depth: int = 64) -> None:
+                 threads: int = 2, buffers: int = 8) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.put_block, self.report, self.depth = put, report, depth
+        self.put_block, self.report = put, report
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cats-pull")
-        self.pending: deque[tuple[Future[bool], int]] = deque()
+        self.ring = [bytearray(PIECE) for _ in range(buffers)]
+        self.turn = 0
+        self.group: list[tuple[CID, bytes | memoryview, bool]] = []  # blocks of one buffer, not handed on yet
+        self.holder: object = None  # what the group's blocks are views of
+        self.pending: deque[tuple[Future[list[bool]], list[int], object]] = deque()
+
+    def buffer(self) -> memoryview:
+        """The next buffer of the ring, once no task holds a view of it."""
+        buffer = self.ring[self.turn % len(self.ring)]
+        self.turn += 1
+        if self.holder is buffer:
+            self._hand_on()
+        while self.pending and (self.pending[0][0].done() or any(held is buffer for _, _, held in self.pending)):
+            self._collect()  # the tasks that ended count at once, so progress shows what is stored
+        return memoryview(buffer)
 
     def put(self, cid: CID, block: bytes | memoryview, verified: bool) -> None:
-        self.pending.append((self.pool.submit(self._put, cid, block, verified), len(block)))
-        while len(self.pending) > self.depth:
-            self._collect()
+        holder = block.obj if isinstance(block, memoryview) else block
+        if holder is not self.holder:
+            self._hand_on()
+            self.holder = holder
+        self.group.append((cid, block, verified))
 
-    def _put(self, cid: CID, block: bytes | memoryview, verified: bool) -> bool:
-        if not verified and not cid.verify(block):
-            raise _Mismatch(cid)
-        return self.put_block(cid, block)  # here already: kept only if it matches, and refreshed for gc
+    def _hand_on(self) -> None:
+        if self.group:
+            sizes = [len(block) for _, block, _ in self.group]
+            self.pending.append((self.pool.submit(self._store, self.group), sizes, self.holder))
+        self.group, self.holder = [], None
+
+    def _store(self, group: list[tuple[CID, bytes | memoryview, bool]]) -> list[bool]:
+        new = []
+        for cid, block, verified in group:
+            if not verified and not cid.verify(block):
+                raise _Mismatch(cid)
+            new.append(self.put_block(cid, block))  # here already: kept only if it matches, and refreshed for gc
+        return new
 
     def _collect(self) -> None:
-        future, size = self.pending.popleft()
-        if future.result():
-            self.report.fetched_blocks += 1
-            self.report.fetched_bytes += size
-        else:
-            self.report.duplicate_blocks += 1
-            self.report.duplicate_bytes += size
+        future, sizes, _ = self.pending.popleft()
+        for stored, size in zip(future.result(), sizes, strict=True):
+            if stored:
+                self.report.fetched_blocks += 1
+                self.report.fetched_bytes += size
+            else:
+                self.report.duplicate_blocks += 1
+                self.report.duplicate_bytes += size
 
     def drain(self) -> None:
         """Wait for every block handed over; the first failure is raised after all have finished."""
+        self._hand_on()
         error: BaseException | None = None
         while self.pending:
             try:
@@ -574,7 +620,7 @@ def _fetch_subtree(node: Node, root: CID, report: PullReport, writer: _Writer, a
     wanted = {root.to_v1()}  # a block is taken only if the root or a block before it links it
     block: bytes | memoryview  # a view into the stream, or a copy of one to check
     try:
-        with node.car(root) as sections:
+        with node.car(root, into=writer.buffer) as sections:
             for cid, block in sections:
                 key = cid.to_v1()
                 if key not in wanted or key in arrived:
@@ -617,7 +663,11 @@ def _quietly(action: Callable[[], None]) -> None:
         action()
 
 
-def _fetch_signatures(node: Node, bom: CID, signatures: Signatures, report: PullReport) -> None:
+def _fetch_signatures(node: Node, bom: CID, signatures: Signatures | None, report: PullReport) -> None:
+    """Keep the node's envelope over a BOM, if it holds a valid signature, in `signatures` (default
+    CATS_HOME/signatures)."""
+    from cats.bom.signatures import Signatures
+
     envelope = node.signatures(bom)
     if envelope is None:
         return
@@ -630,7 +680,7 @@ def _fetch_signatures(node: Node, bom: CID, signatures: Signatures, report: Pull
         raise MeshError(f"node at {node.url} sent a bad envelope for {bom}: {e}", url=node.url) from None
     if not envelope.signers():
         return  # nothing valid to keep
-    kept = signatures.add(envelope)
+    kept = (signatures or Signatures()).add(envelope)
     report.signers[str(bom)] = kept.signers()
 
 
@@ -864,7 +914,6 @@ def pull_bom(store: BlockStore, bom: CID, node: Node, signatures: Signatures | N
     over it: what this node's lineage, log and `cats.read` need of a run made elsewhere, without its data
     (the Order, code, lock and IaC are here already, its inputs and output stay where they are)."""
     from cats.bom import load
-    from cats.bom.signatures import Signatures
 
     report = PullReport(root=str(bom), url=node.url)
     started = time.perf_counter()
@@ -877,7 +926,7 @@ def pull_bom(store: BlockStore, bom: CID, node: Node, signatures: Signatures | N
     for block in found.slices:
         _pull_block(store, block, node, report)
     report.boms.append(str(bom))
-    _fetch_signatures(node, bom, signatures or Signatures(), report)
+    _fetch_signatures(node, bom, signatures, report)
     report.duration_s = time.perf_counter() - started
     return report
 

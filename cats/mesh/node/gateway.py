@@ -42,7 +42,7 @@ RAW_TYPE = "application/vnd.ipld.raw"
 CAR_TYPE = "application/vnd.ipld.car"
 SCOPES = ("all", "entity", "block")
 MAX_ACCEPT = 64  # media ranges of an Accept header looked at; the rest is ignored
-CHUNK = 8 << 20  # bytes of CAR gathered per write to the socket (a block is at most car.MAX_BLOCK)
+CHUNK = 1 << 20  # bytes of CAR per write: a socket mostly takes that whole, so the event loop seldom buffers a copy
 _OFFSET = re.compile(r"-?\d{1,19}")
 
 
