@@ -142,20 +142,29 @@ class _Server6(_Server):
 
 
 @contextmanager
-def serving(host: str = "127.0.0.1") -> Iterator[FileServer]:
-    """A FileServer on a free loopback port (of `host`: 127.0.0.1 or ::1) for the duration of the block."""
-    state = FileServer()
-    server = (_Server6 if ":" in host else _Server)((host, 0), _handler(state))
-    state.url = f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
+def loopback(handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1") -> Iterator[str]:
+    """`handler` served on a free loopback port (of `host`: 127.0.0.1 or ::1) for the duration of the
+    block, in a thread; yields its URL."""
+    server = (_Server6 if ":" in host else _Server)((host, 0), handler)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        yield state
+        yield f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
     finally:
-        state.stopping.set()
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextmanager
+def serving(host: str = "127.0.0.1") -> Iterator[FileServer]:
+    """A FileServer on a free loopback port (of `host`: 127.0.0.1 or ::1) for the duration of the block."""
+    state = FileServer()
+    with loopback(_handler(state), host) as state.url:
+        try:
+            yield state
+        finally:
+            state.stopping.set()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -24,7 +24,7 @@ import jobs
 import pytest
 from conftest import Result
 from nodes import RealNode, run_cli, start_all
-from servers import free_port
+from servers import free_port, loopback
 
 from cats.bom.signatures import Envelope, Signature, Signatures, sign
 from cats.cas import car
@@ -120,16 +120,8 @@ def fake() -> Iterator[FakeNode]:
             self.end_headers()
             self.wfile.write(data)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with loopback(Handler) as state.url:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- the client alone -------------------------------------------------------------------------------

@@ -12,11 +12,10 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,7 +24,7 @@ import httpx
 import jobs
 import pytest
 from nodes import RealNode, run_cli
-from servers import free_port
+from servers import free_port, loopback
 
 from cats import api, factory
 from cats.bom import Vouched, write_records
@@ -305,16 +304,8 @@ def fake(peer: Peer, tmp_path: Path) -> Iterator[Fake]:
             self.end_headers()
             self.wfile.write(body)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with loopback(Handler) as state.url:
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _evil(store: MemoryStore) -> CID:
