@@ -6,7 +6,7 @@ from typing import Literal, cast
 
 import typer
 
-from cats.cli.run import JSON_HELP, REPLICAS_HELP, execute
+from cats.cli.run import JSON_HELP, execute
 from cats.errors import CatsError
 
 
@@ -28,10 +28,11 @@ def exec_(
                                 "comma-separated (`0,1` for grep, whose 1 means nothing matched)."),
     merge: str = typer.Option("directory", "--merge", metavar="directory|concat", help="The output: a folder with "
                               "one entry per input file, or their results joined into one file in slice order."),
-    replicas: int = typer.Option(1, "--replicas", metavar="N", help=REPLICAS_HELP),
-    output_uri: str | None = typer.Option(None, "-o", "--output-uri", help="Write each file's result under this URI "
-                                          "prefix; the store keeps references (needs --merge directory, "
-                                          "--replicas 1)."),
+    replicas: int = typer.Option(1, "--replicas", metavar="N", help="Run each file on N distinct workers; a "
+                                 "majority of identical outputs decides."),
+    output_uri: str | None = typer.Option(None, "-o", "--output-uri", metavar="URI",
+                                          help="Write each file's result under this URI prefix; the store keeps "
+                                               "references (needs --merge directory, --replicas 1)."),
 ) -> None:
     """Run a shell command on each file of a folder CID; the output folder has one entry per input file
     (or, with --merge concat, one file of their results in order).
