@@ -9,13 +9,17 @@ from pathlib import Path
 
 import jobs
 import pytest
+from conftest import WorkerEnv
 
 from cats import factory
 from cats.bom import load as load_bom
-from cats.cas import dagcbor
-from cats.cas.cid import CID
+from cats.bom import records as bom_records
+from cats.cas import dagcbor, reader
+from cats.cas.cid import CID, DAG_CBOR
+from cats.cas.store.memory import MemoryStore
 from cats.errors import CatsError
 from cats.factory import shell
+from cats.order.seal import seal
 from cats.verification.audit import verify
 
 # What the command may see: the runner's variables, and those the shell sets itself.
@@ -120,3 +124,124 @@ def test_the_output_limit_of_a_confined_command(ray_session: str, cli, cats_home
     assert ok.code == 0, ok.err
     cli("exec", "-e", "cat", "-c", cid, "--max-output", "10", "--unconfined").error_line("--max-output",
                                                                                          "--unconfined")
+
+
+LOGS = {"a.log": b"error: disk\nok\n", "b.log": b"ok\nfine\n", "c.log": b"error: net\nerror: cpu\n"}
+
+
+def _summary(res) -> dict:
+    assert res.code == 0, res.err
+    return json.loads(res.out.strip().splitlines()[-1])
+
+
+def test_ok_exit_lets_grep_find_nothing(ray_session: str, cli, cats_home: Path, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", ray_session)
+    cid = jobs.add(jobs.home_store(cats_home), jobs.folder(tmp_path, LOGS))
+
+    failed = cli("exec", "-e", "grep error", "-c", cid, "--json")
+
+    assert failed.code == 1 and failed.out == ""
+    assert "slice 1 (b.log)" in failed.err and "b.log: command exited with status 1" in failed.err, failed.err
+    summary = _summary(cli("exec", "-e", "grep error", "-c", cid, "--ok-exit", "0,1", "--json"))
+    assert jobs.outputs(cats_home, summary["output"]) == {"a.log": b"error: disk\n", "b.log": b"",
+                                                      "c.log": b"error: net\nerror: cpu\n"}
+    store = jobs.home_store(cats_home)
+    order = dagcbor.decode(store.get(load_bom(store, CID.parse(summary["bom"])).order))
+    assert order["function"]["params"] == {"command": "grep error", "timeout": 60.0, "ok_exit": [0, 1]}
+    # the same statuses in another order and with repeats are the same Order, so the same BOM
+    again = _summary(cli("exec", "-e", "grep error", "-c", cid, "--ok-exit", "1,0,1", "--json"))
+    assert again["bom"] == summary["bom"] and again["order"] == summary["order"]
+
+
+def test_a_status_outside_ok_exit_fails_the_slice(ray_session: str, cats_home: Path, tmp_path: Path) -> None:
+    folder = jobs.folder(tmp_path, {"x.txt": b"x\n"})
+    with pytest.raises(CatsError, match=r"(?s)slice 0 \(x\.txt\).*x\.txt: command exited with status 2 "
+                                        r"\(accepted: 0, 1, --ok-exit\); stderr:\nbad pattern"):
+        factory.run(shell.order("echo bad pattern >&2; exit 2", [folder], ok_exit=[1, 0]))
+    run = factory.run(shell.order("echo only-three; exit 3", [folder], ok_exit=[3]))
+    assert jobs.outputs(cats_home, str(run.output)) == {"x.txt": b"only-three\n"}
+
+
+def test_merge_concat_joins_the_results_in_slice_order(ray_session: str, cli, cats_home: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", ray_session)
+    store = jobs.home_store(cats_home)
+    cid = jobs.add(store, jobs.folder(tmp_path, LOGS))
+    each = _summary(cli("exec", "-e", "grep error | tr a-z A-Z", "-c", cid, "--ok-exit", "0,1", "--json"))
+    parts = jobs.outputs(cats_home, each["output"])
+
+    joined = _summary(cli("exec", "-e", "grep error | tr a-z A-Z", "-c", cid, "--ok-exit", "0,1", "--merge", "concat",
+                          "--json"))
+
+    output = CID.parse(joined["output"])
+    assert not reader.is_folder(store, output)
+    assert b"".join(reader.read(store, output)) == parts["a.log"] + parts["b.log"] + parts["c.log"] \
+        == b"ERROR: DISK\nERROR: NET\nERROR: CPU\n"
+    order = dagcbor.decode(store.get(load_bom(store, CID.parse(joined["bom"])).order))
+    assert order["infra"]["merge"] == "concat"
+
+
+def test_replicas_are_recorded_in_the_bom(ray_session: str, cli, cats_home: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", ray_session)
+    store = jobs.home_store(cats_home)
+    cid = jobs.add(store, jobs.folder(tmp_path, {"p.txt": b"abc\n", "q.txt": b"xyz\n"}))
+
+    summary = _summary(cli("exec", "-e", "tr a-z A-Z", "-c", cid, "--replicas", "2", "--json"))
+
+    bom = load_bom(store, CID.parse(summary["bom"]))
+    assert dagcbor.decode(store.get(bom.order))["plant"]["replicas"] == 2
+    records = list(bom_records(store, bom))
+    assert len(records) == 2 and all(r.replicas is not None and len(r.replicas) == 2 and r.agreed for r in records)
+    assert jobs.outputs(cats_home, summary["output"]) == {"p.txt": b"ABC\n", "q.txt": b"XYZ\n"}
+
+
+def test_results_written_under_an_output_uri(ray_session: str, worker_env: WorkerEnv, cli, cats_home: Path,
+                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", ray_session)
+    worker_env.apply(monkeypatch)
+    store = jobs.home_store(cats_home)
+    cid = jobs.add(store, jobs.folder(tmp_path, LOGS))
+    out = worker_env.data_root / "exec-out"
+
+    summary = _summary(cli("exec", "-e", "grep -c error", "-c", cid, "--ok-exit", "0,1", "-o", f"file://{out}",
+                           "--json"))
+
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {"a.log": b"1\n", "b.log": b"0\n", "c.log": b"2\n"}
+    bom = load_bom(store, CID.parse(summary["bom"]))
+    assert [r.encoding for r in bom_records(store, bom)] == ["ref"] * 3
+    assert dagcbor.decode(store.get(bom.order))["output_uri"] == f"file://{out}"
+
+
+def test_bad_values_and_combinations_are_one_line(cli, cats_home: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # nothing may reach a Ray
+    cid = str(jobs.add(jobs.home_store(cats_home), jobs.folder(tmp_path, {"a": b"a"})))
+    out = tmp_path / "never"
+    base = ("exec", "-e", "cat", "-c", cid)
+    before = sorted(cats_home.rglob("*"))
+    cli(*base, "--ok-exit", "0,one").error_line("--ok-exit", "0,one")
+    cli(*base, "--ok-exit", "0,256").error_line("--ok-exit", "0,256")
+    cli(*base, "--ok-exit", "").error_line("--ok-exit")
+    cli(*base, "--merge", "table").error_line("--merge", "table")
+    cli(*base, "--replicas", "0").error_line("--replicas")
+    cli(*base, "-o", f"file://{out}", "--merge", "concat").error_line("--output-uri", "--merge directory")
+    cli(*base, "-o", f"file://{out}", "--replicas", "2").error_line("--output-uri", "--replicas 1")
+    assert not out.exists() and sorted(cats_home.rglob("*")) == before
+
+
+# The sealed Order of `exec` at its defaults as main encoded it before --ok-exit, --merge, --replicas and
+# -o existed, with what depends on the machine (the runner's code, the environment lock, the Python
+# version) blanked: the options must not change the encoding of an Order that does not use them.
+DEFAULT_ORDER = "bafyreiemxauex3faksx7nrcy7vqfru464pvnhma3luh7lofjmti55vvrxq"
+
+
+def test_the_order_at_the_defaults_keeps_its_cid(cats_home: Path, tmp_path: Path) -> None:
+    folder = jobs.folder(tmp_path, {"a.txt": b"alpha\n", "b.txt": b"beta\n"})
+    command = 'read -r x; echo "$x"'  # builtins only: no tool versions of this machine
+    for order in (shell.order(command, [folder]),
+                  shell.order(command, [folder], ok_exit=[0], merge="directory", replicas=1, output_uri=None)):
+        block = dagcbor.decode(seal(order, MemoryStore()).block())
+        block["function"]["code"] = block["structure"]["lock"] = block["structure"]["python"] = None
+        assert str(CID.hash(dagcbor.encode(block), codec=DAG_CBOR)) == DEFAULT_ORDER

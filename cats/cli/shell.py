@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, cast
+
 import typer
 
 from cats.cli.run import JSON_HELP, execute
@@ -22,8 +24,18 @@ def exec_(
     unconfined: bool = typer.Option(False, "--unconfined", help="Run the command with this user's rights (it then "
                                     "sees every process and file you can, and the network): only for commands you "
                                     "trust; by default it runs in a sandbox (bubblewrap)."),
+    ok_exit: str = typer.Option("0", "--ok-exit", metavar="CODES", help="Exit statuses that count as success, "
+                                "comma-separated (`0,1` for grep, whose 1 means nothing matched)."),
+    merge: str = typer.Option("directory", "--merge", metavar="directory|concat", help="The output: a folder with "
+                              "one entry per input file, or their results joined into one file in slice order."),
+    replicas: int = typer.Option(1, "--replicas", metavar="N", help="Run each file on N distinct workers; a "
+                                 "majority of identical outputs decides."),
+    output_uri: str | None = typer.Option(None, "-o", "--output-uri", metavar="URI",
+                                          help="Write each file's result under this URI prefix; the store keeps "
+                                               "references (needs --merge directory, --replicas 1)."),
 ) -> None:
-    """Run a shell command on each file of a folder CID; the output folder has one entry per input file.
+    """Run a shell command on each file of a folder CID; the output folder has one entry per input file
+    (or, with --merge concat, one file of their results in order).
 
     The command runs in a sandbox: it sees its file, a scratch folder and the system's programs, no
     other process, no network and nothing of CATS_HOME."""
@@ -35,8 +47,27 @@ def exec_(
         raise CatsError("--command is empty")
     if unconfined and max_output is not None:
         raise CatsError("--max-output limits a confined command; with --unconfined the limit is 1 GiB")
-    execute(lambda: shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory, confined=not unconfined),
+    accepted = _statuses(ok_exit)
+    if merge not in ("directory", "concat"):
+        raise CatsError(f"--merge {merge!r}: choose directory or concat")
+    if replicas < 1:
+        raise CatsError(f"--replicas {replicas}: run each file on at least 1 worker")
+    if output_uri is not None and merge != "directory":
+        raise CatsError("--output-uri writes one result per input file: it needs --merge directory, not concat")
+    if output_uri is not None and replicas > 1:
+        raise CatsError("--output-uri needs --replicas 1: replicas compare results kept in the store")
+    execute(lambda: shell.order(command, [CID.parse(cid)], timeout=timeout, memory=memory, confined=not unconfined,
+                                ok_exit=accepted, merge=cast(Literal["directory", "concat"], merge),
+                                replicas=replicas, output_uri=output_uri),
             as_json, force, None if max_output is None else Policy(max_output=max_output))
+
+
+def _statuses(text: str) -> list[int]:
+    """`--ok-exit 0,1` as numbers (the Order checks their range); anything else is one line naming the option."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise CatsError(f"--ok-exit {text!r}: give exit statuses from 0 to 255, comma-separated (e.g. 0,1)") from None
 
 
 def register(app: typer.Typer) -> None:

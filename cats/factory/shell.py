@@ -4,12 +4,14 @@ This module is sealed as the code of such Orders (workers import it on its own, 
 it needs only the standard library), so a BOM names the exact runner by CID and the command by
 the Order's params. The command reads the file on stdin (its path is `$CATS_INPUT`); its stdout
 is the slice's result, read as it comes and refused past `CATS_MAX_OUTPUT` bytes (what the
-sandbox's policy allows; 1 GiB otherwise). It runs in a scratch directory that is removed
-afterwards, with only PATH, a locale, HOME and TMPDIR in its environment (no credentials of the
-worker), under a timeout that kills its whole process group and an address-space limit set by
-`ulimit -v` (in the child shell, since `preexec_fn` is unsafe in a threaded Ray worker). The
-Order runs confined (`Plant(confined=True)`) unless its maker says otherwise: then the command
-also sees no other process, no network and nothing of the machine's files but its programs.
+sandbox's policy allows; 1 GiB otherwise). Exit status 0 is success unless the Order's `ok_exit`
+names others (grep's 1, "nothing matched"); any other fails the slice. It runs in a scratch
+directory that is removed afterwards, with only PATH, a locale, HOME and TMPDIR in its environment
+(no credentials of the worker), under a timeout that kills its whole process group and an
+address-space limit set by `ulimit -v` (in the child shell, since `preexec_fn` is unsafe in a
+threaded Ray worker). The Order runs confined (`Plant(confined=True)`) unless its maker says
+otherwise: then the command also sees no other process, no network and nothing of the machine's
+files but its programs.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 # Words that start a simple command but are no program of their own: their versions mean nothing.
 _BUILTINS = frozenset({
@@ -59,8 +62,10 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def run(path: Path, command: str, timeout: float = 60.0, memory: int | None = None) -> bytes:
-    """Run `command` with the file at `path` on stdin; its stdout is the result (MB for `memory`)."""
+def run(path: Path, command: str, timeout: float = 60.0, memory: int | None = None,
+        ok_exit: list[int] | None = None) -> bytes:
+    """Run `command` with the file at `path` on stdin; its stdout is the result (MB for `memory`) if
+    it exits with a status of `ok_exit` (default: 0 alone)."""
     limit = f"ulimit -v {int(memory) * 1024} || exit 125; " if memory else ""
     cap = int(os.environ.get("CATS_MAX_OUTPUT") or 1 << 30)
     scratch = tempfile.mkdtemp(prefix="cats-exec-")
@@ -76,8 +81,9 @@ def run(path: Path, command: str, timeout: float = 60.0, memory: int | None = No
                 proc.wait()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    if proc.returncode != 0:
-        raise CommandFailed(_failure(Path(path).name, proc.returncode, err, memory))
+    accepted = ok_exit or [0]
+    if proc.returncode not in accepted:
+        raise CommandFailed(_failure(Path(path).name, proc.returncode, err, memory, accepted))
     return out
 
 
@@ -114,10 +120,12 @@ def _collect(proc: subprocess.Popen[bytes], name: str, timeout: float, cap: int)
     return bytes(out), bytes(err)
 
 
-def _failure(name: str, status: int, stderr: bytes, memory: int | None) -> str:
+def _failure(name: str, status: int, stderr: bytes, memory: int | None, accepted: list[int]) -> str:
     """Exit status, the likely cause, and the last lines of stderr."""
     tail = "\n".join(stderr.decode(errors="replace").rstrip().splitlines()[-_STDERR_LINES:])
     how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+    if accepted != [0]:
+        how += f" (accepted: {', '.join(map(str, accepted))}, --ok-exit)"
     if memory and (status < 0 or "memory" in tail.lower()):
         how += f" (likely the memory limit of {memory} MB, --memory)"
     return f"{name}: command {how}" + (f"; stderr:\n{tail}" if tail else "; no stderr")
@@ -166,14 +174,23 @@ def tools(command: str) -> dict[str, str]:
 
 
 def order(command: str, inputs: list[Any], timeout: float = 60.0, memory: int | None = None,
-          name: str | None = None, confined: bool = True) -> Any:
+          name: str | None = None, confined: bool = True, ok_exit: Iterable[int] = (0,),
+          merge: Literal["directory", "concat"] = "directory", replicas: int = 1,
+          output_uri: str | None = None) -> Any:
     """An Order running `command` once per file of the inputs, confined unless `confined=False`; its
     Structure records the command and the versions of the tools it calls here, on the submitting
-    machine."""
+    machine. The exit statuses `ok_exit` that count as success decide the result, so the Order
+    names them, sorted, unless they are the default 0 alone (Orders of the default keep their CIDs).
+    `merge` joins the per-file results (`directory`: one entry each; `concat`: one file, in slice
+    order); `replicas` and `output_uri` are the Plant's and the Order's."""
     from cats.errors import CatsError
-    from cats.order import Function, Order, Structure
+    from cats.order import Function, InfraFunction, Order, Structure
     from cats.plant import Plant
 
+    accepted = sorted(set(ok_exit))
+    if not accepted or any(not 0 <= code <= 255 for code in accepted):
+        raise CatsError(f"exit statuses {','.join(map(str, accepted))} (--ok-exit): give statuses from 0 to 255, "
+                        "comma-separated (e.g. 0,1)")
     try:
         called = tools(command)
     except ValueError as e:  # shlex: an unclosed quote
@@ -181,6 +198,9 @@ def order(command: str, inputs: list[Any], timeout: float = 60.0, memory: int | 
     params: dict[str, Any] = {"command": command, "timeout": timeout}
     if memory:
         params["memory"] = memory
+    if accepted != [0]:
+        params["ok_exit"] = accepted
     return Order(function=Function.of(run, takes="path", **params), inputs=inputs,
-                 structure=Structure(command=command, tools=called), plant=Plant(confined=confined),
+                 infra=InfraFunction(merge=merge), structure=Structure(command=command, tools=called),
+                 plant=Plant(confined=confined, replicas=replicas), output_uri=output_uri,
                  name=name or f"exec {command}")
