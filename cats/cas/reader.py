@@ -109,8 +109,13 @@ def _shard_entries(store: BlockStore, cid: CID, node: dagpb.Node, fs: unixfs.Dat
 
 def entries(store: BlockStore, cid: CID) -> list[tuple[str, CID, int]]:
     """A folder's (name, cid, tsize) without reading the entries themselves (ls does, for sizes)."""
+    return list(iter_entries(store, cid))
+
+
+def iter_entries(store: BlockStore, cid: CID) -> Iterator[tuple[str, CID, int]]:
+    """`entries` one at a time: a sharded folder's shards are read only as far as the caller goes."""
     node, fs = _pb(store, cid)
-    return list(_entries(store, cid, node, fs))
+    yield from _entries(store, cid, node, fs)
 
 
 def is_folder(store: BlockStore, cid: CID) -> bool:

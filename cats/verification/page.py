@@ -1,28 +1,84 @@
-"""A lineage as one self-contained HTML page: every BOM with its Order, inputs, outputs, slices,
-signers and integrity state, drawn as a DAG. No network: styles and script are inline.
+"""A lineage as one self-contained HTML page: the data each run read and made as boxes (a folder's first
+entries with their sizes), the runs between them, the BOMs that fed them and their sub-Orders' BOMs,
+left to right; each run with its Order, function, slices, time, signers (by their names in the trust
+list, the DID on hover) and integrity state. No network: styles are inline and the layout is computed
+here (`layout`), so the picture reads without script; the script only copies CIDs and opens a run's
+slice table.
 
-The cards are plain HTML in columns (a BOM's column is its depth in the lineage), so the page reads
-even without script; the script only draws the edges between them and copies CIDs on click.
 Integrity is checked here without re-executing anything (every block of each BOM's DAG present and
-hashing to its CID); `cats verify` re-executes.
+hashing to its CID); `cats verify` re-executes. Folder listings read only folder blocks already in the
+store, never fetch: a peer's BOM whose data lives elsewhere shows its CIDs and says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
-import json
+from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any
 
 import networkx as nx
 
-from cats.bom import lineage, records
+from cats.bom import BOM, lineage, records
 from cats.bom.index import Index
-from cats.cas.cid import CID
+from cats.cas import dagcbor, dagpb, reader, unixfs
+from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.store import BlockStore
+from cats.config import home
+from cats.data.resolvers import Info
+from cats.errors import CatsError
+from cats.identity import Identity
+from cats.identity.trust import Trust
+from cats.order import Order, Source
+from cats.order import label as input_label
+from cats.verification.layout import layout
 
-# Slices listed per BOM (the page of a million-slice run stays small)
+# Slices listed per BOM (the page of a million-slice run stays small), folder entries drawn per data box
 _SLICES_SHOWN = 200
+_ENTRIES_SHOWN = 8
+# Box geometry in CSS pixels: the page's style sets the same line height, padding and border
+_LINE, _HEAD, _FRAME = 18, 24, 20
+_DATA_WIDTH, _RUN_WIDTH = 230, 280
+
+
+@dataclass
+class _Entry:
+    name: str
+    cid: str
+    size: int | None  # None: the entry's root block is not here and its link gives no exact size
+
+
+@dataclass
+class _Data:
+    """A data box: an input or output, by CID or pinned URI, and what the store shows of it."""
+
+    label: str
+    kind: str = "data"  # folder, file, URI, or data when its root block is not here
+    size: int | None = None
+    count: int | None = None  # a folder's entries; None for a sharded folder (counting would read every shard)
+    entries: list[_Entry] = field(default_factory=list)
+    note: str | None = None
+    roles: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Run:
+    """A run box: one BOM, or a BOM the lineage links that is not here."""
+
+    cid: str
+    index: int
+    missing: bool
+    name: str | None = None
+    state: str = "missing"
+    detail: str = ""
+    order: str = ""
+    entry: str | None = None
+    slices: int = 0
+    counts: str = ""
+    took: float = 0.0
+    started: str = ""
+    signers: list[tuple[str, str]] = field(default_factory=list)  # (shown name, DID)
+    records: list[tuple[str, str]] = field(default_factory=list)  # (slice input, output CID)
 
 
 def lineage_page(store: BlockStore, cid: CID | str, index: Index | None = None) -> str:
@@ -30,138 +86,321 @@ def lineage_page(store: BlockStore, cid: CID | str, index: Index | None = None) 
     from cats.verification.audit import verify
 
     g = lineage.graph(store, cid, index)
-    for node, attrs in g.nodes(data=True):
+    names = _signer_names()
+    runs: dict[str, _Run] = {}
+    boms: dict[str, BOM] = {}
+    for i, node in enumerate(_ordered(g)):
+        attrs = g.nodes[node]
         if attrs["missing"]:
-            attrs["state"], attrs["detail"] = "missing", attrs["error"] or "not in this store"
-            attrs["signers"], attrs["records"] = [], []
+            runs[node] = _Run(node, i, True, detail=attrs["error"] or "not in this store")
             continue
-        bom = lineage.open_bom(store, node)
-        attrs["records"] = [(r.input.name or r.input.origin, str(r.output))
-                            for r in islice(records(store, bom), _SLICES_SHOWN)]
+        bom = boms[node] = lineage.open_bom(store, node)
         report = verify(store, CID.parse(node), integrity=True)  # signatures are checked there too
-        attrs["signers"] = report.signers
-        attrs["state"] = "intact" if report.verified else "altered"
-        attrs["detail"] = "; ".join(f"{p.reason}: {p.detail}" for p in report.problems[:3]) or \
-            f"{report.blocks_checked} blocks present and matching their CIDs"
-    return render(g)
+        inv = bom.invoice
+        counts = f"{inv.executed} run" + (f", {inv.reused} reused" if inv.reused else "") + \
+            (f", {inv.resumed} resumed" if inv.resumed else "")
+        runs[node] = _Run(
+            node, i, False, name=bom.name, state="intact" if report.verified else "altered",
+            detail="; ".join(f"{p.reason}: {p.detail}" for p in report.problems[:3])
+            or f"{report.blocks_checked} blocks present and matching their CIDs",
+            order=str(bom.order), entry=_entry(store, bom.order), slices=inv.slices, counts=counts,
+            took=inv.duration_s, started=inv.started, signers=[(names.get(d, _short(d)), d) for d in report.signers],
+            records=_records(store, bom))
+    data: dict[str, _Data] = {}
+    for bom in boms.values():
+        for source in bom.inputs:
+            data.setdefault(input_label(source), _look(store, source)).roles.add("input")
+        for out in bom.outputs:
+            data.setdefault(str(out), _look(store, out)).roles.add("output")
+    return render(g, runs, boms, data)
 
 
-def render(g: nx.DiGraph) -> str:
-    """The HTML of a lineage graph whose nodes carry `state`, `detail` and `signers` besides the usual."""
-    depth: dict[str, int] = {}
-    for node in nx.topological_sort(g):
-        depth[node] = max((depth[p] + 1 for p in g.predecessors(node)), default=0)
-    columns: dict[int, list[str]] = {}
-    for node in sorted(g, key=lambda n: (g.nodes[n].get("started") or "", n)):
-        columns.setdefault(depth[node], []).append(node)
-    cards = "\n".join(
-        f'<div class="column">{"".join(_card(g, n) for n in columns[d])}</div>' for d in sorted(columns))
-    edges = [{"from": a, "to": b, "nested": bool(data.get("nested"))} for a, b, data in g.edges(data=True)]
+def render(g: nx.DiGraph, runs: dict[str, _Run], boms: dict[str, BOM], data: dict[str, _Data]) -> str:
+    """The HTML of a lineage graph, its runs' and data's facts gathered."""
+    picture = _picture(g, boms)
+    sizes = {key: (_RUN_WIDTH, _height(_run_lines(runs[key[4:]]))) if key.startswith("run:")
+             else (_DATA_WIDTH, _height(_data_lines(data[picture.nodes[key]["label"]]))) for key in picture}
+    boxes, paths = layout(picture, sizes)
     root = g.graph["root"]
-    return _PAGE.format(title=html.escape(f"Lineage of {g.nodes[root].get('name') or root}"), root=html.escape(root),
-                        count=len(g), cards=cards, edges=json.dumps(edges).replace("</", "<\\/"))
+    parts = []
+    for key, box in boxes.items():
+        style = f"left:{box.x}px;top:{box.y}px;width:{box.width}px;height:{box.height}px"
+        parts.append(_run_box(runs[key[4:]], key, style, root) if key.startswith("run:")
+                     else _data_box(data[picture.nodes[key]["label"]], key, style))
+    for (a, b, attrs), d in zip(picture.edges(data=True), paths, strict=True):
+        parts.append(f'<path d="{d}" data-from="{html.escape(a)}" data-to="{html.escape(b)}" '
+                     f'class="{attrs["kind"]}" marker-end="url(#arrow)"/>')
+    width = max((b.x + b.width for b in boxes.values()), default=0) + 8
+    height = max((b.y + b.height for b in boxes.values()), default=0) + 8
+    title = html.escape(f"Lineage of {g.nodes[root].get('name') or root}")
+    slices = "\n".join(_slice_table(runs[n]) for n in _ordered(g) if not runs[n].missing)
+    return _PAGE.format(title=title, root=html.escape(root), runs=len(g), data=len(data), width=width, height=height,
+                        boxes="\n".join(p for p in parts if p.startswith("<section")),
+                        edges="\n".join(p for p in parts if p.startswith("<path")), slices=slices)
+
+
+def _ordered(g: nx.DiGraph) -> list[str]:
+    """BOMs parents first, then by start time: the order boxes are first laid out in."""
+    started = {n: g.nodes[n].get("started") or "" for n in g}
+    return list(nx.lexicographical_topological_sort(g, key=lambda n: (started[n], n)))
+
+
+def _picture(g: nx.DiGraph, boms: dict[str, BOM]) -> nx.DiGraph:
+    """The graph drawn: data -> run for inputs, run -> data for outputs, run -> run for a sub-Order's BOM
+    (`nested`) and for a parent whose outputs are not this run's inputs as they are (or is not here)."""
+    p = nx.DiGraph()
+    order = _ordered(g)
+    for node in order:
+        p.add_node(f"run:{node}")
+    for node in order:
+        for source in boms[node].inputs if node in boms else ():
+            key = f"data:{input_label(source)}"
+            p.add_node(key, label=input_label(source))
+            p.add_edge(key, f"run:{node}", kind="input")
+    for node in order:
+        for out in boms[node].outputs if node in boms else ():
+            key = f"data:{out}"
+            if key in p and nx.has_path(p, key, f"run:{node}"):  # an output equal to its own lineage's input
+                key = f"data:{out}@{node}"
+            p.add_node(key, label=str(out))
+            p.add_edge(f"run:{node}", key, kind="output")
+    for a, b, attrs in g.edges(data=True):
+        ra, rb = f"run:{a}", f"run:{b}"
+        if attrs.get("nested"):
+            p.add_edge(ra, rb, kind="nested")
+        elif not any(p.has_edge(d, rb) for d in p.successors(ra)):
+            p.add_edge(ra, rb, kind="parent")
+    return p
+
+
+def _look(store: BlockStore, source: Source) -> _Data:
+    """What the store shows of an input or output without fetching anything: its kind and size and, for
+    a folder whose block is here, its first entries."""
+    found = _Data(input_label(source))
+    if not isinstance(source, CID):
+        found.kind, found.size = "URI", source.size if isinstance(source, Info) else None
+        return found
+    if not store.has(source):
+        found.note = "not in this store"
+        return found
+    if source.codec == RAW:
+        found.kind, found.size = "file", store.size(source)
+        return found
+    if source.codec != DAG_PB:
+        return found
+    try:
+        node = dagpb.decode(store.get(source))
+        fs = unixfs.decode(node.data or b"")
+        if fs.kind not in (unixfs.Kind.DIRECTORY, unixfs.Kind.HAMT_SHARD):
+            found.kind, found.size = "file", reader.stat(store, source).size
+            return found
+        found.kind, found.size = "folder", sum(link.tsize or 0 for link in node.links)
+        found.count = len(node.links) if fs.kind == unixfs.Kind.DIRECTORY else None
+        for name, child, tsize in islice(reader.iter_entries(store, source), _ENTRIES_SHOWN + 1):
+            found.entries.append(_Entry(name, str(child), _size_of(store, child, tsize)))
+    except CatsError as e:  # a block of the folder is absent, altered or unreadable: shown, never fatal
+        found.note = f"listing stopped: {e}"
+    return found
+
+
+def _size_of(store: BlockStore, cid: CID, tsize: int) -> int | None:
+    """A folder entry's size: a raw block's link size is its size; a UnixFS node's root block says, if here."""
+    if cid.codec == RAW:
+        return tsize
+    if cid.codec == DAG_PB and store.has(cid):
+        try:
+            return reader.stat(store, cid).size
+        except CatsError:
+            return None
+    return None
+
+
+def _entry(store: BlockStore, order: CID) -> str | None:
+    """The Order's function entry point, when its block is here."""
+    try:
+        return Order.model_validate(dagcbor.decode(store.get(order))).function.entry
+    except (CatsError, ValueError):  # absent or unreadable: the integrity state says which
+        return None
+
+
+def _records(store: BlockStore, bom: BOM) -> list[tuple[str, str]]:
+    try:
+        return [(r.input.name or r.input.origin, str(r.output)) for r in islice(records(store, bom), _SLICES_SHOWN)]
+    except CatsError:  # the integrity state already says what is missing
+        return []
+
+
+def _signer_names() -> dict[str, str]:
+    """Names for DIDs: the trust list's, and `this node` for this home's own key (never made here)."""
+    names: dict[str, str] = {}
+    if (home() / "identity" / "ed25519.pem").exists():
+        with contextlib.suppress(CatsError):
+            names[Identity.load().did] = "this node"
+    with contextlib.suppress(CatsError):  # a broken trust list names nobody; `cats mesh trust ls` says why
+        names.update({p.did: p.name for p in Trust().peers() if p.name})
+    return names
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:12]}…{text[-8:]}"
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+
+
+def _height(lines: list[str]) -> int:
+    return _FRAME + _HEAD + _LINE * len(lines)
 
 
 def _cid(text: str) -> str:
     """A CID (or a pinned URI) shortened for the eye, whole in the clipboard."""
-    short = text if len(text) <= 24 else f"{text[:12]}…{text[-8:]}"
     return f'<button class="cid" data-copy="{html.escape(text)}" title="{html.escape(text)} (click to copy)">' \
-           f"{html.escape(short)}</button>"
+           f"{html.escape(_short(text))}</button>"
 
 
-def _slices(a: dict[str, Any]) -> str:
-    """The slice count, opening onto each slice's input and output (the first few hundred)."""
-    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_cid(out)}</td></tr>" for name, out in a["records"])
-    more = a["slices"] - len(a["records"])
+def _line(key: str, value: str) -> str:
+    return f'<div class="line"><span class="k">{key}</span> {value}</div>'
+
+
+def _run_lines(run: _Run) -> list[str]:
+    if run.missing:
+        return [_line("BOM", _cid(run.cid)),
+                f'<div class="line note" title="{html.escape(run.detail)}">{html.escape(run.detail)}</div>']
+    signers = " ".join(f'<span class="signer" title="{html.escape(did)}">{html.escape(name)}</span>'
+                       for name, did in run.signers) or "nobody"
+    entry = html.escape(run.entry) if run.entry else "(Order not here)"
+    when = run.started[:16].replace("T", " ")
+    return [_line("Order", _cid(run.order)),
+            f'<div class="line"><span class="k">function</span> <code title="{entry}">{entry}</code></div>',
+            _line("slices", f'<a href="#slices-{run.index}">{run.slices}</a>: {html.escape(run.counts)}'),
+            _line("took", f'{_duration(run.took)} <span title="{html.escape(run.started)}">· {html.escape(when)}'
+                          "</span>"),
+            _line("signed by", signers),
+            _line("BOM", _cid(run.cid))]
+
+
+def _run_box(run: _Run, key: str, style: str, root: str) -> str:
+    name = html.escape(run.name or ("missing BOM" if run.missing else "unnamed Order"))
+    mark = " root" if run.cid == root else ""
+    return (f'<section class="bom {run.state}{mark}" data-cid="{html.escape(run.cid)}" data-key="{html.escape(key)}" '
+            f'style="{style}"><h2><span class="name" title="{name}">{name}</span>'
+            f'<span class="state" title="{html.escape(run.detail)}">{run.state}</span></h2>'
+            f'{"".join(_run_lines(run))}</section>')
+
+
+def _data_lines(d: _Data) -> list[str]:
+    lines = [_line("CID" if d.kind != "URI" else "URI", _cid(d.label))]
+    for e in d.entries[:_ENTRIES_SHOWN]:
+        name = html.escape(e.name)
+        lines.append(f'<div class="line entry"><span class="fname" title="{name} ({html.escape(e.cid)})">{name}'
+                     f'</span><span class="size">{_bytes(e.size)}</span></div>')
+    if len(d.entries) > _ENTRIES_SHOWN:
+        more = f"and {d.count - _ENTRIES_SHOWN} more" if d.count is not None else "and more"
+        lines.append(f'<div class="line more">{more} (cats ls {html.escape(_short(d.label))})</div>')
+    if d.note:
+        lines.append(f'<div class="line note" title="{html.escape(d.note)}">{html.escape(d.note)}</div>')
+    return lines
+
+
+def _data_box(d: _Data, key: str, style: str) -> str:
+    what = d.kind
+    if d.kind == "folder":
+        what += f" · {d.count} entries" if d.count is not None else " · sharded"
+    if d.size is not None:
+        what += f" · {_bytes(d.size)}"
+    roles = " ".join(sorted(d.roles))
+    return (f'<section class="data {roles}" data-cid="{html.escape(d.label)}" data-key="{html.escape(key)}" '
+            f'style="{style}"><h3>{html.escape(what)}</h3>{"".join(_data_lines(d))}</section>')
+
+
+def _slice_table(run: _Run) -> str:
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_cid(out)}</td></tr>" for name, out in run.records)
+    more = run.slices - len(run.records)
     rows += f'<tr><td colspan="2">and {more} more (cats bom show)</td></tr>' if more > 0 else ""
-    return f'<details><summary>{a["slices"]}</summary><table class="slices">{rows}</table></details>'
-
-
-def _card(g: nx.DiGraph, node: str) -> str:
-    a: dict[str, Any] = g.nodes[node]
-    rows = [("BOM", _cid(node))]
-    if not a["missing"]:
-        rows += [("Order", _cid(a["order"])),
-                 ("inputs", " ".join(_cid(i) for i in a["inputs"])),
-                 ("outputs", " ".join(_cid(o) for o in a["outputs"])),
-                 ("slices", _slices(a)),
-                 ("signed by", " ".join(_cid(d) for d in a["signers"]) or "nobody")]
-    body = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in rows)
-    name = html.escape(a.get("name") or ("missing BOM" if a["missing"] else "unnamed Order"))
-    root = " root" if node == g.graph["root"] else ""
-    return (f'<section class="bom {a["state"]}{root}" data-cid="{html.escape(node)}">'
-            f'<h2>{name}</h2><p class="state" title="{html.escape(a["detail"])}">{a["state"]}</p>'
-            f"<table>{body}</table></section>")
+    name = html.escape(run.name or "unnamed Order")
+    return (f'<details id="slices-{run.index}"><summary>{name}: {run.slices} slice(s), BOM {_cid(run.cid)}'
+            f'</summary><table class="slices"><tr><th>slice input</th><th>output</th></tr>{rows}</table></details>')
 
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 0; padding: 16px; background: #f6f7f9; color: #1b1f24; }}
-header {{ margin-bottom: 16px; }} header code {{ font-size: 12px; }}
-#dag {{ position: relative; display: flex; gap: 72px; align-items: flex-start; }}
-.column {{ display: flex; flex-direction: column; gap: 24px; }}
-.bom {{ position: relative; z-index: 1; background: #fff; border: 2px solid #8c959f; border-radius: 8px;
-        padding: 8px 12px; width: 330px; }}
+header {{ margin-bottom: 12px; }} header h1 {{ font-size: 20px; margin: 0 0 4px; }} header p {{ margin: 0; }}
+.legend span {{ display: inline-block; margin-right: 14px; }}
+#dag {{ position: relative; }}
+#dag section {{ position: absolute; box-sizing: border-box; overflow: hidden; background: #fff;
+  border: 2px solid #8c959f; border-radius: 8px; padding: 8px 10px; }}
+#dag h2, #dag h3 {{ display: flex; gap: 8px; margin: 0; height: 24px; font-size: 14px; line-height: 20px;
+  white-space: nowrap; }}
+#dag h3 {{ font-weight: 600; color: #57606a; }}
+.name {{ flex: 1; overflow: hidden; text-overflow: ellipsis; }}
+.line {{ height: 18px; line-height: 18px; font-size: 12.5px; white-space: nowrap; overflow: hidden;
+  text-overflow: ellipsis; }}
+.k {{ color: #57606a; }} .note, .more {{ color: #6e7781; font-style: italic; }}
+.entry {{ display: flex; gap: 8px; }} .fname {{ flex: 1; overflow: hidden; text-overflow: ellipsis; }}
+.size {{ color: #57606a; font-variant-numeric: tabular-nums; }}
+.signer {{ background: #ddf4ff; border-radius: 4px; padding: 0 4px; margin-right: 3px; cursor: help; }}
+#dag section.bom {{ background: #fffdf5; }}
 .bom.root {{ box-shadow: 0 0 0 3px #0969da55; }}
-.bom h2 {{ font-size: 15px; margin: 0 0 4px; }}
-.bom.intact {{ border-color: #1a7f37; }} .bom.altered {{ border-color: #cf222e; }}
-.bom.missing {{ border-style: dashed; }}
-.state {{ margin: 0 0 6px; font-size: 12px; font-weight: 600; text-transform: uppercase; }}
+#dag .bom.intact {{ border-color: #1a7f37; }} #dag .bom.altered {{ border-color: #cf222e; }}
+#dag .bom.missing {{ border-style: dashed; }}
+.state {{ font-size: 11px; font-weight: 600; text-transform: uppercase; }}
 .intact .state {{ color: #1a7f37; }} .altered .state {{ color: #cf222e; }} .missing .state {{ color: #6e7781; }}
-table {{ border-collapse: collapse; }} th {{ text-align: left; font-weight: 500; color: #57606a; padding-right: 8px;
-  vertical-align: top; white-space: nowrap; }}
-.cid {{ font: 12px ui-monospace, monospace; background: #eaeef2; border: 0; border-radius: 4px; padding: 1px 4px;
-        margin: 1px; cursor: copy; }}
+#dag section.data {{ border-color: #afb8c1; border-radius: 4px; }}
+#dag section.data.input {{ border-left: 6px solid #0969da; }}
+#dag section.data.output {{ border-right: 6px solid #8250df; }}
+.cid {{ font: 11.5px ui-monospace, monospace; background: #eaeef2; border: 0; border-radius: 4px; padding: 0 4px;
+  cursor: copy; }}
 .cid.copied {{ background: #1a7f37; color: #fff; }}
-summary {{ cursor: pointer; }} .slices td {{ font-size: 12px; padding-right: 6px; }}
-svg {{ position: absolute; left: 0; top: 0; overflow: visible; pointer-events: none; }}
-path {{ fill: none; stroke: #57606a; stroke-width: 2; }} path.nested {{ stroke-dasharray: 6 4; }}
+#dag svg {{ position: absolute; left: 0; top: 0; overflow: visible; }}
+#dag path {{ fill: none; stroke: #57606a; stroke-width: 2; }} #dag path.nested {{ stroke-dasharray: 6 4; }}
+#dag path.parent {{ stroke-dasharray: 2 3; }} #dag marker path {{ fill: #57606a; stroke: none; }}
+h2.runs {{ font-size: 16px; margin: 24px 0 8px; }}
+details {{ margin: 4px 0; }} summary {{ cursor: pointer; }}
+.slices td, .slices th {{ font-size: 12px; padding-right: 10px; text-align: left; }}
 </style></head>
 <body>
-<header><h1>{title}</h1><p>BOM <code>{root}</code> · {count} BOM(s). Arrows run from the BOM that made an input
-to the BOM that used it; dashed arrows to the sub-Orders a slice submitted. A border says the integrity
-check: green, every block present and matching its CID; red, altered; dashed, not in this store.</p></header>
-<div id="dag">
-{cards}
-<svg id="edges"></svg>
-<svg width="0" height="0" aria-hidden="true"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5"
-  markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#57606a"/></marker></defs></svg>
+<header><h1>{title}</h1><p>BOM <code>{root}</code> · {runs} run(s) · {data} input and output(s).</p>
+<p class="legend"><span>Left to right: data, the run that read it, what it made.</span>
+<span>Run border: green, every block present and matching its CID; red, altered; dashed, not here.</span>
+<span>Dashed arrow: a sub-Order's BOM; dotted: a parent BOM not linked through data.</span>
+<span>Hover a signer for the DID; click a CID to copy it.</span></p></header>
+<div id="dag" style="width:{width}px;height:{height}px">
+<svg width="{width}" height="{height}" aria-hidden="true"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9"
+  refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#57606a"/></marker></defs>
+{edges}
+</svg>
+{boxes}
 </div>
-<script id="edge-data" type="application/json">{edges}</script>
+<h2 class="runs">Slices of each run</h2>
+{slices}
 <script>
-(function () {{
-  const dag = document.getElementById("dag"), svg = document.getElementById("edges");
-  const edges = JSON.parse(document.getElementById("edge-data").textContent);
-  const card = cid => dag.querySelector(`section[data-cid="${{cid}}"]`);
-  function draw() {{
-    svg.setAttribute("width", dag.scrollWidth); svg.setAttribute("height", dag.scrollHeight);
-    svg.replaceChildren();
-    const origin = dag.getBoundingClientRect();
-    for (const e of edges) {{
-      const a = card(e.from), b = card(e.to);
-      if (!a || !b) continue;
-      const ra = a.getBoundingClientRect(), rb = b.getBoundingClientRect();
-      const x1 = ra.right - origin.left, y1 = ra.top + ra.height / 2 - origin.top;
-      const x2 = rb.left - origin.left, y2 = rb.top + rb.height / 2 - origin.top;
-      const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
-      p.setAttribute("d", `M${{x1}},${{y1}} C${{x1 + 36}},${{y1}} ${{x2 - 36}},${{y2}} ${{x2}},${{y2}}`);
-      p.setAttribute("data-from", e.from); p.setAttribute("data-to", e.to);
-      p.setAttribute("marker-end", "url(#arrow)");
-      if (e.nested) p.setAttribute("class", "nested");
-      svg.appendChild(p);
-    }}
-  }}
-  document.addEventListener("click", ev => {{
-    const button = ev.target.closest(".cid");
-    if (!button) return;
-    navigator.clipboard.writeText(button.dataset.copy).then(() => {{
-      button.classList.add("copied"); setTimeout(() => button.classList.remove("copied"), 800);
-    }});
+document.addEventListener("click", ev => {{
+  const link = ev.target.closest('a[href^="#slices-"]');
+  if (link) document.querySelector(link.getAttribute("href")).open = true;
+  const button = ev.target.closest(".cid");
+  if (!button) return;
+  navigator.clipboard.writeText(button.dataset.copy).then(() => {{
+    button.classList.add("copied"); setTimeout(() => button.classList.remove("copied"), 800);
   }});
-  window.addEventListener("resize", draw);
-  draw();
-}})();
+}});
 </script>
 </body></html>
 """
