@@ -21,14 +21,13 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench_submit import Relay, cats, env_for, make_data, start_node, write_order
-from common import machine, save
+from common import machine, save, stop
 
 
 def _walk(home: Path, root: str) -> set[str]:
@@ -133,12 +132,7 @@ def main() -> None:
               f"{'met' if result['met']['data_bytes_crossing'] else 'MISSED'})")
         save(result, args.json)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
         for relay in relays.values():
             relay.close()
         with contextlib.suppress(Exception):  # best effort at exit

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 from bench_pull import free_port, settle, stats, timed, wait_http
-from common import machine, save
+from common import machine, save, stop
 
 REPO = Path(__file__).resolve().parent.parent
 KUBO_FLAGS = ["--cid-version=1", "--chunker=size-262144", "-Q"]
@@ -155,11 +154,7 @@ def main() -> None:
         save(result, args.json)
     finally:
         if node is not None:
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node.kill()
+            stop([node], timeout=20)
         shutil.rmtree(work, ignore_errors=True)
 
 

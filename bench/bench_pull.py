@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import machine, save
+from common import machine, save, stop
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 0.7
@@ -171,12 +170,7 @@ def main() -> None:
         print(f"\npull / curl throughput: {ratio:.2f}x (target >= {TARGET}: {'met' if result['met'] else 'MISSED'})")
         save(result, args.json)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs, timeout=20)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -27,7 +27,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import machine, save
+from common import machine, save, stop
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # this checkout's cats, in this process and (below) in its children
@@ -293,12 +292,7 @@ def main() -> None:
               f"(the BOM's blocks: {last['bom_bytes_pulled']}) over {last['connections']} connection(s)")
         save(result, args.json)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(procs)
         if relay is not None:
             relay.close()
         with contextlib.suppress(Exception):  # best effort at exit

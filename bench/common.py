@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -41,3 +43,13 @@ def slice_files(folder: Path, n: int) -> Path:
     for i in range(n):
         (folder / f"f{i:05d}.txt").write_bytes(f"slice {i} ".encode() * 8)
     return folder
+
+
+def stop(procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """Stop servers a benchmark started as an operator would (SIGTERM), killing one not gone in `timeout` s."""
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
