@@ -8,6 +8,7 @@ that produced its inputs, and an invoice. Its links are CID links any IPLD tool 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, field_validator
@@ -128,6 +129,11 @@ class Federation(BaseModel):
     data: int = Field(description="input and result bytes that crossed a border: inputs a node had to fetch "
                                   "from another, results fetched to merge (0 when every slice ran where its "
                                   "file is)")
+
+
+def timestamp(t: float) -> str:
+    """An invoice's time (`started`, `finished`): UTC ISO 8601 to the millisecond, however the run was made."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
 
 
 class Invoice(BaseModel):

@@ -15,11 +15,10 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from cats import __version__
-from cats.bom import BOM, Invoice, SliceRecord
+from cats.bom import BOM, Invoice, SliceRecord, timestamp
 from cats.bom.home import Home
 from cats.bom.ref import load_ref
 from cats.bom.signatures import sign
@@ -137,7 +136,7 @@ def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, u
                         if (p := index.producer(label(i.info if isinstance(i, View) else i)))}),
         children=sorted(ledger.children),
         invoice=Invoice(
-            started=_iso(started), finished=_iso(finished_at), duration_s=finished_at - started,
+            started=timestamp(started), finished=timestamp(finished_at), duration_s=finished_at - started,
             slices=len(pieces), executed=len(todo), resumed=resumed, reused=reused or None,
             bytes_in=ledger.bytes_in, bytes_out=ledger.bytes_out,
             executor=socket.gethostname(), cats_version=__version__,
@@ -233,6 +232,3 @@ def _failure_message(order_cid: CID, pieces: list[ingress.Piece], failures: list
                     f"remote traceback:\n{errors[0].error}")
     return message
 
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")

@@ -21,11 +21,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from cats import __version__
-from cats.bom import BOM, Federation, Invoice
+from cats.bom import BOM, Federation, Invoice, timestamp
 from cats.bom import load as load_bom
 from cats.bom.child import Child, Executor
 from cats.bom.signatures import Signatures, sign
@@ -172,7 +171,7 @@ def federate(order: Order, identity: Identity, store: BlockStore, peers: list[tu
     bom = BOM(name=sealed.name, order=order_cid, code=sealed.function.code, structure=sealed.structure,
               inputs=sealed.sources, outputs=[output], output_encoding="unixfs-directory", slices=[],
               children=sorted(c.bom for c in children),
-              invoice=Invoice(started=_iso(wall), finished=_iso(finished), duration_s=finished - wall,
+              invoice=Invoice(started=timestamp(wall), finished=timestamp(finished), duration_s=finished - wall,
                               slices=0, executed=0, resumed=0, bytes_in=0, bytes_out=0,
                               executor=socket.gethostname(), nodes=[p.did for p in parts], cats_version=__version__,
                               federation=Federation(parts=children, pushed=pushed, pulled=pulled, data=data)))
@@ -225,9 +224,6 @@ def _record(store: BlockStore, bom: CID, order: str, output: str, name: str | No
     finally:
         index.close()
 
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat()
 
 
 class _Fetched(BlockStore):
