@@ -9,7 +9,6 @@ answer.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -23,8 +22,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 from nodes import RealNode, run_cli, start_all
+from test_mesh_node import parse_car
 
-from cats.cas import car, dagpb, unixfs, varint
+from cats.cas import car, dagpb, unixfs
 from cats.cas.cid import CID, DAG_PB, RAW
 from cats.cas.dag import put_cbor, walk
 from cats.cas.importer import CHUNK_SIZE, Importer
@@ -81,18 +81,6 @@ def gate(tmp_path_factory: pytest.TempPathFactory, ray_session: str) -> Iterator
         yield Gate(node, peer, big, repeated, folder, file_in_folder, cbor)
     finally:
         node.stop()
-
-
-def parse_car(data: bytes) -> tuple[list[CID], list[tuple[CID, bytes]]]:
-    stream = io.BytesIO(data)
-    roots = car.read_header(stream)
-    blocks = []
-    while (n := varint.read(stream)) is not None:
-        section = stream.read(n)
-        assert len(section) == n, "truncated CAR section"
-        cid, start = CID.read(section, 0)
-        blocks.append((cid, section[start:]))
-    return roots, blocks
 
 
 def car_cids(response: httpx.Response, root: CID) -> list[CID]:
