@@ -59,3 +59,12 @@ def live(word: str) -> list[int]:
         if word.encode() in cmdline and state != "Z":
             found.append(int(proc.name))
     return found
+
+
+def tamper(store: LocalStore, cid: CID) -> None:
+    """Change a stored block's bytes in place (blocks are written read-only), as an attacker with the disk would."""
+    path = store.path(cid)
+    assert path.exists(), cid
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes() + b"\x00tampered")
+    path.chmod(0o444)

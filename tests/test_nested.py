@@ -82,12 +82,6 @@ def _worker_did() -> str:
     return ray.get(ray.remote(did).options(num_cpus=0).remote())
 
 
-def _tamper(store: LocalStore, cid: CID) -> None:
-    path = store.path(cid)
-    path.chmod(0o644)
-    path.write_bytes(path.read_bytes() + b"\x00tampered")
-    path.chmod(0o444)
-
 
 # -- 1. attribution, memoization, verification and lineage ------------------------------------------
 @pytest.mark.slow
@@ -141,7 +135,7 @@ def test_children_are_attributed_to_their_slices(ray_session: str, cli, cats_hom
     assert tree.code == 0 and "sub-Orders" in tree.out and all(str(c) in tree.out for c in bom.children)
 
     child = kids[1][1]
-    _tamper(store, load_bom(store, child.bom).outputs[0])
+    jobs.tamper(store, load_bom(store, child.bom).outputs[0])
     report = verify(store, result.bom)
     assert not report.verified
     assert [(p.reason, p.slice) for p in report.problems] == [("input-altered", 1)]  # the slice read it

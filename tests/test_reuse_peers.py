@@ -564,12 +564,6 @@ def test_integrity_checks_the_peer_bom_a_slice_was_taken_from(peer: Peer, taken:
     assert f"{FILES} slice(s) taken from the peer BOM {peer.bom}: signed by {a.did}" in res.out
 
 
-def _tamper(store: LocalStore, cid: CID) -> None:
-    path = store.path(cid)
-    path.chmod(0o644)
-    path.write_bytes(path.read_bytes() + b"\x00tampered")
-    path.chmod(0o444)
-
 
 def _untrusted(peer: Peer, taken: Taken) -> str:
     Trust(taken.home.folder / "trust.json").rm(peer.node.did)
@@ -587,12 +581,12 @@ def _records_deleted(peer: Peer, taken: Taken) -> str:
 
 
 def _bom_altered(peer: Peer, taken: Taken) -> str:
-    _tamper(taken.blocks, peer.bom)
+    jobs.tamper(taken.blocks, peer.bom)
     return "the source BOM is not intact"
 
 
 def _records_altered(peer: Peer, taken: Taken) -> str:
-    _tamper(taken.blocks, taken.held)
+    jobs.tamper(taken.blocks, taken.held)
     return "the source BOM is not intact"
 
 

@@ -39,15 +39,6 @@ FILES = {"a.txt": b"alpha\n", "b.txt": b"bravo bravo\n", "c.txt": b"charlie\n", 
 
 
 # -- helpers (small copies of test_factory's) ------------------------------------------------------
-def _tamper(store: LocalStore, cid: CID) -> None:
-    """Change a stored block's bytes in place (blocks are written read-only)."""
-    path = store.path(cid)
-    assert path.exists(), cid
-    path.chmod(0o644)
-    path.write_bytes(path.read_bytes() + b"\x00tampered")
-    path.chmod(0o444)
-
-
 def _copy(store: LocalStore, dest: Path) -> LocalStore:
     shutil.copytree(store.root, dest)
     return LocalStore(dest)
@@ -171,12 +162,12 @@ Tamper = Callable[[LocalStore, Base], tuple[CID, set[str], int | None]]
 
 
 def _alter_output(store: LocalStore, b: Base) -> tuple[CID, set[str], int | None]:
-    _tamper(store, b.recs[1].output)
+    jobs.tamper(store, b.recs[1].output)
     return b.run.bom, {str(b.recs[1].output)}, 1
 
 
 def _alter_bom(store: LocalStore, b: Base) -> tuple[CID, set[str], int | None]:
-    _tamper(store, b.run.bom)
+    jobs.tamper(store, b.run.bom)
     return b.run.bom, {str(b.run.bom)}, None
 
 
@@ -185,18 +176,18 @@ def _alter_code(store: LocalStore, b: Base) -> tuple[CID, set[str], int | None]:
     leaves = [c for c in blocks if c != b.bom.code]  # the wrapped source file (raw leaves: read, not just has)
     assert leaves and all(c.codec == RAW for c in leaves)
     for cid in leaves:
-        _tamper(store, cid)
+        jobs.tamper(store, cid)
     return b.run.bom, {str(c) for c in leaves}, None
 
 
 def _alter_input(store: LocalStore, b: Base) -> tuple[CID, set[str], int | None]:
-    _tamper(store, b.recs[2].input.cid)
+    jobs.tamper(store, b.recs[2].input.cid)
     return b.run.bom, {str(b.recs[2].input.cid)}, 2
 
 
 def _alter_input_root(store: LocalStore, b: Base) -> tuple[CID, set[str], int | None]:
     """The input folder's own block: no slice reads it, but re-splitting the inputs does."""
-    _tamper(store, b.bom.inputs[0])
+    jobs.tamper(store, b.bom.inputs[0])
     return b.run.bom, {str(b.bom.inputs[0])}, None
 
 
@@ -406,7 +397,7 @@ def test_integrity_needs_no_ray(base: Base, cli, cats_home: Path, tmp_path: Path
     assert report.blocks_checked >= len(reachable) > 0
 
     altered = base.recs[0].input.cid
-    _tamper(store, altered)
+    jobs.tamper(store, altered)
     report = verify(store, base.run.bom, integrity=True)
 
     assert not report.verified
@@ -442,7 +433,7 @@ def test_environment_drift(base: Base, cats_home: Path, tmp_path: Path, monkeypa
     # a recorded lock that is gone or altered is a problem of the lineage, not a crash of the drift report
     monkeypatch.setattr(drift, "environment_lock", lambda _store: current_cid)
     lock = base.bom.structure.lock
-    _tamper(store, lock)
+    jobs.tamper(store, lock)
     for integrity in (True, False):
         report = verify(store, base.run.bom, integrity=integrity)
         assert not report.verified and report.drift == []

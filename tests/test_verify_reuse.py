@@ -69,12 +69,6 @@ def _home(reused: Reused, cats_home: Path) -> LocalStore:
     return jobs.home_store(cats_home)
 
 
-def _tamper(store: LocalStore, cid: CID) -> None:
-    path = store.path(cid)
-    path.chmod(0o644)
-    path.write_bytes(path.read_bytes() + b"\x00tampered")
-    path.chmod(0o444)
-
 
 def _put_bom(store: LocalStore, bom: BOM) -> CID:
     block = bom.block()
@@ -112,7 +106,7 @@ def test_reexecution_covers_reused_slices(reused: Reused, cats_home: Path) -> No
     assert not report.verified
     assert [(s.index, s.reason) for s in report.slices if not s.ok] == [(1, "output-differs")]
 
-    _tamper(store, reused.recs[0].output)  # the reused output block itself
+    jobs.tamper(store, reused.recs[0].output)  # the reused output block itself
     report = api.verify(reused.b.bom)
     assert not report.verified
     assert ("output-differs", 0, str(reused.recs[0].output)) in _problems(report)
@@ -143,7 +137,7 @@ def _missing(store: LocalStore, reused: Reused, home: Path) -> str:
 
 
 def _altered(store: LocalStore, reused: Reused, home: Path) -> str:
-    _tamper(store, reused.a.bom)
+    jobs.tamper(store, reused.a.bom)
     return "the source BOM is not intact"
 
 
