@@ -12,8 +12,12 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 TIMEOUT_S = 30
+_IN_BATCH = 500  # values per `IN (...)`: well under SQLite's limit on a statement's parameters
+
+T = TypeVar("T")
 
 
 def connect(path: str | Path, schema: str = "", pragmas: Sequence[str] = ("synchronous=NORMAL",),
@@ -49,3 +53,11 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def in_batches(values: Sequence[T]) -> Iterator[tuple[str, Sequence[T]]]:
+    """`values` a batch at a time, each with its `IN` list of placeholders (`?,?,…`), for lookups of
+    any number of keys."""
+    for start in range(0, len(values), _IN_BATCH):
+        batch = values[start:start + _IN_BATCH]
+        yield ",".join("?" * len(batch)), batch

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cats._sqlite import connect, transaction
+from cats._sqlite import connect, in_batches, transaction
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (order_cid TEXT PRIMARY KEY, bom TEXT NOT NULL, output TEXT NOT NULL,
@@ -88,10 +88,9 @@ class Index:
     def evaluations(self, keys: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         """key -> (the BOM of the finished run that computed it, the slice's outcome), for the keys known."""
         found: dict[str, tuple[str, dict[str, Any]]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
+        for marks, batch in in_batches(keys):
             rows = self.db.execute("SELECT e.key, r.bom, e.record FROM evaluations e JOIN runs r "
-                                   f"ON r.order_cid = e.order_cid WHERE e.key IN ({','.join('?' * len(chunk))})", chunk)
+                                   f"ON r.order_cid = e.order_cid WHERE e.key IN ({marks})", batch)
             found.update((key, (bom, json.loads(record))) for key, bom, record in rows)
         return found
 

@@ -26,7 +26,7 @@ from contextlib import closing
 from functools import partial
 from pathlib import Path
 
-from cats._sqlite import connect, transaction
+from cats._sqlite import connect, in_batches, transaction
 from cats.cas.cid import CID
 from cats.cas.dag import walk
 from cats.cas.store import BlockStore, PinningStore
@@ -39,8 +39,6 @@ _CLOCK_SLACK = 0.05
 
 _REACHED = "CREATE TABLE IF NOT EXISTS reached (store TEXT NOT NULL, cid BLOB NOT NULL, PRIMARY KEY (store, cid)) " \
            "WITHOUT ROWID"
-# CIDs per lookup: well under SQLite's limit on a statement's parameters
-_BATCH = 500
 
 
 class Pins:
@@ -112,10 +110,9 @@ def _tracked(store: BlockStore) -> str | None:
 
 def _known(db: sqlite3.Connection, store: str, cids: list[CID]) -> Iterable[CID]:
     """Those of `cids` (v1) a pin here reached."""
-    for start in range(0, len(cids), _BATCH):
-        chunk = cids[start:start + _BATCH]
-        rows = db.execute(f"SELECT cid FROM reached WHERE store = ? AND cid IN ({','.join('?' * len(chunk))})",
-                          [store, *(bytes(c) for c in chunk)])
+    for marks, batch in in_batches(cids):
+        rows = db.execute(f"SELECT cid FROM reached WHERE store = ? AND cid IN ({marks})",
+                          [store, *(bytes(c) for c in batch)])
         yield from (CID.from_bytes(row[0]) for row in rows)
 
 
