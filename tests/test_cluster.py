@@ -165,9 +165,11 @@ def test_a_plant_names_the_cluster(cluster: RayCluster, dataset, tmp_path: Path,
     address = cluster.client_address if how == "ray://" else cluster.address
     order = _order(tmp_path, [root], name=f"digest_at_{how.strip(':/')}", address=address)
     result = cluster.run(cluster.nodes[0].home, "run", str(order), "--json", RAY_ADDRESS=None)
-    if result.code != 0 and "Starting Ray client server failed" in result.err:
-        # Ray's client proxy starts one server process per client; when that process does not come up (seen
-        # once on a loaded CI machine), the reason is only in its log: show it, and try once more.
+    if result.code != 0 and ("Starting Ray client server failed" in result.err
+                             or "Initialization failure from server" in result.err):
+        # Ray's client proxy starts one server process per client; when that process does not come up, or
+        # dies as it starts (both seen on a loaded CI machine, the second as gRPC's "epoll_wait error: Bad
+        # file descriptor" after a fork), the reason is only in its log: show it, and try once more.
         warnings.warn(f"the Ray Client server did not start; retrying once:\n{cluster.logs('ray_client_server*')}",
                       stacklevel=1)
         result = cluster.run(cluster.nodes[0].home, "run", str(order), "--json", RAY_ADDRESS=None)
