@@ -134,6 +134,11 @@ class SliceFailed(CatsError):
     remote traceback, or which replica said what."""
 
 
+class Cancelled(CatsError):
+    """A run stopped by SIGINT: Ctrl-C, or `cats jobs cancel` from anywhere. Its finished slices are
+    kept, so running it again resumes."""
+
+
 class StageFailed(CatsError):
     """A stage of a pipeline failed; the message names the stage and why, and `__cause__` is its own error.
     The stages before it are recorded, so a re-run reuses them."""

@@ -24,10 +24,11 @@ import pytest
 from nodes import run_cli
 from test_mesh_node import NodeProc
 
+from cats.bom.jobs import JobTable
 from cats.identity import Identity
 from cats.identity.requests import sign_request
 from cats.identity.trust import Trust
-from cats.mesh.node.orders import STOPPED, OrderTable
+from cats.mesh.node.orders import STOPPED
 
 NAP_S = 60  # how long a napping Order would run if nothing stopped it
 
@@ -96,9 +97,9 @@ order = Order(function=Function.of(tag), inputs=[Path({str(data)!r})], name={nam
         """The id of the order named `name` (its Order's module), once it has `status`."""
         deadline = time.monotonic() + timeout
         while True:
-            table = OrderTable(self.node.home / "node" / "orders.sqlite")
+            table = JobTable(self.node.home / "jobs.sqlite")
             try:
-                rows = table.rows()
+                rows = table.rows(kind="node")
             finally:
                 table.close()
             for row in rows:
@@ -204,8 +205,10 @@ def test_cancel_by_the_submitter_and_the_operator_and_not_by_another_peer(setup:
     # the queued order, cancelled, never runs
     res = peer.cli("mesh", "cancel", queued, "--to", node.url, "--json")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == {"id": queued, "status": "cancelled", "order": json.loads(res.stdout)["order"],
-                                      "error": f"cancelled by its submitter {peer.did}"}
+    answer = json.loads(res.stdout)
+    assert answer == {"id": queued, "status": "cancelled", "order": answer["order"], "name": "queue_quick",
+                      "error": f"cancelled by its submitter {peer.did}", "done": 0, "finished": answer["finished"]}
+    assert abs(answer["finished"] - time.time()) < 60  # never started, so no `started`
     # the running one stops within seconds, and every process of its run with it
     started = time.monotonic()
     res = peer.cli("mesh", "cancel", running, "--to", node.url)
@@ -264,7 +267,7 @@ def test_node_orders_on_a_home_that_never_ran_a_node(tmp_path: Path) -> None:
     assert (listed.code, json.loads(listed.out)) == (0, [])
     said = run_cli(tmp_path / "home", "node", "orders")
     assert said.code == 0 and "no orders" in said.err
-    assert not (tmp_path / "home" / "node" / "orders.sqlite").exists()
+    assert not (tmp_path / "home" / "jobs.sqlite").exists()
 
 
 # -- the wall-time cap -------------------------------------------------------------------------------

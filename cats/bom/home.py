@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 from cats.bom.index import Index
+from cats.bom.jobs import JobTable
 from cats.bom.signatures import Signatures
 from cats.cas.pins import Pins
 from cats.cas.store import BlockStore, open_store
@@ -70,6 +71,11 @@ class Home:
         return "index" in self.__dict__ or (self.folder / "index.sqlite").exists()
 
     @cached_property
+    def jobs(self) -> JobTable:
+        """Every Order run here or submitted elsewhere from here, with its status and its slices' logs."""
+        return JobTable(self.folder / "jobs.sqlite")
+
+    @cached_property
     def pins(self) -> Pins:
         return Pins(self.folder / "pins")
 
@@ -91,3 +97,6 @@ class Home:
         if "index" in self.__dict__:
             self.index.close()
             del self.__dict__["index"]
+        if "jobs" in self.__dict__:
+            self.jobs.close()
+            del self.__dict__["jobs"]

@@ -8,11 +8,11 @@ from typing import Any
 import typer
 
 from cats import __version__
-from cats.cli import bom, data, demo, run, shell, store, verify
+from cats.cli import bom, data, demo, jobs, run, shell, store, verify
 from cats.cli import mesh as mesh_cli
 from cats.cli import node as node_cli
 from cats.cli import provenance as provenance_cli
-from cats.errors import CatsError
+from cats.errors import Cancelled, CatsError
 
 app = typer.Typer(
     name="cats",
@@ -47,6 +47,7 @@ node_cli.register(app)
 shell.register(app)
 provenance_cli.register(app)
 demo.register(app)
+jobs.register(app)
 
 
 def command() -> Any:
@@ -68,6 +69,9 @@ def command() -> Any:
 def main() -> None:
     try:
         command()(standalone_mode=True)
+    except Cancelled as e:  # stopped as asked, not failed: the status a shell gives an interrupted command
+        print(f"Cancelled: {e}", file=sys.stderr)
+        sys.exit(130)
     except CatsError as e:
         print(f"Error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -106,20 +106,21 @@ def orders(
                                       help="Only orders with this status: queued, running, done, failed, cancelled."),
     as_json: bool = typer.Option(False, "--json", help="Print the orders as a JSON list."),
 ) -> None:
-    """List the orders this node was given, oldest first, from its state in CATS_HOME (running or not)."""
+    """List the orders this node was given, oldest first, from its state in CATS_HOME (running or not):
+    its jobs of kind `node` (`cats jobs` lists them with this home's own runs)."""
+    from cats.bom.jobs import STATUSES, JobTable
     from cats.config import home
     from cats.errors import CatsError
     from cats.mesh.node.models import OrderEntry
-    from cats.mesh.node.orders import STATUSES, OrderTable
 
     if status is not None and status not in STATUSES:
         raise CatsError(f"--status {status!r} is none of {', '.join(STATUSES)}")
-    path = home() / "node" / "orders.sqlite"
+    path = home() / "jobs.sqlite"
     rows = []
-    if path.exists():  # a node that never started has none, and listing them creates nothing
-        table = OrderTable(path)
+    if path.exists():  # a home that never ran anything has none, and listing them creates nothing
+        table = JobTable(path)
         try:
-            rows = table.rows(status=status)
+            rows = table.reap(table.rows(status=status, kind="node"))
         finally:
             table.close()
     entries = [OrderEntry.of(row) for row in rows]

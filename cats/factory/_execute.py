@@ -10,6 +10,7 @@ beyond its retries fails its slices with Ray's error.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter
@@ -152,6 +153,12 @@ class _Tasks(_Execution):
     def arrive(self, lane: int, b: int, outcomes: list[SliceOutcome]) -> None:
         self.failures += [o for o in outcomes if o.failed]
         self.done([o for o in outcomes if not o.failed])
+
+    def stop(self) -> None:
+        """Interrupted (Ctrl-C, `cats jobs cancel`): no batch keeps running, nor waits to."""
+        for ref in self.pending:
+            with contextlib.suppress(Exception):  # Ray may be going down with the driver
+                self.ray.cancel(ref, force=True)
 
 
 class _Actors(_Execution):

@@ -20,6 +20,7 @@ from cats.errors import CatsError, StageFailed
 from cats.factory import guard, pipeline
 from cats.factory.confine import Policy
 from cats.factory.outcome import Progress, Run
+from cats.factory.tracking import Tracker
 from cats.order import Order
 from cats.order.seal import seal
 
@@ -47,7 +48,8 @@ class Stage:
 
 
 def run(order: Order, *, home: Home | None = None, store: BlockStore | None = None, force: bool = False,
-        quiet: bool = False, progress: Progress | None = None, confine: Policy | None = None) -> Run:
+        quiet: bool = False, progress: Progress | None = None, confine: Policy | None = None,
+        job: str | None = None) -> Run:
     """Run an Order on its Plant; return the Run, which names its BOM, output and sealed Order.
 
     The Order is sealed into `store` (default: the `home`'s store, one its Ray workers can open too),
@@ -61,29 +63,47 @@ def run(order: Order, *, home: Home | None = None, store: BlockStore | None = No
     naming the failed slices, with the remote traceback; CheckFailed when the Order's `check_on_run`
     checks reject its output (no BOM is recorded); ReentrantRun when called from code the Factory is
     loading or running.
+
+    The run is a job in the home's job table (`cats jobs`): a new one, or `job`, made by whoever
+    queued it (a node's worker). SIGINT stops it (`cats jobs cancel` sends one): it is recorded
+    `cancelled` and raises Cancelled.
     """
     guard.check()
     started = time.time()
     with Home.given(home, store) as here:
-        where = store if store is not None else here.store
-        ordered = pipeline.stages(order)
-        if len(ordered) == 1:
-            return _run(order, here, where, force, quiet, progress, started, confine)
-        outputs: dict[int, CID] = {}
-        runs: list[Run] = []
-        for k, stage in enumerate(ordered, 1):
-            try:
-                done = _run(pipeline.resolved(stage, outputs), here, where, force, quiet, progress, time.time(),
-                            confine)
-            except CatsError as e:
-                first, *rest = str(e).split("\n", 1)  # a slice's remote traceback stays below the line
-                kept = "" if k == 1 else "; stage 1 is recorded (a re-run reuses it)" if k == 2 else \
-                    f"; stages 1-{k - 1} are recorded (a re-run reuses them)"
-                raise StageFailed("\n".join([f"stage {k} of {len(ordered)} ({pipeline.name(stage)}): {first}{kept}",
-                                             *rest])) from e
-            outputs[id(stage)] = done.output
-            runs.append(done)
-        return dataclasses.replace(runs[-1], stages=runs, duration_s=time.time() - started)
+        track = Tracker.start(here.jobs, order.name, job, progress)
+        try:
+            result = _stages(order, here, store if store is not None else here.store, force, quiet, track, started,
+                             confine)
+        except KeyboardInterrupt:
+            raise track.interrupted() from None
+        except BaseException as e:
+            track.failed(str(e).strip() or type(e).__name__)
+            raise
+        track.done(str(result.bom), str(result.output))
+        return result
+
+
+def _stages(order: Order, here: Home, where: BlockStore, force: bool, quiet: bool, track: Tracker, started: float,
+            confine: Policy | None) -> Run:
+    ordered = pipeline.stages(order)
+    if len(ordered) == 1:
+        return _run(order, here, where, force, quiet, track, started, confine)
+    outputs: dict[int, CID] = {}
+    runs: list[Run] = []
+    for k, stage in enumerate(ordered, 1):
+        try:
+            done = _run(pipeline.resolved(stage, outputs), here, where, force, quiet, track, time.time(),
+                        confine)
+        except CatsError as e:
+            first, *rest = str(e).split("\n", 1)  # a slice's remote traceback stays below the line
+            kept = "" if k == 1 else "; stage 1 is recorded (a re-run reuses it)" if k == 2 else \
+                f"; stages 1-{k - 1} are recorded (a re-run reuses them)"
+            raise StageFailed("\n".join([f"stage {k} of {len(ordered)} ({pipeline.name(stage)}): {first}{kept}",
+                                         *rest])) from e
+        outputs[id(stage)] = done.output
+        runs.append(done)
+    return dataclasses.replace(runs[-1], stages=runs, duration_s=time.time() - started)
 
 
 def dag(order: Order, *, home: Home | None = None, store: BlockStore | None = None) -> list[Stage]:
@@ -117,8 +137,8 @@ def _memoized(home: Home, store: BlockStore, order_cid: CID) -> tuple[CID, CID] 
     return CID.parse(known), CID.parse(home.index.output_of(known))
 
 
-def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, progress: Progress | None,
-         started: float, confine: Policy | None) -> Run:
+def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, track: Tracker, started: float,
+         confine: Policy | None) -> Run:
     if store.url is None:
         raise CatsError("the Factory needs a store its Ray workers can open too (file://…, an IPFS daemon); "
                         f"{type(store).__name__} lives in this process only")
@@ -126,6 +146,7 @@ def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, 
     block = sealed.block()
     order_cid = CID.hash(block, DAG_CBOR)
     store.put(order_cid, block)
+    track.order(str(order_cid))
     known = None if force else _memoized(home, store, order_cid)
     if known is not None:
         bom, output = known
@@ -138,4 +159,4 @@ def _run(order: Order, home: Home, store: BlockStore, force: bool, quiet: bool, 
 
     policy = confinement(sealed, confine)
     with store.lease():  # until the BOM is pinned: a gc meanwhile spares what the run writes
-        return execute_order(sealed, order_cid, home, store, store.url, force, quiet, progress, started, policy)
+        return execute_order(sealed, order_cid, home, store, store.url, force, quiet, track, started, policy)

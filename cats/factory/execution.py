@@ -33,8 +33,9 @@ from cats.factory._execute import execute
 from cats.factory._ledger import Ledger
 from cats.factory._plan import Plan, plan
 from cats.factory.confine import Policy, check_confinable
-from cats.factory.outcome import Progress, Run, SliceOutcome
+from cats.factory.outcome import Run, SliceOutcome
 from cats.factory.peers import from_peers
+from cats.factory.tracking import Tracker
 from cats.order import Order, label
 from cats.order.function import Function
 from cats.plant import cluster, connect
@@ -50,7 +51,7 @@ def confinement(order: Order, confine: Policy | None) -> Policy | None:
 
 
 def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, url: str, force: bool,
-                  quiet: bool, progress: Progress | None, started: float, policy: Policy | None) -> Run:
+                  quiet: bool, track: Tracker, started: float, policy: Policy | None) -> Run:
     # Inputs the driver's store lacks are read from the stores of the cluster's nodes, if it has any
     # (only read: which node holds an input decides where its slices run).
     def peers() -> list[Any]:
@@ -66,9 +67,12 @@ def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, u
                             f"{', '.join(twice[:10])} (inputs with files of the same name); nothing was run")
     keys = evaluation.keys(order, [piece for piece, _ in pieces], looked)
     ledger = Ledger(store, keys, pieces)
-    if not force:  # slices an interrupted run finished
+    earlier: list[SliceOutcome] = []  # slices an interrupted run finished
+    taken: list[SliceOutcome] = []  # and those earlier runs (or trusted peers) computed
+    if not force:
         for r in index.done_slices(str(order_cid)).values():
-            ledger.add(SliceOutcome.model_validate(r), executed=False)
+            earlier.append(SliceOutcome.model_validate(r))
+            ledger.add(earlier[-1], executed=False)
     resumed = ledger.done
     reuse = evaluation.reusable(order)
     if reuse and not force:  # slices a finished run of any Order computed: the same evaluation, the same result
@@ -77,14 +81,18 @@ def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, u
         for i in missing:
             # the whole result, not its root alone: a result missing a block is computed again
             if (hit := known.get(str(keys[i]))) is not None and complete(store, CID.parse(hit[1]["output"])):
-                ledger.add(SliceOutcome.model_validate({**hit[1], "index": i, "reused_from": hit[0]}), executed=False)
+                taken.append(SliceOutcome.model_validate({**hit[1], "index": i, "reused_from": hit[0]}))
+                ledger.add(taken[-1], executed=False)
     if reuse and not force and order.plant.reuse_from:  # and those a trusted peer computed and proves
         for outcome in from_peers(order, keys, [i for i in range(len(pieces)) if not ledger.has(i)], home, store):
+            taken.append(outcome)
             ledger.add(outcome, executed=False)
     reused = ledger.done - resumed
     todo = [i for i in range(len(pieces)) if not ledger.has(i)]
-    if progress:
-        progress(ledger.done, len(pieces))
+    named = [piece.name for piece, _ in pieces]
+    track.slices(earlier, named, "resumed")
+    track.slices(taken, named, "reused")
+    track.progress(ledger.done, len(pieces))
     # "directory" and "list" merges only link CIDs, so the driver does them; other merges read data
     links_only = order.infra.merge in ("directory", "list")
     ray = connect(order.plant, quiet=quiet) if todo or not links_only else None
@@ -103,10 +111,11 @@ def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, u
             index.save_slices(str(order_cid), done, offered)
             for o in ok:
                 ledger.add(o)
-            if progress:
-                progress(ledger.done, len(pieces))
+            track.slices(ok, named, "done")
+            track.progress(ledger.done, len(pieces))
 
-        failures = _execute_plan(ray, work, home, f"{order_cid}-", finished)
+        failures = _execute_plan(ray, work, home, f"{order_cid}-", finished, track.folder)
+        track.slices(failures, named, "failed")
         if failures:
             raise SliceFailed(_failure_message(order_cid, pieces, failures))
     results = ledger.finished()
@@ -161,11 +170,14 @@ def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, u
                disagreed=None if replicas == 1 else ledger.disagreed, checks=checks)
 
 
-def _execute_plan(ray: Any, work: Plan, home: Home, prefix: str, done: Callable[[list[SliceOutcome]], None]) -> \
-        list[SliceOutcome]:
-    """Run a plan with a run folder of its own in the home's runs, so each invocation counts its own attempts."""
+def _execute_plan(ray: Any, work: Plan, home: Home, prefix: str, done: Callable[[list[SliceOutcome]], None],
+                  opened: Callable[[str], None] | None = None) -> list[SliceOutcome]:
+    """Run a plan with a run folder of its own in the home's runs, so each invocation counts its own attempts
+    (`opened` is told where it is: the workers keep what slices print there while they run)."""
     home.runs.mkdir(exist_ok=True)
     run_dir = tempfile.mkdtemp(prefix=prefix, dir=home.runs)
+    if opened is not None:
+        opened(run_dir)
     try:
         return execute(ray, work, run_dir, done)
     finally:

@@ -19,6 +19,7 @@ import contextlib
 import http.client
 import json
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -33,7 +34,16 @@ from cats.cas import car, dagcbor
 from cats.cas.cid import CID, DAG_CBOR, RAW
 from cats.cas.dag import complete, links
 from cats.cas.store import BlockStore
-from cats.errors import BlockNotFound, CarError, CarTruncated, CatsError, EnvelopeError, MeshError, StreamCut
+from cats.errors import (
+    BlockNotFound,
+    Cancelled,
+    CarError,
+    CarTruncated,
+    CatsError,
+    EnvelopeError,
+    MeshError,
+    StreamCut,
+)
 
 if TYPE_CHECKING:
     from cats.bom.signatures import Envelope, Signatures
@@ -317,6 +327,14 @@ class Node:
     def cancel(self, job: str) -> dict[str, Any]:
         """Cancel an order (as its submitter or the node's operator); MeshError(409) if it has ended."""
         return self._json("POST", f"/orders/{job}/cancel", sign=True)
+
+    def order_slices(self, job: str) -> list[dict[str, Any]]:
+        """The order's slices that failed or printed anything, and those running now (its submitter or the operator)."""
+        return self._json("GET", f"/orders/{job}/slices", sign=True)
+
+    def order_log(self, job: str, index: int, stream: str, offset: int = 0) -> bytes:
+        """What slice `index` of the order wrote to `stream` from `offset` (a few MiB at most; empty: no more yet)."""
+        return self._send("GET", f"/orders/{job}/logs/{index}/{stream}?offset={offset}", sign=True).content
 
     def orders(self, status: str | None = None) -> list[dict[str, Any]]:
         """The signer's orders on the node (every order, for its operator), oldest first."""
@@ -852,13 +870,44 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
     with Node(url, identity) as node:
         pushed = push_order(store, order_cid, node)
         job = place_order(node, order_cid)
-        bom, output, pulled = collect(store, node, job, order_cid, timeout, progress, signatures)
+        with _job_here(node, job, str(order_cid), sealed.name) as record:
+            bom, output, pulled = collect(store, node, job, order_cid, timeout, progress, signatures)
+            record(str(bom), str(output))
         output_pulled = pull(store, output, url, identity, signatures=signatures, node=node) if fetch_output else None
         did = node.did
     remember(store, str(order_cid), bom, str(output), sealed.name, did, node.url)
     return Submitted(order=str(order_cid), url=node.url, node=did, job=job, status="done", bom=str(bom),
                      output=str(output), pushed=pushed, pulled=pulled, output_pulled=output_pulled,
                      duration_s=time.perf_counter() - started)
+
+
+@contextmanager
+def _job_here(node: Node, job: str, order: str, name: str | None) -> Iterator[Callable[[str, str], None]]:
+    """The order placed on the node as a job of this home (kind `remote`, `cats jobs` follows it there),
+    recorded done through the callable given, failed with the error that ends the block, or cancelled
+    there and here on Ctrl-C."""
+    from cats.bom.jobs import JobTable
+    from cats.config import home
+
+    table = JobTable(home() / "jobs.sqlite")
+    mine = table.create("remote", name=name, order=order, command=" ".join(["cats", *sys.argv[1:]]) or None,
+                        node=node.url, remote=job)
+    def done(bom: str, output: str) -> None:
+        table.done(mine.id, bom, output, was="running")
+
+    try:
+        yield done
+    except KeyboardInterrupt:
+        with contextlib.suppress(CatsError):
+            node.cancel(job)
+        reason = f"interrupted; order {job} on {node.url} was asked to stop"
+        table.cancelled(mine.id, reason, was="running")
+        raise Cancelled(f"job {mine.id} was cancelled: {reason}") from None
+    except BaseException as e:
+        table.failed(mine.id, str(e).strip() or type(e).__name__, was="running")
+        raise
+    finally:
+        table.close()
 
 
 def place_order(node: Node, order_cid: CID) -> str:

@@ -28,6 +28,8 @@ up to the route's limit and checked against the signed digest as it arrives.
     GET  /orders/{id}[?wait=S]        its status, for its submitter (and the operator); with wait, once it
                                       changes (the order starts or ends) or after S seconds
     POST /orders/{id}/cancel          cancel it, queued or running: by its submitter or the operator
+    GET  /orders/{id}/slices          its slices that failed or printed, with their logs' CIDs (same readers)
+    GET  /orders/{id}/logs/{i}/{out}  what slice i wrote to stdout/stderr, from ?offset= (live while it runs)
 
 The operator is whoever signs with the node's own identity (it holds the key in CATS_HOME). Orders
 run under the node's `NodePolicy` (confined unless it was started `--unconfined`); a node that cannot
@@ -62,7 +64,7 @@ from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security
@@ -76,7 +78,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from cats import __version__
 from cats.bom import BOM
 from cats.bom import load as load_bom
+from cats.bom.home import Home
 from cats.bom.index import Index
+from cats.bom.jobs import FINISHED, STATUSES, Job, JobTable
 from cats.bom.signatures import Envelope, Signatures
 from cats.cas import car, multihash
 from cats.cas.cid import CID
@@ -87,6 +91,7 @@ from cats.cas.store.local import LocalStore
 from cats.config import home
 from cats.data.resolvers import env_number
 from cats.errors import BlockNotFound, CarError, CatsError, EnvelopeError, IntegrityError
+from cats.factory.jobs import LocalJobs
 from cats.factory.outcome import SliceOutcome
 from cats.factory.peers import Evaluation
 from cats.identity import Identity
@@ -97,17 +102,7 @@ from cats.mesh.node import gateway
 from cats.mesh.node import models as m
 from cats.mesh.node.fetch import lacking, locate, sources
 from cats.mesh.node.nonces import Nonces
-from cats.mesh.node.orders import (
-    FINISHED,
-    STATUSES,
-    NodePolicy,
-    OrderRejected,
-    OrderRow,
-    OrderTable,
-    Runner,
-    Worker,
-    load_order,
-)
+from cats.mesh.node.orders import NodePolicy, OrderRejected, Runner, Worker, load_order
 from cats.web import json_errors
 
 log = logging.getLogger("cats.node")
@@ -212,7 +207,7 @@ class NodeState:
     signatures: Signatures
     pins: Pins
     nonces: Nonces
-    orders: OrderTable
+    orders: JobTable  # this home's jobs; a peer's order is one of kind `node`
     worker: Worker
     private: bool
     max_body: int
@@ -223,7 +218,7 @@ class NodeState:
         """Whether `did` may sign requests here: a trusted peer, or the operator (the node's own identity)."""
         return did == self.identity.did or did in self.trust
 
-    def may_follow(self, row: OrderRow, did: str) -> bool:
+    def may_follow(self, row: Job, did: str) -> bool:
         """Whether `did` may see and cancel the order: its submitter, or the operator."""
         return did in (row.submitter, self.identity.did)
 
@@ -377,11 +372,12 @@ CidPath = Annotated[str, PathParam(description="a CID: CIDv0 (Qm…) or CIDv1 in
 def create_app(folder: Path, *, private: bool = False, store: BlockStore | None = None,
                policy: NodePolicy | None = None) -> FastAPI:
     """The application over CATS_HOME's store, identity, trust list, signatures and pins, with its own
-    state (nonces, orders) in `folder` (normally `cats.mesh.node.state_dir()`), running Orders under
-    `policy` (the default NodePolicy: confined, no network)."""
+    state (nonces, runs) in `folder` (normally `cats.mesh.node.state_dir()`), running Orders under
+    `policy` (the default NodePolicy: confined, no network) as jobs of kind `node` in the home's job table."""
     store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
     policy = policy if policy is not None else NodePolicy()
-    orders = OrderTable(folder / "orders.sqlite")
+    jobs = LocalJobs(Home(home(), store))
+    orders = jobs.table
     node = NodeState(store=store, identity=Identity.load(), trust=Trust(), signatures=Signatures(),
                      pins=Pins(home() / "pins"), nonces=Nonces(folder / "nonces.sqlite"), orders=orders,
                      worker=Worker(orders, _runner(store, folder, policy)), private=private, max_body=max_body(),
@@ -703,7 +699,7 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
                                      "first") from None
         if node.worker.stopping:
             raise HTTPException(503, f"Order {cid} refused: this node is stopping; submit it again once it is back")
-        row = node.orders.create(str(cid), signer.did)
+        row = node.orders.create("node", name=order.name, order=str(cid), submitter=signer.did, status="queued")
         node.worker.submit(row.id)
         log.info("%s submitted order %s (%s)", signer.did, row.id, cid)
         return m.OrderStatus.of(row)
@@ -717,11 +713,11 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
         if status is not None and status not in STATUSES:
             raise HTTPException(422, f"status={status[:40]!r} is none of {', '.join(STATUSES)}")
         mine = None if signer.did == node.identity.did else signer.did
-        return [m.OrderEntry.of(row) for row in node.orders.rows(status=status, submitter=mine)]
+        return [m.OrderEntry.of(row) for row in node.orders.rows(status=status, submitter=mine, kind="node")]
 
-    def _followed(id: str, did: str) -> OrderRow:
+    def _followed(id: str, did: str) -> Job:
         row = node.orders.get(id)
-        if row is None:
+        if row is None or row.kind != "node":  # this home's own runs are not peers' business
             raise HTTPException(404, f"no order {id[:40]} on this node")
         if not node.may_follow(row, did):
             raise HTTPException(403, f"order {id} was submitted by {row.submitter}; only its submitter and this "
@@ -759,6 +755,27 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             row = node.orders.get(id) or row
             raise HTTPException(409, f"order {id} has ended already: it is {row.status}")
         return m.OrderStatus.of(node.orders.get(id) or row)
+
+    @app.get("/orders/{id}/slices", response_model=list[m.SliceLogEntry], response_model_exclude_none=True,
+             dependencies=signed, responses=_errors(401, 403, 404, 422),
+             summary="The order's slices that failed or printed anything, and those running now",
+             description="Each names the CIDs of what it wrote to stdout and stderr once it ended (the last MiB of "
+                         "each, blocks its slice record links); GET /orders/{id}/logs/{index}/{stream} reads them.")
+    def order_slices(id: JobId, signer: Signer) -> list[m.SliceLogEntry]:
+        row = _followed(id, signer.did)
+        return [m.SliceLogEntry.model_validate(s.model_dump()) for s in jobs.slices(row)]
+
+    @app.get("/orders/{id}/logs/{index}/{stream}", dependencies=signed, responses=_errors(401, 403, 404, 422),
+             response_class=Response, summary="What a slice of the order printed, from a byte offset",
+             description="While the slice runs, what it has written so far; afterwards its stored log. At most "
+                         "a few MiB per answer: ask again from the new offset until the answer is empty.")
+    def order_log(id: JobId, signer: Signer, index: Annotated[int, PathParam(ge=0, description="the slice")],
+                  stream: Annotated[Literal["stdout", "stderr"], PathParam(description="which stream")],
+                  offset: Annotated[int, Query(ge=0, description="bytes already read")] = 0) -> Response:
+        row = _followed(id, signer.did)
+        log = next((s for s in jobs.slices(row) if s.index == index), None)
+        data = b"" if log is None else jobs.read(row, log, stream, offset)
+        return Response(data, media_type="application/octet-stream", headers={"X-Content-Type-Options": "nosniff"})
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, plus the BOM's and the evaluation's: CIDs are strings in JSON, which only their

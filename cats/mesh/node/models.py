@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
-    from cats.mesh.node.orders import OrderRow
+    from cats.bom.jobs import Job
 
 
 class ErrorBody(BaseModel):
@@ -56,28 +56,40 @@ class OrderRequest(BaseModel):
 
 class OrderStatus(BaseModel):
     id: str = Field(description="the order's id on this node")
-    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    status: Literal["queued", "running", "done", "failed", "cancelled", "dead"]
     order: str | None = Field(default=None, description="the Order's CID")
+    name: str | None = Field(default=None, description="the Order's name")
     bom: str | None = Field(default=None, description="the BOM's CID, once done")
     output: str | None = Field(default=None, description="the output's CID, once done")
     error: str | None = Field(default=None, description="why it failed, or who cancelled it")
+    done: int | None = Field(default=None, description="slices finished so far")
+    total: int | None = Field(default=None, description="slices in all, once it is split")
+    started: float | None = Field(default=None, description="when it started running")
+    finished: float | None = Field(default=None, description="when it ended (done, failed or cancelled)")
 
     @classmethod
-    def of(cls, row: OrderRow, **more: Any) -> Self:
-        return cls.model_validate({"id": row.id, "status": row.status, "order": row.order, "bom": row.bom,
-                                   "output": row.output, "error": row.error, **more})
+    def of(cls, row: Job, **more: Any) -> Self:
+        return cls.model_validate({"id": row.id, "status": row.status, "order": row.order, "name": row.name,
+                                   "bom": row.bom, "output": row.output, "error": row.error, "done": row.done,
+                                   "total": row.total, "started": row.started, "finished": row.finished, **more})
 
 
 class OrderEntry(OrderStatus):
     submitter: str = Field(description="the DID that submitted it")
     created: float = Field(description="when it was accepted (seconds since the epoch)")
-    started: float | None = Field(default=None, description="when it started running")
-    finished: float | None = Field(default=None, description="when it ended (done, failed or cancelled)")
 
     @classmethod
-    def of(cls, row: OrderRow, **more: Any) -> Self:
-        return super().of(row, submitter=row.submitter, created=row.created, started=row.started,
-                          finished=row.finished, **more)
+    def of(cls, row: Job, **more: Any) -> Self:
+        return super().of(row, submitter=row.submitter, created=row.created, **more)
+
+
+class SliceLogEntry(BaseModel):
+    index: int
+    name: str | None = None
+    status: Literal["done", "failed", "resumed", "reused", "running"]
+    stdout: str | None = Field(default=None, description="CID of what it wrote to stdout (its last MiB)")
+    stderr: str | None = Field(default=None, description="CID of what it wrote to stderr (its last MiB)")
+    error: str | None = None
 
 
 class LineageNode(BaseModel):

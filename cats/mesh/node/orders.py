@@ -25,18 +25,16 @@ import json
 import logging
 import os
 import queue
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cats._sqlite import connect
+from cats.bom.jobs import JobTable
 from cats.cas import dagcbor
 from cats.cas.cid import CID
 from cats.cas.store import BlockStore
@@ -50,13 +48,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cats.node")
 
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
-FINISHED = ("done", "failed", "cancelled")
 INTERRUPTED = ("the node died while this order was running; submit it again (the slices that finished "
                "are kept, so it resumes)")
 STOPPED = ("the node stopped while this order was running; submit it again (the slices that finished are kept, "
            "so it resumes)")
-_MAX_ERROR = 16_000  # characters of an error kept (a failed slice's message carries a traceback)
 _INTERRUPT_GRACE_S = 10.0  # how long a run may take to stop after SIGINT before it is killed
 _MARKER = "CATS_NODE_RUN"  # in the environment of a run's child, so of everything it starts
 
@@ -160,112 +155,6 @@ def named_cids(order: Order) -> list[tuple[str, CID]]:
     return [(what, cid) for what, cid in named if cid is not None]
 
 
-# -- the table ------------------------------------------------------------------------------------------
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS orders (
-    id TEXT PRIMARY KEY,
-    order_cid TEXT NOT NULL,
-    submitter TEXT NOT NULL,
-    status TEXT NOT NULL,
-    bom TEXT,
-    output TEXT,
-    error TEXT,
-    created REAL NOT NULL,
-    started REAL,
-    finished REAL
-)
-"""
-
-
-@dataclass(frozen=True)
-class OrderRow:
-    id: str
-    order: str
-    submitter: str
-    status: str
-    bom: str | None
-    output: str | None
-    error: str | None
-    created: float
-    started: float | None
-    finished: float | None
-
-
-class OrderTable:
-    def __init__(self, path: Path) -> None:
-        self._db = connect(path, _SCHEMA, pragmas=(), check_same_thread=False)
-        self._lock = threading.Lock()
-
-    def create(self, order: str, submitter: str) -> OrderRow:
-        with self._lock:
-            while True:
-                job = secrets.token_hex(8)
-                cursor = self._db.execute(
-                    "INSERT OR IGNORE INTO orders (id, order_cid, submitter, status, created) VALUES (?, ?, ?, ?, ?)",
-                    (job, order, submitter, "queued", time.time()))
-                if cursor.rowcount:
-                    break
-        row = self.get(job)
-        assert row is not None
-        return row
-
-    def get(self, job: str) -> OrderRow | None:
-        with self._lock:
-            found = self._db.execute(f"SELECT {_COLUMNS} FROM orders WHERE id = ?", (job,)).fetchone()
-        return None if found is None else OrderRow(*found)
-
-    def rows(self, status: str | None = None, submitter: str | None = None) -> list[OrderRow]:
-        """Orders, oldest first; only those with `status`, or submitted by `submitter`, when given."""
-        where = [(f"{column} = ?", value) for column, value in (("status", status), ("submitter", submitter))
-                 if value is not None]
-        clause = f" WHERE {' AND '.join(w for w, _ in where)}" if where else ""
-        with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM orders{clause} ORDER BY created, rowid",
-                                    [v for _, v in where]).fetchall()
-        return [OrderRow(*r) for r in rows]
-
-    def start(self, job: str) -> bool:
-        """Mark a queued order running; False if it is not queued (cancelled meanwhile, say)."""
-        return self._set(job, "queued", status="running", started=time.time())
-
-    def done(self, job: str, bom: str, output: str) -> None:
-        self._set(job, None, status="done", bom=bom, output=output, error=None, finished=time.time())
-
-    def failed(self, job: str, error: str) -> None:
-        self._set(job, None, status="failed", error=error[:_MAX_ERROR], finished=time.time())
-
-    def cancel(self, job: str, reason: str, was: str) -> bool:
-        """Record the order cancelled if its status is `was`; whether it was."""
-        return self._set(job, was, status="cancelled", error=reason, finished=time.time())
-
-    def _set(self, job: str, was: str | None, **fields: object) -> bool:
-        columns = ", ".join(f"{name} = ?" for name in fields)
-        condition = "" if was is None else " AND status = ?"
-        with self._lock:
-            cursor = self._db.execute(f"UPDATE orders SET {columns} WHERE id = ?{condition}",
-                                      (*fields.values(), job, *(() if was is None else (was,))))
-        return bool(cursor.rowcount)
-
-    def recover(self) -> list[str]:
-        """After a restart: fail what was running (and end what its run left behind), and return what is
-        still queued, oldest first."""
-        with self._lock:
-            running = [r[0] for r in self._db.execute("SELECT id FROM orders WHERE status = 'running'").fetchall()]
-            self._db.execute("UPDATE orders SET status = 'failed', error = ?, finished = ? WHERE status = 'running'",
-                             (INTERRUPTED, time.time()))
-            rows = self._db.execute("SELECT id FROM orders WHERE status = 'queued' ORDER BY created, rowid").fetchall()
-        for job in running:
-            _kill(_leftovers(job))
-        return [r[0] for r in rows]
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-
-_COLUMNS = "id, order_cid, submitter, status, bom, output, error, created, started, finished"
-
-
 # -- running --------------------------------------------------------------------------------------------
 def _leftovers(job: str) -> list[int]:
     """Processes whose environment carries the marker of `job`'s run: its child and all it started."""
@@ -320,7 +209,7 @@ class Runner:
             # its own session: a Ctrl-C at the node's terminal reaches the node, which then stops the run itself
             child = self._child = subprocess.Popen(
                 [sys.executable, "-P", "-m", "cats.mesh.node.runner", order, str(self.store_root.resolve()),
-                 str(result.resolve()), self.policy.as_json()],
+                 str(result.resolve()), self.policy.as_json(), job],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=cwd, env=env, start_new_session=True)
             self._job = job
         cap = self.policy.max_order_seconds
@@ -372,12 +261,21 @@ class Runner:
         child.wait()
 
 
+def recover(table: JobTable) -> list[str]:
+    """After a restart: fail the orders that were running (and end what their runs left behind), and return
+    those still queued, oldest first."""
+    for job in table.rows(status="running", kind="node"):
+        table.failed(job.id, INTERRUPTED, was="running")
+        _kill(_leftovers(job.id))
+    return [job.id for job in table.rows(status="queued", kind="node")]
+
+
 class Worker:
     """One thread that runs queued orders in turn with `runner(job, order CID)`, recording each outcome.
 
     `cancel` ends a queued or running order; `stop` starts nothing more and cancels the running one."""
 
-    def __init__(self, table: OrderTable, runner: Runner) -> None:
+    def __init__(self, table: JobTable, runner: Runner) -> None:
         self.table, self.runner = table, runner
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="cats-node-orders", daemon=True)
@@ -387,7 +285,7 @@ class Worker:
         self.stopping = False
 
     def start(self) -> None:
-        for job in self.table.recover():
+        for job in recover(self.table):
             self._queue.put(job)
         self._thread.start()
 
@@ -399,8 +297,9 @@ class Worker:
         False if it was neither."""
         with self._lock:
             if self.current != job:
-                return self.table.cancel(job, reason, was="queued")
-            self.table.cancel(job, reason, was="running")
+                return self.table.cancelled(job, reason, was="queued")
+            if not self.table.cancelled(job, reason, was="running"):
+                return False  # it ended meanwhile (its run recorded how)
             self._settled.add(job)
         log.warning("order %s is cancelled: %s", job, reason)
         self.runner.stop(job)
@@ -431,6 +330,7 @@ class Worker:
             log.info("order %s (%s from %s) running", job, row.order, row.submitter)
             bom, output, error = "", "", None
             try:
+                assert row.order is not None  # every order a peer submits names its Order
                 bom, output = self.runner(job, row.order)
             except Exception as e:  # any failure of the run is the order's outcome, recorded for its submitter
                 text = str(e).strip() or type(e).__name__
@@ -440,9 +340,13 @@ class Worker:
                 if job in self._settled:  # cancelled while it ran: that is its outcome
                     self._settled.discard(job)
                     continue
+                # The run records its own outcome, and this one is the same, or says why the runner stopped it
+                # (past the wall-time cap: the run took that for a cancel). Only a cancel asked of the run
+                # itself (`cats jobs cancel` on this machine signals it directly) stands as the run said.
+                now = self.table.get(job)
                 if error is None:
                     self.table.done(job, bom, output)
-                else:
+                elif now is None or now.cancel is None:
                     self.table.failed(job, error)
             if error is None:
                 log.info("order %s done: BOM %s", job, bom)

@@ -1,12 +1,13 @@
 """One Order run by the Factory in a process of its own, for the node's worker thread.
 
-    python -P -m cats.mesh.node.runner ORDER_CID STORE_DIR RESULT.json POLICY    # in an empty folder of its own
+    python -P -m cats.mesh.node.runner ORDER_CID STORE_DIR RESULT.json POLICY JOB   # in an empty folder of its own
 
 The Order block (sealed, admitted by the node) is read from the on-disk store in STORE_DIR; the DAGs
 it names that are not there yet are pulled from the trusted peers holding them (`fetch.gather`), and
 it is run with `cats.factory.run` on the embedded local Ray, or on RAY_ADDRESS's, every slice confined under POLICY
 (the JSON of a `cats.factory.confine.Policy`, the node's reach for the Order's inputs included; `null`:
-unconfined, the operator's choice); its BOM is signed with CATS_HOME's identity, the node's.
+unconfined, the operator's choice) as JOB, the node's job for it in CATS_HOME's job table (this process
+drives it: `cats jobs cancel` signals it); its BOM is signed with CATS_HOME's identity, the node's.
 RESULT.json gets `{"bom", "output"}`, or `{"error"}` when the run fails. SIGINT stops the run (and the
 Ray it started).
 """
@@ -26,7 +27,7 @@ def _write(path: Path, answer: dict[str, str]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    order_cid, store_dir, result, policy = argv
+    order_cid, store_dir, result, policy, job = argv
     from cats import factory
     from cats.cas.cid import CID
     from cats.cas.pins import Pins
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
         me = Identity.load()
         gather(store, cid, order, sources(Trust().peers(), me.did), me)
         Pins(home() / "pins").add(store, cid)  # whole now, and kept from gc: it runs from these blocks
-        run = factory.run(order, store=store, quiet=True, confine=confine)
+        run = factory.run(order, store=store, quiet=True, confine=confine, job=job)
     except CatsError as e:
         _write(Path(result), {"error": str(e)})
         return 1

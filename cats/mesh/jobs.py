@@ -1,0 +1,58 @@
+"""A job this home submitted to another node, served through the same interface as this home's own
+(`cats.factory.jobs.Jobs`): its status, cancel, slices and logs come from the node over signed
+requests; what the node says of its status is copied into this home's job table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cats.bom.home import Home
+from cats.bom.jobs import Job, SliceLog
+from cats.errors import CatsError
+from cats.factory.jobs import Stream
+from cats.mesh.client import Node
+
+_ANSWER_S = 10.0  # how long a node may take to answer about a job
+
+
+class NodeJobs:
+    """The node that runs `job` (a job of kind `remote` in `home`'s table), asked with the home's identity."""
+
+    def __init__(self, job: Job, home: Home) -> None:
+        if job.node is None or job.remote is None:
+            raise CatsError(f"job {job.id} names no node to ask about it")
+        self.job, self.home = job, home
+        self.node = Node(job.node, home.identity, timeout=_ANSWER_S)
+
+    def listing(self, everything: bool = False) -> list[Job]:
+        return [self._merged(state) for state in self.node.orders() if state.get("id") == self.job.remote]
+
+    def get(self, ref: str) -> Job:
+        """The job as the node tells it now (`ref` is this home's id of it, or the node's)."""
+        assert self.job.remote is not None
+        return self._merged(self.node.order_status(self.job.remote))
+
+    def cancel(self, job: Job, reason: str) -> Job:
+        """The node stops it (a running one before it answers) and records it cancelled by its submitter."""
+        if job.ended:
+            raise CatsError(f"job {job.id} has ended already: it is {job.status}")
+        assert self.job.remote is not None
+        return self._merged(self.node.cancel(self.job.remote))
+
+    def slices(self, job: Job) -> list[SliceLog]:
+        assert self.job.remote is not None
+        return [SliceLog.model_validate(s) for s in self.node.order_slices(self.job.remote)]
+
+    def read(self, job: Job, log: SliceLog, stream: Stream, offset: int) -> bytes:
+        assert self.job.remote is not None
+        return self.node.order_log(self.job.remote, log.index, stream, offset)
+
+    def _merged(self, state: dict[str, Any]) -> Job:
+        """This home's job with the node's word on it, which the table keeps (the last known state)."""
+        known = {k: state[k] for k in ("status", "bom", "output", "error", "done", "total", "started", "finished")
+                 if state.get(k) is not None}
+        if known.get("status") == "queued":
+            known.pop("started", None)
+        if known:
+            self.home.jobs.set(self.job.id, None, **known)
+        return self.job.model_copy(update=known)

@@ -1,0 +1,181 @@
+"""Jobs: every run is one in CATS_HOME; `cats jobs` lists them, `cancel` stops a running one from another
+process (no slice process left, status cancelled, a re-run resumes), and a driver killed outright shows
+as dead. Real `cats run` processes on their own embedded Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ORDER = """
+import os, time
+from pathlib import Path
+from cats import Function, Order
+
+HERE = Path({folder!r})  # the sealed code runs from a folder of its own
+
+def work(data: bytes) -> bytes:
+    (HERE / "pids" / str(os.getpid())).write_text(data.decode())
+    while b"hold" in data and (HERE / "hold").exists():
+        time.sleep(0.2)
+    return data.upper()
+
+order = Order(function=Function(entry="held:work", source=__file__), inputs=[HERE / "in"])
+"""
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Path:
+    """An Order of three files whose slice reading `hold` waits while the file `hold` exists."""
+    folder = tmp_path / "job"
+    (folder / "in").mkdir(parents=True)
+    (folder / "pids").mkdir()
+    for name, text in (("a.txt", "quick a"), ("b.txt", "quick b"), ("c.txt", "hold c")):
+        (folder / "in" / name).write_text(text)
+    (folder / "held.py").write_text(textwrap.dedent(ORDER).format(folder=str(folder)))
+    (folder / "hold").touch()
+    return folder
+
+
+def _start(folder: Path, home: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "cats", "run", str(folder / "held.py"), *args], cwd=folder,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "CATS_HOME": str(home)})
+
+
+def _jobs(cli: Callable[..., object], *args: str) -> list[dict[str, object]]:
+    result = cli("jobs", "--json", *args)
+    assert result.code == 0, result.err  # type: ignore[attr-defined]
+    return json.loads(result.out)  # type: ignore[attr-defined]
+
+
+def _wait(what: Callable[[], bool], why: str, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _running(cli: Callable[..., object], folder: Path) -> dict[str, object]:
+    """The one job, once it runs and its held slice has started (the quick ones are done by then)."""
+    def started() -> bool:
+        return any((folder / "pids" / p).read_text() == "hold c" for p in os.listdir(folder / "pids"))
+
+    _wait(started, "the held slice never started")
+    jobs = _jobs(cli)
+    assert len(jobs) == 1 and jobs[0]["status"] == "running", jobs
+    return jobs[0]
+
+
+def test_a_running_job_is_cancelled_from_another_process_and_a_re_run_resumes(cli, cats_home, held):
+    run = _start(held, cats_home, "--json")
+    try:
+        job = _running(cli, held)
+        assert job["order"] and job["bom"] is None and job["pid"] == run.pid
+        _wait(lambda: _jobs(cli)[0]["done"] == 2, "the two quick slices never finished")
+        slice_pids = [int(p) for p in os.listdir(held / "pids")]
+        assert any(_alive(p) for p in slice_pids)
+
+        started = time.monotonic()
+        cancelled = cli("jobs", "cancel", str(job["id"])[:6], "--json")
+        assert cancelled.code == 0, cancelled.err
+        assert time.monotonic() - started < 15
+        stopped = json.loads(cancelled.out)
+        assert stopped["status"] == "cancelled" and "cats jobs cancel" in stopped["error"]
+
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 130, err
+        assert out == b""  # no result: nothing was recorded
+        assert err.decode().strip().splitlines()[-1].startswith(f"Cancelled: job {job['id']} was cancelled by ")
+        _wait(lambda: not any(_alive(p) for p in slice_pids), "a slice's process outlived the cancel", 20)
+
+        shown = _jobs(cli)[0]
+        assert shown["status"] == "cancelled" and shown["done"] == 2 and shown["total"] == 3
+        assert shown["finished"] is not None
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+    (held / "hold").unlink()
+    again = cli("run", held / "held.py", "--json")
+    assert again.code == 0, again.err
+    summary = json.loads(again.out)
+    assert summary["slices"] == 3 and summary["executed"] == 1  # the two finished slices were kept
+    jobs = _jobs(cli)
+    assert [j["status"] for j in jobs] == ["cancelled", "done"]
+    assert jobs[1]["bom"] == summary["bom"] and jobs[1]["order"] == summary["order"] == jobs[0]["order"]
+
+
+def test_ctrl_c_cancels_the_job(cli, cats_home, held):
+    run = _start(held, cats_home)
+    try:
+        job = _running(cli, held)
+        run.send_signal(signal.SIGINT)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 130
+    assert f"Cancelled: job {job['id']} was cancelled: interrupted" in err.decode()
+    assert _jobs(cli)[0]["status"] == "cancelled"
+
+
+def test_a_driver_killed_outright_is_reported_dead_not_running(cli, cats_home, held):
+    run = _start(held, cats_home)
+    try:
+        job = _running(cli, held)
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    listed = _jobs(cli)
+    assert listed[0]["id"] == job["id"] and listed[0]["status"] == "dead"
+    assert f"pid {run.pid}" in str(listed[0]["error"])
+    shown = cli("jobs", "show", str(job["id"]))
+    assert shown.code == 0 and "dead" in shown.out and "ended without recording an outcome" in shown.out
+    refused = cli("jobs", "cancel", str(job["id"]))
+    refused.error_line(str(job["id"]), "has ended already", "dead")
+
+
+def test_every_run_is_a_job_and_bad_ids_are_one_line(cli, cats_home, held):
+    (held / "hold").unlink()
+    first = cli("run", held / "held.py", "--json")
+    assert first.code == 0, first.err
+    again = cli("run", held / "held.py", "--json")  # the same Order: its BOM is reused, a job all the same
+    assert again.code == 0, again.err
+    jobs = _jobs(cli)
+    assert [j["status"] for j in jobs] == ["done", "done"]
+    assert {j["bom"] for j in jobs} == {json.loads(first.out)["bom"]}
+    assert jobs[0]["done"] == jobs[0]["total"] == 3
+    assert all(j["command"] == f"cats run {held / 'held.py'} --json" for j in jobs)
+
+    table = cli("jobs")
+    assert table.code == 0 and all(str(j["id"]) in table.out for j in jobs)
+    shown = cli("jobs", "show", str(jobs[0]["id"]), "--json")
+    assert shown.code == 0 and json.loads(shown.out)["bom"] == jobs[0]["bom"]
+
+    cli("jobs", "show", "feedface0000").error_line("no job feedface0000")
+    cli("jobs", "show", "not-hex").error_line("no job not-hex")
+    cli("jobs", "cancel", str(jobs[0]["id"])).error_line(str(jobs[0]["id"]), "has ended already", "done")
+    cli("jobs", "logs", str(jobs[0]["id"]), "--slice", "3").error_line("has 3 slices", "no slice 3")
