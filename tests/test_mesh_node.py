@@ -679,7 +679,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(served: Served, 
              "--request-timeout", "20", "--suppress-health-check", "all"],
             capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-12000:] + proc.stderr[-3000:]
-    assert "Selected: 17/17" in proc.stdout and "Tested: 17" in proc.stdout, proc.stdout[-3000:]
+    assert "Selected: 19/19" in proc.stdout and "Tested: 19" in proc.stdout, proc.stdout[-3000:]
     assert "401 Unauthorized" not in proc.stdout, "the proxy's signatures were refused"
     assert served.node.get("/id").status_code == 200
 

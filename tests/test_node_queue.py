@@ -207,7 +207,7 @@ def test_cancel_by_the_submitter_and_the_operator_and_not_by_another_peer(setup:
     assert res.returncode == 0, res.stderr
     answer = json.loads(res.stdout)
     assert answer == {"id": queued, "status": "cancelled", "order": answer["order"], "name": "queue_quick",
-                      "error": f"cancelled by its submitter {peer.did}", "done": 0, "finished": answer["finished"]}
+                      "error": f"cancelled by its submitter {peer.did}", "finished": answer["finished"]}
     assert abs(answer["finished"] - time.time()) < 60  # never started, so no `started`
     # the running one stops within seconds, and every process of its run with it
     started = time.monotonic()
@@ -378,3 +378,99 @@ def test_a_cancelled_run_takes_its_embedded_ray_with_it(tmp_path: Path, monkeypa
         assert ended(napping)[0] == 1
     finally:
         node.stop()
+
+
+# -- the submitter's jobs ---------------------------------------------------------------------------
+TALKING = """
+import os
+import sys
+import time
+from pathlib import Path
+
+from cats.order import Function, Order
+
+
+def talk(data: bytes) -> bytes:
+    text = data.decode().strip()
+    Path({pids!r}, str(os.getpid())).write_text(text)
+    print(f"out of {{text}}", flush=True)
+    print(f"err of {{text}}", file=sys.stderr, flush=True)
+    while text == "held" and Path({hold!r}).exists():
+        time.sleep(0.2)
+    return text.upper().encode()
+
+
+order = Order(function=Function.of(talk), inputs=[Path({data!r})], name="talking")
+"""
+
+
+def test_a_node_job_is_followed_read_and_cancelled_from_the_submitters_cats_jobs(setup: Setup) -> None:
+    from cats.bom import load as load_bom
+    from cats.cas.cid import CID
+    from cats.cas.store.local import LocalStore
+
+    node, peer = setup.node, setup.peer
+    node.start()  # confined, as a node runs peers' Orders by default
+    data, hold = setup.base / "talking-input", setup.base / "hold"
+    data.mkdir()
+    for name, text in (("a.txt", "a"), ("b.txt", "b"), ("c.txt", "held")):
+        (data / name).write_text(text + "\n")
+    hold.touch()
+    path = setup.base / "talking.py"
+    path.write_text(TALKING.format(pids=str(setup.pids), hold=str(hold), data=str(data)))
+
+    submitting = peer.submit(path, node)
+    try:
+        wait_for(lambda: any(p.read_text() == "held" for p in setup.pids.iterdir() if p.is_file()), 90,
+                 "the held slice did not start")
+
+        def mine() -> dict:
+            listed = peer.cli("jobs", "--json")
+            assert listed.returncode == 0, listed.stderr
+            jobs = json.loads(listed.stdout)
+            assert len(jobs) == 1, jobs
+            return jobs[0]
+
+        wait_for(lambda: mine()["done"] == 2, 60, "the two quick slices did not finish")
+        job = mine()
+        assert job["kind"] == "remote" and job["node"] == node.url and job["status"] == "running"
+        assert job["total"] == 3 and job["name"] == "talking"
+
+        # what the finished slices printed, read on the node through the submitter's own job id
+        out = peer.cli("jobs", "logs", job["id"], "--slice", "0")
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "out of a\n" and out.stderr == "err of a\n"
+        every = peer.cli("jobs", "logs", job["id"])
+        assert every.returncode == 0, every.stderr
+        assert "[slice 0] out of a\n" in every.stdout and "[slice 1] out of b\n" in every.stdout
+        assert "[slice 1] err of b\n" in every.stderr and "[slice 2] out of held\n" in every.stdout  # live
+
+        shown = peer.cli("jobs", "show", job["id"][:5])
+        assert shown.returncode == 0 and "running" in shown.stdout and node.url in shown.stdout
+
+        cancelled = peer.cli("jobs", "cancel", job["id"], "--json")
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert json.loads(cancelled.stdout)["status"] == "cancelled"
+        code, _, err = ended(submitting)
+        assert code == 1
+        one_line(err, "cancelled", "cancelled by its submitter")
+        wait_for(lambda: not setup.napping(), 20, "the cancel left a slice running")
+        assert mine()["status"] == "cancelled"
+        assert [r["status"] for r in setup.rows().values()] == ["cancelled"]
+    finally:
+        if submitting.poll() is None:
+            submitting.kill()
+            submitting.wait()
+
+    hold.unlink()
+    again = peer.cli("mesh", "submit", str(path), "--to", node.url, "--json")
+    assert again.returncode == 0, again.stderr
+    bom = load_bom(LocalStore(peer.home / "blocks"), CID.parse(json.loads(again.stdout)["bom"]))
+    assert bom.invoice.resumed == 2 and bom.invoice.executed == 1  # the cancelled run's finished slices were kept
+
+    node.stop()  # the logs of a finished job outlive the node's run, and come back with it
+    node.start()
+    jobs = json.loads(peer.cli("jobs", "--json").stdout)
+    assert [j["status"] for j in jobs] == ["cancelled", "done"]
+    later = peer.cli("jobs", "logs", jobs[1]["id"], "--slice", "2")
+    assert later.returncode == 0 and later.stdout == "out of held\n" and later.stderr == "err of held\n"

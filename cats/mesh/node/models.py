@@ -70,7 +70,8 @@ class OrderStatus(BaseModel):
     @classmethod
     def of(cls, row: Job, **more: Any) -> Self:
         return cls.model_validate({"id": row.id, "status": row.status, "order": row.order, "name": row.name,
-                                   "bom": row.bom, "output": row.output, "error": row.error, "done": row.done,
+                                   "bom": row.bom, "output": row.output, "error": row.error,
+                                   "done": row.done if row.total is not None else None,
                                    "total": row.total, "started": row.started, "finished": row.finished, **more})
 
 

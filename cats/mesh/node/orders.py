@@ -345,9 +345,9 @@ class Worker:
                 # itself (`cats jobs cancel` on this machine signals it directly) stands as the run said.
                 now = self.table.get(job)
                 if error is None:
-                    self.table.done(job, bom, output)
+                    self.table.done(job, bom, output, was=("running", "dead"))
                 elif now is None or now.cancel is None:
-                    self.table.failed(job, error)
+                    self.table.failed(job, error, was=("running", "dead"))
             if error is None:
                 log.info("order %s done: BOM %s", job, bom)
             else:
