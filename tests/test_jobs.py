@@ -179,3 +179,46 @@ def test_every_run_is_a_job_and_bad_ids_are_one_line(cli, cats_home, held):
     cli("jobs", "show", "not-hex").error_line("no job not-hex")
     cli("jobs", "cancel", str(jobs[0]["id"])).error_line(str(jobs[0]["id"]), "has ended already", "done")
     cli("jobs", "logs", str(jobs[0]["id"]), "--slice", "3").error_line("has 3 slices", "no slice 3")
+
+
+@pytest.mark.parametrize("confinement", ["--unconfined", "confined"])
+def test_cancelling_cats_exec_ends_the_commands_it_started(cli, cats_home, tmp_path, confinement):
+    """A shell command and whatever it started in the background stop with the job, confined or not."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (data / name).write_text(name)
+    added = cli("add", "-r", data, "--json")
+    assert added.code == 0, added.err
+    cid = json.loads(added.out)[-1]["cid"]
+    marker = f"sleep {1000 + os.getpid() % 1000}.{len(confinement)}"  # names these sleeps alone
+    command = f"{marker} & {marker}"  # one in the background, one the command waits for
+    run = subprocess.Popen([sys.executable, "-m", "cats", "exec", "-e", command, "-c", cid, "--timeout", "600",
+                            *([confinement] if confinement.startswith("--") else [])],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "CATS_HOME": str(cats_home)})
+
+    def sleepers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and _alive(int(entry.name)):
+                try:
+                    if marker.encode() in (entry / "cmdline").read_bytes():
+                        found.append(int(entry.name))
+                except OSError:
+                    continue
+        return found
+
+    try:
+        _wait(lambda: len(sleepers()) >= 2, "the commands never started", 120)
+        job = _jobs(cli)[0]
+        assert job["status"] == "running" and job["name"].startswith("exec")
+        cancelled = cli("jobs", "cancel", str(job["id"]))
+        assert cancelled.code == 0, cancelled.err
+        assert f"job {job['id']} is cancelled" in cancelled.out
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 130, err
+        _wait(lambda: not sleepers(), f"commands outlived the cancel: {sleepers()}", 20)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()

@@ -25,6 +25,7 @@ from cats.factory import worker
 from cats.factory._plan import Plan
 from cats.factory.outcome import SliceOutcome
 
+_STOP_GRACE_S = 3.0  # how long interrupted tasks may take to end what they started before they are killed
 # Called with each finished batch's successful outcomes (after the quorum, with replicas).
 Done = Callable[[list[SliceOutcome]], None]
 
@@ -155,9 +156,17 @@ class _Tasks(_Execution):
         self.done([o for o in outcomes if not o.failed])
 
     def stop(self) -> None:
-        """Interrupted (Ctrl-C, `cats jobs cancel`): no batch keeps running, nor waits to."""
-        for ref in self.pending:
-            with contextlib.suppress(Exception):  # Ray may be going down with the driver
+        """Interrupted (Ctrl-C, `cats jobs cancel`): no batch keeps running, nor waits to. A running task is
+        interrupted first, so what it started ends with it (a command's process group, a sandbox); one that
+        has not stopped within a grace is killed with its worker."""
+        refs = list(self.pending)
+        if not refs:
+            return
+        with contextlib.suppress(Exception):  # Ray may be going down with the driver
+            for ref in refs:
+                self.ray.cancel(ref, force=False)
+            self.ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
+            for ref in refs:
                 self.ray.cancel(ref, force=True)
 
 
