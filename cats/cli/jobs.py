@@ -98,7 +98,7 @@ def jobs(
     table = Table("id", "status", "slices", "name", "started", "took", "bom", box=None)
     for j in listed:
         where = f" on {j.node}" if j.kind == "remote" else f" for {j.submitter[:24]}…" if j.submitter else ""
-        table.add_row(j.id, f"[{_COLOUR[j.status]}]{j.status}[/]", _progress(j), (j.name or "-") + where,
+        table.add_row(j.id, f"[{_COLOUR[j.status]}]{j.status}[/]", _progress(j), (j.name or j.command or "-") + where,
                       _age(j.started or j.created), _took(j), j.bom or "-")
     console.print(table, soft_wrap=True)
 

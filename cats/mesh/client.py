@@ -870,7 +870,7 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
     with Node(url, identity) as node:
         pushed = push_order(store, order_cid, node)
         job = place_order(node, order_cid)
-        with _job_here(node, job, str(order_cid), sealed.name) as record:
+        with job_here(node, job, str(order_cid), sealed.name) as record:
             bom, output, pulled = collect(store, node, job, order_cid, timeout, progress, signatures)
             record(str(bom), str(output))
         output_pulled = pull(store, output, url, identity, signatures=signatures, node=node) if fetch_output else None
@@ -882,7 +882,7 @@ def submit(order: Order, url: str, identity: Identity, *, store: BlockStore | No
 
 
 @contextmanager
-def _job_here(node: Node, job: str, order: str, name: str | None) -> Iterator[Callable[[str, str], None]]:
+def job_here(node: Node, job: str, order: str, name: str | None) -> Iterator[Callable[[str, str], None]]:
     """The order placed on the node as a job of this home (kind `remote`, `cats jobs` follows it there),
     recorded done through the callable given, failed with the error that ends the block, or cancelled
     there and here on Ctrl-C."""

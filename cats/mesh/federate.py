@@ -34,7 +34,7 @@ from cats.errors import BlockNotFound, CatsError, MeshError
 from cats.factory import egress
 from cats.identity import Identity
 from cats.mesh import routing
-from cats.mesh.client import Node, PullReport, PushReport, collect, place_order, push_order
+from cats.mesh.client import Node, PullReport, PushReport, collect, job_here, place_order, push_order
 from cats.order import Order
 
 
@@ -147,9 +147,11 @@ def federate(order: Order, identity: Identity, store: BlockStore, peers: list[tu
         for p in parts:
             p.job = place_order(nodes[p.did], CID.parse(p.order))
 
-        def finish(p: Part) -> None:
-            bom, output, p.pulled = collect(store, nodes[p.did], p.job, CID.parse(p.order), timeout,
-                                            None if progress is None else lambda s: progress(p.url, s))
+        def finish(p: Part) -> None:  # each part is a job of this home, followed on its node
+            with job_here(nodes[p.did], p.job, p.order, sealed.name) as record:
+                bom, output, p.pulled = collect(store, nodes[p.did], p.job, CID.parse(p.order), timeout,
+                                                None if progress is None else lambda s: progress(p.url, s))
+                record(str(bom), str(output))
             p.bom, p.output, p.duration_s = str(bom), str(output), time.perf_counter() - started
 
         with ThreadPoolExecutor(max_workers=len(parts)) as pool:
