@@ -45,6 +45,11 @@ def chatty(data):
     print("py out end", name)  # left in Python's buffer: written out as the slice ends
     return data.upper()
 
+def slow_chatty(data):
+    made = chatty(data)
+    time.sleep(1.5)  # time for Ray to forward what it printed to the driver, as it did before it was captured
+    return made
+
 def silent(data):
     return data.upper()
 
@@ -127,8 +132,8 @@ def test_cats_run_shows_nothing_a_slice_printed(ray_session: str, cli, cats_home
     source = jobs.module(tmp_path, "slicelogs_cli", JOB)
     order = tmp_path / "order.py"
     order.write_text("from pathlib import Path\nfrom cats.order import Function, Order\n"
-                     f"order = Order(function=Function(entry='slicelogs_cli:chatty', source=Path({str(source)!r})), "
-                     f"inputs=[Path({str(folder)!r})])\n")
+                     "order = Order(function=Function(entry='slicelogs_cli:slow_chatty', "
+                     f"source=Path({str(source)!r})), inputs=[Path({str(folder)!r})])\n")
     res = cli("run", order, cwd=tmp_path)  # not --json: the driver takes its workers' output from Ray
     assert res.code == 0, res.err
     [line] = res.out.splitlines()
