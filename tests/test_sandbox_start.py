@@ -59,7 +59,8 @@ def _call(store: LocalStore, fn: Function, home: Path) -> dict[str, Any]:
                                                         "params": fn.params}, confine.Policy(), False, {}, [str(home)])
     try:
         sink = io.BytesIO()
-        box.call(0, "bytes", "in", 0, b"in", sink)
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            box.call(0, "bytes", "in", 0, b"in", sink, (out.fileno(), err.fileno()))
     finally:
         box.close()
     return json.loads(sink.getvalue())

@@ -57,7 +57,8 @@ class Vouched(BaseModel):
 class SliceRecord(BaseModel):
     """What one slice did: the Slice it read, the output CID and how the result is encoded
     (`bytes`, `text`, `arrow`, `npy`, `dag-cbor`, or `ref` for a result written to a URI), the
-    split's assembly record, the seed it was given, and who ran it, how long, in how many attempts."""
+    split's assembly record, the seed it was given, who ran it, how long, in how many attempts, and
+    what it printed (links to the tail of each stream, the DAG walk keeps them with the BOM)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -81,6 +82,11 @@ class SliceRecord(BaseModel):
                                          "evaluation, when this run took its result instead of executing it")
     vouched: Vouched | None = Field(default=None, description="a trusted peer's evaluation taken instead of "
                                     "executing the slice: its BOM and signer")
+    # None for a slice that printed nothing, so its record keeps the encoding it had before logs were kept
+    stdout: CIDField | None = Field(default=None, description="the last MiB the slice printed to stdout, a UnixFS "
+                                    "file")
+    stderr: CIDField | None = Field(default=None, description="the last MiB the slice printed to stderr, a UnixFS "
+                                    "file")
 
     @property
     def executed(self) -> bool:

@@ -2,13 +2,18 @@
 worker sends, one at a time, answering each with its encoded result.
 
 The worker and this process talk over this process's stdin and stdout, moved at start to private
-descriptors (so what the user's code prints, or the programs it starts write, goes to stderr).
+descriptors. With each slice the worker hands over, on a socket of their own, two descriptors
+(files of its own): the slice's stdout and stderr, which this process puts at 1 and 2 while the
+slice runs, so what the user's code prints, or the programs it starts write, lands in that slice's
+files alone. Until the code is loaded 1 and 2 are this process's stderr (the worker relays it, and
+quotes it when loading fails); from then on, outside a slice, /dev/null: no copy of the stderr is
+left here for a slice to print to the worker's terminal through.
 Messages are framed: a header (4-byte length, JSON), then for a slice's argument or result a body
 of chunks (4-byte length each, an empty chunk ends it). After each slice every other process in the
 sandbox is killed and the scratch folder and /dev/shm emptied before the answer goes back, so nothing a slice
 started outlives it.
 
-It imports only what it runs (the protocol, `guard`, `results`), not the Factory's driver and the
+It imports only what it runs (the protocol, `guard`, `logs`, `results`), not the Factory's driver and the
 models it loads, so a sandbox is ready in tens of milliseconds.
 """
 
@@ -19,6 +24,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import struct
 import sys
 import traceback
@@ -26,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from cats.factory import guard
+from cats.factory import guard, logs
 from cats.factory.results import encode
 
 SCRATCH = "/scratch"
@@ -155,15 +161,23 @@ def _load(setup: dict[str, Any]) -> Any:
     return obj
 
 
+def _streams(sock: socket.socket) -> tuple[int, ...]:
+    """The slice's stdout and stderr, as the worker handed them over."""
+    _, fds, _, _ = socket.recv_fds(sock, 1, 2)
+    if len(fds) != 2:
+        raise Broken(f"{len(fds)} descriptors for a slice's streams")
+    return tuple(fds)
+
+
 def main() -> int:
     # the channel moves to descriptors of its own; stdout becomes stderr, stdin nothing
     requests = os.fdopen(os.dup(0), "rb", buffering=CHUNK)
     answers = os.fdopen(os.dup(1), "wb", buffering=CHUNK)
-    null = os.open(os.devnull, os.O_RDONLY)
+    null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(2, 1)
-    sys.stdout = sys.stderr
     setup = read_header(requests)
+    streams = socket.socket(fileno=setup["streams"])
     try:
         func = _load(setup)
     except BaseException:
@@ -172,12 +186,14 @@ def main() -> int:
         return 1
     send_header(answers, {"ready": True})
     answers.flush()
+    logs.point((null, null))
     params, cap, seed_kw = setup["params"], setup["max_output"], accepts_seed(func)
     while True:
         try:
             request = read_header(requests)
         except Broken:
             return 0  # the worker is done with this sandbox
+        given = _streams(streams)
         body = read_body(requests)
         try:
             arg = _argument(request["kind"], request.get("name") or "", body)
@@ -186,8 +202,12 @@ def main() -> int:
             kwargs = dict(params)
             if seed_kw:
                 kwargs["seed"] = request["seed"]
-            with guard.running(f"running slice {request['index']} of {setup['module']}:{setup['qualname']}"):
-                data, encoding = encode(func(arg, **kwargs))
+            logs.point(given)
+            try:
+                with guard.running(f"running slice {request['index']} of {setup['module']}:{setup['qualname']}"):
+                    data, encoding = encode(func(arg, **kwargs))
+            finally:
+                logs.point((null, null))
             del arg
             answer: dict[str, Any] = {"encoding": encoding, "size": len(data)}
             if len(data) > cap:
@@ -195,6 +215,9 @@ def main() -> int:
                                    "per slice", "reason": True}
         except BaseException:
             answer = {"error": traceback.format_exc()}
+        finally:
+            for fd in given:
+                os.close(fd)
         _sweep()
         for folder in (SCRATCH, "/tmp", SHM):
             _empty(folder)

@@ -257,7 +257,9 @@ class _Actors(_Execution):
 
 def quorum(said: list[SliceOutcome], on_disagreement: str) -> tuple[SliceOutcome | None, SliceOutcome | None]:
     """Decide a slice from its replicas' outcomes (one each, in replica order): the kept outcome, or
-    the failure. A strict majority of identical outputs wins; dissent fails it unless marked."""
+    the failure. A strict majority of identical outputs wins; dissent fails it unless marked. The
+    logs kept (`stdout`, `stderr`) are those of the kept outcome: the first replica, in replica order,
+    of the majority; when every replica failed, replica 0's, as its error is the one told."""
     n = len(said)
     index = said[0].index
     outcomes = [ReplicaOutcome(node=o.node or "unknown", worker=o.worker, output=o.output,
@@ -265,7 +267,7 @@ def quorum(said: list[SliceOutcome], on_disagreement: str) -> tuple[SliceOutcome
     votes = Counter((o.output, o.encoding) for o in said if not o.failed)
     if not votes:  # every replica failed: the same error as one worker would give
         return None, SliceOutcome(index=index, error=f"all {n} replicas failed; replica 0 ({_who(outcomes[0])}):\n"
-                                                     f"{said[0].error}")
+                                                     f"{said[0].error}", stdout=said[0].stdout, stderr=said[0].stderr)
     (output, encoding), count = votes.most_common(1)[0]
     told = "; ".join(f"replica {k} ({_who(o)}) -> {o.output or f'failed: {o.error}'}" for k, o in enumerate(outcomes))
     if 2 * count <= n:

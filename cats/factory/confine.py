@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from cats.data.reach import Reach
 from cats.errors import CatsError
-from cats.factory import _confined, results
+from cats.factory import _confined, logs, results
 from cats.factory._confined import CODE, SCRATCH, SHM, Broken
 from cats.factory.code import laid_out_here
 
@@ -245,14 +246,18 @@ class Sandbox:
         feed, given = os.pipe()
         threading.Thread(target=_write_all, args=(given, b"".join(a.encode() + b"\0" for a in options)),
                          daemon=True).start()
+        # where each slice's descriptors 1 and 2 are handed in (SCM_RIGHTS), so its output goes to its own files
+        self._streams, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        inside = theirs.fileno()  # the same number in the sandbox: bubblewrap passes descriptors on as they are
         # bubblewrap gets an empty environment: its pid 1 in the sandbox keeps the one it was started with,
         # and /proc/1/environ is readable there (the worker's would hand over its credentials)
         try:
             self.proc = subprocess.Popen([argv[0], "--args", str(feed), *run], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                         env={}, pass_fds=(feed,))
+                                         env={}, pass_fds=(feed, theirs.fileno()))
         finally:
             os.close(feed)
+            theirs.close()
         assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
         self._in: IO[bytes] = self.proc.stdin
         self._out: IO[bytes] = self.proc.stdout
@@ -260,7 +265,8 @@ class Sandbox:
         threading.Thread(target=self._relay, args=(self.proc.stderr,), name="cats-sandbox-stderr", daemon=True).start()
         try:
             _confined.send_header(self._in, {"module": function["module"], "qualname": function["qualname"],
-                                             "params": function["params"], "max_output": policy.max_output})
+                                             "params": function["params"], "max_output": policy.max_output,
+                                             "streams": inside})
             self._in.flush()
             answer = _confined.read_header(self._out)
         except (Broken, OSError) as e:
@@ -275,9 +281,10 @@ class Sandbox:
         self._keep = set(init) | {pid for i in init for pid in _children(i)}
 
     def _relay(self, stream: IO[bytes]) -> None:
-        """What the confined code prints goes on to the worker's stderr, as an unconfined slice's would,
-        up to a limit: past it, only the tail is kept (for the message if it fails). Read a piece of a
-        line at a time, so output without newlines is never held whole."""
+        """What the sandbox writes to its own stderr as it starts (a slice's output goes to the slice's
+        streams) goes on to the worker's stderr, up to a limit: past it, only the tail is kept (for
+        the message if it fails). Read a piece of a line at a time, so output without newlines is
+        never held whole."""
         relayed = 0
         for line in iter(lambda: stream.readline(_PIECE), b""):
             self._tail = (self._tail + line)[-_TAIL:]
@@ -301,8 +308,9 @@ class Sandbox:
                     os.kill(pid, signal.SIGKILL)
         self.close()
 
-    def _said(self) -> str:
-        text = self._tail.decode(errors="replace").strip()
+    def _said(self, streams: tuple[int, ...] | None = None) -> str:
+        """The end of what the sandbox wrote to stderr as it started, or, during a slice, to that slice's."""
+        text = (self._tail if streams is None else logs.tail(streams[1], _TAIL)[1]).decode(errors="replace").strip()
         return f"; its last words:\n{text}" if text else ""
 
     @property
@@ -310,23 +318,25 @@ class Sandbox:
         return self.proc.poll() is None
 
     def call(self, index: int, kind: str, name: str | None, seed: int, argument: bytes | memoryview,
-             sink: IO[bytes]) -> str:
+             sink: IO[bytes], streams: tuple[int, ...]) -> str:
         """Run one slice; its result goes into `sink` as it arrives, at most the policy's bytes.
         Returns the result's encoding; Refused for a failure with a reason, Raised with the slice's
         traceback. A sandbox that broke the protocol is closed; after any other answer, every process
-        the slice started is killed."""
+        the slice started is killed. What the slice and the processes it starts write to stdout and
+        stderr goes to `streams` (two descriptors), and nowhere once it answered."""
         self.busy = True
         try:
-            return self._call(index, kind, name, seed, argument, sink)
+            return self._call(index, kind, name, seed, argument, sink, streams)
         finally:
             if self.alive:
                 self.sweep()
             self.used, self.busy = time.monotonic(), False
 
     def _call(self, index: int, kind: str, name: str | None, seed: int, argument: bytes | memoryview,
-              sink: IO[bytes]) -> str:
+              sink: IO[bytes], streams: tuple[int, ...]) -> str:
         try:
             _confined.send_header(self._in, {"index": index, "kind": kind, "name": name, "seed": seed})
+            socket.send_fds(self._streams, [b"."], list(streams))
             _confined.send_body(self._in, argument)
             self._in.flush()
             answer = _confined.read_header(self._out)
@@ -349,7 +359,8 @@ class Sandbox:
             self.close()
             status = self.proc.returncode
             how = f"was killed by signal {-status}" if status and status < 0 else f"exited ({status})"
-            raise Refused(f"the sandbox running slice {index} broke off: {e}; it {how}{self._said()}") from None
+            raise Refused(f"the sandbox running slice {index} broke off: {e}; it {how}{self._said(streams)}") \
+                from None
 
     def close(self) -> None:
         """Kill the sandbox, and with it (its PID namespace) every process it started."""
@@ -357,7 +368,7 @@ class Sandbox:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        for f in (self._in, self._out):
+        for f in (self._in, self._out, self._streams):
             with contextlib.suppress(OSError):
                 f.close()
 

@@ -28,7 +28,7 @@ from cats.cas.store import BlockStore
 from cats.data import Info
 from cats.data.views import View
 from cats.errors import CatsError, SliceFailed
-from cats.factory import egress, evaluation, gate, guard, ingress, nested
+from cats.factory import egress, evaluation, gate, guard, ingress, logs, nested
 from cats.factory._execute import execute
 from cats.factory._ledger import Ledger
 from cats.factory._plan import Plan, plan
@@ -106,8 +106,10 @@ def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, u
 
         def finished(ok: list[SliceOutcome]) -> None:
             done = [o.model_dump(mode="json", exclude_none=True) for o in ok]
-            # a slice that submitted sub-Orders is not offered to other runs: its record carries their BOMs
-            offered = [(str(keys[o.index]), d) for o, d in zip(ok, done, strict=True) if reuse and not o.children]
+            # a slice that submitted sub-Orders is not offered to other runs: its record carries their BOMs; what
+            # one printed stays with the run that executed it, which a run taking the result names (`reused_from`)
+            offered = [(str(keys[o.index]), {k: v for k, v in d.items() if k not in logs.STREAMS})
+                       for o, d in zip(ok, done, strict=True) if reuse and not o.children]
             index.save_slices(str(order_cid), done, offered)
             for o in ok:
                 ledger.add(o)

@@ -58,8 +58,10 @@ class SliceOutcome(BaseModel):
 
     A failure from a block that is missing or does not match its CID names it (`kind`, `cid`), one
     from a URI that changed or is unreadable names the URI, so verification can tell an altered
-    input from a failing function. The last outcome of a batch carries the batch's counters
-    (`data`, `moved`); a replicated run's kept outcome carries every replica's (`replicas`, `agreed`).
+    input from a failing function. A slice that printed links the last `cats.factory.logs.KEPT`
+    bytes of each stream it wrote to (`stdout`, `stderr`), failed or not. The last outcome of a batch
+    carries the batch's counters (`data`, `moved`); a replicated run's kept outcome carries every
+    replica's (`replicas`, `agreed`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -82,6 +84,8 @@ class SliceOutcome(BaseModel):
     submitted: list[str] | None = Field(default=None, description="Order CIDs it submitted, re-executed to verify")
     replicas: list[ReplicaOutcome] | None = None
     agreed: bool | None = None
+    stdout: CIDField | None = Field(default=None, description="what the slice printed to stdout (UnixFS file)")
+    stderr: CIDField | None = Field(default=None, description="what the slice printed to stderr (UnixFS file)")
     error: str | None = None
     kind: Literal["integrity", "missing", "data"] | None = None
     cid: str | None = Field(default=None, description="the block a `missing`/`integrity` failure is about")
@@ -104,7 +108,7 @@ class SliceOutcome(BaseModel):
 
 # What a slice's BOM record takes from its outcome.
 _RECORDED = {"index", "output", "encoding", "size", "tsize", "node", "duration_s", "attempts", "bytes_in", "replicas",
-             "agreed", "children", "reused_from", "vouched"}
+             "agreed", "children", "reused_from", "vouched", "stdout", "stderr"}
 
 
 @dataclass

@@ -4,12 +4,13 @@ This module is sealed as the code of such Orders (workers import it on its own, 
 it needs only the standard library), so a BOM names the exact runner by CID and the command by
 the Order's params. The command reads the file on stdin (its path is `$CATS_INPUT`); its stdout
 is the slice's result, read as it comes and refused past `CATS_MAX_OUTPUT` bytes (what the
-sandbox's policy allows; 1 GiB otherwise). Exit status 0 is success unless the Order's `ok_exit`
-names others (grep's 1, "nothing matched"); any other fails the slice. It runs in a scratch
-directory that is removed afterwards, with only PATH, a locale, HOME and TMPDIR in its environment
-(no credentials of the worker), under a timeout that kills its whole process group and an
-address-space limit set by `ulimit -v` (in the child shell, since `preexec_fn` is unsafe in a
-threaded Ray worker). The Order runs confined (`Plant(confined=True)`) unless its maker says
+sandbox's policy allows; 1 GiB otherwise); its stderr goes on, as it comes, to the slice's (the log
+the Factory keeps), its tail also kept for the message when it fails. Exit status 0 is success
+unless the Order's `ok_exit` names others (grep's 1, "nothing matched"); any other fails the slice.
+It runs in a scratch directory that is removed afterwards, with only PATH, a locale, HOME and
+TMPDIR in its environment (no credentials of the worker), under a timeout that kills its whole
+process group and an address-space limit set by `ulimit -v` (in the child shell, since
+`preexec_fn` is unsafe in a threaded Ray worker). The Order runs confined (`Plant(confined=True)`) unless its maker says
 otherwise: then the command also sees no other process, no network and nothing of the machine's
 files but its programs.
 """
@@ -107,8 +108,10 @@ def _collect(proc: subprocess.Popen[bytes], name: str, timeout: float, cap: int)
                 continue
             kept = streams[fd]
             kept += chunk
-            if kept is err and len(err) > _STDERR_KEPT:
-                del err[:-_STDERR_KEPT]
+            if kept is err:
+                _pass_on(chunk)
+                if len(err) > _STDERR_KEPT:
+                    del err[:-_STDERR_KEPT]
             elif kept is out and len(out) > cap:
                 raise CommandFailed(f"{name}: the command wrote more than the limit of {cap} bytes to stdout; "
                                     "it was killed")
@@ -118,6 +121,13 @@ def _collect(proc: subprocess.Popen[bytes], name: str, timeout: float, cap: int)
         raise CommandFailed(f"{name}: command timed out after the limit of {timeout:g} s (--timeout); its "
                             "process group was killed") from None
     return bytes(out), bytes(err)
+
+
+def _pass_on(chunk: bytes) -> None:
+    """Write the command's stderr to this process's."""
+    view = memoryview(chunk)
+    while view:
+        view = view[os.write(2, view):]
 
 
 def _failure(name: str, status: int, stderr: bytes, memory: int | None, accepted: list[int]) -> str:

@@ -23,7 +23,7 @@ from cats.config import home
 from cats.data import Cache, Reach
 from cats.errors import BlockNotFound, DataError, DataIntegrityError, IntegrityError, ReentrantRun
 from cats.factory import confine as confine_
-from cats.factory import guard, nested, results
+from cats.factory import guard, logs, nested, results
 from cats.factory._confined import accepts_seed
 from cats.factory._plan import Item
 from cats.factory.code import code_folder, load
@@ -62,23 +62,23 @@ def materialize(store: BlockStore, piece: Slice, takes: str, scratch: Path,
     return data, len(data)
 
 
-# Runs one slice: (index, Slice, seed, scratch folder, cache) -> (the result's bytes, or a file of
-# them at its start; its encoding; the bytes read to make it)
-Call = Callable[[int, Slice, int, Path, Cache | None], tuple[bytes | BinaryIO, str, int]]
+# Runs one slice: (index, Slice, seed, scratch folder, cache, its descriptors 1 and 2) -> (the result's
+# bytes, or a file of them at its start; its encoding; the bytes read to make it)
+Call = Callable[[int, Slice, int, Path, Cache | None, tuple[int, ...]], tuple[bytes | BinaryIO, str, int]]
 _SPOOL = 8 << 20  # a confined result larger than this waits on disk, not in memory
 
 
 def _direct_call(store: BlockStore, func: Callable[..., Any], fn: Function) -> Call:
-    """A slice run here, in this worker: the operator's own code."""
+    """A slice run here, in this worker: the operator's own code, printing to the slice's streams."""
     seed_kw = accepts_seed(func)
 
-    def call(index: int, piece: Slice, seed: int, scratch: Path, cache: Cache | None) -> \
+    def call(index: int, piece: Slice, seed: int, scratch: Path, cache: Cache | None, streams: tuple[int, ...]) -> \
             tuple[bytes | BinaryIO, str, int]:
         arg, bytes_in = materialize(store, piece, fn.takes, scratch, cache)
         kwargs = dict(fn.params)
         if seed_kw:
             kwargs["seed"] = seed
-        with guard.running(f"running slice {index} of {fn.entry}"):
+        with guard.running(f"running slice {index} of {fn.entry}"), logs.redirected(streams):
             data, encoding = results.encode(func(arg, **kwargs))
         return data, encoding, bytes_in
 
@@ -101,12 +101,12 @@ def _confined_call(store: BlockStore, fn: Function, run_dir: str, confine: dict[
 
     box()  # started before the first slice: code that does not load fails every slice with the reason
 
-    def call(index: int, piece: Slice, seed: int, scratch: Path, cache: Cache | None) -> \
+    def call(index: int, piece: Slice, seed: int, scratch: Path, cache: Cache | None, streams: tuple[int, ...]) -> \
             tuple[bytes | BinaryIO, str, int]:
         kind, argument, bytes_in = confined_argument(store, piece, fn.takes, scratch, cache, policy.reach)
         sink = tempfile.SpooledTemporaryFile(max_size=_SPOOL, mode="w+b", dir=str(scratch))  # noqa: SIM115
         try:
-            encoding = box().call(index, kind, piece.name or piece.origin, seed, argument, sink)
+            encoding = box().call(index, kind, piece.name or piece.origin, seed, argument, sink, streams)
         except BaseException:
             sink.close()
             raise
@@ -152,7 +152,9 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     a cluster whose nodes keep their own), blocks this node's store lacks are fetched from their
     keepers and the last outcome counts what came (`moved`). A slice that submits sub-Orders
     (`cats.factory.submit`) lists them in its outcome; re-executed for verification, it is answered
-    with `children`, what the BOM records per slice.
+    with `children`, what the BOM records per slice. What each slice prints is captured in live
+    files of `run_dir` (`cats.factory.logs`) and, when writing, stored: its outcome, failed or not,
+    links each stream it wrote to (`stdout`, `stderr`).
     """
     names = peers
     store = open_store(store_url) if names is None else \
@@ -171,30 +173,35 @@ def run_batch(store_url: str, function: dict[str, Any], run_dir: str, batch: int
     own = confine is None or confine["policy"].get("reach") is None
     cache = Cache() if own and any("source" in piece or "view" in piece for _, piece, _ in items) else None
     out: list[dict[str, Any]] = []
+    live = logs.folder(run_dir)
     with tempfile.TemporaryDirectory(prefix="cats-slice-") as tmp, \
-            Importer(store if write and not output_uri else None, cid_version=1) as importer:
+            Importer(store if write and not output_uri else None, cid_version=1) as importer, \
+            Importer(store, cid_version=1) as keeper:
+        stored = keeper if write else None  # verification stores nothing, logs neither
         for index, piece_json, seed in items:
             started = time.perf_counter()
-            try:
-                piece = Slice.model_validate(piece_json)
-                with nested.scope(store, index, None if write else (children or {}).get(index, [])) as scope:
-                    made, encoding, bytes_in = call(index, piece, seed, Path(tmp), cache)
-                if isinstance(made, bytes):
-                    entry, data = importer.add_bytes(made), made
-                else:
-                    with made:
-                        entry = importer.add_file(made)
-                        made.seek(0)
-                        data = made.read() if output_uri else b""
-                result: dict[str, Any] = {"output": entry.cid, "encoding": encoding, "size": entry.size,
-                                          "tsize": entry.tsize}
-                if output_uri:
-                    result = _write_out(store, output_uri, index, piece, data, result, write)
-            except Exception as e:
-                out.append({"index": index, **_failure(e)})
-                continue
-            out.append({"index": index, **result, "bytes_in": bytes_in, "node": node, "worker": os.getpid(),
-                        "attempts": attempt, "duration_s": time.perf_counter() - started, **scope.record()})
+            with logs.Live(live, index) as printed:
+                try:
+                    piece = Slice.model_validate(piece_json)
+                    with nested.scope(store, index, None if write else (children or {}).get(index, [])) as scope:
+                        made, encoding, bytes_in = call(index, piece, seed, Path(tmp), cache, printed.fds)
+                    if isinstance(made, bytes):
+                        entry, data = importer.add_bytes(made), made
+                    else:
+                        with made:
+                            entry = importer.add_file(made)
+                            made.seek(0)
+                            data = made.read() if output_uri else b""
+                    result: dict[str, Any] = {"output": entry.cid, "encoding": encoding, "size": entry.size,
+                                              "tsize": entry.tsize}
+                    if output_uri:
+                        result = _write_out(store, output_uri, index, piece, data, result, write)
+                except Exception as e:
+                    out.append({"index": index, **_failure(e), **printed.kept(stored)})
+                    continue
+                out.append({"index": index, **result, "bytes_in": bytes_in, "node": node, "worker": os.getpid(),
+                            "attempts": attempt, "duration_s": time.perf_counter() - started, **scope.record(),
+                            **printed.kept(stored)})
     if cache is not None:
         cache.close()
         if out:

@@ -1,0 +1,104 @@
+"""What a slice prints: each stream captured on its own while the slice runs, then the last KEPT
+bytes of each kept in the store as a UnixFS file its slice record links (`stdout`, `stderr`).
+
+The capture is a file per stream, not a pipe: the slice's descriptors 1 and 2 (and those of what
+it starts) point at it, so C code and subprocesses are caught as Python's prints are, no thread
+copies anything, and a process the slice left behind can only ever write to that slice's files.
+
+Live files, on the machine of the worker running the slice, appended to as the slice writes, so a
+follower there can tail them:
+
+    {run_dir}/logs/{index}.stdout
+    {run_dir}/logs/{index}.stderr
+
+where `run_dir` is the run folder the worker is given; a replicated run gives replica k the folder
+`{run_dir}/replica-{k}`, so its files are `{run_dir}/replica-{k}/logs/{index}.stdout` and so on.
+Both files exist from the slice's start (empty for a silent stream); a retried attempt starts them
+afresh. They stay until the run folder is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the sandbox imports this module for `point` alone: it stays light
+    from cats.cas.importer import Importer
+
+KEPT = 1 << 20  # the bytes of each stream a slice record keeps: the last ones
+STREAMS = ("stdout", "stderr")
+
+
+def folder(run_dir: str) -> Path:
+    """The live files' folder of a run folder, made if missing."""
+    path = Path(run_dir) / "logs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Live:
+    """One slice's live files, open while it runs: `fds` go to the slice as its descriptors 1 and 2."""
+
+    def __init__(self, logs: Path, index: int) -> None:
+        # read-write, so a sandbox that broke off can be quoted from its stderr
+        self.fds = tuple(os.open(logs / f"{index}.{stream}", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND |
+                                 os.O_CLOEXEC, 0o600) for stream in STREAMS)
+
+    def __enter__(self) -> Live:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+    def kept(self, importer: Importer | None) -> dict[str, Any]:
+        """The CIDs of the streams the slice wrote to, imported through `importer` (none: nothing is
+        stored, as when verification re-executes), for its outcome's `stdout`/`stderr`."""
+        if importer is None:
+            return {}
+        found = {}
+        for stream, fd in zip(STREAMS, self.fds, strict=True):
+            dropped, text = tail(fd)
+            if text:  # a stream the slice did not write to is no block
+                found[stream] = importer.add_bytes(f"[{dropped} bytes dropped before this]\n".encode() + text
+                                                   if dropped else text).cid
+        return found
+
+
+def tail(fd: int, limit: int = KEPT) -> tuple[int, bytes]:
+    """The last `limit` bytes written to the file at `fd`, and how many came before them."""
+    size = os.fstat(fd).st_size
+    start = max(size - limit, 0)
+    return start, os.pread(fd, size - start, start)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a stream closed or replaced by the slice's code
+            stream.flush()
+
+
+def point(fds: tuple[int, ...]) -> None:
+    """This process's descriptors 1 and 2 on `fds`; what Python's buffers hold goes out first, where it
+    was written."""
+    _flush()
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+
+
+@contextlib.contextmanager
+def redirected(fds: tuple[int, ...]) -> Iterator[None]:
+    """This process's descriptors 1 and 2 on `fds` for the block, the worker's own (which Ray forwards
+    to the driver's terminal) back after it."""
+    saved = (os.dup(1), os.dup(2))
+    point(fds)
+    try:
+        yield
+    finally:
+        point(saved)
+        for fd in saved:
+            os.close(fd)
