@@ -195,7 +195,8 @@ def test_cancelling_cats_exec_ends_the_commands_it_started(cli, cats_home, tmp_p
     command = f"{marker} & {marker}"  # one in the background, one the command waits for
     run = subprocess.Popen([sys.executable, "-m", "cats", "exec", "-e", command, "-c", cid, "--timeout", "600",
                             *([confinement] if confinement.startswith("--") else [])],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "CATS_HOME": str(cats_home)})
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env={**os.environ, "CATS_HOME": str(cats_home)})
 
     def sleepers() -> list[int]:
         found = []

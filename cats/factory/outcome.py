@@ -93,8 +93,6 @@ class SliceOutcome(BaseModel):
     disagreement: bool = Field(default=False, description="the replicas' quorum, not a worker, failed it")
     reused_from: CIDField | None = Field(default=None, description="the BOM whose run computed this evaluation")
     vouched: Vouched | None = Field(default=None, description="the trusted peer's BOM that computed it, and its signer")
-    stdout: CIDField | None = Field(default=None, description="what the slice wrote to stdout (its last MiB)")
-    stderr: CIDField | None = Field(default=None, description="what the slice wrote to stderr (its last MiB)")
 
     @property
     def failed(self) -> bool:
