@@ -202,7 +202,11 @@ def single(ray_session: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     os.environ["CATS_HOME"] = str(home)
     try:
         src = jobs.module(base, "single_steps", """
+            import sys
+
             def shout(data):
+                print(f"shouting {len(data)} bytes")
+                print("<script>alert('log')</script> warning: " + data.decode().strip(), file=sys.stderr)
                 return data.upper()
         """)
         files = {f"part-{i:02}.csv": b"x,y\n" * (i + 1) for i in range(10)}
@@ -253,6 +257,39 @@ def test_hostile_names_render_as_text(single: tuple[Path, CID, str], tmp_path: P
     # Chromium parsed them as text: no element came of them, and the page's one script is its own
     assert "<img" not in dom and "<b>bold" not in dom and dom.count("<script") == 1
     assert dom.count("&lt;img src=x onerror=alert(1)&gt;.txt") >= 2  # the name (input) and its title
+
+
+_OPEN_LOGS = """<script>
+document.querySelector('a[href^="#slices-"]').click();
+const first = document.querySelector("details.log");
+first.querySelector("summary").click();
+const r = first.querySelector("pre").getBoundingClientRect();
+const seen = document.createElement("pre"); seen.id = "seen";
+seen.textContent = JSON.stringify({w: r.width, h: r.height, text: first.querySelector("pre").textContent,
+                                   summary: first.querySelector("summary").textContent,
+                                   logs: document.querySelectorAll("details.log").length});
+document.body.appendChild(seen);
+</script>"""
+
+
+def test_what_slices_printed_is_one_click_away(single: tuple[Path, CID, str], tmp_path: Path) -> None:
+    """Each slice's stdout and stderr are in its row of the run's slice table, shown on a click, as text."""
+    home, bom_cid, _ = single
+    page = tmp_path / "logs.html"
+    assert run_cli(home, "lineage", str(bom_cid), "-f", "html", "-o", str(page)).code == 0
+    text = page.read_text()
+    assert "<script>alert" not in text and html.escape("<script>alert('log')</script>") in text
+    probe = tmp_path / "logs-opened.html"
+    probe.write_text(text.replace("</body>", _OPEN_LOGS + "</body>"))
+    dom = _browse(probe)
+    found = re.search(r'<pre id="seen">(.*?)</pre>', dom, re.S)
+    assert found, "the probe did not run"
+    seen = json.loads(html.unescape(found.group(1)))
+    assert seen["w"] > 100 and seen["h"] > 5  # opened by the clicks, and drawn
+    assert re.fullmatch(r"shouting \d+ bytes\n", seen["text"]) and seen["summary"].startswith("stdout (")
+    assert seen["logs"] == 22  # eleven slices, each with both streams
+    assert "warning: boo" in dom and dom.count("<script") == 2  # the page's and the probe's: the log is text
+    _shoot(probe, "lineage-logs.png")
 
 
 def test_an_altered_block_turns_its_bom_red(chain: Chain, tmp_path: Path) -> None:

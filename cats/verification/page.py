@@ -35,6 +35,8 @@ from cats.verification.layout import layout
 
 # Slices listed per BOM (the page of a million-slice run stays small), folder entries drawn per data box
 _SLICES_SHOWN = 200
+_LOG_SHOWN = 4 << 10  # the end of each slice's log shown in its table (the whole: `cats cat CID`)
+_LOGS_SHOWN = 512 << 10  # of every log on one page
 _ENTRIES_SHOWN = 8
 # Box geometry in CSS pixels: the page's style sets the same line height, padding and border
 _LINE, _HEAD, _FRAME = 18, 24, 20
@@ -62,6 +64,15 @@ class _Data:
 
 
 @dataclass
+class _Record:
+    """A slice in its run's table: its input, output and the end of what it printed, by stream."""
+
+    name: str
+    output: str
+    printed: list[tuple[str, str, int | None]] = field(default_factory=list)  # (stream, its last bytes, size)
+
+
+@dataclass
 class _Run:
     """A run box: one BOM, or a BOM the lineage links that is not here."""
 
@@ -78,7 +89,7 @@ class _Run:
     took: float = 0.0
     started: str = ""
     signers: list[tuple[str, str]] = field(default_factory=list)  # (shown name, DID)
-    records: list[tuple[str, str]] = field(default_factory=list)  # (slice input, output CID)
+    records: list[_Record] = field(default_factory=list)
 
 
 def lineage_page(store: BlockStore, cid: CID | str, index: Index | None = None) -> str:
@@ -89,6 +100,7 @@ def lineage_page(store: BlockStore, cid: CID | str, index: Index | None = None) 
     names = _signer_names()
     runs: dict[str, _Run] = {}
     boms: dict[str, BOM] = {}
+    budget = [_LOGS_SHOWN]
     for i, node in enumerate(_ordered(g)):
         attrs = g.nodes[node]
         if attrs["missing"]:
@@ -105,7 +117,7 @@ def lineage_page(store: BlockStore, cid: CID | str, index: Index | None = None) 
             or f"{report.blocks_checked} blocks present and matching their CIDs",
             order=str(bom.order), entry=_entry(store, bom.order), slices=inv.slices, counts=counts,
             took=inv.duration_s, started=inv.started, signers=[(names.get(d, _short(d)), d) for d in report.signers],
-            records=_records(store, bom))
+            records=_records(store, bom, budget))
     data: dict[str, _Data] = {}
     for bom in boms.values():
         for source in bom.inputs:
@@ -223,11 +235,25 @@ def _entry(store: BlockStore, order: CID) -> str | None:
         return None
 
 
-def _records(store: BlockStore, bom: BOM) -> list[tuple[str, str]]:
+def _records(store: BlockStore, bom: BOM, budget: list[int]) -> list[_Record]:
     try:
-        return [(r.input.name or r.input.origin, str(r.output)) for r in islice(records(store, bom), _SLICES_SHOWN)]
+        return [_Record(r.input.name or r.input.origin, str(r.output),
+                        [(k, *_printed(store, cid, budget)) for k in ("stdout", "stderr") if (cid := getattr(r, k))])
+                for r in islice(records(store, bom), _SLICES_SHOWN)]
     except CatsError:  # the integrity state already says what is missing
         return []
+
+
+def _printed(store: BlockStore, cid: CID, budget: list[int]) -> tuple[str, int | None]:
+    """The last bytes of a slice's log (as text) and its size, within what the page still has room for."""
+    try:
+        size = reader.stat(store, cid).size
+        shown = min(size, _LOG_SHOWN, budget[0])
+        budget[0] -= shown
+        text = b"".join(reader.read(store, cid, size - shown, shown)).decode(errors="replace") if shown else ""
+    except CatsError:
+        return "", None
+    return ("…" if shown < size else "") + text, size
 
 
 def _signer_names() -> dict[str, str]:
@@ -330,12 +356,22 @@ def _data_box(d: _Data, key: str, style: str) -> str:
 
 
 def _slice_table(run: _Run) -> str:
-    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{_cid(out)}</td></tr>" for name, out in run.records)
+    rows = "".join(f"<tr><td>{html.escape(r.name)}</td><td>{_cid(r.output)}</td><td>{_logs(r)}</td></tr>"
+                   for r in run.records)
     more = run.slices - len(run.records)
-    rows += f'<tr><td colspan="2">and {more} more (cats bom show)</td></tr>' if more > 0 else ""
+    rows += f'<tr><td colspan="3">and {more} more (cats bom show)</td></tr>' if more > 0 else ""
     name = html.escape(run.name or "unnamed Order")
     return (f'<details id="slices-{run.index}"><summary>{name}: {run.slices} slice(s), BOM {_cid(run.cid)}'
-            f'</summary><table class="slices"><tr><th>slice input</th><th>output</th></tr>{rows}</table></details>')
+            f'</summary><table class="slices"><tr><th>slice input</th><th>output</th><th>printed</th></tr>{rows}'
+            '</table></details>')
+
+
+def _logs(record: _Record) -> str:
+    """What the slice printed, a stream per click (its end, as text: never markup)."""
+    if not record.printed:
+        return "-"
+    return "".join(f'<details class="log"><summary>{stream} ({_bytes(size) if size is not None else "not here"})'
+                   f"</summary><pre>{html.escape(text)}</pre></details>" for stream, text, size in record.printed)
 
 
 _PAGE = """<!DOCTYPE html>
@@ -374,6 +410,7 @@ header {{ margin-bottom: 12px; }} header h1 {{ font-size: 20px; margin: 0 0 4px;
 #dag path.parent {{ stroke-dasharray: 2 3; }} #dag marker path {{ fill: #57606a; stroke: none; }}
 h2.runs {{ font-size: 16px; margin: 24px 0 8px; }}
 details {{ margin: 4px 0; }} summary {{ cursor: pointer; }}
+.log pre {{ max-height: 240px; max-width: 720px; overflow: auto; background: #f6f6f6; padding: 4px; margin: 2px 0; }}
 .slices td, .slices th {{ font-size: 12px; padding-right: 10px; text-align: left; }}
 </style></head>
 <body>
