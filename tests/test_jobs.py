@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ORDER = """
-import os, time
+import os, sys, time
 from pathlib import Path
 from cats import Function, Order
 
@@ -25,8 +25,11 @@ HERE = Path({folder!r})  # the sealed code runs from a folder of its own
 
 def work(data: bytes) -> bytes:
     (HERE / "pids" / str(os.getpid())).write_text(data.decode())
+    print("start", data.decode(), flush=True)
+    print("note", data.decode(), file=sys.stderr, flush=True)
     while b"hold" in data and (HERE / "hold").exists():
         time.sleep(0.2)
+    print("end", data.decode(), flush=True)
     return data.upper()
 
 order = Order(function=Function(entry="held:work", source=__file__), inputs=[HERE / "in"])
@@ -101,7 +104,7 @@ def test_a_running_job_is_cancelled_from_another_process_and_a_re_run_resumes(cl
         assert stopped["status"] == "cancelled" and "cats jobs cancel" in stopped["error"]
 
         out, err = run.communicate(timeout=60)
-        assert run.returncode == 130, err
+        assert run.returncode == 130, err.decode()[-5000:]
         assert out == b""  # no result: nothing was recorded
         assert err.decode().strip().splitlines()[-1].startswith(f"Cancelled: job {job['id']} was cancelled by ")
         _wait(lambda: not any(_alive(p) for p in slice_pids), "a slice's process outlived the cancel", 20)
@@ -134,7 +137,7 @@ def test_ctrl_c_cancels_the_job(cli, cats_home, held):
         if run.poll() is None:
             run.kill()
             run.wait()
-    assert run.returncode == 130
+    assert run.returncode == 130, err.decode()[-3000:]
     assert f"Cancelled: job {job['id']} was cancelled: interrupted" in err.decode()
     assert _jobs(cli)[0]["status"] == "cancelled"
 
@@ -217,9 +220,49 @@ def test_cancelling_cats_exec_ends_the_commands_it_started(cli, cats_home, tmp_p
         assert cancelled.code == 0, cancelled.err
         assert f"job {job['id']} is cancelled" in cancelled.out
         _, err = run.communicate(timeout=60)
-        assert run.returncode == 130, err
+        assert run.returncode == 130, err.decode()[-5000:]
         _wait(lambda: not sleepers(), f"commands outlived the cancel: {sleepers()}", 20)
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
+
+
+def test_logs_are_followed_live_and_read_after_the_run(cli, cats_home, held):
+    run = _start(held, cats_home)
+    try:
+        job = _running(cli, held)
+        jid = str(job["id"])
+        # the held slice's output so far, from its live file
+        _wait(lambda: cli("jobs", "logs", jid, "--slice", "2").out == "start hold c\n", "no live log")
+        live = cli("jobs", "logs", jid, "--slice", "2")
+        assert live.code == 0 and live.err == "note hold c\n"
+        follower = subprocess.Popen([sys.executable, "-m", "cats", "jobs", "logs", jid, "-f"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env={**os.environ, "CATS_HOME": str(cats_home)})
+        time.sleep(1.5)
+        assert follower.poll() is None  # it follows until the job ends
+        (held / "hold").unlink()
+        out, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0, err
+        _, run_err = run.communicate(timeout=60)
+        assert run.returncode == 0, run_err
+    finally:
+        for proc in (run, locals().get("follower")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    lines = out.decode().splitlines()
+    assert sorted(lines) == sorted([f"[slice {i}] {w} {t}" for i, t in enumerate(["quick a", "quick b", "hold c"])
+                                    for w in ("start", "end")])
+    assert lines.index("[slice 2] start hold c") < lines.index("[slice 2] end hold c")
+    assert sorted(err.decode().splitlines()) == ["[slice 0] note quick a", "[slice 1] note quick b",
+                                                 "[slice 2] note hold c"]
+    assert "start" not in run_err.decode() and "note" not in run_err.decode()  # nothing reached the terminal
+
+    # afterwards, from the blocks the BOM links (the run's folder is gone), in a new process
+    assert not any((cats_home / "runs").iterdir())
+    after = cli("jobs", "logs", jid, "--slice", "1")
+    assert after.code == 0 and after.out == "start quick b\nend quick b\n" and after.err == "note quick b\n"
+    shown = json.loads(cli("jobs", "show", jid, "--json").out)
+    assert shown["status"] == "done" and [s["index"] for s in shown["slices"]] == [0, 1, 2]
+    assert all(s["stdout"] and s["stderr"] for s in shown["slices"])

@@ -410,7 +410,8 @@ def test_a_node_job_is_followed_read_and_cancelled_from_the_submitters_cats_jobs
     from cats.cas.store.local import LocalStore
 
     node, peer = setup.node, setup.peer
-    node.start()  # confined, as a node runs peers' Orders by default
+    node.args = ("--unconfined",)  # the slices tell the test their pids through its folder
+    node.start()
     data, hold = setup.base / "talking-input", setup.base / "hold"
     data.mkdir()
     for name, text in (("a.txt", "a"), ("b.txt", "b"), ("c.txt", "held")):
@@ -468,7 +469,8 @@ def test_a_node_job_is_followed_read_and_cancelled_from_the_submitters_cats_jobs
     bom = load_bom(LocalStore(peer.home / "blocks"), CID.parse(json.loads(again.stdout)["bom"]))
     assert bom.invoice.resumed == 2 and bom.invoice.executed == 1  # the cancelled run's finished slices were kept
 
-    node.stop()  # the logs of a finished job outlive the node's run, and come back with it
+    node.stop()  # the logs of a finished job outlive the node's run, and come back with it (at its address)
+    node.args = (*node.args, "--port", node.url.rsplit(":", 1)[1])
     node.start()
     jobs = json.loads(peer.cli("jobs", "--json").stdout)
     assert [j["status"] for j in jobs] == ["cancelled", "done"]

@@ -73,11 +73,12 @@ def run(order: Order, *, home: Home | None = None, store: BlockStore | None = No
     with Home.given(home, store) as here:
         track = Tracker.start(here.jobs, order.name, job, progress)
         try:
-            result = _stages(order, here, store if store is not None else here.store, force, quiet, track, started,
-                             confine)
-        except KeyboardInterrupt:
-            raise track.interrupted() from None
+            with track.interruptible():
+                result = _stages(order, here, store if store is not None else here.store, force, quiet, track,
+                                 started, confine)
         except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) or track.signalled:
+                raise track.interrupted() from None
             track.failed(str(e).strip() or type(e).__name__)
             raise
         track.done(str(result.bom), str(result.output))

@@ -6,8 +6,11 @@ taken over by the process that drives it, so `cats jobs cancel` signals the righ
 
 from __future__ import annotations
 
+import signal
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from cats.bom.jobs import JobTable, SliceLog
 from cats.errors import Cancelled
@@ -20,6 +23,7 @@ class Tracker:
     def __init__(self, table: JobTable, job: str, progress: Progress | None = None, owned: bool = True) -> None:
         self.table, self.job, self._progress = table, job, progress
         self.owned = owned  # made by this process (not queued by a node's worker, which records its own stops)
+        self.signalled = False
 
     @classmethod
     def start(cls, table: JobTable, name: str | None, job: str | None, progress: Progress | None) -> Tracker:
@@ -31,6 +35,24 @@ class Tracker:
             return cls(table, job, progress)
         table.drive(job)
         return cls(table, job, progress, owned=False)
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Notes a SIGINT while the run is driven here (in the main thread), so the run is taken as
+        cancelled however the interrupt surfaces: Ray may wrap the KeyboardInterrupt it raises."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: object) -> None:
+            self.signalled = True
+            raise KeyboardInterrupt
+
+        before = signal.signal(signal.SIGINT, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, before)
 
     def order(self, cid: str) -> None:
         self.table.set(self.job, None, order=cid)
