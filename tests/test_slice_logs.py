@@ -69,6 +69,10 @@ def act(data):
     if what == "die":
         print("last gasp", file=sys.stderr, flush=True)
         os._exit(3)
+    if what == "spew":  # prints without end
+        chunk = b"z" * (4 << 20)
+        while True:
+            os.write(1, chunk)
     if what == "after":
         time.sleep(0.8)
         print("after", flush=True)
@@ -197,6 +201,20 @@ def test_a_sandbox_that_dies_is_quoted_from_its_slices_stderr(cats_home: Path, t
     [died] = _run(store, _batch(store, _fn(tmp_path, "act"), [b"die"]), tmp_path / "run", confined=True)
     assert died.failed and "broke off" in (died.error or "") and "its last words:\nlast gasp" in (died.error or "")
     assert _text(store, died.stderr) == b"last gasp\n"
+
+
+def test_a_confined_slice_printing_without_end_is_stopped(cats_home: Path, tmp_path: Path) -> None:
+    """Its live file is on the worker's disk: past LIVE_MAX the slice is stopped, and the next one runs."""
+    if why := confine.unavailable():
+        pytest.skip(why)
+    store = jobs.home_store(cats_home)
+    spew, after = _run(store, _batch(store, _fn(tmp_path, "act"), [b"spew", b"after"]), tmp_path / "run",
+                       confined=True)
+    assert spew.failed and f"slice 0 printed more than {logs.LIVE_MAX} bytes to stdout" in (spew.error or "")
+    assert (tmp_path / "run" / "logs" / "0.stdout").stat().st_size < logs.LIVE_MAX + (1 << 30)  # stopped soon
+    assert _text(store, spew.stdout) == f"[{(tmp_path / 'run' / 'logs' / '0.stdout').stat().st_size - logs.KEPT} " \
+        "bytes dropped before this]\n".encode() + b"z" * logs.KEPT
+    assert not after.failed and _text(store, after.stdout) == b"after\n"
 
 
 def test_verification_stores_no_logs(cats_home: Path, tmp_path: Path) -> None:

@@ -151,6 +151,7 @@ _ETC_NETWORK = ("resolv.conf", "hosts", "gai.conf", "host.conf")
 _PATH = "/usr/local/bin:/usr/bin:/bin"
 _TAIL = 4000
 _RELAYED = 16 << 20  # bytes of a sandbox's stderr passed on to the worker's
+_WATCH_S = 1.0  # how often a running slice's log files are measured
 _PIECE = 64 << 10  # the most of one line of its stderr read at once: a line may never end
 
 
@@ -279,6 +280,22 @@ class Sandbox:
                           f"{answer['error']}")
         init = _children(self.proc.pid)  # bubblewrap's process in the namespace, and the confined Python
         self._keep = set(init) | {pid for i in init for pid in _children(i)}
+        self._streams_now: tuple[int, ...] | None = None  # the running slice's log files
+        self._overflow: str | None = None
+        threading.Thread(target=self._watch, name="cats-sandbox-logs", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Stop a slice whose log files outgrow LIVE_MAX: they are on the worker's disk, and the code is not
+        the operator's. One look a second, on one thread for the sandbox's life."""
+        while self.alive:
+            time.sleep(_WATCH_S)
+            streams = self._streams_now
+            for stream, fd in zip(logs.STREAMS, streams or (), strict=False):
+                with contextlib.suppress(OSError):
+                    if os.fstat(fd).st_size > logs.LIVE_MAX:
+                        self._overflow = f"printed more than {logs.LIVE_MAX} bytes to {stream}"
+                        self.close()
+                        return
 
     def _relay(self, stream: IO[bytes]) -> None:
         """What the sandbox writes to its own stderr as it starts (a slice's output goes to the slice's
@@ -324,10 +341,11 @@ class Sandbox:
         traceback. A sandbox that broke the protocol is closed; after any other answer, every process
         the slice started is killed. What the slice and the processes it starts write to stdout and
         stderr goes to `streams` (two descriptors), and nowhere once it answered."""
-        self.busy = True
+        self.busy, self._streams_now = True, streams
         try:
             return self._call(index, kind, name, seed, argument, sink, streams)
         finally:
+            self._streams_now = None  # before the worker closes them: their numbers may name other files then
             if self.alive:
                 self.sweep()
             self.used, self.busy = time.monotonic(), False
@@ -357,6 +375,8 @@ class Sandbox:
             return str(encoding)
         except (Broken, OSError, ValueError) as e:
             self.close()
+            if self._overflow is not None:
+                raise Refused(f"slice {index} {self._overflow}: it was stopped") from None
             status = self.proc.returncode
             how = f"was killed by signal {-status}" if status and status < 0 else f"exited ({status})"
             raise Refused(f"the sandbox running slice {index} broke off: {e}; it {how}{self._said(streams)}") \

@@ -14,7 +14,9 @@ follower there can tail them:
 where `run_dir` is the run folder the worker is given; a replicated run gives replica k the folder
 `{run_dir}/replica-{k}`, so its files are `{run_dir}/replica-{k}/logs/{index}.stdout` and so on.
 Both files exist from the slice's start (empty for a silent stream); a retried attempt starts them
-afresh. They stay until the run folder is removed.
+afresh. They stay until the run folder is removed. A confined slice (code not the operator's own)
+that prints more than LIVE_MAX bytes to one stream is stopped, so a peer's Order cannot fill the
+node's disk with them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # the sandbox imports this module for `point` alone: it stays
     from cats.cas.importer import Importer
 
 KEPT = 1 << 20  # the bytes of each stream a slice record keeps: the last ones
+LIVE_MAX = 256 << 20  # the most a confined slice may print to one stream: its live file is on the worker's disk
 STREAMS = ("stdout", "stderr")
 
 
