@@ -171,14 +171,19 @@ def logs(
     if index is not None and job.total is not None and index >= job.total:
         raise CatsError(f"job {job.id} has {job.total} slices (0 to {job.total - 1}): there is no slice {index}")
     printer = _Printer(prefixed=index is None)
+    read_whole: set[tuple[int, str]] = set()  # streams of slices that had ended when read to their end
     while True:
         ended = job.ended
         for log in source.slices(job):
             if index is not None and log.index != index:
                 continue
             for stream in ("stdout", "stderr"):
+                if (log.index, stream) in read_whole:
+                    continue
                 while data := source.read(job, log, stream, printer.offset(log.index, stream)):
                     printer.add(log.index, stream, data)
+                if log.status != "running":
+                    read_whole.add((log.index, stream))
         if ended or not follow:
             break
         time.sleep(_FOLLOW_S)

@@ -165,8 +165,9 @@ class _Tasks(_Execution):
         with contextlib.suppress(Exception):  # Ray may be going down with the driver
             for ref in refs:
                 self.ray.cancel(ref, force=False)
-            self.ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
-            for ref in refs:
+            # only those still running are killed: Ray's driver can trip over a kill of a task that just ended
+            _, running = self.ray.wait(refs, num_returns=len(refs), timeout=_STOP_GRACE_S)
+            for ref in running:
                 self.ray.cancel(ref, force=True)
 
 

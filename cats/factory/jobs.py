@@ -72,6 +72,8 @@ class LocalJobs:
                 return self._now(job)
             job = self._now(job)
         live = alive(job)
+        if job.pid is None:
+            raise CatsError(f"job {job.id} is starting (no process drives it yet): try again in a moment")
         if live is None:
             raise CatsError(f"job {job.id} is driven on {job.host or 'another machine'}: cancel it there")
         if not live:
