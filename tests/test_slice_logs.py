@@ -61,10 +61,12 @@ def act(data):
     if what == "flood":
         os.write(1, b"a" * (512 << 10))
         os.write(1, b"b" * (1 << 20))
+        time.sleep(1.0)  # long enough for its live files to be named
         return b"flooded"
     if what == "linger":  # something it started goes on writing after it ended
-        subprocess.Popen(["sh", "-c", "for i in 1 2 3 4 5 6; do echo late; sleep 0.1; done"])
+        subprocess.Popen(["sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do echo late; sleep 0.1; done"])
         print("lingered", flush=True)
+        time.sleep(1.0)
         return b"lingered"
     if what == "die":
         print("last gasp", file=sys.stderr, flush=True)
@@ -74,7 +76,7 @@ def act(data):
         while True:
             os.write(1, chunk)
     if what == "after":
-        time.sleep(0.8)
+        time.sleep(1.0)
         print("after", flush=True)
         return b"after"
     return b""
@@ -188,7 +190,8 @@ def test_failed_flooding_and_consecutive_slices_keep_their_own_logs(cats_home: P
     assert b"lingered" in said and set(said) <= {b"lingered", b"late"}
     assert _text(store, after.stdout) == b"after\n"  # what the one before started is not in it
     assert quiet.stdout is None and quiet.stderr is None and not quiet.failed
-    assert sorted(os.listdir(live)) == sorted(f"{i}.{s}" for i in range(5) for s in logs.STREAMS)
+    # named are the live files of the slices that ran past LINK_AFTER_S: flood, linger and after
+    assert sorted(os.listdir(live)) == sorted(f"{i}.{s}" for i in (1, 2, 3) for s in logs.STREAMS)
     # unconfined, what a slice started goes on writing, to that slice's file alone; confined, it is killed
     assert (live / "2.stdout").read_bytes().count(b"late") >= (0 if confined else 2)
     assert not any(b"late" in p.read_bytes() for p in live.iterdir() if p.name != "2.stdout")
@@ -223,7 +226,7 @@ def test_verification_stores_no_logs(cats_home: Path, tmp_path: Path) -> None:
     before = set(store)
     [outcome] = _run(store, batch, tmp_path / "run", write=False)
     assert outcome.output is not None and outcome.stdout is None and set(store) == before
-    assert (tmp_path / "run" / "logs" / "0.stdout").stat().st_size > logs.KEPT  # captured, not stored
+    assert (tmp_path / "run" / "logs" / "0.stdout").stat().st_size > logs.KEPT  # captured (live), not stored
 
 
 def test_cats_exec_keeps_the_commands_stderr(cats_home: Path, tmp_path: Path) -> None:

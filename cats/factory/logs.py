@@ -5,18 +5,20 @@ The capture is a file per stream, not a pipe: the slice's descriptors 1 and 2 (a
 it starts) point at it, so C code and subprocesses are caught as Python's prints are, no thread
 copies anything, and a process the slice left behind can only ever write to that slice's files.
 
-Live files, on the machine of the worker running the slice, appended to as the slice writes, so a
-follower there can tail them:
+The files start unnamed (O_TMPFILE: no directory entry to make, nor to remove when the run ends,
+which for a run of many tiny slices is most of what capturing costs). A slice still running a
+little after LINK_AFTER_S (at most half as long again) gets its live files named, on the machine of
+the worker running it, so a follower there can tail them as the slice writes:
 
     {run_dir}/logs/{index}.stdout
     {run_dir}/logs/{index}.stderr
 
 where `run_dir` is the run folder the worker is given; a replicated run gives replica k the folder
 `{run_dir}/replica-{k}`, so its files are `{run_dir}/replica-{k}/logs/{index}.stdout` and so on.
-Both files exist from the slice's start (empty for a silent stream); a retried attempt starts them
-afresh. They stay until the run folder is removed. A confined slice (code not the operator's own)
-that prints more than LIVE_MAX bytes to one stream is stopped, so a peer's Order cannot fill the
-node's disk with them.
+Once named they stay until the run folder is removed (a retried attempt starts them afresh). On a
+file system without unnamed files they are named from the start. A confined slice (code not the
+operator's own) that prints more than LIVE_MAX bytes to one stream is stopped, so a peer's Order
+cannot fill the node's disk with them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +38,7 @@ if TYPE_CHECKING:  # the sandbox imports this module for `point` alone: it stays
 KEPT = 1 << 20  # the bytes of each stream a slice record keeps: the last ones
 LIVE_MAX = 256 << 20  # the most a confined slice may print to one stream: its live file is on the worker's disk
 STREAMS = ("stdout", "stderr")
+LINK_AFTER_S = 0.5  # a slice running this long gets its live files named, for followers
 
 
 def folder(run_dir: str) -> Path:
@@ -47,14 +52,39 @@ class Live:
     """One slice's live files, open while it runs: `fds` go to the slice as its descriptors 1 and 2."""
 
     def __init__(self, logs: Path, index: int) -> None:
-        # read-write, so a sandbox that broke off can be quoted from its stderr
-        self.fds = tuple(os.open(logs / f"{index}.{stream}", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND |
-                                 os.O_CLOEXEC, 0o600) for stream in STREAMS)
+        self.logs, self.index, self.started = logs, index, time.monotonic()
+        self.named = False
+        try:  # read-write, so a sandbox that broke off can be quoted from its stderr
+            self.fds = tuple(os.open(logs, os.O_RDWR | os.O_TMPFILE | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                             for _ in STREAMS)
+        except OSError:  # no unnamed files here
+            self.fds = tuple(os.open(self._path(stream), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND |
+                                     os.O_CLOEXEC, 0o600) for stream in STREAMS)
+            self.named = True
+        _namer.watch(self)
+
+    def _path(self, stream: str) -> Path:
+        return self.logs / f"{self.index}.{stream}"
+
+    def name(self) -> None:
+        """Give the live files their names (under the namer's lock: the descriptors are still this slice's)."""
+        proc = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for stream, fd in zip(STREAMS, self.fds, strict=True):
+                with contextlib.suppress(FileNotFoundError):
+                    self._path(stream).unlink()  # a retried attempt's
+                with contextlib.suppress(OSError):  # a full disk or a gone folder: the stored log still comes
+                    # linkat(AT_SYMLINK_FOLLOW) through /proc names an unnamed file; a dir fd makes Python use it
+                    os.link(str(fd), self._path(stream), src_dir_fd=proc, follow_symlinks=True)
+        finally:
+            os.close(proc)
+        self.named = True
 
     def __enter__(self) -> Live:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        _namer.forget(self)  # before the descriptors close: their numbers could name other files then
         for fd in self.fds:
             os.close(fd)
 
@@ -70,6 +100,40 @@ class Live:
                 found[stream] = importer.add_bytes(f"[{dropped} bytes dropped before this]\n".encode() + text
                                                    if dropped else text).cid
         return found
+
+
+class _Namer:
+    """One thread per worker process, started with its first slice, that names the live files of a
+    slice still running after LINK_AFTER_S."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: Live | None = None
+        self._thread: threading.Thread | None = None
+
+    def watch(self, live: Live) -> None:
+        with self._lock:
+            self._running = None if live.named else live
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="cats-slice-logs", daemon=True)
+                self._thread.start()
+
+    def forget(self, live: Live) -> None:
+        with self._lock:
+            if self._running is live:
+                self._running = None
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(LINK_AFTER_S / 2)
+            with self._lock:
+                live = self._running
+                if live is not None and time.monotonic() - live.started >= LINK_AFTER_S:
+                    live.name()
+                    self._running = None
+
+
+_namer = _Namer()
 
 
 def tail(fd: int, limit: int = KEPT) -> tuple[int, bytes]:
