@@ -89,6 +89,7 @@ def jobs(
         typer.echo(json.dumps([j.summary() for j in listed]))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -98,8 +99,10 @@ def jobs(
     table = Table("id", "status", "slices", "name", "started", "took", "bom", box=None)
     for j in listed:
         where = f" on {j.node}" if j.kind == "remote" else f" for {j.submitter[:24]}…" if j.submitter else ""
-        table.add_row(j.id, f"[{_COLOUR[j.status]}]{j.status}[/]", _progress(j), (j.name or j.command or "-") + where,
-                      _age(j.started or j.created), _took(j), j.bom or "-")
+        # names come from Orders, a peer's too: text, never markup
+        table.add_row(escape(j.id), f"[{_COLOUR[j.status]}]{j.status}[/]", _progress(j),
+                      escape((j.name or j.command or "-") + where), _age(j.started or j.created), _took(j),
+                      escape(j.bom or "-"))
     console.print(table, soft_wrap=True)
 
 

@@ -4,11 +4,13 @@ requests; what the node says of its status is copied into this home's job table.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
 
 from cats.bom.home import Home
 from cats.bom.jobs import Job, SliceLog
-from cats.errors import CatsError
+from cats.errors import CatsError, MeshError
 from cats.factory.jobs import Stream
 from cats.mesh.client import Node
 
@@ -41,18 +43,31 @@ class NodeJobs:
 
     def slices(self, job: Job) -> list[SliceLog]:
         assert self.job.remote is not None
-        return [SliceLog.model_validate(s) for s in self.node.order_slices(self.job.remote)]
+        said = self.node.order_slices(self.job.remote)
+        try:
+            return [SliceLog.model_validate(s) for s in said] if isinstance(said, list) else self._odd(said)
+        except ValidationError as e:
+            return self._odd(e)
 
     def read(self, job: Job, log: SliceLog, stream: Stream, offset: int) -> bytes:
         assert self.job.remote is not None
         return self.node.order_log(self.job.remote, log.index, stream, offset)
 
-    def _merged(self, state: dict[str, Any]) -> Job:
-        """This home's job with the node's word on it, which the table keeps (the last known state)."""
+    def _merged(self, state: Any) -> Job:
+        """This home's job with the node's word on it (checked: a node's answer is input like any other),
+        which the table keeps as the last known state."""
+        if not isinstance(state, dict):
+            self._odd(state)
         known = {k: state[k] for k in ("status", "bom", "output", "error", "done", "total", "started", "finished")
                  if state.get(k) is not None}
-        if known.get("status") == "queued":
-            known.pop("started", None)
+        try:
+            merged = Job.model_validate({**self.job.model_dump(), **known})
+        except ValidationError as e:
+            self._odd(e)
         if known:
-            self.home.jobs.set(self.job.id, None, **known)
-        return self.job.model_copy(update=known)
+            self.home.jobs.set(self.job.id, None, **{k: getattr(merged, k) for k in known})
+        return merged
+
+    def _odd(self, what: object) -> NoReturn:
+        raise MeshError(f"node at {self.node.url} answered about job {self.job.id} with what no job is: "
+                        f"{str(what)[:200]}", url=self.node.url)
