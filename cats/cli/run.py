@@ -125,8 +125,8 @@ def slice_progress(console: Console, hidden: bool = False) -> Iterator[Callable[
 
 def _result_only_on_stdout() -> TextIO:
     """From now on this process's stdout is its stderr; the real stdout, returned, carries the result
-    alone. What slices print reaches the driver through Ray, late and in no order with the result;
-    what user code on the driver prints (a split), or a program it starts, would land there too."""
+    alone: what user code on the driver prints (a split), or a program it starts, would land there
+    otherwise. (What slices print is kept with the run, never on the terminal: `cats jobs logs`.)"""
     try:
         result = os.fdopen(os.dup(1), "w")
     except OSError:
