@@ -266,3 +266,44 @@ def test_logs_are_followed_live_and_read_after_the_run(cli, cats_home, held):
     shown = json.loads(cli("jobs", "show", jid, "--json").out)
     assert shown["status"] == "done" and [s["index"] for s in shown["slices"]] == [0, 1, 2]
     assert all(s["stdout"] and s["stderr"] for s in shown["slices"])
+
+
+PIPELINE = """
+import sys
+from pathlib import Path
+from cats import Function, Order
+
+def shout(data: bytes) -> bytes:
+    print("shout", data.decode().strip(), flush=True)
+    return data.upper()
+
+def count(data: bytes) -> bytes:
+    print("count", len(data), file=sys.stderr, flush=True)
+    return str(len(data)).encode()
+
+first = Order(name="shouting", function=Function(entry="staged:shout", source=__file__), inputs=[Path({data!r})])
+order = Order(name="counting", function=Function(entry="staged:count", source=__file__), inputs=[first])
+"""
+
+
+def test_a_pipelines_stages_keep_their_own_logs(cli, tmp_path):
+    data = tmp_path / "in"
+    data.mkdir()
+    for name, text in (("a.txt", "ab\n"), ("b.txt", "cde\n")):
+        (data / name).write_text(text)
+    (tmp_path / "staged.py").write_text(PIPELINE.format(data=str(data)))
+    ran = cli("run", tmp_path / "staged.py", "--json")
+    assert ran.code == 0, ran.err
+    [job] = _jobs(cli)
+    assert job["stage"] == job["stages"] == 2 and job["done"] == job["total"] == 2
+    every = cli("jobs", "logs", str(job["id"]))
+    assert every.code == 0, every.err
+    assert sorted(every.out.splitlines()) == ["[stage 1 slice 0] shout ab", "[stage 1 slice 1] shout cde"]
+    assert sorted(every.err.splitlines()) == ["[stage 2 slice 0] count 3", "[stage 2 slice 1] count 4"]
+    one = cli("jobs", "logs", str(job["id"]), "--stage", "1", "--slice", "1")
+    assert one.code == 0 and one.out == "shout cde\n" and one.err == ""
+    last = cli("jobs", "logs", str(job["id"]), "--slice", "0")  # the last stage
+    assert last.code == 0 and last.out == "" and last.err == "count 3\n"
+    cli("jobs", "logs", str(job["id"]), "--stage", "3").error_line("has 2 stage(s)", "no stage 3")
+    listed = cli("jobs")
+    assert "2/2 (stage 2 of 2)" in listed.out

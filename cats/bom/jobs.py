@@ -38,16 +38,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT, order_cid TEXT, status TEXT NOT NULL,
     submitter TEXT, command TEXT, created REAL NOT NULL, started REAL, finished REAL,
     done INTEGER NOT NULL DEFAULT 0, total INTEGER, bom TEXT, output TEXT, error TEXT,
-    host TEXT, pid INTEGER, pid_start INTEGER, run_dir TEXT, node TEXT, remote TEXT, cancel TEXT);
+    host TEXT, pid INTEGER, pid_start INTEGER, run_dir TEXT, node TEXT, remote TEXT, cancel TEXT,
+    stage INTEGER NOT NULL DEFAULT 1, stages INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 CREATE TABLE IF NOT EXISTS job_slices (
-    job TEXT NOT NULL, idx INTEGER NOT NULL, name TEXT, status TEXT NOT NULL, stdout TEXT, stderr TEXT,
-    error TEXT, PRIMARY KEY (job, idx));
+    job TEXT NOT NULL, stage INTEGER NOT NULL, idx INTEGER NOT NULL, name TEXT, status TEXT NOT NULL, stdout TEXT,
+    stderr TEXT, error TEXT, PRIMARY KEY (job, stage, idx));
 """
 _COLUMNS = ("id", "kind", "name", "order_cid", "status", "submitter", "command", "created", "started", "finished",
             "done", "total", "bom", "output", "error", "host", "pid", "pid_start", "run_dir", "node", "remote",
-            "cancel")
+            "cancel", "stage", "stages")
 
 
 class Job(BaseModel):
@@ -78,6 +79,8 @@ class Job(BaseModel):
     node: str | None = None
     remote: str | None = None
     cancel: str | None = None
+    stage: int = 1  # of a pipeline's `stages`, the one running (or the last that ran); `done`/`total` are its
+    stages: int = 1
 
     @property
     def ended(self) -> bool:
@@ -90,10 +93,12 @@ class Job(BaseModel):
 
 
 class SliceLog(BaseModel):
-    """A slice of a job: how it ended and the CIDs of what it wrote to stdout and stderr (None: nothing)."""
+    """A slice of a job (of its pipeline's `stage`): how it ended and the CIDs of what it wrote to stdout
+    and stderr (None: nothing)."""
 
     model_config = ConfigDict(frozen=True)
 
+    stage: int = 1
     index: int
     name: str | None = None
     status: Literal["done", "failed", "resumed", "reused", "running"]
@@ -135,11 +140,13 @@ class JobTable:
 
     def create(self, kind: Kind, *, name: str | None = None, order: str | None = None, status: Status = "running",
                submitter: str | None = None, command: str | None = None, node: str | None = None,
-               remote: str | None = None) -> Job:
-        """A new job; a `running` one is driven by this process (its pid and host are recorded)."""
+               remote: str | None = None, signalled: bool = True) -> Job:
+        """A new job; a `running` local one is driven by this process (its host is recorded, and its pid,
+        to signal and to watch, if `signalled`)."""
         now = time.time()
-        me: tuple[Any, ...] = (socket.gethostname(), os.getpid(), process_start(os.getpid())) \
-            if status == "running" and kind == "local" else (None, None, None)
+        me: tuple[Any, ...] = (None, None, None)
+        if status == "running" and kind == "local":
+            me = (socket.gethostname(), *((os.getpid(), process_start(os.getpid())) if signalled else (None, None)))
         with self._lock:
             while True:
                 job = secrets.token_hex(6)
@@ -237,14 +244,14 @@ class JobTable:
         """Record how these slices of `job` ended (and where their logs are)."""
         with self._lock, transaction(self._db):
             self._db.executemany(
-                "INSERT OR REPLACE INTO job_slices (job, idx, name, status, stdout, stderr, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(job, e.index, e.name, e.status, e.stdout, e.stderr, (e.error or "")[:_MAX_ERROR] or None)
+                "INSERT OR REPLACE INTO job_slices (job, stage, idx, name, status, stdout, stderr, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(job, e.stage, e.index, e.name, e.status, e.stdout, e.stderr, (e.error or "")[:_MAX_ERROR] or None)
                  for e in entries])
 
     def slice_logs(self, job: str) -> list[SliceLog]:
         with self._lock:
-            rows = self._db.execute("SELECT idx, name, status, stdout, stderr, error FROM job_slices WHERE job = ? "
-                                    "ORDER BY idx", (job,)).fetchall()
-        return [SliceLog.model_validate({k: v for k, v in zip(("index", "name", "status", "stdout", "stderr", "error"),
-                                                               r, strict=True) if v is not None}) for r in rows]
+            rows = self._db.execute("SELECT stage, idx, name, status, stdout, stderr, error FROM job_slices "
+                                    "WHERE job = ? ORDER BY stage, idx", (job,)).fetchall()
+        keys = ("stage", "index", "name", "status", "stdout", "stderr", "error")
+        return [SliceLog.model_validate({k: v for k, v in zip(keys, r, strict=True) if v is not None}) for r in rows]

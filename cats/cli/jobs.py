@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import unicodedata
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import typer
@@ -37,7 +38,7 @@ def _open(ref: str) -> tuple[Jobs, Job]:
     from cats.mesh.jobs import NodeJobs
 
     node = NodeJobs(job, local.home)
-    return node, node.get(job.id)
+    return node, job if job.ended else node.get(job.id)  # an ended job's state is here, its node maybe gone
 
 
 def _asked(job: Job, home: Home) -> Job:
@@ -50,16 +51,30 @@ def _asked(job: Job, home: Home) -> Job:
         return job
 
 
+def _printable(text: str) -> str:
+    """Text from an Order or a node (a peer's) as it may reach a terminal: control characters (escape
+    sequences retitle, clear or write to the clipboard) and bidirectional overrides shown as `?`."""
+    return "".join("?" if unicodedata.category(c) in ("Cc", "Cf") and c != "\t" else c for c in text)
+
+
+def _when(t: float | None) -> str:
+    try:
+        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+    except (OverflowError, ValueError, OSError):
+        return "-"
+
+
 def _age(t: float | None) -> str:
     if t is None:
         return "-"
     s = time.time() - t
-    return f"{s:.0f}s ago" if s < 120 else f"{s / 60:.0f}m ago" if s < 7200 else \
-        f"{s / 3600:.0f}h ago" if s < 172800 else time.strftime("%Y-%m-%d", time.localtime(t))
+    return f"{s:.0f}s ago" if 0 <= s < 120 else f"{s / 60:.0f}m ago" if 0 <= s < 7200 else \
+        f"{s / 3600:.0f}h ago" if 0 <= s < 172800 else _when(t)[:10]
 
 
 def _progress(job: Job) -> str:
-    return f"{job.done}/{job.total}" if job.total is not None else "-"
+    done = f"{job.done}/{job.total}" if job.total is not None else "-"
+    return done if job.stages == 1 else f"{done} (stage {job.stage} of {job.stages})"
 
 
 def _took(job: Job) -> str:
@@ -93,6 +108,7 @@ def jobs(
     from rich.table import Table
 
     console = Console()
+    console = console if console.is_terminal else Console(width=1 << 12)  # piped: whole lines, whole CIDs
     if not listed:
         console.print("no jobs yet: `cats run ORDER.py`, `cats submit`, `cats exec` and `cats demo` make them")
         return
@@ -101,8 +117,8 @@ def jobs(
         where = f" on {j.node}" if j.kind == "remote" else f" for {j.submitter[:24]}…" if j.submitter else ""
         # names come from Orders, a peer's too: text, never markup
         table.add_row(escape(j.id), f"[{_COLOUR[j.status]}]{j.status}[/]", _progress(j),
-                      escape((j.name or j.command or "-") + where), _age(j.started or j.created), _took(j),
-                      escape(j.bom or "-"))
+                      escape(_printable((j.name or j.command or "-") + where)), _age(j.started or j.created),
+                      _took(j), escape(j.bom or "-"))
     console.print(table, soft_wrap=True)
 
 
@@ -125,18 +141,18 @@ def show(
         ("name", job.name), ("order", job.order), ("slices", _progress(job)), ("bom", job.bom), ("output", job.output),
         ("node", job.node and f"{job.node} (id there {job.remote})"), ("for", job.submitter),
         ("command", job.command), ("driver", job.pid and f"pid {job.pid} on {job.host}"),
-        ("started", job.started and time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.started))),
+        ("started", job.started and _when(job.started)),
         ("took", _took(job) if job.started else None)]
     for label, value in rows:
         if value:
-            console.print(f"{label:<8}{value}", markup=False)
+            console.print(_printable(f"{label:<8}{value}"), markup=False)
     if job.error:
-        console.print(f"error   {job.error.strip().splitlines()[0]}", markup=False)
+        console.print(_printable(f"error   {(job.error.strip().splitlines() or [''])[0]}"), markup=False)
     for s in logs:
         said = ", ".join(k for k in ("stdout", "stderr") if getattr(s, k))
-        why = f": {s.error.strip().splitlines()[-1][:200]}" if s.error else ""
-        console.print(f"  slice {s.index}{f' ({s.name})' if s.name else ''} {s.status}"
-                      f"{f'; printed to {said}' if said else ''}{why}", markup=False)
+        why = f": {(s.error.strip().splitlines() or [''])[-1][:200]}" if s.error else ""
+        console.print(_printable(f"  slice {s.index}{f' ({s.name})' if s.name else ''} {s.status}"
+                                 f"{f'; printed to {said}' if said else ''}{why}"), markup=False)
     if logs:
         console.print(f"[dim]cats jobs logs {job.id} [--slice N] shows what they printed[/]")
 
@@ -165,28 +181,43 @@ def logs(
     job_id: str = typer.Argument(..., metavar="ID", help="A job's id (or the first characters of it)."),
     index: int | None = typer.Option(None, "--slice", "-s", min=0, metavar="N",
                                      help="Only slice N, as it printed it (no prefix)."),
+    stage: int | None = typer.Option(None, "--stage", min=1, metavar="K",
+                                     help="Of a pipeline, only stage K (default: every stage; with --slice, the "
+                                          "last)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep showing what slices print until the job ends."),
 ) -> None:
     """Show what the job's slices printed: their stdout on stdout and their stderr on stderr, each line
     prefixed `[slice N]` (not with --slice). Kept with the BOM (the last MiB of each stream per slice),
     so they outlive the run and travel with its lineage."""
+    from cats.factory.logs import LIVE_MAX
+
     source, job = _open(job_id)
-    if index is not None and job.total is not None and index >= job.total:
+    if stage is not None and stage > job.stages:
+        raise CatsError(f"job {job.id} has {job.stages} stage(s): there is no stage {stage}")
+    if index is not None and stage is None:
+        stage = job.stages
+    if index is not None and job.total is not None and stage == job.stage and index >= job.total:
         raise CatsError(f"job {job.id} has {job.total} slices (0 to {job.total - 1}): there is no slice {index}")
-    printer = _Printer(prefixed=index is None)
-    read_whole: set[tuple[int, str]] = set()  # streams of slices that had ended when read to their end
+    printer = _Printer(prefixed=index is None, staged=job.stages > 1)
+    read_whole: set[tuple[int, int, str]] = set()  # streams of slices that had ended when read to their end
     while True:
         ended = job.ended
         for log in source.slices(job):
-            if index is not None and log.index != index:
+            if (index is not None and log.index != index) or (stage is not None and log.stage != stage):
                 continue
             for stream in ("stdout", "stderr"):
-                if (log.index, stream) in read_whole:
+                key = (log.stage, log.index, stream)
+                if key in read_whole:
                     continue
-                while data := source.read(job, log, stream, printer.offset(log.index, stream)):
-                    printer.add(log.index, stream, data)
+                shown = 0  # without -f, what is there now, within what any slice may print
+                while follow or shown <= LIVE_MAX:
+                    data, after = source.read(job, log, stream, printer.offsets.get(key, 0))
+                    if not data:
+                        break
+                    printer.add(key, data, after)
+                    shown += len(data)
                 if log.status != "running":
-                    read_whole.add((log.index, stream))
+                    read_whole.add(key)
         if ended or not follow:
             break
         time.sleep(_FOLLOW_S)
@@ -198,39 +229,37 @@ def logs(
 
 
 class _Printer:
-    """Writes what slices printed as it arrives, whole lines at a time when prefixed (two slices' lines never mix)."""
+    """Writes what slices printed as it arrives, whole lines at a time when prefixed (two slices' lines never
+    mix); a stream is keyed by (stage, slice, stream), its offset the one the source gave after its last piece."""
 
-    def __init__(self, prefixed: bool) -> None:
-        self.prefixed = prefixed
-        self.offsets: dict[tuple[int, str], int] = {}
-        self.partial: dict[tuple[int, str], bytes] = {}
+    def __init__(self, prefixed: bool, staged: bool) -> None:
+        self.prefixed, self.staged = prefixed, staged
+        self.offsets: dict[tuple[int, int, str], int] = {}
+        self.partial: dict[tuple[int, int, str], bytes] = {}
         self.printed = False
 
-    def offset(self, index: int, stream: str) -> int:
-        return self.offsets.get((index, stream), 0)
-
-    def add(self, index: int, stream: str, data: bytes) -> None:
-        if not data:
-            return
-        key = (index, stream)
-        self.offsets[key] = self.offset(index, stream) + len(data)
+    def add(self, key: tuple[int, int, str], data: bytes, after: int) -> None:
+        self.offsets[key] = after
         self.printed = True
-        out = self._out(stream)
+        out = self._out(key[2])
         if not self.prefixed:
             out.write(data)
             out.flush()
             return
         *lines, rest = (self.partial.pop(key, b"") + data).split(b"\n")
         for line in lines:
-            out.write(b"[slice %d] %s\n" % (index, line))
+            out.write(self._prefix(key) + line + b"\n")
         out.flush()
         if rest:
             self.partial[key] = rest
 
     def close(self) -> None:
-        for (index, stream), rest in sorted(self.partial.items()):
-            self._out(stream).write(b"[slice %d] %s\n" % (index, rest))
-            self._out(stream).flush()
+        for key, rest in sorted(self.partial.items()):
+            self._out(key[2]).write(self._prefix(key) + rest + b"\n")
+            self._out(key[2]).flush()
+
+    def _prefix(self, key: tuple[int, int, str]) -> bytes:
+        return (b"[stage %d slice %d] " % key[:2]) if self.staged else b"[slice %d] " % key[1]
 
     @staticmethod
     def _out(stream: str) -> BinaryIO:

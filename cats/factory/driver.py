@@ -89,10 +89,12 @@ def _stages(order: Order, here: Home, where: BlockStore, force: bool, quiet: boo
             confine: Policy | None) -> Run:
     ordered = pipeline.stages(order)
     if len(ordered) == 1:
+        track.stage_starts(1)
         return _run(order, here, where, force, quiet, track, started, confine)
     outputs: dict[int, CID] = {}
     runs: list[Run] = []
     for k, stage in enumerate(ordered, 1):
+        track.stage_starts(len(ordered))
         try:
             done = _run(pipeline.resolved(stage, outputs), here, where, force, quiet, track, time.time(),
                         confine)

@@ -20,6 +20,7 @@ from cats.bom.jobs import Job, SliceLog, alive
 from cats.cas import reader
 from cats.cas.cid import CID
 from cats.errors import CatsError
+from cats.factory import logs
 
 Stream = Literal["stdout", "stderr"]
 _LIVE = re.compile(r"(\d+)\.(stdout|stderr)")  # a live log in a run folder's logs/: `<slice>.<stream>`
@@ -28,7 +29,7 @@ _RECENT = 20  # jobs `cats jobs` lists besides the queued and running ones (all 
 
 
 class Jobs(Protocol):
-    def listing(self, everything: bool = False) -> list[Job]: ...
+    """What `cats jobs show/cancel/logs` need of wherever a job runs."""
 
     def get(self, ref: str) -> Job: ...
 
@@ -36,7 +37,7 @@ class Jobs(Protocol):
 
     def slices(self, job: Job) -> list[SliceLog]: ...
 
-    def read(self, job: Job, log: SliceLog, stream: Stream, offset: int) -> bytes: ...
+    def read(self, job: Job, log: SliceLog, stream: Stream, offset: int) -> tuple[bytes, int]: ...
 
 
 class LocalJobs:
@@ -73,12 +74,14 @@ class LocalJobs:
             job = self._now(job)
         live = alive(job)
         if job.pid is None:
-            raise CatsError(f"job {job.id} is starting (no process drives it yet): try again in a moment")
+            raise CatsError(f"job {job.id} has no process to signal: it is starting (try again in a moment), or it "
+                            "runs in a thread of a program that is not the Factory's (stop it there)")
         if live is None:
             raise CatsError(f"job {job.id} is driven on {job.host or 'another machine'}: cancel it there")
         if not live:
             return self.table.reap([job])[0]
-        self.table.cancel(job.id, reason)
+        if not self.table.cancel(job.id, reason):  # it ended meanwhile: its driver gets no stray signal
+            return self._now(job)
         assert job.pid is not None
         os.kill(job.pid, signal.SIGINT)
         deadline = time.monotonic() + wait_s
@@ -91,34 +94,44 @@ class LocalJobs:
                         f"`kill -9 {job.pid}` ends it (cats jobs then reports it dead)")
 
     def slices(self, job: Job) -> list[SliceLog]:
-        """Slices that failed or printed anything, and those running now with a live log here, by index."""
-        found = {s.index: s for s in self.table.slice_logs(job.id)}
-        for index in sorted(self._live(job)):
-            found.setdefault(index, SliceLog(index=index, status="running"))
-        return [found[i] for i in sorted(found)]
+        """Slices that failed or printed anything, and those of the running stage with a live log here, by
+        stage and index."""
+        found = {(s.stage, s.index): s for s in self.table.slice_logs(job.id)}
+        for index in self._live(job):
+            found.setdefault((job.stage, index), SliceLog(stage=job.stage, index=index, status="running"))
+        return [found[k] for k in sorted(found)]
 
-    def read(self, job: Job, log: SliceLog, stream: Stream, offset: int) -> bytes:
-        """What slice `log` wrote to `stream` from byte `offset` (at most a few MiB: read again from
-        the new offset until nothing comes): from its live file while the run writes it, else from its block."""
-        live = self._live(job).get(log.index, {}).get(stream)
+    def read(self, job: Job, log: SliceLog, stream: Stream, offset: int) -> tuple[bytes, int]:
+        """What slice `log` wrote to `stream` from byte `offset` of all it wrote (at most a few MiB: read
+        again from the offset returned until nothing comes), and the offset after it: from its live file
+        while the run writes it, else from its stored log, whose first bytes may be dropped (a line says
+        so, standing for them)."""
+        live = self._live(job).get(log.index, {}).get(stream) if log.stage == job.stage else None
         if live is not None:
             try:
                 with open(live, "rb") as f:
                     f.seek(offset)
-                    return f.read(_PIECE)
+                    data = f.read(_PIECE)
+                return data, offset + len(data)
             except OSError:  # the run ended and took its folder: the block has it
                 pass
-        entry = self._slice(job, log.index) if log.status == "running" else log  # it may have ended since
-        cid = None if entry is None else getattr(entry, stream)
-        if cid is None:
-            return b""
-        size = reader.stat(self.home.store, CID.parse(cid)).size
-        if offset >= size:
-            return b""
-        return b"".join(reader.read(self.home.store, CID.parse(cid), offset, min(_PIECE, size - offset)))
+        entry = self._slice(job, log) if log.status == "running" else log  # it may have ended since
+        text = None if entry is None else getattr(entry, stream)
+        if text is None:
+            return b"", offset
+        cid = CID.parse(text)
+        size = reader.stat(self.home.store, cid).size
+        gone, said = logs.dropped(b"".join(reader.read(self.home.store, cid, 0, min(size, 64))))
+        start = said + max(offset - gone, 0)  # where `offset` is in the stored log
+        if start >= size:
+            return b"", offset
+        data = b"".join(reader.read(self.home.store, cid, start, min(_PIECE, size - start)))
+        if offset < gone:  # what is gone, in a line
+            return logs.dropped_line(gone - offset) + data, gone + len(data)
+        return data, offset + len(data)
 
-    def _slice(self, job: Job, index: int) -> SliceLog | None:
-        return next((s for s in self.table.slice_logs(job.id) if s.index == index), None)
+    def _slice(self, job: Job, log: SliceLog) -> SliceLog | None:
+        return next((s for s in self.table.slice_logs(job.id) if (s.stage, s.index) == (log.stage, log.index)), None)
 
     def _now(self, job: Job) -> Job:
         return self.table.get(job.id) or job

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import time
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # the sandbox imports this module for `point` alone: it stays
 KEPT = 1 << 20  # the bytes of each stream a slice record keeps: the last ones
 LIVE_MAX = 256 << 20  # the most a confined slice may print to one stream: its live file is on the worker's disk
 STREAMS = ("stdout", "stderr")
+_DROPPED = re.compile(rb"\[(\d+) bytes dropped before this\]\n")
 LINK_AFTER_S = 0.5  # a slice running this long gets its live files named, for followers
 
 
@@ -97,8 +99,7 @@ class Live:
         for stream, fd in zip(STREAMS, self.fds, strict=True):
             dropped, text = tail(fd)
             if text:  # a stream the slice did not write to is no block
-                found[stream] = importer.add_bytes(f"[{dropped} bytes dropped before this]\n".encode() + text
-                                                   if dropped else text).cid
+                found[stream] = importer.add_bytes(dropped_line(dropped) + text if dropped else text).cid
         return found
 
 
@@ -134,6 +135,17 @@ class _Namer:
 
 
 _namer = _Namer()
+
+
+def dropped_line(dropped: int) -> bytes:
+    """The line a stored log starts with when its first `dropped` bytes were not kept."""
+    return f"[{dropped} bytes dropped before this]\n".encode()
+
+
+def dropped(head: bytes) -> tuple[int, int]:
+    """How many bytes a stored log dropped, and the length of its line saying so (0, 0: none), from its start."""
+    found = _DROPPED.match(head)
+    return (int(found[1]), found.end()) if found else (0, 0)
 
 
 def tail(fd: int, limit: int = KEPT) -> tuple[int, bytes]:

@@ -24,6 +24,7 @@ class Tracker:
         self.table, self.job, self._progress = table, job, progress
         self.owned = owned  # made by this process (not queued by a node's worker, which records its own stops)
         self.signalled = False
+        self.stage = 0  # of the pipeline, counted from 1 as each starts
 
     @classmethod
     def start(cls, table: JobTable, name: str | None, job: str | None, progress: Progress | None) -> Tracker:
@@ -31,7 +32,9 @@ class Tracker:
         if job is None:
             command = " ".join(["cats", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith(("cats", "__main__.py")) \
                 else None
-            job = table.create("local", name=name, command=command).id
+            # a SIGINT reaches a process's main thread: a run driven from another one must not be signalled
+            signalled = threading.current_thread() is threading.main_thread()
+            job = table.create("local", name=name, command=command, signalled=signalled).id
             return cls(table, job, progress)
         table.drive(job)
         return cls(table, job, progress, owned=False)
@@ -54,6 +57,11 @@ class Tracker:
         finally:
             signal.signal(signal.SIGINT, before)
 
+    def stage_starts(self, stages: int) -> None:
+        """The next stage of a pipeline of `stages` (one for a plain Order) starts: its progress is the job's."""
+        self.stage += 1
+        self.table.set(self.job, None, stage=self.stage, stages=stages, done=0, total=None)
+
     def order(self, cid: str) -> None:
         self.table.set(self.job, None, order=cid)
 
@@ -71,7 +79,7 @@ class Tracker:
         """How these slices ended (`status`, unless they failed), for those that failed or printed anything:
         the rest need no row (the job's count says they are done)."""
         kept = [SliceLog.model_validate({
-            "index": o.index, "name": names[o.index], "status": "failed" if o.failed else status,
+            "stage": self.stage, "index": o.index, "name": names[o.index], "status": "failed" if o.failed else status,
             "stdout": _text(o.stdout), "stderr": _text(o.stderr), "error": o.error})
             for o in outcomes if o.failed or o.stdout is not None or o.stderr is not None]
         if kept:

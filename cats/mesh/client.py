@@ -332,13 +332,23 @@ class Node:
         """The order's slices that failed or printed anything, and those running now (its submitter or the operator)."""
         return self._json("GET", f"/orders/{job}/slices", sign=True)
 
-    def order_log(self, job: str, index: int, stream: str, offset: int = 0) -> bytes:
-        """What slice `index` of the order wrote to `stream` from `offset` (a few MiB at most; empty: no more yet)."""
-        return self._send("GET", f"/orders/{job}/logs/{index}/{stream}?offset={offset}", sign=True).content
+    def order_log(self, job: str, index: int, stream: str, offset: int = 0, stage: int = 1) -> tuple[bytes, int]:
+        """What slice `index` (of a pipeline's `stage`) of the order wrote to `stream` from `offset` (a few MiB
+        at most; empty: no more yet), and the offset to ask from next."""
+        path = f"/orders/{job}/logs/{index}/{stream}?offset={offset}&stage={stage}"
+        response = self._send("GET", path, sign=True)
+        data, after = response.content, response.headers.get("x-next-offset", "")
+        if len(data) > _LOG_PIECE or not after.isdigit() or not offset <= int(after) <= offset + len(data) + (1 << 40):
+            raise MeshError(f"node at {self.url} answered GET {path.split('?')[0]} with {len(data)} bytes and next "
+                            f"offset {after[:40]!r}", url=self.url)
+        return data, int(after)
 
     def orders(self, status: str | None = None) -> list[dict[str, Any]]:
         """The signer's orders on the node (every order, for its operator), oldest first."""
         return self._json("GET", "/orders" + (f"?status={status}" if status else ""), sign=True)
+
+
+_LOG_PIECE = 8 << 20  # the most of a log one answer may carry (a node sends at most 4 MiB)
 
 
 def _fresh() -> memoryview:

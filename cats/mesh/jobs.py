@@ -10,11 +10,13 @@ from pydantic import ValidationError
 
 from cats.bom.home import Home
 from cats.bom.jobs import Job, SliceLog
+from cats.cas.cid import CID
 from cats.errors import CatsError, MeshError
 from cats.factory.jobs import Stream
 from cats.mesh.client import Node
 
 _ANSWER_S = 10.0  # how long a node may take to answer about a job
+_LATEST = 1 << 35  # seconds since the epoch past any time a node may claim (the year 3058)
 
 
 class NodeJobs:
@@ -25,9 +27,6 @@ class NodeJobs:
             raise CatsError(f"job {job.id} names no node to ask about it")
         self.job, self.home = job, home
         self.node = Node(job.node, home.identity, timeout=_ANSWER_S)
-
-    def listing(self, everything: bool = False) -> list[Job]:
-        return [self._merged(state) for state in self.node.orders() if state.get("id") == self.job.remote]
 
     def get(self, ref: str) -> Job:
         """The job as the node tells it now (`ref` is this home's id of it, or the node's)."""
@@ -49,21 +48,27 @@ class NodeJobs:
         except ValidationError as e:
             return self._odd(e)
 
-    def read(self, job: Job, log: SliceLog, stream: Stream, offset: int) -> bytes:
+    def read(self, job: Job, log: SliceLog, stream: Stream, offset: int) -> tuple[bytes, int]:
         assert self.job.remote is not None
-        return self.node.order_log(self.job.remote, log.index, stream, offset)
+        return self.node.order_log(self.job.remote, log.index, stream, offset, log.stage)
 
     def _merged(self, state: Any) -> Job:
         """This home's job with the node's word on it (checked: a node's answer is input like any other),
         which the table keeps as the last known state."""
         if not isinstance(state, dict):
             self._odd(state)
-        known = {k: state[k] for k in ("status", "bom", "output", "error", "done", "total", "started", "finished")
-                 if state.get(k) is not None}
+        known = {k: state[k] for k in ("status", "bom", "output", "error", "done", "total", "started", "finished",
+                                       "stage", "stages") if state.get(k) is not None}
         try:
             merged = Job.model_validate({**self.job.model_dump(), **known})
-        except ValidationError as e:
+            for cid in (merged.bom, merged.output):
+                if cid is not None:
+                    CID.parse(cid)
+        except (ValidationError, CatsError) as e:
             self._odd(e)
+        if any(not 0 <= t < _LATEST for t in (merged.started, merged.finished) if t is not None) or \
+                not 0 <= merged.done <= (merged.total if merged.total is not None else merged.done) < 1 << 40:
+            self._odd(state)
         if known:
             self.home.jobs.set(self.job.id, None, **{k: getattr(merged, k) for k in known})
         return merged

@@ -80,7 +80,7 @@ from cats.bom import BOM
 from cats.bom import load as load_bom
 from cats.bom.home import Home
 from cats.bom.index import Index
-from cats.bom.jobs import FINISHED, STATUSES, Job, JobTable
+from cats.bom.jobs import FINISHED, STATUSES, Job, JobTable, SliceLog
 from cats.bom.signatures import Envelope, Signatures
 from cats.cas import car, multihash
 from cats.cas.cid import CID
@@ -372,7 +372,7 @@ CidPath = Annotated[str, PathParam(description="a CID: CIDv0 (Qm…) or CIDv1 in
 def create_app(folder: Path, *, private: bool = False, store: BlockStore | None = None,
                policy: NodePolicy | None = None) -> FastAPI:
     """The application over CATS_HOME's store, identity, trust list, signatures and pins, with its own
-    state (nonces, runs) in `folder` (normally `cats.mesh.node.state_dir()`), running Orders under
+    state (nonces, runs) in `folder` (normally `cats.web.state_dir("node")`), running Orders under
     `policy` (the default NodePolicy: confined, no network) as jobs of kind `node` in the home's job table."""
     store = store if store is not None else open_store()  # an empty store is falsy (len 0), not absent
     policy = policy if policy is not None else NodePolicy()
@@ -756,26 +756,28 @@ def create_app(folder: Path, *, private: bool = False, store: BlockStore | None 
             raise HTTPException(409, f"order {id} has ended already: it is {row.status}")
         return m.OrderStatus.of(node.orders.get(id) or row)
 
-    @app.get("/orders/{id}/slices", response_model=list[m.SliceLogEntry], response_model_exclude_none=True,
+    @app.get("/orders/{id}/slices", response_model=list[SliceLog], response_model_exclude_none=True,
              dependencies=signed, responses=_errors(401, 403, 404, 422),
              summary="The order's slices that failed or printed anything, and those running now",
              description="Each names the CIDs of what it wrote to stdout and stderr once it ended (the last MiB of "
                          "each, blocks its slice record links); GET /orders/{id}/logs/{index}/{stream} reads them.")
-    def order_slices(id: JobId, signer: Signer) -> list[m.SliceLogEntry]:
-        row = _followed(id, signer.did)
-        return [m.SliceLogEntry.model_validate(s.model_dump()) for s in jobs.slices(row)]
+    def order_slices(id: JobId, signer: Signer) -> list[SliceLog]:
+        return jobs.slices(_followed(id, signer.did))
 
     @app.get("/orders/{id}/logs/{index}/{stream}", dependencies=signed, responses=_errors(401, 403, 404, 422),
              response_class=Response, summary="What a slice of the order printed, from a byte offset",
-             description="While the slice runs, what it has written so far; afterwards its stored log. At most "
-                         "a few MiB per answer: ask again from the new offset until the answer is empty.")
+             description="While the slice runs, what it has written so far; afterwards its stored log (when its "
+                         "start was dropped, a line says so). At most a few MiB per answer: ask again from the "
+                         "offset in X-Next-Offset until the answer is empty.")
     def order_log(id: JobId, signer: Signer, index: Annotated[int, PathParam(ge=0, description="the slice")],
                   stream: Annotated[Literal["stdout", "stderr"], PathParam(description="which stream")],
-                  offset: Annotated[int, Query(ge=0, description="bytes already read")] = 0) -> Response:
+                  offset: Annotated[int, Query(ge=0, description="bytes already read")] = 0,
+                  stage: Annotated[int, Query(ge=1, description="of a pipeline, the stage")] = 1) -> Response:
         row = _followed(id, signer.did)
-        log = next((s for s in jobs.slices(row) if s.index == index), None)
-        data = b"" if log is None else jobs.read(row, log, stream, offset)
-        return Response(data, media_type="application/octet-stream", headers={"X-Content-Type-Options": "nosniff"})
+        log = next((s for s in jobs.slices(row) if (s.stage, s.index) == (stage, index)), None)
+        data, after = (b"", offset) if log is None else jobs.read(row, log, stream, offset)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"X-Content-Type-Options": "nosniff", "X-Next-Offset": str(after)})
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, plus the BOM's and the evaluation's: CIDs are strings in JSON, which only their

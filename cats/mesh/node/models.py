@@ -5,9 +5,11 @@ Every error is `ErrorBody` (`{"detail": "..."}`), validation errors included.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from cats.bom.jobs import Status
 
 if TYPE_CHECKING:
     from cats.bom.jobs import Job
@@ -56,7 +58,7 @@ class OrderRequest(BaseModel):
 
 class OrderStatus(BaseModel):
     id: str = Field(description="the order's id on this node")
-    status: Literal["queued", "running", "done", "failed", "cancelled", "dead"]
+    status: Status
     order: str | None = Field(default=None, description="the Order's CID")
     name: str | None = Field(default=None, description="the Order's name")
     bom: str | None = Field(default=None, description="the BOM's CID, once done")
@@ -64,6 +66,8 @@ class OrderStatus(BaseModel):
     error: str | None = Field(default=None, description="why it failed, or who cancelled it")
     done: int | None = Field(default=None, description="slices finished so far")
     total: int | None = Field(default=None, description="slices in all, once it is split")
+    stage: int | None = Field(default=None, description="of a pipeline, the stage running (done and total are its)")
+    stages: int | None = Field(default=None, description="stages of the pipeline (1: a plain Order)")
     started: float | None = Field(default=None, description="when it started running")
     finished: float | None = Field(default=None, description="when it ended (done, failed or cancelled)")
 
@@ -72,7 +76,8 @@ class OrderStatus(BaseModel):
         return cls.model_validate({"id": row.id, "status": row.status, "order": row.order, "name": row.name,
                                    "bom": row.bom, "output": row.output, "error": row.error,
                                    "done": row.done if row.total is not None else None,
-                                   "total": row.total, "started": row.started, "finished": row.finished, **more})
+                                   "total": row.total, "started": row.started, "finished": row.finished,
+                                   **({"stage": row.stage, "stages": row.stages} if row.stages > 1 else {}), **more})
 
 
 class OrderEntry(OrderStatus):
@@ -82,15 +87,6 @@ class OrderEntry(OrderStatus):
     @classmethod
     def of(cls, row: Job, **more: Any) -> Self:
         return super().of(row, submitter=row.submitter, created=row.created, **more)
-
-
-class SliceLogEntry(BaseModel):
-    index: int
-    name: str | None = None
-    status: Literal["done", "failed", "resumed", "reused", "running"]
-    stdout: str | None = Field(default=None, description="CID of what it wrote to stdout (its last MiB)")
-    stderr: str | None = Field(default=None, description="CID of what it wrote to stderr (its last MiB)")
-    error: str | None = None
 
 
 class LineageNode(BaseModel):
