@@ -187,8 +187,8 @@ def logs(
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep showing what slices print until the job ends."),
 ) -> None:
     """Show what the job's slices printed: their stdout on stdout and their stderr on stderr, each line
-    prefixed `[slice N]` (not with --slice). Kept with the BOM (the last MiB of each stream per slice),
-    so they outlive the run and travel with its lineage."""
+    prefixed with its slice's number (and stage, for a pipeline), not with --slice. Kept with the BOM
+    (the last MiB of each stream per slice), so they outlive the run and travel with its lineage."""
     from cats.factory.logs import LIVE_MAX
 
     source, job = _open(job_id)
