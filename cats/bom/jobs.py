@@ -101,7 +101,7 @@ class SliceLog(BaseModel):
     stage: int = 1
     index: int
     name: str | None = None
-    status: Literal["done", "failed", "resumed", "reused", "running"]
+    status: Literal["done", "failed", "resumed", "running"]
     stdout: str | None = None
     stderr: str | None = None
     error: str | None = None

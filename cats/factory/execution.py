@@ -68,7 +68,6 @@ def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, u
     keys = evaluation.keys(order, [piece for piece, _ in pieces], looked)
     ledger = Ledger(store, keys, pieces)
     earlier: list[SliceOutcome] = []  # slices an interrupted run finished
-    taken: list[SliceOutcome] = []  # and those earlier runs (or trusted peers) computed
     if not force:
         for r in index.done_slices(str(order_cid)).values():
             earlier.append(SliceOutcome.model_validate(r))
@@ -81,17 +80,14 @@ def execute_order(order: Order, order_cid: CID, home: Home, store: BlockStore, u
         for i in missing:
             # the whole result, not its root alone: a result missing a block is computed again
             if (hit := known.get(str(keys[i]))) is not None and complete(store, CID.parse(hit[1]["output"])):
-                taken.append(SliceOutcome.model_validate({**hit[1], "index": i, "reused_from": hit[0]}))
-                ledger.add(taken[-1], executed=False)
+                ledger.add(SliceOutcome.model_validate({**hit[1], "index": i, "reused_from": hit[0]}), executed=False)
     if reuse and not force and order.plant.reuse_from:  # and those a trusted peer computed and proves
         for outcome in from_peers(order, keys, [i for i in range(len(pieces)) if not ledger.has(i)], home, store):
-            taken.append(outcome)
             ledger.add(outcome, executed=False)
     reused = ledger.done - resumed
     todo = [i for i in range(len(pieces)) if not ledger.has(i)]
     named = [piece.name for piece, _ in pieces]
-    track.slices(earlier, named, "resumed")
-    track.slices(taken, named, "reused")
+    track.slices(earlier, named, "resumed")  # results taken from other runs link no logs: nothing to say of them
     track.progress(ledger.done, len(pieces))
     # "directory" and "list" merges only link CIDs, so the driver does them; other merges read data
     links_only = order.infra.merge in ("directory", "list")
