@@ -307,3 +307,21 @@ def test_a_pipelines_stages_keep_their_own_logs(cli, tmp_path):
     cli("jobs", "logs", str(job["id"]), "--stage", "3").error_line("has 2 stage(s)", "no stage 3")
     listed = cli("jobs")
     assert "2/2 (stage 2 of 2)" in listed.out
+
+
+def test_names_and_errors_from_peers_never_drive_the_terminal(cli, cats_home):
+    """A peer's Order name and its code's error reach `cats jobs` and `cats node orders` as text: no escape
+    sequence, no bidi override, no rich markup."""
+    from cats.bom.jobs import JobTable
+
+    hostile = "ok\x1b]0;PWNED\x07\x1b[2J\u202egone[red]red[/red]"
+    cats_home.mkdir(parents=True, exist_ok=True)
+    table = JobTable(cats_home / "jobs.sqlite")
+    job = table.create("node", name=hostile, order="bafyreih", submitter="did:key:z6Mkpeer", status="queued")
+    table.failed(job.id, f"ValueError: {hostile}")
+    table.close()
+    for args in (("jobs",), ("jobs", "show", job.id), ("node", "orders")):
+        shown = cli(*args)
+        assert shown.code == 0, shown.err
+        assert "\x1b" not in shown.out and "\x07" not in shown.out and "\u202e" not in shown.out, args
+        assert "[red]red[/red]" in shown.out.replace("\n", "").replace(" ", ""), args  # as written, not styled

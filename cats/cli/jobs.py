@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-import unicodedata
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import typer
 
+from cats.cli._text import printable, when
 from cats.errors import CatsError
 
 if TYPE_CHECKING:
@@ -51,25 +51,12 @@ def _asked(job: Job, home: Home) -> Job:
         return job
 
 
-def _printable(text: str) -> str:
-    """Text from an Order or a node (a peer's) as it may reach a terminal: control characters (escape
-    sequences retitle, clear or write to the clipboard) and bidirectional overrides shown as `?`."""
-    return "".join("?" if unicodedata.category(c) in ("Cc", "Cf") and c != "\t" else c for c in text)
-
-
-def _when(t: float | None) -> str:
-    try:
-        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-    except (OverflowError, ValueError, OSError):
-        return "-"
-
-
 def _age(t: float | None) -> str:
     if t is None:
         return "-"
     s = time.time() - t
     return f"{s:.0f}s ago" if 0 <= s < 120 else f"{s / 60:.0f}m ago" if 0 <= s < 7200 else \
-        f"{s / 3600:.0f}h ago" if 0 <= s < 172800 else _when(t)[:10]
+        f"{s / 3600:.0f}h ago" if 0 <= s < 172800 else when(t)[:10]
 
 
 def _progress(job: Job) -> str:
@@ -117,7 +104,7 @@ def jobs(
         where = f" on {j.node}" if j.kind == "remote" else f" for {j.submitter[:24]}…" if j.submitter else ""
         # names come from Orders, a peer's too: text, never markup
         table.add_row(escape(j.id), f"[{_COLOUR[j.status]}]{j.status}[/]", _progress(j),
-                      escape(_printable((j.name or j.command or "-") + where)), _age(j.started or j.created),
+                      escape(printable((j.name or j.command or "-") + where)), _age(j.started or j.created),
                       _took(j), escape(j.bom or "-"))
     console.print(table, soft_wrap=True)
 
@@ -141,17 +128,17 @@ def show(
         ("name", job.name), ("order", job.order), ("slices", _progress(job)), ("bom", job.bom), ("output", job.output),
         ("node", job.node and f"{job.node} (id there {job.remote})"), ("for", job.submitter),
         ("command", job.command), ("driver", job.pid and f"pid {job.pid} on {job.host}"),
-        ("started", job.started and _when(job.started)),
+        ("started", job.started and when(job.started)),
         ("took", _took(job) if job.started else None)]
     for label, value in rows:
         if value:
-            console.print(_printable(f"{label:<8}{value}"), markup=False)
+            console.print(printable(f"{label:<8}{value}"), markup=False)
     if job.error:
-        console.print(_printable(f"error   {(job.error.strip().splitlines() or [''])[0]}"), markup=False)
+        console.print(printable(f"error   {(job.error.strip().splitlines() or [''])[0]}"), markup=False)
     for s in logs:
         said = ", ".join(k for k in ("stdout", "stderr") if getattr(s, k))
         why = f": {(s.error.strip().splitlines() or [''])[-1][:200]}" if s.error else ""
-        console.print(_printable(f"  slice {s.index}{f' ({s.name})' if s.name else ''} {s.status}"
+        console.print(printable(f"  slice {s.index}{f' ({s.name})' if s.name else ''} {s.status}"
                                  f"{f'; printed to {said}' if said else ''}{why}"), markup=False)
     if logs:
         console.print(f"[dim]cats jobs logs {job.id} [--slice N] shows what they printed[/]")

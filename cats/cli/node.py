@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from typing import Any
 
 import typer
@@ -96,10 +95,6 @@ def start(
     typer.echo("cats node stopped", err=True)
 
 
-def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
 @node_app.command()
 def orders(
     status: str | None = typer.Option(None, "--status", metavar="S",
@@ -131,7 +126,10 @@ def orders(
         typer.echo("no orders" + (f" {status}" if status else "") + " on this node", err=True)
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+
+    from cats.cli._text import printable, when
 
     table_out = Table("id", "status", "order", "submitter", "created", "started", "finished", "BOM or error")
     for e in entries:
@@ -141,8 +139,9 @@ def orders(
             outcome = (e.error.strip().splitlines() or [""])[0]
         else:
             outcome = "-"
-        table_out.add_row(e.id, e.status, e.order, e.submitter, _when(e.created), _when(e.started),
-                          _when(e.finished), outcome)
+        # an error is a peer's code's own words: text, never markup or terminal control
+        table_out.add_row(e.id, e.status, e.order, e.submitter, when(e.created), when(e.started),
+                          when(e.finished), escape(printable(outcome)))
     console = Console(emoji=False)  # a DID holds ":key:", which rich would draw as an emoji
     (console if console.is_terminal else Console(width=1 << 12, emoji=False)).print(table_out)
 
