@@ -446,6 +446,17 @@ def test_a_node_job_is_followed_read_and_cancelled_from_the_submitters_cats_jobs
         assert "[slice 0] out of a\n" in every.stdout and "[slice 1] out of b\n" in every.stdout
         assert "[slice 1] err of b\n" in every.stderr and "[slice 2] out of held\n" in every.stdout  # live
 
+        # another trusted peer reads neither the slices nor the logs; bad offsets and stages are refused
+        remote = str(job["remote"])
+        theirs = Identity.load(setup.other.home / "identity")
+        for route in (f"/orders/{remote}/slices", f"/orders/{remote}/logs/0/stdout?offset=0"):
+            refused = httpx.get(node.url + route, headers=sign_request(theirs, node.did, "GET", route, b""))
+            assert refused.status_code == 403 and peer.did in refused.text, (route, refused.text)
+        mine_id = Identity.load(peer.home / "identity")
+        for route in (f"/orders/{remote}/logs/0/stdout?offset=-1", f"/orders/{remote}/logs/0/stdout?stage=0",
+                     f"/orders/{remote}/logs/0/secrets", f"/orders/{remote}/logs/-1/stdout"):
+            bad = httpx.get(node.url + route, headers=sign_request(mine_id, node.did, "GET", route, b""))
+            assert bad.status_code == 422, (route, bad.status_code)
         shown = peer.cli("jobs", "show", job["id"][:5])
         assert shown.returncode == 0 and "running" in shown.stdout and node.url in shown.stdout
 
